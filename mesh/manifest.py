@@ -1,0 +1,241 @@
+"""Capability manifests and tool signatures.
+
+A *manifest* states what an agent offers: its name, version, description and every tool as it appears
+on the wire in ``tools/list`` (plus the scopes a caller needs and the tool's digest). It is signed as a
+JWS in General JSON serialization over the RFC 8785 canonical JSON of that payload, one signature per
+key that is still valid, so verifiers keep working through a key rotation.
+
+Each listed tool also carries its own detached signature in ``_meta["io.mcpmesh/signature"]``: the
+payload is the canonical JSON of the tool exactly as listed, with ``_meta`` removed. A client needs only
+the tool list and the agent's JWKS to check it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+from jose import jws
+
+from mesh.keys import ALG, KeyProblem, SigningKey, TrustStore, b64url, b64url_decode, detach
+
+SIGNATURE_META = "io.mcpmesh/signature"
+SCOPES_META = "io.mcpmesh/scopes"
+MANIFEST_TYP = "mcpmesh-manifest+jws"
+TOOL_TYP = "mcpmesh-tool+jws"
+FORMAT = "mcpmesh.manifest/v1"
+
+
+class ManifestProblem(Exception):
+    """A manifest or tool signature that must not be trusted; the message names file, tool or key."""
+
+
+def canonical(value: Any) -> bytes:
+    """RFC 8785 (JCS) canonical JSON: the only bytes the mesh ever signs or digests."""
+    return rfc8785.dumps(value)
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def wire_tool(tool: Any) -> dict[str, Any]:
+    """A tool as ``tools/list`` puts it on the wire, without ``_meta``: the thing that is signed."""
+    if hasattr(tool, "model_dump"):
+        tool = tool.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return {key: value for key, value in tool.items() if key != "_meta"}
+
+
+def tool_digest(tool: Any) -> str:
+    return sha256(canonical(wire_tool(tool)))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A signed manifest: the exact payload bytes and the JWS signatures over them."""
+
+    payload_bytes: bytes
+    signatures: tuple[dict[str, str], ...]
+
+    # -- building -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def payload(
+        agent: str, version: str, description: str, tools: list[tuple[dict[str, Any], list[str]]]
+    ) -> dict[str, Any]:
+        """The manifest body for ``tools``, given as (wire tool, required scopes) pairs."""
+        entries = [
+            {**wire_tool(tool), "scopes": sorted(scopes), "digest": tool_digest(tool)}
+            for tool, scopes in sorted(tools, key=lambda pair: wire_tool(pair[0])["name"])
+        ]
+        return {"format": FORMAT, "agent": agent, "version": version, "description": description, "tools": entries}
+
+    @classmethod
+    def sign(cls, payload: dict[str, Any], keys: list[SigningKey]) -> Manifest:
+        if not keys:
+            raise ManifestProblem("no valid key to sign with")
+        body = canonical(payload)
+        signatures = []
+        for key in keys:
+            protected, _, signature = key.sign(body, MANIFEST_TYP).split(".")
+            signatures.append({"protected": protected, "signature": signature})
+        return cls(body, tuple(signatures))
+
+    # -- reading and writing ------------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any], source: str = "manifest") -> Manifest:
+        try:
+            payload_bytes = b64url_decode(document["payload"])
+            signatures = tuple(
+                {"protected": s["protected"], "signature": s["signature"]} for s in document["signatures"]
+            )
+            json.loads(payload_bytes)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestProblem(f"{source}: not a JWS in General JSON serialization ({exc!r})") from exc
+        if not signatures:
+            raise ManifestProblem(f"{source}: carries no signature")
+        return cls(payload_bytes, signatures)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ManifestProblem(f"{path}: no such manifest (run `mesh sign`)") from exc
+        except ValueError as exc:
+            raise ManifestProblem(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_json(document, str(path))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"payload": b64url(self.payload_bytes), "signatures": [dict(s) for s in self.signatures]}
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    # -- what it says ---------------------------------------------------------------------------------
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return json.loads(self.payload_bytes)
+
+    @property
+    def digest(self) -> str:
+        """``sha256:`` of the payload bytes; each tool signature names the manifest it belongs to by this."""
+        return sha256(self.payload_bytes)
+
+    @property
+    def agent(self) -> str:
+        return self.body["agent"]
+
+    @property
+    def tools(self) -> dict[str, dict[str, Any]]:
+        return {tool["name"]: tool for tool in self.body["tools"]}
+
+    def kids(self) -> list[str]:
+        return [json.loads(b64url_decode(s["protected"])).get("kid") for s in self.signatures]
+
+    # -- verifying --------------------------------------------------------------------------------
+
+    def verify(self, trust: TrustStore, *, source: str = "manifest", now: float | None = None) -> list[str]:
+        """Check the signatures; return the kids that verified.
+
+        Every signature by a usable trusted key must verify (one that does not means the payload was
+        changed). At least one must come from a usable key; signatures by revoked, expired or unknown
+        keys are tolerated beside a good one, since rotation leaves old signatures behind.
+        """
+        now = time.time() if now is None else now
+        verified: list[str] = []
+        problems: list[str] = []
+        for signature in self.signatures:
+            try:
+                header = json.loads(b64url_decode(signature["protected"]))
+            except ValueError as exc:
+                raise ManifestProblem(f"{source}: a signature's protected header is not JSON") from exc
+            kid = header.get("kid")
+            if header.get("alg") != ALG:
+                raise ManifestProblem(f"{source}: signature by {kid} uses alg {header.get('alg')!r}, not {ALG}")
+            reason = trust.problem(kid, now)
+            if reason:
+                problems.append(reason)
+                continue
+            token = f"{signature['protected']}.{b64url(self.payload_bytes)}.{signature['signature']}"
+            try:
+                jws.verify(token, trust.key(kid, now), algorithms=[ALG])
+            except jws.JWSError as exc:
+                raise ManifestProblem(
+                    f"{source}: signature by key {kid} does not verify (the manifest was changed after signing)"
+                ) from exc
+            verified.append(kid)
+        if not verified:
+            raise ManifestProblem(f"{source}: no valid signature: {'; '.join(problems)}")
+        body = self.body
+        if body.get("format") != FORMAT:
+            raise ManifestProblem(f"{source}: unknown manifest format {body.get('format')!r}")
+        for tool in body.get("tools", []):
+            if tool_digest(_without_manifest_fields(tool)) != tool.get("digest"):
+                raise ManifestProblem(f"{source}: tool {tool.get('name')!r}: digest does not match its schema")
+        return verified
+
+    def differences(self, live_tools: list[Any], live_scopes: dict[str, list[str]]) -> list[str]:
+        """What differs between this manifest and the tools an agent would serve, one line per tool."""
+        signed = self.tools
+        live = {wire_tool(t)["name"]: wire_tool(t) for t in live_tools}
+        lines = []
+        for name in sorted(set(signed) | set(live)):
+            if name not in live:
+                lines.append(f"tool {name!r} is signed but no longer served")
+            elif name not in signed:
+                lines.append(f"tool {name!r} is served but not in the signed manifest")
+            elif tool_digest(live[name]) != signed[name]["digest"]:
+                lines.append(f"tool {name!r} changed (schema, description or annotations differ from the signed one)")
+            elif sorted(live_scopes.get(name, [])) != signed[name]["scopes"]:
+                lines.append(f"tool {name!r}: required scopes changed")
+        return lines
+
+
+def _without_manifest_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if key not in ("scopes", "digest")}
+
+
+def tool_signature(tool: Any, key: SigningKey, manifest_digest: str) -> dict[str, str]:
+    """The ``_meta["io.mcpmesh/signature"]`` value for one listed tool."""
+    body = canonical(wire_tool(tool))
+    return {
+        "alg": ALG,
+        "kid": key.kid,
+        "digest": sha256(body),
+        "jws": detach(key.sign(body, TOOL_TYP)),
+        "manifest": manifest_digest,
+    }
+
+
+def verify_tool(tool: Any, trust: TrustStore, *, now: float | None = None) -> dict[str, str]:
+    """Check a listed tool's own signature against ``trust``; return the signature block.
+
+    ``tool`` is the tool as received (model or wire dict, with its ``_meta``).
+    """
+    if hasattr(tool, "model_dump"):
+        tool = tool.model_dump(by_alias=True, mode="json", exclude_none=True)
+    name = tool.get("name")
+    block = (tool.get("_meta") or {}).get(SIGNATURE_META)
+    if not isinstance(block, dict) or "jws" not in block:
+        raise ManifestProblem(f"tool {name!r} carries no {SIGNATURE_META} in _meta")
+    body = canonical(wire_tool(tool))
+    if sha256(body) != block.get("digest"):
+        raise ManifestProblem(f"tool {name!r}: its schema does not match the signed digest")
+    try:
+        header = trust.verify_detached(block["jws"], body, now=now)
+    except KeyProblem as exc:
+        raise ManifestProblem(f"tool {name!r}: {exc}") from exc
+    except (ValueError, jws.JWSError) as exc:
+        raise ManifestProblem(f"tool {name!r}: malformed signature ({exc})") from exc
+    if header.get("kid") != block.get("kid") or header.get("typ") != TOOL_TYP:
+        raise ManifestProblem(f"tool {name!r}: signature header does not match its kid/typ")
+    return block
