@@ -183,22 +183,6 @@ class Manifest:
                 raise ManifestProblem(f"{source}: tool {tool.get('name')!r}: digest does not match its schema")
         return verified
 
-    def differences(self, live_tools: list[Any], live_scopes: dict[str, list[str]]) -> list[str]:
-        """What differs between this manifest and the tools an agent would serve, one line per tool."""
-        signed = self.tools
-        live = {wire_tool(t)["name"]: wire_tool(t) for t in live_tools}
-        lines = []
-        for name in sorted(set(signed) | set(live)):
-            if name not in live:
-                lines.append(f"tool {name!r} is signed but no longer served")
-            elif name not in signed:
-                lines.append(f"tool {name!r} is served but not in the signed manifest")
-            elif tool_digest(live[name]) != signed[name]["digest"]:
-                lines.append(f"tool {name!r} changed (schema, description or annotations differ from the signed one)")
-            elif sorted(live_scopes.get(name, [])) != signed[name]["scopes"]:
-                lines.append(f"tool {name!r}: required scopes changed")
-        return lines
-
 
 def _without_manifest_fields(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if key not in ("scopes", "digest")}

@@ -1,0 +1,197 @@
+"""The ``mesh`` command.
+
+Every subcommand reads one workspace (``--workspace DIR``, default: the current folder). Problems the user
+can act on end with one clear line and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from mesh.keys import DEFAULT_OVERLAP_SECONDS, KeyProblem, KeyRing
+from mesh.manifest import ManifestProblem
+from mesh.signing import (
+    SigningProblem,
+    holds_published_key,
+    resign_after_key_change,
+    sign_agent,
+    verify_manifest_file,
+)
+from mesh.workspace import Workspace, WorkspaceProblem
+
+USER_ERRORS = (WorkspaceProblem, SigningProblem, ManifestProblem, KeyProblem)
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- workspace and signing ----------------------------------------------------------------------------
+
+
+@command("init")
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    if target.exists() and any(target.iterdir()):
+        raise WorkspaceProblem(f"{target} exists and is not empty; choose a new folder")
+    shutil.copytree(Path(__file__).parent / "scaffold", target, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (target / "gitignore").rename(target / ".gitignore")
+    print(f"New mesh workspace in {target}. Next:\n  cd {target}\n  mesh sign\n  mesh agent run hello")
+    return 0
+
+
+@command("sign")
+def cmd_sign(args: argparse.Namespace) -> int:
+    ws = Workspace(args.workspace)
+    for name in args.names or ws.agent_names():
+        changed = anyio.run(lambda n=name: sign_agent(ws, n, replace_keys=args.replace_keys))
+        path = ws.manifest_path(name).relative_to(ws.root)
+        print(f"{name}: {'signed' if changed else 'unchanged'} {path}")
+    return 0
+
+
+@command("verify")
+def cmd_verify(args: argparse.Namespace) -> int:
+    ws = Workspace(args.workspace)
+    targets = []
+    if args.target and args.target.endswith(".json"):
+        path = Path(args.target)
+        targets.append((path, path.with_name(path.name.replace(".manifest.json", ".jwks.json"))))
+    else:
+        names = [args.target] if args.target else sorted(
+            p.name.removesuffix(".manifest.json") for p in ws.manifests_dir.glob("*.manifest.json")
+        )
+        if not names:
+            raise WorkspaceProblem(f"no manifests in {ws.manifests_dir} (run `mesh sign`)")
+        targets = [(ws.manifest_path(n), ws.jwks_path(n)) for n in names]
+    for manifest_path, jwks_path in targets:
+        manifest = verify_manifest_file(manifest_path, jwks_path)
+        print(f"ok  {manifest_path}: {manifest.agent} {manifest.body['version']}, "
+              f"{len(manifest.tools)} tools, signed by {', '.join(k[:12] + '…' for k in manifest.kids())}")
+    return 0
+
+
+@command("keys")
+def cmd_keys(args: argparse.Namespace) -> int:
+    ws = Workspace(args.workspace)
+    ring = KeyRing.open(ws.keys_dir(args.name))
+    now = time.time()
+    if args.keys_command == "rotate":
+        published = holds_published_key(ws, args.name)
+        new = ring.rotate(int(args.overlap * 86400))
+        anyio.run(lambda: resign_after_key_change(ws, args.name))
+        where = "manifests/" if published else ".mesh/manifests/"
+        print(f"{args.name}: new active key {new.kid}; previous key valid for {args.overlap:g} more days. "
+              f"Re-signed {where}{args.name}.manifest.json")
+    elif args.keys_command == "revoke":
+        replacement = ring.revoke(args.kid)
+        anyio.run(lambda: resign_after_key_change(ws, args.name))
+        print(f"{args.name}: revoked {args.kid}" + (f"; new active key {replacement.kid}" if replacement else ""))
+    else:
+        for record in ring.records:
+            until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(record.not_after)) if record.not_after else ""
+            print(f"{record.kid}  {record.status(now):8}  {until}")
+    return 0
+
+
+# -- running agents -----------------------------------------------------------------------------------
+
+
+@command("agent")
+def cmd_agent(args: argparse.Namespace) -> int:
+    ws = Workspace(args.workspace)
+    if args.agent_command == "list":
+        for name in ws.agent_names():
+            print(name)
+        return 0
+    from mesh.serving import SignedAgent, serve_http, serve_stdio
+
+    async def run() -> None:
+        signed = await SignedAgent.prepare(ws, args.name, strict=args.strict, dev=args.dev)
+        if signed.identity.note:
+            say(signed.identity.note)
+        if args.stdio:
+            await serve_stdio(signed)
+        else:
+            await serve_http(signed, args.host, args.port)
+
+    anyio.run(run)
+    return 0
+
+
+# -- argument parsing ---------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", "-w", default=".", help="the workspace folder (default: current folder)")
+
+    top = argparse.ArgumentParser(prog="mesh", description="A mesh of MCP agents with signed tools.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="scaffold a new workspace", parents=[common])
+    p.add_argument("dir")
+
+    p = sub.add_parser("sign", help="sign agents' manifests into manifests/", parents=[common])
+    p.add_argument("names", nargs="*", help="agents to sign (default: all)")
+    p.add_argument("--replace-keys", action="store_true", help="sign with new keys even if others are published")
+
+    p = sub.add_parser("verify", help="check committed manifests against their published keys", parents=[common])
+    p.add_argument("target", nargs="?", help="agent name or manifest path (default: every manifest)")
+
+    keys = sub.add_parser("keys", help="list, rotate or revoke an agent's keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    p = keys_sub.add_parser("list", parents=[common])
+    p.add_argument("name")
+    p = keys_sub.add_parser("rotate", parents=[common])
+    p.add_argument("name")
+    p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_SECONDS / 86400,
+                   help="days the previous key stays valid (default 7)")
+    p = keys_sub.add_parser("revoke", parents=[common])
+    p.add_argument("name")
+    p.add_argument("kid")
+
+    agent = sub.add_parser("agent", help="run or list agents")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    agent_sub.add_parser("list", parents=[common])
+    p = agent_sub.add_parser("run", parents=[common], help="serve one agent over streamable HTTP or stdio")
+    p.add_argument("name")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="default: a free port")
+    p.add_argument("--stdio", action="store_true", help="serve MCP over stdin/stdout (for IDE clients)")
+    p.add_argument("--dev", action="store_true", help="re-sign on start instead of refusing changed tools")
+    p.add_argument("--strict", action="store_true", help="serve only manifests signed by published keys")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        say(f"mesh: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,155 @@
+"""Running one agent: check its signed manifest, sign each listed tool, serve MCP, JWKS and its A2A card.
+
+``SignedAgent`` is an agent ready to serve: the manifest it serves was checked against its live tools,
+and each tool's signature block is in its ``_meta``. It can be served over streamable HTTP (``/mcp``
+plus ``/.well-known/jwks.json``, ``/.well-known/agent-card.json``, the A2A JSON-RPC binding and
+``/healthz``) or over stdio for IDE clients.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from mesh import a2a, card
+from mesh.agent import Agent, signature_meta
+from mesh.manifest import tool_signature
+from mesh.signing import Identity, identity_for_serving
+from mesh.workspace import Workspace
+
+
+@dataclass
+class SignedAgent:
+    """An agent whose tools carry their signatures, with the identity that signed them."""
+
+    agent: Agent
+    identity: Identity
+    server: MCPServer
+    wire_tools: list[dict[str, Any]]
+
+    @classmethod
+    async def prepare(
+        cls, ws: Workspace, name: str, *, strict: bool = False, dev: bool = False, start: bool = True, **server_options: Any
+    ) -> SignedAgent:
+        identity = await identity_for_serving(ws, name, strict=strict, dev=dev)
+        agent = ws.agent(name)
+        if start:
+            await agent.start(ws.agent_context(name))
+        wire_tools = await agent.describe()
+        signatures = {
+            tool["name"]: tool_signature(tool, identity.active, identity.manifest.digest) for tool in wire_tools
+        }
+        server = agent.build_server(signature_meta(signatures), **server_options)
+        return cls(agent, identity, server, wire_tools)
+
+    def card(self, base_url: str) -> dict[str, Any]:
+        scopes = self.agent.scopes()
+        unsigned = card.build_card(
+            name=self.agent.name,
+            description=self.agent.description,
+            version=self.agent.version,
+            base_url=base_url,
+            tools=[{**tool, "scopes": scopes[tool["name"]]} for tool in self.wire_tools],
+        )
+        return card.sign_card(unsigned, self.identity.keys, jku=f"{base_url}/.well-known/jwks.json")
+
+    def http_app(self, base_url: str, host: str = "127.0.0.1") -> Starlette:
+        """One Starlette app: MCP at ``/mcp``, the well-known documents, A2A and a health route."""
+        signed_card = self.card(base_url)
+        jwks = self.identity.jwks
+        mcp_app = self.server.streamable_http_app(
+            json_response=True, host=host, transport_security=_transport_security(host, base_url)
+        )
+
+        async def jwks_route(request: Request) -> JSONResponse:
+            return JSONResponse(jwks, headers={"Cache-Control": "max-age=300"})
+
+        async def card_route(request: Request) -> JSONResponse:
+            return JSONResponse(signed_card)
+
+        async def health(request: Request) -> JSONResponse:
+            return JSONResponse({"status": "ok", "agent": self.agent.name, "mode": self.identity.mode})
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette):
+            async with self.server.session_manager.run():
+                yield
+
+        routes = [
+            Route("/.well-known/jwks.json", jwks_route),
+            Route("/.well-known/agent-card.json", card_route),
+            Route("/healthz", health),
+            *a2a.a2a_routes(card=signed_card, call_tool=self.call_tool),
+            Mount("/", app=mcp_app),
+        ]
+        return Starlette(routes=routes, lifespan=lifespan)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
+        return await self.server.call_tool(name, arguments)
+
+
+def _transport_security(host: str, base_url: str) -> TransportSecuritySettings | None:
+    """Keep the SDK's DNS-rebinding protection on loopback; elsewhere allow the advertised host."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    authority = base_url.split("://", 1)[-1]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[authority, f"{host}:*", "127.0.0.1:*", "localhost:*"],
+        allowed_origins=[f"http://{authority}", "http://127.0.0.1:*", "http://localhost:*"],
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+async def serve_http(
+    signed: SignedAgent,
+    host: str,
+    port: int,
+    *,
+    advertised_host: str | None = None,
+    on_ready: Callable[[str], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until cancelled or signalled; ``on_ready(base_url)`` runs once the socket listens."""
+    port = port or free_port(host)
+    base_url = f"http://{advertised_host or host}:{port}"
+    app = signed.http_app(base_url, host)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+
+    async def announce() -> None:
+        import anyio
+
+        while not server.started:
+            await anyio.sleep(0.02)
+        print(f"{signed.agent.name}: MCP at {base_url}/mcp  (card {base_url}/.well-known/agent-card.json)",
+              file=sys.stderr, flush=True)
+        if on_ready is not None:
+            await on_ready(base_url)
+
+    import anyio
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(announce)
+        await server.serve()
+        group.cancel_scope.cancel()
+
+
+async def serve_stdio(signed: SignedAgent) -> None:
+    await signed.server.run_stdio_async()
