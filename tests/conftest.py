@@ -1,0 +1,135 @@
+"""Shared fixtures: workspaces in temporary folders and real processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WORKSPACE_PARTS = ("agents", "tools", "registry", "manifests", "docs", "README.md")
+
+
+def mesh_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mesh.cli", *args]
+
+
+def run_mesh(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the ``mesh`` command the way a user does and capture what it says."""
+    return subprocess.run(mesh_command(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A server process started by a test, stopped by its process id when the test ends."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None):
+        self.log_path = log
+        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def wait_http(self, url: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"process exited with {self.popen.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{url} did not answer within {timeout}s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[list[Process]]:
+    """Start servers with ``start(args)``; every one is stopped at the end of the test."""
+    started: list[Process] = []
+    yield started
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
+def start(processes: list[Process], tmp_path: Path):
+    def start_process(args: list[str], env: dict[str, str] | None = None) -> Process:
+        process = Process(args, tmp_path / f"process-{len(processes)}.log", env)
+        processes.append(process)
+        return process
+
+    return start_process
+
+
+@pytest.fixture
+def agent_server(start):
+    """``agent_server(workspace, name, *extra)`` runs ``mesh agent run`` and returns its base URL."""
+
+    def run(workspace: Path, name: str, *extra: str) -> str:
+        port = free_port()
+        process = start(mesh_command("agent", "run", name, "--workspace", str(workspace), "--port", str(port), *extra))
+        base = f"http://127.0.0.1:{port}"
+        process.wait_http(f"{base}/healthz")
+        return base
+
+    return run
+
+
+@pytest.fixture
+def hello_workspace(tmp_path: Path) -> Path:
+    """A workspace made by ``mesh init`` and signed by ``mesh sign``, as a new user would."""
+    workspace = tmp_path / "ws"
+    assert run_mesh("init", str(workspace)).returncode == 0
+    signed = run_mesh("sign", "--workspace", str(workspace))
+    assert signed.returncode == 0, signed.stderr
+    return workspace
+
+
+@pytest.fixture
+def repo_workspace(tmp_path: Path) -> Path:
+    """A copy of this repository's own workspace, as a fresh clone has it (no .mesh/)."""
+    workspace = tmp_path / "repo"
+    workspace.mkdir()
+    for part in WORKSPACE_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, workspace / part, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.is_file():
+            shutil.copy2(source, workspace / part)
+    return workspace
