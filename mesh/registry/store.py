@@ -1,0 +1,473 @@
+"""The registry's state: admitted agents, their pinned tools, runs, policy decisions, reputation, keys.
+
+SQLite under the workspace's ``.mesh/`` by default (WAL, so readers never wait on the writer);
+PostgreSQL when a URL says so, with several registry processes sharing it. The schema is owned by
+the Alembic migrations shipped beside this module: ``migrate(engine)`` brings any database to head.
+
+Every store function takes a ``Session`` first and leaves the transaction to the caller
+(``with factory.begin() as session: ...``); functions flush when the caller needs generated values
+or ordering, and never commit. Times are timezone-aware UTC datetimes on both backends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Double,
+    Engine,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+DATABASE_URL_VARIABLE = "MESH_DATABASE_URL"
+DEFAULT_DATABASE = Path(".mesh") / "registry.db"
+# Any constant will do: it only has to be the same in every registry process sharing one database.
+_MIGRATION_LOCK = 0x6D657368
+
+# Stable constraint names, so later migrations can refer to them on both backends.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on both backends: SQLite keeps no offset, so UTC is put back on read."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the store takes timezone-aware datetimes (a naive one has no defined instant)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Nullable JSON columns store SQL NULL for None (not the JSON literal null), so "IS NULL" means absent.
+NullableJSON = JSON(none_as_null=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class AgentRecord(Base):
+    """An agent the registry knows, with the signed manifest it was admitted (or refused) on."""
+
+    __tablename__ = "agents"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String, default="active")  # "active", "down", "refused", ...
+    version: Mapped[str] = mapped_column(String, default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    # Refused agents are kept too (so the refusal can be shown), and may have no valid manifest.
+    manifest: Mapped[str | None] = mapped_column(Text)  # the signed manifest's JSON, byte for byte
+    manifest_digest: Mapped[str | None] = mapped_column(String)
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    flags: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class ToolRecord(Base):
+    """One tool of an agent as admitted: its schemas, scopes and the digest it is pinned to."""
+
+    __tablename__ = "tools"
+
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    title: Mapped[str | None] = mapped_column(String)
+    description: Mapped[str] = mapped_column(Text, default="")
+    input_schema: Mapped[dict[str, Any]] = mapped_column(JSON)
+    output_schema: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    annotations: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    pinned_digest: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String, default="verified")  # "verified" or "blocked"
+    blocked_reason: Mapped[str | None] = mapped_column(Text)
+    wire: Mapped[dict[str, Any]] = mapped_column(JSON)  # the signed tool exactly as in tools/list
+
+
+class RunRecord(Base):
+    """One call, as logged for one side of it.
+
+    A proxied call is recorded twice: in the caller's log and in the target's; the target-side record
+    points at the caller-side one through ``parent_run_id``, and each carries its own provenance JWS.
+    """
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint("log IN ('caller', 'target')", name="log"),
+        Index("ix_runs_agent_started_at", "agent", "started_at"),
+        Index("ix_runs_caller_started_at", "caller", "started_at"),
+        Index("ix_runs_started_at", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    parent_run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    log: Mapped[str] = mapped_column(String(6))  # "caller" or "target": whose log this record is in
+    caller: Mapped[str] = mapped_column(String)
+    agent: Mapped[str] = mapped_column(String)
+    tool: Mapped[str] = mapped_column(String)
+    arguments_digest: Mapped[str | None] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String)  # "ok", "error", "denied", "invalid", "timeout", ...
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float | None] = mapped_column(Double)
+    policy_decision: Mapped[str | None] = mapped_column(String)  # "allow" or "deny"
+    policy_rule: Mapped[str | None] = mapped_column(String)
+    trace_id: Mapped[str | None] = mapped_column(String)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    provenance: Mapped[str | None] = mapped_column(Text)  # compact JWS
+
+
+class DecisionRecord(Base):
+    """A policy evaluation, kept with a digest of its input so it can be replayed and audited."""
+
+    __tablename__ = "policy_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    allow: Mapped[bool]
+    rule: Mapped[str | None] = mapped_column(String)
+    input_digest: Mapped[str] = mapped_column(String)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReputationRecord(Base):
+    """The learnt reputation of an agent (``tool == ""``) or of one of its tools.
+
+    ``state`` is the JSON the reputation module's estimators serialize to (a few numbers each), so a
+    restarted registry carries on learning where it stopped.
+    """
+
+    __tablename__ = "reputation"
+
+    agent: Mapped[str] = mapped_column(String, primary_key=True)
+    tool: Mapped[str] = mapped_column(String, primary_key=True, default="")
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    score: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TrustedKeyRecord(Base):
+    """A public key the registry accepts an agent's signatures from, and where that trust came from."""
+
+    __tablename__ = "trusted_keys"
+
+    kid: Mapped[str] = mapped_column(String, primary_key=True)
+    agent: Mapped[str] = mapped_column(String, index=True)
+    jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    exp: Mapped[datetime | None] = mapped_column(UTCDateTime)  # end of a rotated-out key's overlap window
+    source: Mapped[str] = mapped_column(String)  # "workspace", "rotation" or "local"
+    revoked: Mapped[bool] = mapped_column(default=False)
+
+
+# --- engines and schema -------------------------------------------------------------------------
+
+
+def database_url(workspace: Path, configured: str | None = None) -> str:
+    """Where the registry keeps its state: ``MESH_DATABASE_URL``, else registry.toml's URL, else SQLite."""
+    chosen = os.environ.get(DATABASE_URL_VARIABLE) or configured
+    if chosen:
+        return chosen
+    return URL.create("sqlite", database=str(workspace / DEFAULT_DATABASE)).render_as_string()
+
+
+def connect(url: str | URL) -> Engine:
+    """An engine for the URL: SQLite gets its folder, WAL and enforced foreign keys; PostgreSQL gets psycopg."""
+    url = make_url(url)
+    if url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite, per connection
+    cursor.close()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest schema with the migrations shipped inside this package.
+
+    On PostgreSQL a transaction-scoped advisory lock makes registry processes starting together take
+    turns; the DDL is transactional there, so the later ones find the schema at head and do nothing.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose records stay readable after commit (the registry returns them in responses)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+# --- agents and tools ---------------------------------------------------------------------------
+
+
+def upsert_agent(
+    session: Session,
+    name: str,
+    *,
+    endpoint: str,
+    manifest: str | None = None,
+    manifest_digest: str | None = None,
+    jwks: dict[str, Any] | None = None,
+    version: str = "",
+    description: str = "",
+    status: str = "active",
+    flags: list[str] | None = None,
+) -> AgentRecord:
+    """Admit (or re-admit) an agent: a new registration replaces everything but when it first came."""
+    agent = session.get(AgentRecord, name)
+    if agent is None:
+        agent = AgentRecord(name=name, registered_at=utcnow())
+        session.add(agent)
+    agent.endpoint = endpoint
+    agent.manifest = manifest
+    agent.manifest_digest = manifest_digest
+    agent.jwks = jwks
+    agent.version = version
+    agent.description = description
+    agent.status = status
+    agent.flags = list(flags or [])
+    agent.last_seen = utcnow()
+    session.flush()
+    return agent
+
+
+def get_agent(session: Session, name: str) -> AgentRecord | None:
+    return session.get(AgentRecord, name)
+
+
+def list_agents(session: Session, status: str | None = None) -> list[AgentRecord]:
+    query = select(AgentRecord).order_by(AgentRecord.name)
+    if status is not None:
+        query = query.where(AgentRecord.status == status)
+    return list(session.scalars(query))
+
+
+def set_agent_status(session: Session, name: str, status: str) -> AgentRecord:
+    """Mark an agent "down", "active" again, ...; seeing it alive also moves ``last_seen``."""
+    agent = _require(session.get(AgentRecord, name), f"no agent {name!r}")
+    agent.status = status
+    if status == "active":
+        agent.last_seen = utcnow()
+    return agent
+
+
+def replace_tools(session: Session, agent: str, tools: Iterable[ToolRecord]) -> list[ToolRecord]:
+    """Make ``tools`` the agent's whole tool list: on re-admission the old pins go, the new ones stay."""
+    session.execute(delete(ToolRecord).where(ToolRecord.agent == agent))
+    records = list(tools)
+    for record in records:
+        record.agent = agent
+    session.add_all(records)
+    session.flush()
+    return records
+
+
+def list_tools(session: Session, agent: str | None = None, status: str | None = None) -> list[ToolRecord]:
+    query = select(ToolRecord).order_by(ToolRecord.agent, ToolRecord.name)
+    if agent is not None:
+        query = query.where(ToolRecord.agent == agent)
+    if status is not None:
+        query = query.where(ToolRecord.status == status)
+    return list(session.scalars(query))
+
+
+def block_tool(session: Session, agent: str, name: str, reason: str) -> ToolRecord:
+    """Stop a tool being callable, e.g. when its live schema no longer matches its pinned digest."""
+    tool = _require(session.get(ToolRecord, (agent, name)), f"no tool {name!r} on agent {agent!r}")
+    tool.status = "blocked"
+    tool.blocked_reason = reason
+    return tool
+
+
+# --- runs and policy decisions ------------------------------------------------------------------
+
+
+def record_run(session: Session, run: RunRecord) -> RunRecord:
+    """Log one side of a call; flushed at once, so its id and start time are set and a child may link it."""
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: str) -> RunRecord | None:
+    return session.get(RunRecord, run_id)
+
+
+def list_runs(
+    session: Session,
+    agent: str | None = None,
+    *,
+    caller: str | None = None,
+    log: str | None = None,
+    limit: int = 50,
+) -> list[RunRecord]:
+    """Runs, most recent first: to ``agent``, from ``caller``, in one side's ``log`` ("caller"/"target")."""
+    query = select(RunRecord).order_by(RunRecord.started_at.desc()).limit(limit)
+    if agent is not None:
+        query = query.where(RunRecord.agent == agent)
+    if caller is not None:
+        query = query.where(RunRecord.caller == caller)
+    if log is not None:
+        query = query.where(RunRecord.log == log)
+    return list(session.scalars(query))
+
+
+def linked_runs(session: Session, run_id: str) -> list[RunRecord]:
+    """Both sides of a call from either one: the caller-side record first, then the target-side ones."""
+    run = _require(session.get(RunRecord, run_id), f"no run {run_id!r}")
+    root = run.parent_run_id or run.id
+    query = (
+        select(RunRecord)
+        .where((RunRecord.id == root) | (RunRecord.parent_run_id == root))
+        .order_by(RunRecord.parent_run_id.is_not(None), RunRecord.started_at)
+    )
+    return list(session.scalars(query))
+
+
+def record_decision(
+    session: Session, run_id: str, *, allow: bool, rule: str | None, input_digest: str
+) -> DecisionRecord:
+    """Keep a policy decision; record its run first (the decision references it)."""
+    decision = DecisionRecord(run_id=run_id, allow=allow, rule=rule, input_digest=input_digest)
+    session.add(decision)
+    session.flush()
+    return decision
+
+
+# --- reputation ---------------------------------------------------------------------------------
+
+
+def load_reputation(session: Session, agent: str, tool: str = "") -> ReputationRecord | None:
+    return session.get(ReputationRecord, (agent, tool))
+
+
+def list_reputation(session: Session, agent: str | None = None) -> list[ReputationRecord]:
+    query = select(ReputationRecord).order_by(ReputationRecord.agent, ReputationRecord.tool)
+    if agent is not None:
+        query = query.where(ReputationRecord.agent == agent)
+    return list(session.scalars(query))
+
+
+def save_reputation(
+    session: Session, agent: str, tool: str, *, state: dict[str, Any], score: float
+) -> ReputationRecord:
+    """Store the estimators' state and score for an agent (``tool=""``) or one of its tools."""
+    record = session.get(ReputationRecord, (agent, tool))
+    if record is None:
+        record = ReputationRecord(agent=agent, tool=tool)
+        session.add(record)
+    record.state = state
+    record.score = score
+    record.updated_at = utcnow()
+    return record
+
+
+# --- trusted keys -------------------------------------------------------------------------------
+
+
+def trust_key(
+    session: Session,
+    kid: str,
+    *,
+    agent: str,
+    jwk: dict[str, Any],
+    source: str,
+    exp: datetime | None = None,
+) -> TrustedKeyRecord:
+    """Trust a public key for an agent, or update how long and why; a revoked key stays revoked."""
+    key = session.get(TrustedKeyRecord, kid)
+    if key is None:
+        key = TrustedKeyRecord(kid=kid, revoked=False)
+        session.add(key)
+    key.agent = agent
+    key.jwk = jwk
+    key.source = source
+    key.exp = exp
+    return key
+
+
+def revoke_key(session: Session, kid: str) -> TrustedKeyRecord:
+    key = _require(session.get(TrustedKeyRecord, kid), f"no trusted key {kid!r}")
+    key.revoked = True
+    return key
+
+
+def trusted_keys(
+    session: Session, agent: str | None = None, *, usable_at: datetime | None = None
+) -> list[TrustedKeyRecord]:
+    """Keys on record (revoked and expired ones too, so refusals can say why); ``usable_at`` keeps only valid ones."""
+    query = select(TrustedKeyRecord).order_by(TrustedKeyRecord.agent, TrustedKeyRecord.kid)
+    if agent is not None:
+        query = query.where(TrustedKeyRecord.agent == agent)
+    if usable_at is not None:
+        query = query.where(
+            TrustedKeyRecord.revoked.is_(False),
+            TrustedKeyRecord.exp.is_(None) | (TrustedKeyRecord.exp > usable_at),
+        )
+    return list(session.scalars(query))
+
+
+T = TypeVar("T")
+
+
+def _require(record: T | None, problem: str) -> T:
+    if record is None:
+        raise LookupError(problem)
+    return record

@@ -1,0 +1,309 @@
+"""The registry's store on SQLite and, when ``MESH_TEST_DATABASE_URL`` names one, on PostgreSQL.
+
+Each PostgreSQL test works in a schema of its own (created and dropped here), because CI and other
+test runs share that database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mesh.registry import store
+from mesh.registry.store import DecisionRecord, RunRecord, ToolRecord
+
+POSTGRES_VARIABLE = "MESH_TEST_DATABASE_URL"
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file under a fresh ``.mesh/``, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / '.mesh' / 'registry.db'}"
+        return
+    server = os.environ.get(POSTGRES_VARIABLE)
+    if not server:
+        pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    schema = f"mesh_test_{uuid.uuid4().hex[:12]}"
+    admin = store.connect(server)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = make_url(server).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = store.connect(database_url)
+    store.migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return store.session_factory(engine)
+
+
+def admit(session: Session, name: str = "librarian") -> None:
+    store.upsert_agent(
+        session,
+        name,
+        endpoint=f"http://127.0.0.1:8001/{name}/mcp",
+        manifest='{"payload": "...", "signatures": []}',
+        manifest_digest="sha256:m1",
+        jwks={"keys": [{"kid": "k1"}], "revoked": [], "rotations": []},
+        version="1.0.0",
+        description="finds passages",
+    )
+
+
+def tool(name: str, digest: str = "sha256:t") -> ToolRecord:
+    schema = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+    return ToolRecord(
+        name=name,
+        title=name.title(),
+        description=f"{name} things",
+        input_schema=schema,
+        output_schema=None,
+        annotations={"readOnlyHint": True},
+        scopes=["library:read"],
+        pinned_digest=digest,
+        wire={"name": name, "inputSchema": schema, "_meta": {"io.mcpmesh/signature": {"digest": digest}}},
+    )
+
+
+def run(caller: str, agent: str, log: str, started_at: datetime, **fields: object) -> RunRecord:
+    fields = {"tool": "search", "status": "ok", **fields}
+    return RunRecord(caller=caller, agent=agent, log=log, started_at=started_at, **fields)
+
+
+def test_migration_from_empty_matches_the_models(database_url: str) -> None:
+    engine = store.connect(database_url)
+    try:
+        assert inspect(engine).get_table_names() == []
+        store.migrate(engine)
+        store.migrate(engine)  # a second start finds the schema at head and leaves it alone
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection)
+            assert compare_metadata(context, store.Base.metadata) == []
+            head = ScriptDirectory(str(store.MIGRATIONS)).get_current_head()
+            assert context.get_current_revision() == head
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_is_created_under_mesh_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    url = store.database_url(tmp_path)
+    assert url == f"sqlite:///{tmp_path / '.mesh' / 'registry.db'}"
+    engine = store.connect(url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert (tmp_path / ".mesh" / "registry.db").exists()
+    finally:
+        engine.dispose()
+
+
+def test_database_url_prefers_the_environment_then_registry_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(store.DATABASE_URL_VARIABLE, raising=False)
+    assert store.database_url(tmp_path, "postgresql://db/mesh") == "postgresql://db/mesh"
+    monkeypatch.setenv(store.DATABASE_URL_VARIABLE, "postgresql://env/mesh")
+    assert store.database_url(tmp_path, "postgresql://db/mesh") == "postgresql://env/mesh"
+
+
+def test_agent_round_trip_and_readmission(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        admit(session)
+        admit(session, "archivist")
+    with sessions() as session:
+        agent = store.get_agent(session, "librarian")
+        assert agent is not None
+        assert agent.endpoint == "http://127.0.0.1:8001/librarian/mcp"
+        assert agent.jwks == {"keys": [{"kid": "k1"}], "revoked": [], "rotations": []}
+        assert agent.flags == []
+        assert agent.registered_at.tzinfo is UTC
+        first_registered = agent.registered_at
+        assert [a.name for a in store.list_agents(session)] == ["archivist", "librarian"]
+        assert store.get_agent(session, "nobody") is None
+
+    with sessions.begin() as session:
+        store.upsert_agent(session, "librarian", endpoint="http://127.0.0.1:9000/mcp", flags=["slow"])
+        store.set_agent_status(session, "archivist", "down")
+    with sessions() as session:
+        agent = store.get_agent(session, "librarian")
+        assert agent is not None
+        assert (agent.endpoint, agent.flags, agent.manifest) == ("http://127.0.0.1:9000/mcp", ["slow"], None)
+        assert agent.registered_at == first_registered
+        assert agent.last_seen >= first_registered
+        assert [a.name for a in store.list_agents(session, status="down")] == ["archivist"]
+
+
+def test_replacing_and_blocking_tools(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        admit(session)
+        store.replace_tools(session, "librarian", [tool("search"), tool("fetch")])
+    with sessions() as session:
+        tools = store.list_tools(session, "librarian")
+        assert [t.name for t in tools] == ["fetch", "search"]
+        search = tools[1]
+        assert search.input_schema["required"] == ["query"]
+        assert search.output_schema is None
+        assert (search.annotations, search.scopes, search.status) == (
+            {"readOnlyHint": True},
+            ["library:read"],
+            "verified",
+        )
+
+    with sessions.begin() as session:  # re-admission: only the new list remains, pinned to new digests
+        store.replace_tools(session, "librarian", [tool("search", "sha256:t2")])
+    with sessions.begin() as session:
+        store.block_tool(session, "librarian", "search", "live schema no longer matches its pinned digest")
+        with pytest.raises(LookupError):
+            store.block_tool(session, "librarian", "fetch", "gone")
+    with sessions() as session:
+        [search] = store.list_tools(session, agent="librarian")
+        assert (search.pinned_digest, search.status) == ("sha256:t2", "blocked")
+        assert search.blocked_reason == "live schema no longer matches its pinned digest"
+        assert store.list_tools(session, status="verified") == []
+        assert store.list_tools(session, status="blocked") == [search]
+
+
+def test_tools_belong_to_an_admitted_agent(sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(IntegrityError), sessions.begin() as session:
+        store.replace_tools(session, "stranger", [tool("search")])
+
+
+def test_linked_runs_are_listed_on_both_sides(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        caller_side = store.record_run(
+            session, run("planner", "librarian", "caller", T0, policy_decision="allow", policy_rule="same-team")
+        )
+        target_side = store.record_run(
+            session, run("planner", "librarian", "target", T0 + timedelta(milliseconds=3), parent_run_id=caller_side.id)
+        )
+        store.record_run(session, run("planner", "archivist", "caller", T0 + timedelta(seconds=1)))
+        caller_id, target_id = caller_side.id, target_side.id
+    with sessions() as session:
+        [in_callers_log] = store.list_runs(session, "librarian", caller="planner", log="caller")
+        [in_targets_log] = store.list_runs(session, "librarian", log="target")
+        assert (in_callers_log.id, in_targets_log.id) == (caller_id, target_id)
+        assert in_targets_log.parent_run_id == caller_id
+        assert [r.id for r in store.linked_runs(session, target_id)] == [caller_id, target_id]
+        assert [r.id for r in store.linked_runs(session, caller_id)] == [caller_id, target_id]
+        assert len(store.list_runs(session, caller="planner")) == 3
+        fetched = store.get_run(session, caller_id)
+        assert fetched is not None
+        assert (fetched.policy_decision, fetched.policy_rule, fetched.started_at) == ("allow", "same-team", T0)
+        assert store.get_run(session, str(uuid.uuid4())) is None
+
+
+def test_runs_are_listed_most_recent_first(sessions: sessionmaker[Session]) -> None:
+    offsets = [5, 1, 9, 3, 7]
+    with sessions.begin() as session:
+        for minutes in offsets:
+            store.record_run(session, run("planner", "librarian", "caller", T0 + timedelta(minutes=minutes)))
+    with sessions() as session:
+        listed = store.list_runs(session, "librarian")
+        assert [r.started_at for r in listed] == [T0 + timedelta(minutes=m) for m in sorted(offsets, reverse=True)]
+        assert [r.started_at for r in store.list_runs(session, limit=2)] == [
+            T0 + timedelta(minutes=9),
+            T0 + timedelta(minutes=7),
+        ]
+
+
+def test_a_recorded_run_gets_an_id_and_a_start(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        recorded = store.record_run(
+            session, RunRecord(caller="planner", agent="librarian", tool="search", log="caller", status="timeout")
+        )
+        uuid.UUID(recorded.id)
+        assert recorded.started_at.tzinfo is UTC
+
+
+def test_policy_decisions_reference_their_run(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        denied = store.record_run(session, run("planner", "librarian", "caller", T0, status="denied"))
+        store.record_decision(session, denied.id, allow=False, rule="budget", input_digest="sha256:i")
+        run_id = denied.id
+    with sessions() as session:
+        [decision] = session.scalars(select(DecisionRecord)).all()
+        assert (decision.run_id, decision.allow, decision.rule) == (run_id, False, "budget")
+        assert decision.decided_at.tzinfo is UTC
+    with pytest.raises(IntegrityError), sessions.begin() as session:
+        store.record_decision(session, "no-such-run", allow=True, rule=None, input_digest="sha256:i")
+
+
+def test_reputation_survives_a_restart(database_url: str) -> None:
+    state = {"success": {"mean": 0.93, "n": 41}, "latency": {"mean": 12.5, "var": 4.25, "n": 41}}
+    engine = store.connect(database_url)
+    store.migrate(engine)
+    with store.session_factory(engine).begin() as session:
+        store.save_reputation(session, "librarian", "", state={"success": {"mean": 0.5, "n": 1}}, score=0.5)
+        store.save_reputation(session, "librarian", "search", state=state, score=0.91)
+    with store.session_factory(engine).begin() as session:
+        store.save_reputation(session, "librarian", "", state=state, score=0.9)
+    engine.dispose()
+
+    engine = store.connect(database_url)  # a restarted registry
+    try:
+        store.migrate(engine)
+        with store.session_factory(engine)() as session:
+            whole = store.load_reputation(session, "librarian")
+            assert whole is not None
+            assert (whole.state, whole.score) == (state, 0.9)
+            assert whole.updated_at.tzinfo is UTC
+            assert [(r.tool, r.score) for r in store.list_reputation(session, "librarian")] == [
+                ("", 0.9),
+                ("search", 0.91),
+            ]
+            assert store.load_reputation(session, "librarian", "fetch") is None
+    finally:
+        engine.dispose()
+
+
+def test_trusted_keys_expire_and_revoke(sessions: sessionmaker[Session]) -> None:
+    jwk = {"kty": "EC", "crv": "P-256", "x": "x", "y": "y"}
+    with sessions.begin() as session:
+        store.trust_key(session, "old", agent="librarian", jwk=jwk, source="workspace", exp=T0 + timedelta(days=7))
+        store.trust_key(session, "new", agent="librarian", jwk=jwk, source="rotation")
+        store.trust_key(session, "gone", agent="librarian", jwk=jwk, source="workspace")
+        store.trust_key(session, "other", agent="archivist", jwk=jwk, source="local")
+        store.revoke_key(session, "gone")
+    with sessions.begin() as session:  # re-reading the workspace does not bring a revoked key back
+        store.trust_key(session, "gone", agent="librarian", jwk=jwk, source="workspace")
+        with pytest.raises(LookupError):
+            store.revoke_key(session, "unknown")
+    with sessions() as session:
+        assert [k.kid for k in store.trusted_keys(session, "librarian")] == ["gone", "new", "old"]
+        usable_now = store.trusted_keys(session, "librarian", usable_at=T0)
+        assert [k.kid for k in usable_now] == ["new", "old"]
+        assert usable_now[1].exp == T0 + timedelta(days=7)
+        later = T0 + timedelta(days=8)
+        assert [k.kid for k in store.trusted_keys(session, usable_at=later)] == ["other", "new"]
+
+
+def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
+    with pytest.raises(Exception, match="timezone-aware"), sessions.begin() as session:
+        store.record_run(session, run("planner", "librarian", "caller", datetime(2025, 1, 1)))
