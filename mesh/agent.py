@@ -111,6 +111,18 @@ class Agent(ToolKit):
         self.instructions = instructions
         self.mounts: list[ToolKit | str] = []
         self.startup_hooks: list[Callable[[AgentContext], Any]] = []
+        self._mesh: Any = None
+
+    @property
+    def mesh(self) -> Any:
+        """This agent's ``MeshClient``: call other agents through the registry (``await agent.mesh.invoke``)."""
+        if self._mesh is None:
+            raise RuntimeError(f"{self.name} runs without a registry; start it with --registry URL or `mesh up`")
+        return self._mesh
+
+    @mesh.setter
+    def mesh(self, client: Any) -> None:
+        self._mesh = client
 
     def mount(self, kit: ToolKit | str) -> None:
         """Add a tool kit's tools; a name is resolved against the workspace's ``tools/`` when loaded."""

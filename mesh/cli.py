@@ -7,6 +7,8 @@ can act on end with one clear line and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import shutil
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import anyio
 
+from mesh import telemetry
 from mesh.keys import DEFAULT_OVERLAP_SECONDS, KeyProblem, KeyRing
 from mesh.manifest import ManifestProblem
 from mesh.signing import (
@@ -123,6 +126,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         return 0
     from mesh.serving import SignedAgent, serve_http, serve_stdio
 
+    telemetry.configure_from_env(f"mesh-agent-{args.name}")
+
     async def run() -> None:
         signed = await SignedAgent.prepare(ws, args.name, strict=args.strict, dev=args.dev)
         if signed.identity.note:
@@ -130,10 +135,68 @@ def cmd_agent(args: argparse.Namespace) -> int:
         if args.stdio:
             await serve_stdio(signed)
         else:
-            await serve_http(signed, args.host, args.port)
+            await serve_http(signed, args.host, args.port, registry_url=args.registry)
 
     anyio.run(run)
     return 0
+
+
+@command("registry")
+def cmd_registry(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mesh.registry.app import build_app
+    from mesh.registry.config import RegistryConfig
+    from mesh.registry.node import Registry
+
+    ws = Workspace(args.workspace)
+    config = RegistryConfig.from_workspace(ws, host=args.host, port=args.port, strict=args.strict or None,
+                                           trust_local_keys=args.trust_local_keys or None)
+    telemetry.configure_from_env("mesh-registry")
+    registry = Registry.open(config)
+    say(f"registry: HTTP API {config.base_url}/v1  MCP {config.base_url}/mcp  "
+        f"({len(registry.endpoints)} agents known)")
+    uvicorn.run(build_app(registry), host=config.host, port=config.port, log_level="warning")
+    return 0
+
+
+@command("up")
+def cmd_up(args: argparse.Namespace) -> int:
+    from mesh.supervisor import run_up
+
+    return run_up(Path(args.workspace).resolve(), args.host, args.port)
+
+
+def registry_url(args: argparse.Namespace) -> str:
+    return args.registry.rstrip("/")
+
+
+@command("ls")
+def cmd_ls(args: argparse.Namespace) -> int:
+    from mesh.tables import print_agents
+
+    return print_agents(registry_url(args))
+
+
+@command("discover")
+def cmd_discover(args: argparse.Namespace) -> int:
+    from mesh.tables import print_discover
+
+    return print_discover(registry_url(args), " ".join(args.text), args.k)
+
+
+@command("call")
+def cmd_call(args: argparse.Namespace) -> int:
+    from mesh.tables import print_call
+
+    return print_call(registry_url(args), args.target, args.pairs)
+
+
+@command("runs")
+def cmd_runs(args: argparse.Namespace) -> int:
+    from mesh.tables import print_runs
+
+    return print_runs(registry_url(args), args.limit, args.agent)
 
 
 # -- argument parsing ---------------------------------------------------------------------------------
@@ -178,11 +241,41 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stdio", action="store_true", help="serve MCP over stdin/stdout (for IDE clients)")
     p.add_argument("--dev", action="store_true", help="re-sign on start instead of refusing changed tools")
     p.add_argument("--strict", action="store_true", help="serve only manifests signed by published keys")
+    p.add_argument("--registry", default=os.environ.get("MESH_REGISTRY_URL"),
+                   help="register with this registry and call other agents through it")
+
+    registry = sub.add_parser("registry", help="run the registry node")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True)
+    p = registry_sub.add_parser("run", parents=[common], help="serve the registry: HTTP API, MCP, JWKS")
+    p.add_argument("--host", default=None, help="default: registry.toml, else 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: registry.toml, else 7300")
+    p.add_argument("--strict", action="store_true", help="trust only keys published in manifests/")
+    p.add_argument("--trust-local-keys", action="store_true",
+                   help="also trust this workspace's local keys under .mesh/ (what `mesh up` does)")
+
+    p = sub.add_parser("up", parents=[common], help="run the registry and every agent of the workspace")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7300)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--registry", default=os.environ.get("MESH_REGISTRY_URL", "http://127.0.0.1:7300"),
+                        help="registry URL (default: $MESH_REGISTRY_URL or http://127.0.0.1:7300)")
+    sub.add_parser("ls", parents=[client], help="list agents, their status and reputation")
+    p = sub.add_parser("discover", parents=[client], help="find tools by meaning")
+    p.add_argument("text", nargs="+")
+    p.add_argument("-k", type=int, default=10)
+    p = sub.add_parser("call", parents=[client], help="call AGENT.TOOL key=value ... through the registry")
+    p.add_argument("target", metavar="AGENT.TOOL")
+    p.add_argument("pairs", nargs="*", metavar="key=value")
+    p = sub.add_parser("runs", parents=[client], help="recent runs through the registry")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--agent")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as exc:

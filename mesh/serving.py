@@ -8,6 +8,7 @@ plus ``/.well-known/jwks.json``, ``/.well-known/agent-card.json``, the A2A JSON-
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,19 +16,25 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import httpx
 import uvicorn
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from opentelemetry.trace import SpanKind
 from starlette.routing import Mount, Route
 
-from mesh import a2a, card
+from mesh import a2a, card, telemetry
 from mesh.agent import Agent, signature_meta
+from mesh.client import RUN_META, MeshClient, MeshError, incoming_run
 from mesh.manifest import tool_signature
 from mesh.signing import Identity, identity_for_serving
 from mesh.workspace import Workspace
+
+log = logging.getLogger("mesh.agent")
 
 
 @dataclass
@@ -51,7 +58,7 @@ class SignedAgent:
         signatures = {
             tool["name"]: tool_signature(tool, identity.active, identity.manifest.digest) for tool in wire_tools
         }
-        server = agent.build_server(signature_meta(signatures), **server_options)
+        server = agent.build_server(signature_meta(signatures), middleware=[trace_tool_calls], **server_options)
         return cls(agent, identity, server, wire_tools)
 
     def card(self, base_url: str) -> dict[str, Any]:
@@ -112,6 +119,46 @@ def _transport_security(host: str, base_url: str) -> TransportSecuritySettings |
     )
 
 
+async def trace_tool_calls(ctx: Any, call_next: Any) -> Any:
+    """MCP middleware: serve each tools/call inside the caller's trace and remember its registry run id,
+    so calls this tool makes through the mesh join the same trace and are linked to this run."""
+    if ctx.method != "tools/call":
+        return await call_next(ctx)
+    meta = ctx.meta if isinstance(ctx.meta, dict) else (ctx.meta.model_dump(by_alias=True) if ctx.meta else {})
+    token = incoming_run.set(meta.get(RUN_META))
+    name = (ctx.params or {}).get("name", "")
+    try:
+        with telemetry.span(f"tools/call {name}", context=telemetry.extract_meta(meta), kind=SpanKind.SERVER,
+                            **{"mcp.tool": name}):
+            return await call_next(ctx)
+    finally:
+        incoming_run.reset(token)
+
+
+async def keep_registered(signed: SignedAgent, registry_url: str, endpoint: str, interval: float = 5.0) -> None:
+    """Register with the registry, then again every ``interval`` s: a restarted registry re-admits us."""
+    client = MeshClient(registry_url, agent=signed.agent.name, key=signed.identity.active)
+    signed.agent.mesh = client
+    manifest = signed.identity.manifest.to_json()
+    last = None
+    try:
+        while True:
+            try:
+                answer = await client.register(endpoint, manifest, signed.identity.jwks)
+                message = f"registered with {registry_url} ({answer.get('status')})"
+                if answer.get("status") == "unchanged" and last and last.startswith("registered"):
+                    message = last
+            except (MeshError, httpx.HTTPError) as exc:
+                message = f"registration with {registry_url} failed: {exc}"
+            if message != last:
+                log.warning("%s: %s", signed.agent.name, message)
+                last = message
+            await anyio.sleep(interval)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -124,6 +171,7 @@ async def serve_http(
     port: int,
     *,
     advertised_host: str | None = None,
+    registry_url: str | None = None,
     on_ready: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Serve until cancelled or signalled; ``on_ready(base_url)`` runs once the socket listens."""
@@ -134,16 +182,14 @@ async def serve_http(
     server = uvicorn.Server(config)
 
     async def announce() -> None:
-        import anyio
-
         while not server.started:
             await anyio.sleep(0.02)
         print(f"{signed.agent.name}: MCP at {base_url}/mcp  (card {base_url}/.well-known/agent-card.json)",
               file=sys.stderr, flush=True)
+        if registry_url:
+            group.start_soon(keep_registered, signed, registry_url, f"{base_url}/mcp")
         if on_ready is not None:
             await on_ready(base_url)
-
-    import anyio
 
     async with anyio.create_task_group() as group:
         group.start_soon(announce)

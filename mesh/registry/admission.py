@@ -1,0 +1,170 @@
+"""Admitting an agent: verify its manifest, check its live tools one by one, pin their digests.
+
+A registration is refused unless the manifest's signature verifies under a key the registry trusts for
+that agent, and every tool the agent really lists carries a valid signature over exactly the schema the
+manifest pins. Later, ``recheck`` re-lists the tools: one whose live schema no longer matches its pinned
+digest is blocked ("changed after approval") until a newly signed manifest is admitted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anyio
+
+from mesh.manifest import SIGNATURE_META, Manifest, ManifestProblem, tool_digest, verify_tool
+from mesh.registry import store
+from mesh.registry.node import PinnedTool, Registry
+from mesh.registry.problems import Problem
+
+log = logging.getLogger(__name__)
+CHANGED = "changed after approval: the live schema no longer matches its pinned, signed digest"
+
+
+async def live_tools(registry: Registry, endpoint: str) -> list[dict[str, Any]]:
+    """The agent's ``tools/list`` as wire dicts, over a pooled session (a fresh one if it broke)."""
+    assert registry.pool is not None
+    for attempt in range(2):
+        try:
+            client = await registry.pool.get(endpoint)
+            listed = await client.list_tools()
+            return [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in listed.tools]
+        except Exception as exc:  # noqa: BLE001 - any failure to list is the agent being unreachable
+            registry.pool.discard(endpoint)
+            if attempt:
+                raise Problem("target-unavailable", f"cannot list the tools at {endpoint}: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dict[str, Any],
+                jwks: dict[str, Any] | None) -> dict[str, Any]:
+    """Admit (or re-admit) ``name``; returns what changed. Raises a ``registration-refused`` Problem."""
+    try:
+        manifest = Manifest.from_json(manifest_json, f"manifest of {name!r}")
+    except ManifestProblem as exc:
+        raise Problem("registration-refused", str(exc)) from exc
+    with registry.sessions.begin() as session:
+        known = store.get_agent(session, name)
+        unchanged = (known is not None and known.manifest_digest == manifest.digest and known.endpoint == endpoint
+                     and known.status == "active" and name in registry.admitted_here)
+        if unchanged:
+            store.upsert_agent(session, name, endpoint=endpoint, manifest=known.manifest,
+                               manifest_digest=known.manifest_digest, jwks=known.jwks, version=known.version,
+                               description=known.description, status="active", flags=known.flags)
+    if unchanged:
+        return {"agent": name, "status": "unchanged"}
+
+    if manifest.agent != name:
+        raise Problem("registration-refused", f"the manifest is signed for agent {manifest.agent!r}, not {name!r}")
+    trust = registry.trust_for(name, jwks)
+    try:
+        manifest.verify(trust, source=f"manifest of {name!r}")
+    except ManifestProblem as exc:
+        _record_refusal(registry, name, endpoint, str(exc))
+        raise Problem("registration-refused", str(exc)) from exc
+
+    tools = await live_tools(registry, endpoint)
+    signed = manifest.tools
+    problems = _check_live_tools(tools, signed, manifest.digest, trust)
+    if problems:
+        _record_refusal(registry, name, endpoint, problems[0])
+        raise Problem("registration-refused", "; ".join(problems))
+
+    pinned = []
+    for tool in tools:
+        wire = {k: v for k, v in tool.items() if k != "_meta"}
+        entry = signed[tool["name"]]
+        pinned.append(store.ToolRecord(
+            agent=name, name=tool["name"], title=wire.get("title"), description=wire.get("description", ""),
+            input_schema=wire.get("inputSchema", {}), output_schema=wire.get("outputSchema"),
+            annotations=wire.get("annotations"), scopes=entry["scopes"], pinned_digest=entry["digest"],
+            status="verified", blocked_reason=None, wire=wire))
+    body = manifest.body
+    with registry.sessions.begin() as session:
+        store.upsert_agent(session, name, endpoint=endpoint, manifest=json.dumps(manifest.to_json()),
+                           manifest_digest=manifest.digest, jwks=jwks, version=body.get("version", ""),
+                           description=body.get("description", ""), status="active", flags=[])
+        records = store.replace_tools(session, name, pinned)
+        fresh = {(r.agent, r.name): PinnedTool.from_record(r) for r in records}
+    for key in [key for key in registry.tools if key[0] == name]:
+        del registry.tools[key]
+    registry.tools.update(fresh)
+    registry.endpoints[name] = endpoint
+    registry.admitted_here.add(name)
+    registry.index_agent(name)
+    log.info("admitted %s at %s with %d tools", name, endpoint, len(pinned))
+    return {"agent": name, "status": "admitted", "tools": sorted(t.name for t in pinned),
+            "manifest_digest": manifest.digest}
+
+
+def _check_live_tools(tools: list[dict[str, Any]], signed: dict[str, dict[str, Any]], manifest_digest: str,
+                      trust: Any) -> list[str]:
+    problems = []
+    live_names = {tool["name"] for tool in tools}
+    for tool in tools:
+        name = tool["name"]
+        if name not in signed:
+            problems.append(f"tool {name!r} is served but not in the signed manifest")
+            continue
+        try:
+            block = verify_tool(tool, trust)
+        except ManifestProblem as exc:
+            problems.append(str(exc))
+            continue
+        if block.get("manifest") != manifest_digest:
+            problems.append(f"tool {name!r} is signed for another manifest than the one registered")
+        elif block["digest"] != signed[name]["digest"]:
+            problems.append(f"tool {name!r}: its live schema differs from the one the manifest pins")
+    for name in sorted(set(signed) - live_names):
+        problems.append(f"tool {name!r} is in the manifest but the agent does not serve it")
+    return problems
+
+
+def _record_refusal(registry: Registry, name: str, endpoint: str, reason: str) -> None:
+    log.warning("refused registration of %s: %s", name, reason)
+    with registry.sessions.begin() as session:
+        if store.get_agent(session, name) is None:
+            store.upsert_agent(session, name, endpoint=endpoint, status="refused", flags=[f"refused: {reason}"])
+
+
+async def recheck(registry: Registry, name: str) -> list[str]:
+    """Re-list ``name``'s tools; block every tool whose live form no longer matches its pin."""
+    endpoint = registry.endpoints.get(name)
+    if endpoint is None:
+        raise Problem("unknown-agent", f"no agent {name!r} is registered")
+    try:
+        tools = {t["name"]: t for t in await live_tools(registry, endpoint)}
+    except Problem:
+        with registry.sessions.begin() as session:
+            store.set_agent_status(session, name, "down")
+        return []
+    blocked = []
+    with registry.sessions.begin() as session:
+        for pinned in registry.agent_tools(name):
+            live = tools.get(pinned.name)
+            if pinned.status == "blocked":
+                continue
+            if live is None or tool_digest(live) != pinned.digest or SIGNATURE_META not in (live.get("_meta") or {}):
+                record = store.block_tool(session, name, pinned.name, CHANGED)
+                registry.tools[(name, pinned.name)] = PinnedTool.from_record(record)
+                blocked.append(pinned.name)
+        if store.get_agent(session, name).status == "down":
+            store.set_agent_status(session, name, "active")
+    if blocked:
+        flags_reason = f"tools changed after approval: {', '.join(blocked)}"
+        log.warning("%s: %s", name, flags_reason)
+        registry.index_agent(name)
+    return blocked
+
+
+async def recheck_forever(registry: Registry) -> None:
+    """Every ``recheck_interval`` seconds, recheck every agent this registry knows."""
+    while True:
+        await anyio.sleep(registry.config.recheck_interval)
+        for name in list(registry.endpoints):
+            try:
+                await recheck(registry, name)
+            except Exception:  # noqa: BLE001 - one broken agent must not stop the others' checks
+                log.exception("recheck of %s failed", name)

@@ -1,0 +1,292 @@
+"""The registry node as one Starlette app: HTTP API under ``/v1``, MCP at ``/mcp``, JWKS, health.
+
+The MCP endpoint gives a client the whole mesh at one URL: ``discover`` and ``invoke``, plus every
+verified tool of every agent listed as ``AGENT__TOOL``. Calls made either way take the same path
+(``proxy.invoke``) and fail with the same kinds of problems.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.types import CallToolResult, TextContent, Tool
+from pydantic import Field
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+from starlette.schemas import SchemaGenerator
+
+from mesh.registry import admission, proxy, store
+from mesh.registry.auth import AuthProblem, Caller
+from mesh.registry.node import Registry, run_json
+from mesh.registry.pool import SessionPool
+from mesh.registry.problems import Problem
+
+log = logging.getLogger(__name__)
+SEPARATOR = "__"
+
+schemas = SchemaGenerator({"openapi": "3.1.0", "info": {"title": "mcpmesh registry", "version": "1"}})
+
+
+def caller_of(registry: Registry, request: Request | None) -> Caller:
+    if request is None:  # stdio or in-process: the local user
+        return registry.identify(None, "127.0.0.1")
+    host = request.client.host if request.client else None
+    try:
+        return registry.identify(request.headers.get("authorization"), host)
+    except AuthProblem as exc:
+        raise Problem("unauthenticated", str(exc)) from exc
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem("bad-request", f"the request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise Problem("bad-request", "the request body must be a JSON object")
+    return body
+
+
+def build_app(registry: Registry) -> Starlette:
+    mcp = RegistryMCP(registry)
+    mcp_app = mcp.streamable_http_app(json_response=True, host=registry.config.host)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools)})
+
+    async def jwks(request: Request) -> JSONResponse:
+        return JSONResponse(registry.provenance_jwks)
+
+    async def openapi(request: Request) -> JSONResponse:
+        return schemas.OpenAPIResponse(request=request)
+
+    async def register(request: Request) -> JSONResponse:
+        """
+        summary: Register (or re-register) an agent with its endpoint, signed manifest and JWKS
+        description: The bearer token must be the agent's own (a JWT signed by one of its keys).
+        responses:
+          200: {description: admitted or unchanged}
+          403: {description: refused, with the reason}
+        """
+        body = await read_json(request)
+        name, endpoint, manifest = body.get("name"), body.get("endpoint"), body.get("manifest")
+        if not (isinstance(name, str) and isinstance(endpoint, str) and isinstance(manifest, dict)):
+            raise Problem("bad-request", "registration needs name, endpoint and manifest")
+        token = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
+        registry.authenticate_registration(name, token, body.get("jwks"))
+        return JSONResponse(await admission.admit(registry, name, endpoint, manifest, body.get("jwks")))
+
+    async def agents(request: Request) -> JSONResponse:
+        """
+        summary: Every registered agent with its status, reputation and tools
+        responses: {200: {description: "{agents: [...]}"}}
+        """
+        with registry.sessions.begin() as session:
+            return JSONResponse({"agents": [registry.agent_json(a) for a in store.list_agents(session)]})
+
+    async def agent(request: Request) -> JSONResponse:
+        """
+        summary: One agent with its manifest, keys, pinned digests and recent runs
+        responses: {200: {description: the agent}, 404: {description: unknown agent}}
+        """
+        name = request.path_params["name"]
+        with registry.sessions.begin() as session:
+            record = store.get_agent(session, name)
+            if record is None:
+                raise Problem("unknown-agent", f"no agent {name!r} is registered")
+            document = registry.agent_json(record, detail=True)
+            document["recent_runs"] = [run_json(r) for r in store.list_runs(session, name, limit=20)]
+        return JSONResponse(document)
+
+    async def recheck(request: Request) -> JSONResponse:
+        """
+        summary: Re-list an agent's tools now and block any that changed after approval
+        responses: {200: {description: "{blocked: [...]}"}}
+        """
+        return JSONResponse({"blocked": await admission.recheck(registry, request.path_params["name"])})
+
+    async def discover(request: Request) -> JSONResponse:
+        """
+        summary: Verified tools ranked by relevance to q, weighted by reputation
+        parameters:
+          - {name: q, in: query, required: true, schema: {type: string}}
+          - {name: k, in: query, schema: {type: integer, default: 10}}
+          - {name: agent, in: query, schema: {type: string}}
+          - {name: read_only, in: query, schema: {type: boolean}}
+        responses: {200: {description: "{results: [...]}"}}
+        """
+        params = request.query_params
+        if not params.get("q"):
+            raise Problem("bad-request", "discover needs a query: ?q=TEXT")
+        try:
+            k = int(params.get("k", 10))
+        except ValueError as exc:
+            raise Problem("bad-request", "k must be an integer") from exc
+        read_only = params.get("read_only")
+        flag = None if read_only is None else read_only.lower() in ("1", "true", "yes")
+        return JSONResponse({"results": registry.discover(params["q"], k=k, agent=params.get("agent"),
+                                                          read_only=flag)})
+
+    async def invoke(request: Request) -> JSONResponse:
+        """
+        summary: Call AGENT.TOOL through the registry (auth, schema, policy, provenance, reputation)
+        responses:
+          200: {description: "{run_id, result: CallToolResult}"}
+          403: {description: policy denied}
+          404: {description: unknown agent or tool}
+          422: {description: arguments do not match the schema}
+          502: {description: target unavailable}
+          504: {description: target timed out}
+        """
+        body = await read_json(request)
+        caller = caller_of(registry, request)
+        agent_name, tool = body.get("agent"), body.get("tool")
+        if not (isinstance(agent_name, str) and isinstance(tool, str)):
+            raise Problem("bad-request", "invoke needs agent and tool (strings) and arguments (an object)")
+        parent = request.headers.get("x-mesh-parent-run")
+        outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"), parent_run_id=parent,
+                                     trace_context=dict(request.headers))
+        return JSONResponse(outcome.to_json())
+
+    async def runs(request: Request) -> JSONResponse:
+        """
+        summary: Recent runs, newest first
+        parameters:
+          - {name: agent, in: query, schema: {type: string}}
+          - {name: limit, in: query, schema: {type: integer, default: 50}}
+        responses: {200: {description: "{runs: [...]}"}}
+        """
+        limit = min(int(request.query_params.get("limit", 50)), 1000)
+        with registry.sessions.begin() as session:
+            found = store.list_runs(session, request.query_params.get("agent"), limit=limit)
+            return JSONResponse({"runs": [run_json(r) for r in found]})
+
+    async def run(request: Request) -> JSONResponse:
+        """
+        summary: One run with its provenance JWS (verify it against /.well-known/jwks.json) and linked runs
+        responses: {200: {description: the run}, 404: {description: unknown run}}
+        """
+        run_id = request.path_params["run_id"]
+        with registry.sessions.begin() as session:
+            record = store.get_run(session, run_id)
+            if record is None:
+                raise Problem("unknown-run", f"no run {run_id!r}")
+            document = run_json(record)
+            document["linked"] = [run_json(r) for r in store.linked_runs(session, run_id) if r.id != run_id]
+        return JSONResponse(document)
+
+    def problem_json(handler: Any) -> Any:
+        async def wrapped(request: Request) -> JSONResponse:
+            try:
+                return await handler(request)
+            except Problem as problem:
+                return problem.response()
+
+        wrapped.__doc__ = handler.__doc__
+        return wrapped
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        async with anyio.create_task_group() as group, mcp.session_manager.run():
+            registry.pool = SessionPool(group)
+            group.start_soon(admission.recheck_forever, registry)
+            yield
+            await registry.pool.aclose()
+            group.cancel_scope.cancel()
+
+    routes = [
+        Route("/healthz", health, include_in_schema=False),
+        Route("/.well-known/jwks.json", jwks, include_in_schema=False),
+        Route("/v1/openapi.json", openapi, include_in_schema=False),
+        Route("/v1/agents", problem_json(register), methods=["POST"]),
+        Route("/v1/agents", problem_json(agents), methods=["GET"]),
+        Route("/v1/agents/{name}", problem_json(agent), methods=["GET"]),
+        Route("/v1/agents/{name}/recheck", problem_json(recheck), methods=["POST"]),
+        Route("/v1/discover", problem_json(discover), methods=["GET"]),
+        Route("/v1/invoke", problem_json(invoke), methods=["POST"]),
+        Route("/v1/runs", problem_json(runs), methods=["GET"]),
+        Route("/v1/runs/{run_id}", problem_json(run), methods=["GET"]),
+        Mount("/", app=mcp_app),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+class RegistryMCP(MCPServer):
+    """The registry's MCP face: its own tools plus every verified mesh tool as ``AGENT__TOOL``."""
+
+    def __init__(self, registry: Registry):
+        super().__init__(name="mcpmesh-registry", version="0.1.0",
+                         instructions="Every verified tool of the mesh, as AGENT__TOOL; use discover to find "
+                                      "tools by meaning and invoke to call one by agent and tool name.")
+        self.registry = registry
+
+        @self.tool(annotations=None)
+        def discover(
+            query: Annotated[str, Field(description="what you want done, in words")],
+            k: Annotated[int, Field(ge=1, le=100)] = 10,
+            agent: str | None = None,
+            read_only: bool | None = None,
+        ) -> list[dict[str, Any]]:
+            """Find verified tools of the mesh by meaning, ranked by relevance weighted by reputation."""
+            return registry.discover(query, k=k, agent=agent, read_only=read_only)
+
+        @self.tool()
+        async def invoke(agent: str, tool: str, arguments: dict[str, Any], ctx: Context) -> dict[str, Any]:
+            """Call a tool of another agent through the registry (checked against schema and policy)."""
+            caller = caller_of(registry, ctx.request_context.request)
+            try:
+                outcome = await proxy.invoke(registry, caller, agent, tool, arguments,
+                                             trace_context=ctx.request_context.meta)
+            except Problem as problem:
+                raise ValueError(str(problem)) from problem
+            return outcome.to_json()
+
+    async def list_tools(self) -> list[Tool]:
+        own = await super().list_tools()
+        mesh_tools = [
+            Tool.model_validate({**pinned.wire, "name": f"{pinned.agent}{SEPARATOR}{pinned.name}",
+                                 "_meta": {"io.mcpmesh/agent": pinned.agent, "io.mcpmesh/digest": pinned.digest}})
+            for (agent, _), pinned in sorted(self.registry.tools.items())
+            if pinned.status == "verified"
+        ]
+        return own + mesh_tools
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        pinned = self._mesh_tool(name)
+        return pinned.wire.get("inputSchema") if pinned else super()._tool_input_schema(name)
+
+    def _mesh_tool(self, name: str) -> Any:
+        if SEPARATOR not in name:
+            return None
+        agent, _, tool = name.partition(SEPARATOR)
+        return self.registry.tools.get((agent, tool))
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
+        if SEPARATOR not in name:
+            return await super().call_tool(name, arguments, context)
+        agent, _, tool = name.partition(SEPARATOR)
+        request = context.request_context.request if context is not None else None
+        progress = None
+        if context is not None and context.request_context.meta and context.request_context.meta.get("progressToken"):
+            async def progress(done: float, total: float | None, message: str | None) -> None:
+                await context.report_progress(done, total, message)
+        try:
+            caller = caller_of(self.registry, request)
+            meta = context.request_context.meta if context is not None else None
+            outcome = await proxy.invoke(self.registry, caller, agent, tool, arguments, progress=progress,
+                                         trace_context=meta)
+        except Problem as problem:
+            return CallToolResult(content=[TextContent(type="text", text=str(problem))], is_error=True,
+                                  structured_content=None)
+        result = outcome.result
+        meta = dict(result.meta or {})
+        meta["io.mcpmesh/run"] = outcome.run_id
+        return result.model_copy(update={"meta": meta})

@@ -1,0 +1,52 @@
+"""Errors the registry answers with: RFC 9457 problem details over HTTP, tool errors over MCP.
+
+Each kind of failure has its own ``type`` and status, so a script can tell an unknown tool from a
+policy denial or a target that timed out without parsing the message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+PROBLEM_BASE = "https://mcpmesh.dev/problems/"
+
+STATUS = {
+    "bad-request": 400,
+    "unauthenticated": 401,
+    "registration-refused": 403,
+    "policy-denied": 403,
+    "unknown-agent": 404,
+    "unknown-tool": 404,
+    "unknown-run": 404,
+    "tool-blocked": 409,
+    "invalid-arguments": 422,
+    "target-unavailable": 502,
+    "target-timeout": 504,
+}
+
+
+class Problem(Exception):
+    """A failure with a kind (``type``), a human title and a detail naming what went wrong."""
+
+    def __init__(self, kind: str, detail: str, **extra: Any):
+        super().__init__(detail)
+        self.kind = kind
+        self.status = STATUS[kind]
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def title(self) -> str:
+        return self.kind.replace("-", " ").capitalize()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": PROBLEM_BASE + self.kind, "title": self.title, "status": self.status,
+                "detail": self.detail, **self.extra}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.to_json(), status_code=self.status, media_type="application/problem+json")
+
+    def __str__(self) -> str:
+        return f"{self.title}: {self.detail}"
