@@ -12,6 +12,7 @@ they will appear on the wire (``describe``), the second serves them with each to
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from mesh.manifest import SCOPES_META, SIGNATURE_META
@@ -169,7 +171,7 @@ class Agent(ToolKit):
             if spec.scopes:
                 tool_meta.setdefault(SCOPES_META, list(spec.scopes))
             server.add_tool(
-                spec.fn,
+                _errors_as_tool_errors(spec.fn),
                 name=spec.name,
                 title=spec.title,
                 description=spec.description,
@@ -183,6 +185,30 @@ class Agent(ToolKit):
         server = self.build_server()
         tools = await server.list_tools()
         return [_strip_meta(tool.model_dump(by_alias=True, mode="json", exclude_none=True)) for tool in tools]
+
+
+def _errors_as_tool_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Let a tool reject bad input with a plain ``ValueError``: its message reaches the client as the
+    tool error (the SDK passes on only ``ToolError`` text and hides other exceptions)."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except ValueError as exc:
+                raise ToolError(str(exc)) from exc
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as exc:
+            raise ToolError(str(exc)) from exc
+
+    return run
 
 
 def signature_meta(signatures: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ import anyio
 from mesh import telemetry
 from mesh.keys import DEFAULT_OVERLAP_SECONDS, KeyProblem, KeyRing
 from mesh.manifest import ManifestProblem
+from mesh.registry.policy import PolicyError
 from mesh.signing import (
     SigningProblem,
     holds_published_key,
@@ -29,7 +30,7 @@ from mesh.signing import (
 )
 from mesh.workspace import Workspace, WorkspaceProblem
 
-USER_ERRORS = (WorkspaceProblem, SigningProblem, ManifestProblem, KeyProblem)
+USER_ERRORS = (WorkspaceProblem, SigningProblem, ManifestProblem, KeyProblem, PolicyError)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 

@@ -24,10 +24,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from opentelemetry.trace import SpanKind
 from starlette.routing import Mount, Route
 
-from mesh import a2a, card, telemetry
+from mesh import a2a, card
 from mesh.agent import Agent, signature_meta
 from mesh.client import RUN_META, MeshClient, MeshError, incoming_run
 from mesh.manifest import tool_signature
@@ -58,7 +57,7 @@ class SignedAgent:
         signatures = {
             tool["name"]: tool_signature(tool, identity.active, identity.manifest.digest) for tool in wire_tools
         }
-        server = agent.build_server(signature_meta(signatures), middleware=[trace_tool_calls], **server_options)
+        server = agent.build_server(signature_meta(signatures), middleware=[remember_incoming_run], **server_options)
         return cls(agent, identity, server, wire_tools)
 
     def card(self, base_url: str) -> dict[str, Any]:
@@ -119,18 +118,15 @@ def _transport_security(host: str, base_url: str) -> TransportSecuritySettings |
     )
 
 
-async def trace_tool_calls(ctx: Any, call_next: Any) -> Any:
-    """MCP middleware: serve each tools/call inside the caller's trace and remember its registry run id,
-    so calls this tool makes through the mesh join the same trace and are linked to this run."""
-    if ctx.method != "tools/call":
+async def remember_incoming_run(ctx: Any, call_next: Any) -> Any:
+    """MCP middleware: keep the registry's run id of the call being served (``_meta["io.mcpmesh/run"]``),
+    so the calls this tool makes through the mesh are linked to it. The trace itself needs no help:
+    mcp's own OpenTelemetry middleware already serves each request inside the caller's trace."""
+    if ctx.method != "tools/call" or not ctx.meta:
         return await call_next(ctx)
-    meta = ctx.meta if isinstance(ctx.meta, dict) else (ctx.meta.model_dump(by_alias=True) if ctx.meta else {})
-    token = incoming_run.set(meta.get(RUN_META))
-    name = (ctx.params or {}).get("name", "")
+    token = incoming_run.set(ctx.meta.get(RUN_META))
     try:
-        with telemetry.span(f"tools/call {name}", context=telemetry.extract_meta(meta), kind=SpanKind.SERVER,
-                            **{"mcp.tool": name}):
-            return await call_next(ctx)
+        return await call_next(ctx)
     finally:
         incoming_run.reset(token)
 

@@ -111,7 +111,7 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
                    progress: Any) -> CallToolResult:
     assert registry.pool is not None
     endpoint = registry.endpoints[pinned.agent]
-    meta = telemetry.inject_meta({RUN_META: run.target_id})
+    meta = {RUN_META: run.target_id}  # the MCP client adds the trace context itself
     timeout = registry.config.call_timeout
     for attempt in range(2):
         try:

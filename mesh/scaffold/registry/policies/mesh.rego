@@ -1,0 +1,111 @@
+# mcpmesh authorization policy: the registry asks it before every cross-agent call.
+#
+# Input, one call:
+#   {
+#     "caller": {"id": "agent:librarian" | "user:local",
+#                "kind": "agent" | "user",          # an unauthenticated caller: "anonymous"
+#                "scopes": ["notes:read", ...],      # a user holding "*" holds every scope
+#                "reputation": 0.0-1.0 | null},
+#     "target": {"agent": "librarian", "tool": "search",
+#                "annotations": {"readOnlyHint": bool, "destructiveHint": bool,
+#                                "idempotentHint": bool, "openWorldHint": bool},   # any may be absent
+#                "scopes": ["notes:read", ...],      # scopes the tool requires
+#                "reputation": 0.0-1.0},
+#     "arguments": {...}
+#   }
+#
+# Data, the [policy] table of registry/registry.toml:
+#   min_reputation     deny a target scored below this (default 0.3)
+#   allow_destructive  ["agent.tool", "agent.*", ...] destructive tools that may be called anyway
+#   allow_anonymous    let callers that are neither an agent nor a user through (default false)
+#
+# Output: data.mesh.authz.decision = {"allow": bool, "deny": [{"rule": name, "reason": text}, ...]}.
+# Any policy file may add `deny contains {"rule": ..., "reason": ...} if ...` to this package.
+package mesh.authz
+
+decision := {"allow": count(deny) == 0, "deny": deny}
+
+default min_reputation := 0.3
+
+min_reputation := data.min_reputation
+
+target_name := sprintf("%s.%s", [input.target.agent, input.target.tool])
+
+# --- malformed_input: fail closed when the registry sends something this policy cannot judge.
+
+malformed contains "caller.id must be a string" if not is_string(input.caller.id)
+
+malformed contains "caller.kind must be a string" if not is_string(input.caller.kind)
+
+malformed contains "caller.scopes must be an array" if not is_array(input.caller.scopes)
+
+malformed contains "target.agent must be a string" if not is_string(input.target.agent)
+
+malformed contains "target.tool must be a string" if not is_string(input.target.tool)
+
+malformed contains "target.scopes must be an array" if not is_array(input.target.scopes)
+
+malformed contains "target.reputation must be a number" if not is_number(input.target.reputation)
+
+# Checked in one rule first: the per-field reasons are only worked out for a malformed input.
+well_formed if {
+	is_string(input.caller.id)
+	is_string(input.caller.kind)
+	is_array(input.caller.scopes)
+	is_string(input.target.agent)
+	is_string(input.target.tool)
+	is_array(input.target.scopes)
+	is_number(input.target.reputation)
+}
+
+deny contains {"rule": "malformed_input", "reason": problem} if {
+	not well_formed
+	some problem in malformed
+}
+
+# --- anonymous_caller: only agents and users, unless registry.toml allows anonymous callers.
+
+deny contains {"rule": "anonymous_caller", "reason": sprintf("caller kind %v is not allowed", [input.caller.kind])} if {
+	not input.caller.kind in {"agent", "user"}
+	not data.allow_anonymous == true
+}
+
+# --- missing_scope: the caller must hold every scope the tool requires.
+
+holds_every_scope if {
+	input.caller.kind == "user"
+	"*" in input.caller.scopes
+}
+
+deny contains {"rule": "missing_scope", "reason": sprintf("%v lacks scope '%s' required by %s", [input.caller.id, scope, target_name])} if {
+	not holds_every_scope
+	some scope in input.target.scopes
+	not scope in input.caller.scopes
+}
+
+# --- destructive_not_allowed: MCP's defaults apply to absent hints (readOnlyHint false,
+# destructiveHint true), so a tool is destructive unless it says readOnlyHint: true or
+# destructiveHint: false. An unannotated tool is therefore destructive.
+
+read_only if input.target.annotations.readOnlyHint == true
+
+destructive if {
+	not read_only
+	not input.target.annotations.destructiveHint == false
+}
+
+destructive_allowed if target_name in data.allow_destructive
+
+destructive_allowed if sprintf("%s.*", [input.target.agent]) in data.allow_destructive
+
+deny contains {"rule": "destructive_not_allowed", "reason": sprintf("%s is destructive and not in allow_destructive", [target_name])} if {
+	destructive
+	not destructive_allowed
+}
+
+# --- low_reputation: stop calling a target the mesh has learned not to trust.
+
+deny contains {"rule": "low_reputation", "reason": sprintf("%s reputation %v is below %v", [target_name, input.target.reputation, min_reputation])} if {
+	is_number(input.target.reputation)
+	input.target.reputation < min_reputation
+}
