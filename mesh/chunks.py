@@ -286,8 +286,15 @@ class ChunkStore:
                     self._conn.execute(
                         "INSERT INTO chunks (document_id, number, heading, dict_id, raw_size, data, vector)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (document_id, number, chunk.heading, self._current_dict_id, len(raw),
-                         self._compress(raw), vector),
+                        (
+                            document_id,
+                            number,
+                            chunk.heading,
+                            self._current_dict_id,
+                            len(raw),
+                            self._compress(raw),
+                            vector,
+                        ),
                     ).lastrowid
                 )
         self._maybe_train()
@@ -296,8 +303,7 @@ class ChunkStore:
     def touch(self, path: str, *, mtime_ns: int, size: int) -> None:
         """Record a new stat for a document whose content did not change."""
         with self._lock, self._transaction():
-            self._conn.execute("UPDATE documents SET mtime_ns = ?, size = ? WHERE path = ?",
-                               (mtime_ns, size, path))
+            self._conn.execute("UPDATE documents SET mtime_ns = ?, size = ? WHERE path = ?", (mtime_ns, size, path))
 
     def delete(self, path: str) -> list[int]:
         """Forget a document; returns the ids of the chunks that went with it."""
@@ -323,8 +329,8 @@ class ChunkStore:
     def chunk_ids(self, path: str) -> list[int]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.path = ?"
-                " ORDER BY c.number", (path,)
+                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.path = ? ORDER BY c.number",
+                (path,),
             ).fetchall()
         return [row[0] for row in rows]
 
@@ -390,8 +396,10 @@ class ChunkStore:
             with self._transaction():
                 self._conn.executemany(
                     "UPDATE chunks SET dict_id = ?, data = ? WHERE id = ?",
-                    [(self._current_dict_id, self._compress(self._decompress(dict_id, data)), id_)
-                     for id_, dict_id, data in stale],
+                    [
+                        (self._current_dict_id, self._compress(self._decompress(dict_id, data)), id_)
+                        for id_, dict_id, data in stale
+                    ],
                 )
                 self._conn.execute(
                     "DELETE FROM dictionaries WHERE dict_id != ? AND dict_id NOT IN (SELECT dict_id FROM chunks)",
@@ -470,7 +478,8 @@ class ChunkStore:
             rows = self._conn.execute(
                 "SELECT d.path, d.sha256, d.mtime_ns, d.size,"
                 " (SELECT count(*) FROM chunks c WHERE c.document_id = d.id)"
-                f" FROM documents d {where} ORDER BY d.path", args
+                f" FROM documents d {where} ORDER BY d.path",
+                args,
             ).fetchall()
         return [Document(*row) for row in rows]
 
@@ -478,7 +487,8 @@ class ChunkStore:
         with self._lock:
             rows = self._conn.execute(
                 "SELECT c.id, d.path, c.number, c.heading, c.dict_id, c.data"
-                f" FROM chunks c JOIN documents d ON d.id = c.document_id {where}", args
+                f" FROM chunks c JOIN documents d ON d.id = c.document_id {where}",
+                args,
             ).fetchall()
             return [
                 StoredChunk(id_, path, number, heading, self._decompress(dict_id, data).decode())

@@ -166,8 +166,10 @@ class Library:
                 candidates = [path]
             elif path.is_dir():
                 candidates = sorted(
-                    file for file in path.rglob("*")
-                    if file.suffix.lower() in SUFFIXES and file.is_file()
+                    file
+                    for file in path.rglob("*")
+                    if file.suffix.lower() in SUFFIXES
+                    and file.is_file()
                     and not any(part.startswith(".") for part in file.relative_to(path).parts)
                 )
             else:

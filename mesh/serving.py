@@ -76,7 +76,7 @@ class SignedAgent:
         signed_card = self.card(base_url)
         jwks = self.identity.jwks
         mcp_app = self.server.streamable_http_app(
-            json_response=True, host=host, transport_security=_transport_security(host, base_url)
+            json_response=False, host=host, transport_security=_transport_security(host, base_url)
         )
 
         async def jwks_route(request: Request) -> JSONResponse:

@@ -117,9 +117,7 @@ class VectorIndex:
             if k == 0:
                 return []
             scores, positions = self._index.search(matrix, k, params=self._params)
-            return [
-                (self._ids[p], float(s)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0
-            ]
+            return [(self._ids[p], float(s)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
 
     # -- internals (called with the lock held) --------------------------------------------------------
 

@@ -119,7 +119,11 @@ def test_embeddings_are_unit_rows_in_input_order():
 def test_indexes_readme_and_docs_text_files(library: Library):
     documents = {info.document: info.chunks for info in library.documents()}
     assert set(documents) == {
-        "README.md", "docs/astronomy.md", "docs/baking.rst", "docs/cycling.txt", "docs/gardening.md"
+        "README.md",
+        "docs/astronomy.md",
+        "docs/baking.rst",
+        "docs/cycling.txt",
+        "docs/gardening.md",
     }
     assert all(count >= 1 for count in documents.values())
 
@@ -292,7 +296,10 @@ async def test_librarian_agent_serves_the_library(librarian):
     server = librarian.build_server()
     listed = await server.call_tool("list_documents", {})
     assert {d["document"] for d in listed.structured_content["result"]} == {
-        "docs/astronomy.md", "docs/baking.rst", "docs/cycling.txt", "docs/gardening.md"
+        "docs/astronomy.md",
+        "docs/baking.rst",
+        "docs/cycling.txt",
+        "docs/gardening.md",
     }  # settings narrowed the paths: no README
     found = await server.call_tool("search", {"query": "sourdough bread", "k": 2})
     assert found.structured_content["result"][0]["document"] == "docs/baking.rst"

@@ -57,7 +57,7 @@ async def read_json(request: Request) -> dict[str, Any]:
 
 def build_app(registry: Registry) -> Starlette:
     mcp = RegistryMCP(registry)
-    mcp_app = mcp.streamable_http_app(json_response=True, host=registry.config.host)
+    mcp_app = mcp.streamable_http_app(json_response=False, host=registry.config.host)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools)})
@@ -275,9 +275,11 @@ class RegistryMCP(MCPServer):
         agent, _, tool = name.partition(SEPARATOR)
         request = context.request_context.request if context is not None else None
         progress = None
-        if context is not None and context.request_context.meta and context.request_context.meta.get("progressToken"):
+        if context is not None:  # the SDK sends nothing when the caller asked for no progress
+
             async def progress(done: float, total: float | None, message: str | None) -> None:
                 await context.report_progress(done, total, message)
+
         try:
             caller = caller_of(self.registry, request)
             meta = context.request_context.meta if context is not None else None
