@@ -164,6 +164,7 @@ class Agent(ToolKit):
             version=self.version,
             description=self.description or None,
             instructions=self.instructions,
+            log_level="WARNING",  # MCPServer configures the root logger; INFO would log every request
             **server_options,
         )
         for spec in self.all_specs():

@@ -165,7 +165,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from mesh.supervisor import run_up
 
-    return run_up(Path(args.workspace).resolve(), args.host, args.port)
+    return run_up(Path(args.workspace).resolve(), args.host, args.port, agent_flags=["--dev"] if args.dev else [])
 
 
 def registry_url(args: argparse.Namespace) -> str:
@@ -255,8 +255,9 @@ def parser() -> argparse.ArgumentParser:
                    help="also trust this workspace's local keys under .mesh/ (what `mesh up` does)")
 
     p = sub.add_parser("up", parents=[common], help="run the registry and every agent of the workspace")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7300)
+    p.add_argument("--host", default=None, help="default: registry.toml, else 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: registry.toml, else 7300")
+    p.add_argument("--dev", action="store_true", help="agents re-sign on start instead of refusing changed tools")
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--registry", default=os.environ.get("MESH_REGISTRY_URL", "http://127.0.0.1:7300"),

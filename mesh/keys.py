@@ -333,7 +333,8 @@ class TrustStore:
         if key is None:
             return f"key {kid} is not trusted (no trusted JWKS holds it)"
         if not key.usable(now):
-            return f"key {kid} is past its overlap window (it ended {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(key.exp))})"
+            ended = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(key.exp))
+            return f"key {kid} is past its overlap window (it ended {ended})"
         return None
 
     def key(self, kid: str, now: float | None = None) -> Any:

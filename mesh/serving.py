@@ -47,7 +47,8 @@ class SignedAgent:
 
     @classmethod
     async def prepare(
-        cls, ws: Workspace, name: str, *, strict: bool = False, dev: bool = False, start: bool = True, **server_options: Any
+        cls, ws: Workspace, name: str, *, strict: bool = False, dev: bool = False, start: bool = True,
+        **server_options: Any,
     ) -> SignedAgent:
         identity = await identity_for_serving(ws, name, strict=strict, dev=dev)
         agent = ws.agent(name)

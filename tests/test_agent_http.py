@@ -169,6 +169,7 @@ def test_cli_errors_name_the_problem(hello_workspace: Path):
     document["signatures"][0]["signature"] = document["signatures"][0]["signature"][::-1]
     manifest.write_text(json.dumps(document))
     tampered = run_mesh("verify", "hello", "--workspace", str(hello_workspace))
-    assert tampered.returncode == 1 and "hello.manifest.json" in tampered.stderr and "does not verify" in tampered.stderr
+    assert tampered.returncode == 1
+    assert "hello.manifest.json" in tampered.stderr and "does not verify" in tampered.stderr
 
     assert run_mesh("keys", "revoke", "hello", "nokid", "--workspace", str(hello_workspace)).returncode == 1

@@ -112,9 +112,9 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """This repository's workspace (fresh-clone state) plus an `echo` test agent, all running."""
-    from .conftest import REPO, WORKSPACE_PARTS
-
     import shutil
+
+    from .conftest import REPO, WORKSPACE_PARTS
 
     workspace = tmp_path_factory.mktemp("mesh") / "ws"
     workspace.mkdir()

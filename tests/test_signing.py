@@ -174,7 +174,7 @@ def test_unknown_kid_in_a_jwks_thumbprint_mismatch_is_refused(ring: KeyRing):
 def test_malformed_manifest_names_the_file(tmp_path: Path):
     path = tmp_path / "broken.manifest.json"
     path.write_text('{"payload": 12}')
-    with pytest.raises(ManifestProblem, match="broken.manifest.json: not a JWS"):
+    with pytest.raises(ManifestProblem, match=r"broken\.manifest\.json: not a JWS"):
         Manifest.load(path)
     path.write_text("{nope")
     with pytest.raises(ManifestProblem, match="not valid JSON"):

@@ -14,9 +14,13 @@ kit = ToolKit("textstats")
 WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
 SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
 STOPWORDS = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was were will with "
-    "not but can each every one their them then there these they which who what when where how".split()
-)
+    {
+        "a", "an", "and", "are", "as", "at", "be", "but", "by", "can", "each", "every", "for", "from", "has",
+        "have", "how", "in", "is", "it", "its", "not", "of", "on", "one", "or", "that", "the", "their", "them",
+        "then", "there", "these", "they", "this", "to", "was", "were", "what", "when", "where", "which", "who",
+        "will", "with",
+    }
+)  # fmt: skip
 WORDS_PER_MINUTE = 230
 
 

@@ -31,7 +31,7 @@ async def live_tools(registry: Registry, endpoint: str) -> list[dict[str, Any]]:
             client = await registry.pool.get(endpoint)
             listed = await client.list_tools()
             return [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in listed.tools]
-        except Exception as exc:  # noqa: BLE001 - any failure to list is the agent being unreachable
+        except Exception as exc:
             registry.pool.discard(endpoint)
             if attempt:
                 raise Problem("target-unavailable", f"cannot list the tools at {endpoint}: {exc}") from exc
@@ -166,5 +166,5 @@ async def recheck_forever(registry: Registry) -> None:
         for name in list(registry.endpoints):
             try:
                 await recheck(registry, name)
-            except Exception:  # noqa: BLE001 - one broken agent must not stop the others' checks
+            except Exception:
                 log.exception("recheck of %s failed", name)

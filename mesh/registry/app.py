@@ -198,9 +198,13 @@ def build_app(registry: Registry) -> Starlette:
         async with anyio.create_task_group() as group, mcp.session_manager.run():
             registry.pool = SessionPool(group)
             group.start_soon(admission.recheck_forever, registry)
-            yield
-            await registry.pool.aclose()
-            group.cancel_scope.cancel()
+            group.start_soon(save_reputations_forever, registry)
+            try:
+                yield
+            finally:
+                registry.save_reputations()
+                await registry.pool.aclose()
+                group.cancel_scope.cancel()
 
     routes = [
         Route("/healthz", health, include_in_schema=False),
@@ -219,11 +223,18 @@ def build_app(registry: Registry) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
+async def save_reputations_forever(registry: Registry, interval: float = 1.0) -> None:
+    """Reputation is learned on every call but written at most once a second, off the call path."""
+    while True:
+        await anyio.sleep(interval)
+        await anyio.to_thread.run_sync(registry.save_reputations)
+
+
 class RegistryMCP(MCPServer):
     """The registry's MCP face: its own tools plus every verified mesh tool as ``AGENT__TOOL``."""
 
     def __init__(self, registry: Registry):
-        super().__init__(name="mcpmesh-registry", version="0.1.0",
+        super().__init__(name="mcpmesh-registry", version="0.1.0", log_level="WARNING",
                          instructions="Every verified tool of the mesh, as AGENT__TOOL; use discover to find "
                                       "tools by meaning and invoke to call one by agent and tool name.")
         self.registry = registry

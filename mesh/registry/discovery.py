@@ -8,8 +8,9 @@ The ranking formula, with ``reputation`` in [0, 1] (0.5 when unknown)::
 
     score = max(relevance, 0) * (0.5 + 0.5 * reputation)
 
-so reputation can at most halve a tool's score: it reorders tools that are about equally relevant but
-never lifts an unrelated tool above a relevant one. Tools with no positive relevance are not results.
+so reputation can at most halve a tool's score: it reorders tools of similar relevance, and a tool
+overtakes another only if it is more than half as relevant. Tools with no positive relevance (cosine
+<= 0, unrelated) are not results, and a query with no known word returns nothing.
 
 How filters stay exact without scanning 100k vectors:
 
@@ -54,6 +55,11 @@ _SEPARATORS = re.compile(r"[\s_\-./:]+")
 def name_words(name: str) -> str:
     """``getUserByID`` / ``get_user_by_id`` → ``get user by id``: names read like the queries."""
     return " ".join(word.lower() for word in _SEPARATORS.split(_CAMEL.sub(" ", name)) if word)
+
+
+def score(relevance: float, reputation: float) -> float:
+    """The ranking formula of the module docstring: reputation scales relevance by 0.5 to 1."""
+    return max(relevance, 0.0) * (0.5 + 0.5 * reputation)
 
 
 def tool_text(agent: str, tool: Mapping[str, Any]) -> str:
@@ -175,7 +181,7 @@ class DiscoveryIndex:
             self._blocked.add((agent, tool))
             id_ = self._ids.get((agent, tool))
             if id_ is not None:
-                self._unindex(id_)
+                self._unindex([id_])
 
     def unblock(self, agent: str, tool: str) -> None:
         """Let a blocked tool be found again (its vector is kept, so nothing is re-embedded)."""
@@ -221,9 +227,14 @@ class DiscoveryIndex:
                     if len(self._indexes[partition])
                     for id_, relevance in self._indexes[partition].search(vector, fetch)
                 ]
-        hits = [self._hit(tool, relevance, reputation) for tool, relevance in candidates if relevance > 0]
-        hits.sort(key=lambda hit: (-hit.score, -hit.relevance, hit.agent, hit.tool))
-        return hits[:k]
+        ranked = []
+        for tool, relevance in candidates:
+            if relevance > 0:
+                known = reputation(tool.agent, tool.name) if reputation is not None else None
+                trust = UNKNOWN_REPUTATION if known is None else min(max(float(known), 0.0), 1.0)
+                ranked.append((score(relevance, trust), relevance, tool, trust))
+        ranked.sort(key=lambda row: (-row[0], -row[1], row[2].agent, row[2].name))
+        return [_hit(tool, relevance, trust, value) for value, relevance, tool, trust in ranked[:k]]
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -260,11 +271,11 @@ class DiscoveryIndex:
         """Swap in an agent's new tool list; tools it no longer has leave the index and the id map."""
         old = self._agents.pop(agent, None)
         kept = {tool.id for tool in tools}
-        for tool in old.tools if old else []:
-            if tool.id not in kept:
-                self._unindex(tool.id)
-                del self._tools[tool.id]
-                del self._ids[(agent, tool.name)]
+        gone = [tool for tool in (old.tools if old else []) if tool.id not in kept]
+        self._unindex([tool.id for tool in gone])
+        for tool in gone:
+            del self._tools[tool.id]
+            del self._ids[(agent, tool.name)]
         for tool in tools:
             self._tools[tool.id] = tool
             self._ids[(agent, tool.name)] = tool.id
@@ -275,24 +286,32 @@ class DiscoveryIndex:
     def _sync(self, tools: list[_Tool], changed: set[int], vectors: dict[int, np.ndarray]) -> None:
         """Bring these tools' Faiss entries in line: blocked ones out, the rest in the right partition."""
         adds: dict[bool, list[_Tool]] = {True: [], False: []}
+        out: list[int] = []  # blocked, or moving to the other partition
         for tool in tools:
             current = self._indexed.get(tool.id)
             if (tool.agent, tool.name) in self._blocked:
-                self._unindex(tool.id)
+                out.append(tool.id)
             elif current is not tool.read_only or tool.id in changed:
                 if current is not None and current is not tool.read_only:
-                    self._unindex(tool.id)
+                    out.append(tool.id)
                 adds[tool.read_only].append(tool)
+        self._unindex(out)
         for partition, batch in adds.items():
             if batch:
                 ids = [tool.id for tool in batch]
                 self._indexes[partition].add(ids, np.vstack([vectors[id_] for id_ in ids]))
                 self._indexed.update(dict.fromkeys(ids, partition))
 
-    def _unindex(self, id_: int) -> None:
-        partition = self._indexed.pop(id_, None)
-        if partition is not None:
-            self._indexes[partition].remove([id_])
+    def _unindex(self, ids: Iterable[int]) -> None:
+        """Take these ids out of Faiss: one ``remove`` per partition, as each one rebuilds a skip-list."""
+        by_partition: dict[bool, list[int]] = {True: [], False: []}
+        for id_ in ids:
+            partition = self._indexed.pop(id_, None)
+            if partition is not None:
+                by_partition[partition].append(id_)
+        for partition, batch in by_partition.items():
+            if batch:
+                self._indexes[partition].remove(batch)
 
     def _scan_agent(self, agent: str, vector: np.ndarray, read_only: bool | None) -> list[tuple[_Tool, float]]:
         """Exact relevance of every searchable tool of one agent."""
@@ -306,20 +325,18 @@ class DiscoveryIndex:
             if tool.id in self._indexed and (read_only is None or tool.read_only is read_only)
         ]
 
-    @staticmethod
-    def _hit(tool: _Tool, relevance: float, reputation: Reputation | None) -> Hit:
-        known = reputation(tool.agent, tool.name) if reputation is not None else None
-        trust = UNKNOWN_REPUTATION if known is None else min(max(float(known), 0.0), 1.0)
-        return Hit(
-            agent=tool.agent,
-            tool=tool.name,
-            description=tool.description,
-            title=tool.title,
-            relevance=relevance,
-            reputation=trust,
-            score=max(relevance, 0.0) * (0.5 + 0.5 * trust),
-            annotations=tool.annotations,
-        )
+
+def _hit(tool: _Tool, relevance: float, reputation: float, value: float) -> Hit:
+    return Hit(
+        agent=tool.agent,
+        tool=tool.name,
+        description=tool.description,
+        title=tool.title,
+        relevance=relevance,
+        reputation=reputation,
+        score=value,
+        annotations=dict(tool.annotations),
+    )
 
 
 def _parse(agent: str, tools: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -76,6 +76,7 @@ class Registry:
         self.pool: SessionPool | None = None
         self._trust_cache: dict[str, TrustStore] = {}
         self._tokens: dict[str, tuple[Caller, float]] = {}
+        self._unsaved: set[tuple[str, str]] = set()
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -187,8 +188,7 @@ class Registry:
                  read_only: bool | None = None) -> list[dict[str, Any]]:
         if not 1 <= k <= 100:
             raise Problem("bad-request", f"k must be between 1 and 100, not {k}")
-        hits = self.discovery.search(query, k=k, agent=agent, read_only=read_only,
-                                     reputation=lambda a, t: self.reputation(a).score())
+        hits = self.discovery.search(query, k=k, agent=agent, read_only=read_only, reputation=self.known_score)
         return [hit.to_json() for hit in hits]
 
     # -- reputation ---------------------------------------------------------------------------------------
@@ -199,12 +199,26 @@ class Registry:
             self.reputations[key] = Reputation()
         return self.reputations[key]
 
-    def learn(self, session: Session, agent: str, tool: str, outcome: Outcome) -> None:
-        """Teach both the agent's and the tool's reputation, and persist them with the run."""
+    def learn(self, agent: str, tool: str, outcome: Outcome) -> None:
+        """Teach both the agent's and the tool's reputation; ``save_reputations`` persists them."""
         for key in ((agent, ""), (agent, tool)):
-            reputation = self.reputation(*key)
-            reputation.learn_one(outcome)
-            store.save_reputation(session, key[0], key[1], state=reputation.to_state(), score=reputation.score())
+            self.reputation(*key).learn_one(outcome)
+            self._unsaved.add(key)
+
+    def save_reputations(self) -> None:
+        """Write the reputations that changed since the last save (every second, and at shutdown)."""
+        changed, self._unsaved = self._unsaved, set()
+        if not changed:
+            return
+        with self.sessions.begin() as session:
+            for agent, tool in sorted(changed):
+                reputation = self.reputations[(agent, tool)]
+                store.save_reputation(session, agent, tool, state=reputation.to_state(), score=reputation.score())
+
+    def known_score(self, agent: str, tool: str = "") -> float | None:
+        """The score learned for ``agent`` (or one tool), None when nothing is known yet."""
+        reputation = self.reputations.get((agent, tool)) or self.reputations.get((agent, ""))
+        return reputation.score() if reputation else None
 
     def reputation_json(self, agent: str, tool: str = "") -> dict[str, Any]:
         reputation = self.reputation(agent, tool)

@@ -58,7 +58,7 @@ class SessionPool:
                 entry.client = client
                 entry.ready.set()
                 await entry.closed.wait()
-        except Exception as exc:  # noqa: BLE001 - reported to whoever waits on this entry
+        except Exception as exc:
             entry.error = exc
         finally:
             entry.client = None if entry.error else entry.client

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-
-from collections.abc import Mapping
 
 import anyio
 import rfc8785
@@ -29,7 +28,6 @@ from mesh.registry.node import PinnedTool, Registry, now_ms
 from mesh.registry.policy import Decision
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome
-
 
 
 @dataclass
@@ -89,21 +87,21 @@ async def invoke(registry: Registry, caller: Caller, agent: str, tool: str, argu
         errors = sorted(pinned.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
         if errors:
             detail = "; ".join(_describe(e) for e in errors[:5])
-            run.finish("invalid", Outcome("invalid", fault="caller"), error=detail)
+            await run.finish("invalid", Outcome("invalid", fault="caller"), error=detail)
             raise Problem("invalid-arguments", f"{agent}.{tool}: {detail}", run_id=run.id)
 
         decision = registry.policy.evaluate(policy_input(registry, caller, pinned, arguments))
         run.decision = decision
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or decision.rule
-            run.finish("denied", Outcome("denied", fault="caller"), error=f"{decision.rule}: {reasons}")
+            await run.finish("denied", Outcome("denied", fault="caller"), error=f"{decision.rule}: {reasons}")
             raise Problem("policy-denied", f"denied by rule {decision.rule!r}: {reasons}",
                           rule=decision.rule, run_id=run.id)
 
         result = await _forward(registry, run, pinned, arguments, progress)
         status = "error" if result.is_error else "ok"
         error = _text(result) if result.is_error else None
-        run.finish(status, Outcome(status, latency_ms=run.elapsed_ms()), error=error)
+        await run.finish(status, Outcome(status, latency_ms=run.elapsed_ms()), error=error)
         return Invocation(run.id, result, run.target_id, trace_id)
 
 
@@ -116,9 +114,9 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
     for attempt in range(2):
         try:
             client = await registry.pool.get(endpoint)
-        except Exception as exc:  # noqa: BLE001 - cannot connect: the target is down
+        except Exception as exc:
             if attempt:
-                run.finish("unavailable", Outcome("unavailable", fault="target"), error=str(exc))
+                await run.finish("unavailable", Outcome("unavailable", fault="target"), error=str(exc))
                 raise Problem("target-unavailable", f"{pinned.agent} at {endpoint} is unreachable: {exc}",
                               run_id=run.id) from exc
             continue
@@ -127,18 +125,18 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
                 return await client.call_tool(pinned.name, arguments, progress_callback=progress, meta=meta)
         except TimeoutError as exc:
             registry.pool.discard(endpoint)
-            run.finish("timeout", Outcome("timeout", latency_ms=run.elapsed_ms(), fault="target"),
+            await run.finish("timeout", Outcome("timeout", latency_ms=run.elapsed_ms(), fault="target"),
                        error=f"no answer within {timeout:g} s")
             raise Problem("target-timeout", f"{pinned.agent}.{pinned.name} did not answer within {timeout:g} s",
                           run_id=run.id) from exc
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                run.finish("cancelled", None, error="cancelled by the caller")
+                await run.finish("cancelled", None, error="cancelled by the caller")
             raise
-        except Exception as exc:  # noqa: BLE001 - a broken session: retry once on a fresh one
+        except Exception as exc:
             registry.pool.discard(endpoint)
             if attempt:
-                run.finish("unavailable", Outcome("unavailable", fault="target"), error=str(exc))
+                await run.finish("unavailable", Outcome("unavailable", fault="target"), error=str(exc))
                 raise Problem("target-unavailable", f"{pinned.agent}.{pinned.name} failed in transit: {exc}",
                               run_id=run.id) from exc
     raise AssertionError("unreachable")
@@ -165,7 +163,8 @@ class _Run:
     def elapsed_ms(self) -> float:
         return now_ms() - self.started_ms
 
-    def finish(self, status: str, outcome: Outcome | None, *, error: str | None = None) -> None:
+    async def finish(self, status: str, outcome: Outcome | None, *, error: str | None = None) -> None:
+        """Sign the provenance and write both records (and the decision) before the caller hears back."""
         latency = round(self.elapsed_ms(), 3)
         decision = self.decision
         common = {
@@ -180,16 +179,19 @@ class _Run:
                    "caused_by": self.parent_run_id, "tool_digest": self._tool_digest(),
                    "policy_input_digest": decision.input_digest if decision else None}
         provenance = self.registry.sign_provenance(claims)
-        with self.registry.sessions.begin() as session:
-            store.record_run(session, store.RunRecord(id=self.id, parent_run_id=None, log="caller",
-                                                      provenance=provenance, **common))
-            store.record_run(session, store.RunRecord(id=self.target_id, parent_run_id=self.id, log="target",
-                                                      provenance=provenance, **common))
-            if decision is not None:
-                store.record_decision(session, self.id, allow=decision.allow, rule=decision.rule,
-                                      input_digest=decision.input_digest)
-            if outcome is not None:
-                self.registry.learn(session, self.agent, self.tool, outcome)
+        runs = [{**common, "id": self.id, "parent_run_id": None, "log": "caller", "provenance": provenance},
+                {**common, "id": self.target_id, "parent_run_id": self.id, "log": "target", "provenance": provenance}]
+
+        def write() -> None:
+            with self.registry.sessions.begin() as session:
+                store.record_runs(session, runs)
+                if decision is not None:
+                    store.record_decision(session, self.id, allow=decision.allow, rule=decision.rule,
+                                          input_digest=decision.input_digest)
+
+        await anyio.to_thread.run_sync(write)  # off the event loop: other calls go on meanwhile
+        if outcome is not None:
+            self.registry.learn(self.agent, self.tool, outcome)
         telemetry.record_invoke(self.agent, self.tool, status, latency)
 
     def _tool_digest(self) -> str | None:

@@ -1,0 +1,162 @@
+"""Discovery latency at 10k and 100k tools: build time, then search p50/p99 over 500 queries.
+
+Run: ``.venv/bin/python bench/bench_discovery.py [sizes...]`` (default 10000 100000). Tools are
+synthetic but varied (verb x noun x qualifier x domain, from a fixed seed), 50 to an agent, about
+half of them annotated read-only; reputation is a dict lookup, as the registry's would be.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from mesh import embedding
+from mesh.registry.discovery import DiscoveryIndex
+
+SEED = 20240603
+TOOLS_PER_AGENT = 50
+QUERIES = 500
+
+
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+VERBS = words(
+    "get list create update delete search find fetch send sync export import validate summarize translate "
+    "schedule cancel compute render convert archive approve assign upload download publish merge tag rank"
+)
+NOUNS = words(
+    "invoice customer order ticket document passage image pet flight hotel payment user repository issue "
+    "commit forecast report contract shipment product review meeting calendar email message playlist song "
+    "recipe patient appointment claim policy sensor alert metric dashboard dataset model prompt"
+)
+ADJECTIVES = words("recent archived pending public private shared draft overdue urgent large monthly daily")
+QUALIFIERS = (
+    "by id",
+    "for a date range",
+    "in bulk",
+    "matching a query",
+    "for the current user",
+    "with pagination",
+    "as csv",
+    "as pdf",
+    "from a url",
+    "by status",
+    "for a team",
+    "with full history",
+)
+DOMAINS = words(
+    "billing crm support library weather travel git shop health insurance iot analytics music kitchen "
+    "calendar mail hr legal logistics marketing"
+)
+
+
+def synthetic_agents(count: int, rng: random.Random) -> dict[str, list[dict]]:
+    """``count`` tools spread over agents of ``TOOLS_PER_AGENT`` tools each."""
+    agents: dict[str, list[dict]] = {}
+    for a in range(-(-count // TOOLS_PER_AGENT)):
+        domain = rng.choice(DOMAINS)
+        tools = []
+        for t in range(min(TOOLS_PER_AGENT, count - a * TOOLS_PER_AGENT)):
+            verb, noun, adjective = rng.choice(VERBS), rng.choice(NOUNS), rng.choice(ADJECTIVES)
+            qualifier, other = rng.choice(QUALIFIERS), rng.choice(NOUNS)
+            tools.append(
+                {
+                    "name": f"{verb}_{adjective}_{noun}s_{t}",
+                    "description": (
+                        f"{verb.capitalize()} {adjective} {noun}s {qualifier} in the {domain} service. "
+                        f"Returns the {noun} with its {other} details."
+                    ),
+                    "inputSchema": {"type": "object"},
+                    "annotations": {"readOnlyHint": verb in {"get", "list", "search", "find", "fetch", "export"}},
+                }
+            )
+        agents[f"{domain}_{a}"] = tools
+    return agents
+
+
+def queries(rng: random.Random) -> list[str]:
+    return [
+        f"{rng.choice(VERBS)} {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}s {rng.choice(QUALIFIERS)}"
+        for _ in range(QUERIES)
+    ]
+
+
+def percentiles(samples_ms: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(samples_ms, n=100, method="inclusive")
+    return statistics.median(samples_ms), cuts[98]
+
+
+def timed(run: Callable[[str], object], texts: list[str]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(p50, p99) of wall time and of this thread's CPU time, in ms.
+
+    Searching is single-threaded, so CPU time is the latency a query would have on an idle core; the
+    gap between the two is other processes taking the cores.
+    """
+    for text in texts[:20]:  # warm up
+        run(text)
+    wall, cpu = [], []
+    for text in texts:
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        run(text)
+        wall.append((time.perf_counter() - start) * 1000)
+        cpu.append((time.thread_time() - start_cpu) * 1000)
+    return percentiles(wall), percentiles(cpu)
+
+
+def bench(size: int) -> list[tuple[str, str]]:
+    rng = random.Random(SEED + size)
+    agents = synthetic_agents(size, rng)
+    names = list(agents)
+    reputations = {(agent, tool["name"]): rng.random() for agent, tools in agents.items() for tool in tools}
+    reputation = lambda agent, tool: reputations.get((agent, tool))  # noqa: E731
+    texts = queries(rng)
+
+    index = DiscoveryIndex()
+    start = time.perf_counter()
+    index.upsert_many(agents)
+    build_s = time.perf_counter() - start
+
+    rows = [("build (bulk upsert_many)", f"{build_s:.1f} s")]
+    cases: list[tuple[str, Callable[[str], object]]] = [
+        ("search k=10", lambda q: index.search(q, k=10, reputation=reputation)),
+        ("search k=10 read_only", lambda q: index.search(q, k=10, read_only=True, reputation=reputation)),
+        ("search k=10 agent=", lambda q: index.search(q, k=10, agent=rng.choice(names), reputation=reputation)),
+        ("  of which embed query", lambda q: embedding.embed([q])),
+    ]
+    for label, run in cases:
+        (p50, p99), (cpu50, cpu99) = timed(run, texts)
+        rows.append((label, f"p50 {p50:6.3f}  p99 {p99:6.3f} ms   (cpu p50 {cpu50:6.3f}  p99 {cpu99:6.3f} ms)"))
+
+    upserts = []
+    for agent in names[:5]:  # the first add after a bulk build pays a one-off cost inside Faiss
+        changed = [dict(tool, description=tool["description"] + " Now faster.") for tool in agents[agent]]
+        start = time.perf_counter()
+        index.upsert(agent, changed)
+        upserts.append((time.perf_counter() - start) * 1000)
+    figure = f"first {upserts[0]:.1f} ms, then median {statistics.median(upserts[1:]):.1f} ms"
+    rows.append((f"re-upsert 1 agent ({TOOLS_PER_AGENT} changed)", figure))
+    start = time.perf_counter()
+    index.upsert(names[6], agents[names[6]])
+    rows.append(("re-upsert 1 agent (unchanged)", f"{(time.perf_counter() - start) * 1000:.1f} ms"))
+    start = time.perf_counter()
+    index.remove(names[7])
+    rows.append(("remove 1 agent", f"{(time.perf_counter() - start) * 1000:.1f} ms"))
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    sizes = [int(arg) for arg in argv] or [10_000, 100_000]
+    embedding.model()  # load the weights outside every timing
+    for size in sizes:
+        print(f"\n{size:,} tools, {QUERIES} queries")
+        for label, figure in bench(size):
+            print(f"  {label:<34} {figure}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

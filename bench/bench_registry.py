@@ -1,0 +1,149 @@
+"""A tools/call straight to an agent vs the same call through the registry, from one run.
+
+    python bench/bench_registry.py [--calls 500] [--concurrency 8]
+
+Starts a registry and the `researcher` agent of this repository as real processes on 127.0.0.1, then
+calls `text_stats` (a tool that does almost no work) with the official MCP client: directly at the
+agent's `/mcp`, and as `researcher__text_stats` at the registry's `/mcp` (authenticate, pinned tool,
+schema, Rego policy, pooled forward, two run records with signed provenance, reputation). Also prints
+calls per second through one registry process with several clients at once, over MCP and over
+`POST /v1/invoke`. Discovery latency at 10k/100k tools: `bench/bench_discovery.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+from mcp import Client
+
+from mesh.serving import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+ARGUMENTS = {"text": "one two three. four five."}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start(args: list[str], health: str) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "mesh.cli", *args], stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    for _ in range(600):
+        try:
+            if httpx.get(health, timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{health} did not come up")
+
+
+async def sequential(url: str, tool: str, calls: int) -> list[float]:
+    samples = []
+    async with Client(url, mode="legacy") as client:
+        for _ in range(30):
+            await client.call_tool(tool, ARGUMENTS)
+        for _ in range(calls):
+            began = time.perf_counter()
+            result = await client.call_tool(tool, ARGUMENTS)
+            samples.append((time.perf_counter() - began) * 1000)
+            assert not result.is_error, result
+    return samples
+
+
+async def throughput_mcp(url: str, tool: str, clients: int, seconds: float) -> float:
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        async with Client(url, mode="legacy") as client:
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                await client.call_tool(tool, ARGUMENTS)
+                done += 1
+
+    async with anyio.create_task_group() as group:
+        for _ in range(clients):
+            group.start_soon(worker)
+    return done / seconds
+
+
+async def throughput_http(registry: str, clients: int, seconds: float) -> float:
+    done = 0
+    body = {"agent": "researcher", "tool": "text_stats", "arguments": ARGUMENTS}
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal done
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            (await http.post(f"{registry}/v1/invoke", json=body)).raise_for_status()
+            done += 1
+
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients)) as http, \
+            anyio.create_task_group() as group:
+        for _ in range(clients):
+            group.start_soon(worker, http)
+    return done / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    workspace = Path(tempfile.mkdtemp()) / "ws"
+    for part in ("agents", "tools", "registry", "manifests", "docs", "README.md"):
+        source = REPO / part
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, workspace / part)
+    registry_port, agent_port = free_port(), free_port()
+    registry = f"http://127.0.0.1:{registry_port}"
+    processes = []
+    try:
+        processes.append(start(["registry", "run", "--workspace", str(workspace), "--port", str(registry_port),
+                                "--trust-local-keys"], f"{registry}/healthz"))
+        processes.append(start(["agent", "run", "researcher", "--workspace", str(workspace), "--port",
+                                str(agent_port), "--registry", registry], f"http://127.0.0.1:{agent_port}/healthz"))
+        for _ in range(300):
+            if httpx.get(f"{registry}/v1/agents/researcher").status_code == 200:
+                break
+            time.sleep(0.1)
+
+        direct = anyio.run(sequential, f"http://127.0.0.1:{agent_port}/mcp", "text_stats", args.calls)
+        mesh = anyio.run(sequential, f"{registry}/mcp", "researcher__text_stats", args.calls)
+        d50, d99 = statistics.median(direct), percentile(direct, 0.99)
+        m50, m99 = statistics.median(mesh), percentile(mesh, 0.99)
+        print(f"tools/call, {args.calls} sequential calls, official MCP client, streamable HTTP on loopback")
+        print(f"  direct to the agent      p50 {d50:7.2f} ms   p99 {d99:7.2f} ms")
+        print(f"  through the registry     p50 {m50:7.2f} ms   p99 {m99:7.2f} ms")
+        print(f"  ratio (registry/direct)  p50 {m50 / d50:7.2f} x    p99 {m99 / d99:7.2f} x")
+        mcp_rate = anyio.run(throughput_mcp, f"{registry}/mcp", "researcher__text_stats", args.concurrency,
+                             args.seconds)
+        http_rate = anyio.run(throughput_http, registry, args.concurrency, args.seconds)
+        direct_rate = anyio.run(throughput_mcp, f"http://127.0.0.1:{agent_port}/mcp", "text_stats",
+                                args.concurrency, args.seconds)
+        print(f"throughput with {args.concurrency} concurrent clients, {args.seconds:g} s each")
+        print(f"  direct to the agent (MCP)        {direct_rate:8.0f} calls/s")
+        print(f"  through one registry (MCP)       {mcp_rate:8.0f} calls/s")
+        print(f"  through one registry (/v1/invoke) {http_rate:7.0f} calls/s")
+    finally:
+        for process in reversed(processes):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+
+
+if __name__ == "__main__":
+    main()
