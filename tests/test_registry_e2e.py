@@ -331,3 +331,26 @@ def test_runs_reputation_and_agents_survive_a_registry_restart(mesh: Mesh):
     # Agents re-register on their own heartbeat and are re-admitted by the new registry process.
     wait_until(lambda: mesh.invoke("researcher", "brief", {"topic": "policy"}).status_code == 200,
                what="the mesh to work again after the restart")
+
+
+def test_openapi_describes_the_http_api(mesh: Mesh):
+    document = httpx.get(f"{mesh.url}/v1/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    assert {"/v1/invoke", "/v1/discover", "/v1/agents", "/v1/agents/{name}", "/v1/runs/{run_id}"} <= set(
+        document["paths"])
+    assert {"403", "422", "504"} <= set(document["paths"]["/v1/invoke"]["post"]["responses"])
+
+
+async def test_cancelling_a_call_cancels_it_through_the_mesh(mesh: Mesh):
+    import anyio
+
+    async with Client(f"{mesh.url}/mcp", mode="legacy") as client:
+        with anyio.move_on_after(1.0) as scope:
+            await client.call_tool("echo__wait", {"seconds": 2.5})
+        assert scope.cancelled_caught
+
+    def cancelled() -> bool:
+        runs = httpx.get(f"{mesh.url}/v1/runs", params={"agent": "echo", "limit": 20}).json()["runs"]
+        return any(r["tool"] == "wait" and r["status"] == "cancelled" for r in runs)
+
+    wait_until(cancelled, timeout=10, what="the cancelled call to be recorded")

@@ -66,7 +66,7 @@ def build_app(registry: Registry) -> Starlette:
         return JSONResponse(registry.provenance_jwks)
 
     async def openapi(request: Request) -> JSONResponse:
-        return schemas.OpenAPIResponse(request=request)
+        return JSONResponse(schemas.get_schema(routes=request.app.routes))
 
     async def register(request: Request) -> JSONResponse:
         """
@@ -74,7 +74,7 @@ def build_app(registry: Registry) -> Starlette:
         description: The bearer token must be the agent's own (a JWT signed by one of its keys).
         responses:
           200: {description: admitted or unchanged}
-          403: {description: refused, with the reason}
+          403: {description: "refused; the detail says why"}
         """
         body = await read_json(request)
         name, endpoint, manifest = body.get("name"), body.get("endpoint"), body.get("manifest")

@@ -189,7 +189,10 @@ class _Run:
                     store.record_decision(session, self.id, allow=decision.allow, rule=decision.rule,
                                           input_digest=decision.input_digest)
 
-        await anyio.to_thread.run_sync(write)  # off the event loop: other calls go on meanwhile
+        if self.registry.embedded_database:
+            write()  # an SQLite commit in WAL mode takes tens of µs: less than a hop to a thread
+        else:
+            await anyio.to_thread.run_sync(write)  # a database server: wait off the event loop
         if outcome is not None:
             self.registry.learn(self.agent, self.tool, outcome)
         telemetry.record_invoke(self.agent, self.tool, status, latency)
