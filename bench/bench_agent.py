@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import anyio
-import httpx
+from common import fresh_workspace, percentile, start_mesh_process
 from mcp import Client
 
 from mesh.keys import KeyRing, TrustStore
@@ -30,11 +27,6 @@ from mesh.signing import manifest_payload
 from mesh.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def timed(fn, repeat: int) -> list[float]:
@@ -85,23 +77,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=500)
     args = parser.parse_args()
-    workspace = Path(tempfile.mkdtemp()) / "ws"
-    for part in ("agents", "tools", "registry", "manifests", "docs", "README.md"):
-        source = REPO / part
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, workspace / part)
+    workspace = fresh_workspace()
     signing_figures(workspace)
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "mesh.cli", "agent", "run", "researcher", "--workspace",
-                                str(workspace), "--port", str(port)], stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = start_mesh_process(["agent", "run", "researcher", "--workspace", str(workspace), "--port", str(port)],
+                                 f"http://127.0.0.1:{port}/healthz")
     try:
-        for _ in range(300):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         samples = anyio.run(round_trips, f"http://127.0.0.1:{port}/mcp", args.calls)
         print(row(f"tools/call over streamable HTTP ({args.calls} calls)", samples))
     finally:

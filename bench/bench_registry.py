@@ -14,40 +14,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import anyio
 import httpx
+from common import fresh_workspace, percentile, start_mesh_process
 from mcp import Client
 
 from mesh.serving import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ARGUMENTS = {"text": "one two three. four five."}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def start(args: list[str], health: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "mesh.cli", *args], stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    for _ in range(600):
-        try:
-            if httpx.get(health, timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{health} did not come up")
 
 
 async def sequential(url: str, tool: str, calls: int) -> list[float]:
@@ -105,18 +85,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
 
-    workspace = Path(tempfile.mkdtemp()) / "ws"
-    for part in ("agents", "tools", "registry", "manifests", "docs", "README.md"):
-        source = REPO / part
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, workspace / part)
+    workspace = fresh_workspace()
     registry_port, agent_port = free_port(), free_port()
     registry = f"http://127.0.0.1:{registry_port}"
     processes = []
     try:
-        processes.append(start(["registry", "run", "--workspace", str(workspace), "--port", str(registry_port),
-                                "--trust-local-keys"], f"{registry}/healthz"))
-        processes.append(start(["agent", "run", "researcher", "--workspace", str(workspace), "--port",
-                                str(agent_port), "--registry", registry], f"http://127.0.0.1:{agent_port}/healthz"))
+        registry_args = ["registry", "run", "--workspace", str(workspace), "--port", str(registry_port),
+                         "--trust-local-keys"]
+        processes.append(start_mesh_process(registry_args, f"{registry}/healthz"))
+        agent_args = ["agent", "run", "researcher", "--workspace", str(workspace), "--port", str(agent_port),
+                      "--registry", registry]
+        processes.append(start_mesh_process(agent_args, f"http://127.0.0.1:{agent_port}/healthz"))
         for _ in range(300):
             if httpx.get(f"{registry}/v1/agents/researcher").status_code == 200:
                 break

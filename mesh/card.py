@@ -14,17 +14,14 @@ card that is not in it.
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 from a2a.types import AgentCard
 from a2a.utils.errors import InvalidParamsError
 from a2a.utils.proto_utils import validate_proto_required_fields
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
-from jose import jws
 
-from mesh.keys import ALG, KeyProblem, SigningKey, TrustStore, b64url_decode
+from mesh.keys import KeyProblem, SigningKey, TrustStore
 from mesh.manifest import canonical
 
 CARD_PATH = "/.well-known/agent-card.json"
@@ -153,36 +150,8 @@ def verify_card(card: dict[str, Any], trust: TrustStore, *, now: float | None = 
     As with manifests: every signature by a usable trusted key must verify, at least one must exist,
     and signatures by unknown, revoked or expired keys are tolerated beside a good one.
     """
-    now = time.time() if now is None else now
-    signatures = card.get("signatures") or []
-    if not signatures:
-        raise CardProblem("agent card carries no signature")
-    payload = signed_payload(card)
-    verified: list[str] = []
-    problems: list[str] = []
-    for entry in signatures:
-        try:
-            header = json.loads(b64url_decode(entry["protected"]))
-            token = f"{entry['protected']}..{entry['signature']}"
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CardProblem(f"agent card signature is malformed ({exc!r})") from exc
-        kid = header.get("kid")
-        if header.get("alg") != ALG or header.get("typ") != CARD_TYP:
-            raise CardProblem(
-                f"agent card signature by {kid} has alg {header.get('alg')!r} and typ {header.get('typ')!r},"
-                f" expected {ALG!r} and {CARD_TYP!r}"
-            )
-        reason = trust.problem(kid, now)
-        if reason:
-            problems.append(reason)
-            continue
-        try:
-            trust.verify_detached(token, payload, now=now)
-        except (KeyProblem, jws.JWSError, ValueError) as exc:
-            raise CardProblem(
-                f"agent card signature by key {kid} does not verify (the card was changed after signing)"
-            ) from exc
-        verified.append(kid)
-    if not verified:
-        raise CardProblem(f"agent card has no valid signature: {'; '.join(problems)}")
-    return verified
+    try:
+        return trust.verify_signatures(signed_payload(card), card.get("signatures"), typ=CARD_TYP, now=now)
+    except KeyProblem as exc:
+        raise CardProblem(f"agent card: {exc}") from exc
+

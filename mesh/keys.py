@@ -356,7 +356,41 @@ class TrustStore:
         try:
             return jws.verify(token, self.key(kid, now), algorithms=[ALG])
         except jws.JWSError as exc:
-            raise KeyProblem(f"signature by key {kid} does not verify") from exc
+            raise KeyProblem(f"signature by key {kid} does not verify (it was changed after signing)") from exc
+
+    def verify_signatures(
+        self, payload: bytes, signatures: Any, *, typ: str, now: float | None = None
+    ) -> list[str]:
+        """Check a JWS's signatures (``[{protected, signature}]``) over ``payload``; return the kids that verified.
+
+        Every signature by a usable trusted key must verify (one that does not means the payload was
+        changed). At least one must come from a usable key; signatures by revoked, expired or unknown keys
+        are tolerated beside a good one, since a rotation leaves old signatures behind.
+        """
+        now = time.time() if now is None else now
+        if not signatures:
+            raise KeyProblem("it carries no signature")
+        verified: list[str] = []
+        problems: list[str] = []
+        for entry in signatures:
+            try:
+                header = json.loads(b64url_decode(entry["protected"]))
+                token = f"{entry['protected']}.{b64url(payload)}.{entry['signature']}"
+            except (KeyError, TypeError, ValueError) as exc:
+                raise KeyProblem(f"a signature is malformed ({exc!r})") from exc
+            kid = header.get("kid")
+            if header.get("alg") != ALG or header.get("typ") != typ:
+                raise KeyProblem(f"signature by {kid} has alg {header.get('alg')!r} and typ {header.get('typ')!r},"
+                                 f" expected {ALG!r} and {typ!r}")
+            reason = self.problem(kid, now)
+            if reason:
+                problems.append(reason)
+                continue
+            self.verify_compact(token, now=now)
+            verified.append(kid)
+        if not verified:
+            raise KeyProblem(f"no valid signature: {'; '.join(problems)}")
+        return verified
 
     def verify_detached(self, token: str, payload: bytes, *, now: float | None = None) -> dict[str, Any]:
         """Verify a detached compact JWS (``protected..signature``) over ``payload``; return its header."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,31 +149,10 @@ class Manifest:
         changed). At least one must come from a usable key; signatures by revoked, expired or unknown
         keys are tolerated beside a good one, since rotation leaves old signatures behind.
         """
-        now = time.time() if now is None else now
-        verified: list[str] = []
-        problems: list[str] = []
-        for signature in self.signatures:
-            try:
-                header = json.loads(b64url_decode(signature["protected"]))
-            except ValueError as exc:
-                raise ManifestProblem(f"{source}: a signature's protected header is not JSON") from exc
-            kid = header.get("kid")
-            if header.get("alg") != ALG:
-                raise ManifestProblem(f"{source}: signature by {kid} uses alg {header.get('alg')!r}, not {ALG}")
-            reason = trust.problem(kid, now)
-            if reason:
-                problems.append(reason)
-                continue
-            token = f"{signature['protected']}.{b64url(self.payload_bytes)}.{signature['signature']}"
-            try:
-                jws.verify(token, trust.key(kid, now), algorithms=[ALG])
-            except jws.JWSError as exc:
-                raise ManifestProblem(
-                    f"{source}: signature by key {kid} does not verify (the manifest was changed after signing)"
-                ) from exc
-            verified.append(kid)
-        if not verified:
-            raise ManifestProblem(f"{source}: no valid signature: {'; '.join(problems)}")
+        try:
+            verified = trust.verify_signatures(self.payload_bytes, self.signatures, typ=MANIFEST_TYP, now=now)
+        except KeyProblem as exc:
+            raise ManifestProblem(f"{source}: {exc}") from exc
         body = self.body
         if body.get("format") != FORMAT:
             raise ManifestProblem(f"{source}: unknown manifest format {body.get('format')!r}")

@@ -121,11 +121,9 @@ def hello_workspace(tmp_path: Path) -> Path:
     return workspace
 
 
-@pytest.fixture
-def repo_workspace(tmp_path: Path) -> Path:
-    """A copy of this repository's own workspace, as a fresh clone has it (no .mesh/)."""
-    workspace = tmp_path / "repo"
-    workspace.mkdir()
+def copy_repo_workspace(workspace: Path) -> Path:
+    """Copy this repository's own workspace to ``workspace``, as a fresh clone has it (no .mesh/)."""
+    workspace.mkdir(parents=True)
     for part in WORKSPACE_PARTS:
         source = REPO / part
         if source.is_dir():
@@ -133,3 +131,8 @@ def repo_workspace(tmp_path: Path) -> Path:
         elif source.is_file():
             shutil.copy2(source, workspace / part)
     return workspace
+
+
+@pytest.fixture
+def repo_workspace(tmp_path: Path) -> Path:
+    return copy_repo_workspace(tmp_path / "repo")

@@ -15,7 +15,7 @@ from mesh.client import MeshClient, MeshError
 from mesh.keys import KeyRing, TrustStore
 from mesh.registry.auth import issue_token
 
-from .conftest import Process, free_port, mesh_command
+from .conftest import Process, copy_repo_workspace, free_port, mesh_command
 
 ECHO_AGENT = '''
 import anyio
@@ -112,18 +112,7 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """This repository's workspace (fresh-clone state) plus an `echo` test agent, all running."""
-    import shutil
-
-    from .conftest import REPO, WORKSPACE_PARTS
-
-    workspace = tmp_path_factory.mktemp("mesh") / "ws"
-    workspace.mkdir()
-    for part in WORKSPACE_PARTS:
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, workspace / part, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.is_file():
-            shutil.copy2(source, workspace / part)
+    workspace = copy_repo_workspace(tmp_path_factory.mktemp("mesh") / "ws")
     (workspace / "agents" / "echo.py").write_text(ECHO_AGENT.format(description="Return the text unchanged."))
     config = workspace / "registry" / "registry.toml"
     config.write_text(config.read_text().replace("call_timeout = 30.0", "call_timeout = 3.0")
