@@ -62,7 +62,7 @@ def signing_figures(workspace: Path) -> None:
 
 async def round_trips(url: str, calls: int) -> list[float]:
     samples = []
-    async with Client(url, mode="legacy") as client:
+    async with Client(url) as client:
         for _ in range(20):
             await client.call_tool("text_stats", {"text": "warm up the session"})
         for _ in range(calls):

@@ -32,7 +32,7 @@ ARGUMENTS = {"text": "one two three. four five."}
 
 async def sequential(url: str, tool: str, calls: int) -> list[float]:
     samples = []
-    async with Client(url, mode="legacy") as client:
+    async with Client(url) as client:
         for _ in range(30):
             await client.call_tool(tool, ARGUMENTS)
         for _ in range(calls):
@@ -48,7 +48,7 @@ async def throughput_mcp(url: str, tool: str, clients: int, seconds: float) -> f
 
     async def worker() -> None:
         nonlocal done
-        async with Client(url, mode="legacy") as client:
+        async with Client(url) as client:
             deadline = time.perf_counter() + seconds
             while time.perf_counter() < deadline:
                 await client.call_tool(tool, ARGUMENTS)

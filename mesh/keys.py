@@ -11,6 +11,7 @@ its end (``exp``), the revoked kids, and the rotation statements.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -87,7 +88,12 @@ class SigningKey:
     def sign(self, payload: bytes, typ: str, extra_headers: dict[str, Any] | None = None) -> str:
         """Compact JWS over ``payload`` with ``alg``, ``kid`` and ``typ`` in the protected header."""
         headers = {"kid": self.kid, "typ": typ, **(extra_headers or {})}
-        return jws.sign(payload, _construct(self.private_jwk), algorithm=ALG, headers=headers)
+        return jws.sign(payload, self._key, algorithm=ALG, headers=headers)
+
+    @functools.cached_property
+    def _key(self) -> Any:
+        """The python-jose key, built once: parsing the JWK on every signature doubles its cost."""
+        return _construct(self.private_jwk)
 
     @property
     def public_jwk(self) -> dict[str, Any]:

@@ -74,7 +74,8 @@ class Registry:
         self.reputations: dict[tuple[str, str], Reputation] = {}
         self.admitted_here: set[str] = set()  # agents admitted by this process (not just loaded)
         self.pool: SessionPool | None = None
-        self.embedded_database = sessions.kw["bind"].dialect.name == "sqlite"
+        self.engine = sessions.kw["bind"]
+        self.embedded_database = self.engine.dialect.name == "sqlite"
         self._trust_cache: dict[str, TrustStore] = {}
         self._tokens: dict[str, tuple[Caller, float]] = {}
         self._unsaved: set[tuple[str, str]] = set()

@@ -182,12 +182,12 @@ class _Run:
         runs = [{**common, "id": self.id, "parent_run_id": None, "log": "caller", "provenance": provenance},
                 {**common, "id": self.target_id, "parent_run_id": self.id, "log": "target", "provenance": provenance}]
 
+        recorded = None if decision is None else {"run_id": self.id, "allow": decision.allow, "rule": decision.rule,
+                                                   "input_digest": decision.input_digest}
+
         def write() -> None:
-            with self.registry.sessions.begin() as session:
-                store.record_runs(session, runs)
-                if decision is not None:
-                    store.record_decision(session, self.id, allow=decision.allow, rule=decision.rule,
-                                          input_digest=decision.input_digest)
+            with self.registry.engine.begin() as connection:
+                store.record_call(connection, runs, recorded)
 
         if self.registry.embedded_database:
             write()  # an SQLite commit in WAL mode takes tens of µs: less than a hop to a thread
