@@ -153,8 +153,10 @@ async def recheck(registry: Registry, name: str) -> list[str]:
         if store.get_agent(session, name).status == "down":
             store.set_agent_status(session, name, "active")
     if blocked:
-        flags_reason = f"tools changed after approval: {', '.join(blocked)}"
-        log.warning("%s: %s", name, flags_reason)
+        flag = f"tools changed after approval: {', '.join(blocked)}"
+        log.warning("%s: %s", name, flag)
+        with registry.sessions.begin() as session:
+            store.get_agent(session, name).flags = [flag]
         registry.index_agent(name)
     return blocked
 

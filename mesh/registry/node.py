@@ -11,8 +11,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import rfc8785
 from jose import jwt
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
@@ -139,8 +141,6 @@ class Registry:
         return trust
 
     def remember_keys(self, agent: str, trust: TrustStore, kids: list[str]) -> None:
-        from datetime import UTC, datetime
-
         with self.sessions.begin() as session:
             for kid in kids:
                 key = trust.keys[kid]
@@ -229,8 +229,6 @@ class Registry:
     # -- provenance -----------------------------------------------------------------------------------------
 
     def sign_provenance(self, claims: dict[str, Any]) -> str:
-        import rfc8785
-
         return self.provenance_key.sign(rfc8785.dumps(claims), PROVENANCE_TYP)
 
     # -- views --------------------------------------------------------------------------------------------------
