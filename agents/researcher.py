@@ -6,6 +6,7 @@ so every brief is an authenticated, policy-checked, recorded cross-agent call.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
@@ -58,6 +59,8 @@ async def brief(
 
 
 def _first_sentence(text: str) -> str:
+    """The passage's first sentence, skipping markdown headings (the source already names its heading)."""
+    text = re.sub(r"(^|\s)#{1,6} [^.!?]*?(?=\s[A-Z*`])", " ", text).strip()
     for end in (". ", "! ", "? "):
         if end in text:
             return text.split(end, 1)[0] + end.strip()
