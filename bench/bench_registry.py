@@ -7,7 +7,7 @@ calls `text_stats` (a tool that does almost no work) with the official MCP clien
 agent's `/mcp`, and as `researcher__text_stats` at the registry's `/mcp` (authenticate, pinned tool,
 schema, Rego policy, pooled forward, two run records with signed provenance, reputation). Also prints
 calls per second through one registry process with several clients at once, over MCP and over
-`POST /v1/invoke`. Discovery latency at 10k/100k tools: `bench/bench_discovery.py`.
+`POST /v1/invoke`; then discovery latency over 10k and 100k synthetic tools (``bench_discovery``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import anyio
+import bench_discovery
 import httpx
 from common import fresh_workspace, percentile, start_mesh_process
 from mcp import Client
@@ -83,6 +84,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--discovery-sizes", type=int, nargs="*", default=[10_000, 100_000],
+                        help="synthetic tool counts for the discovery figures (none: skip them)")
     args = parser.parse_args()
 
     workspace = fresh_workspace()
@@ -122,6 +125,9 @@ def main() -> None:
         for process in reversed(processes):
             os.killpg(process.pid, signal.SIGTERM)
             process.wait()
+    if args.discovery_sizes:
+        print("discovery: DiscoveryIndex.search over synthetic tools (the registry's own index)", end="")
+        bench_discovery.main([str(size) for size in args.discovery_sizes])
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def resolve(registry: Registry, agent: str, tool: str) -> PinnedTool:
 
 
 def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool, arguments: dict[str, Any]) -> dict:
-    caller_reputation = registry.reputation(caller.agent).score() if caller.agent else None
+    caller_reputation = registry.known_score(caller.agent) if caller.agent else None
     return {
         "caller": {"id": caller.id, "kind": caller.kind, "scopes": caller.scopes, "reputation": caller_reputation},
         "target": {"agent": pinned.agent, "tool": pinned.name, "annotations": pinned.annotations,
