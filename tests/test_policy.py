@@ -134,6 +134,13 @@ def test_settings_arrive_as_data(folder: Path) -> None:
     assert default.evaluate(call(**{"target.reputation": 0.29})).rule == "low_reputation"
 
 
+def test_a_probe_call_passes_low_reputation_and_only_that_rule(engine: PolicyEngine) -> None:
+    shunned = {"target.reputation": 0.1}
+    assert engine.evaluate(call(**shunned, **{"target.probe": False})).rule == "low_reputation"
+    assert engine.evaluate(call(**shunned, **{"target.probe": True})).allow
+    assert engine.evaluate(call(**shunned, **{"target.probe": True, "target.scopes": ["x"]})).rule == "missing_scope"
+
+
 def test_several_violations_sort_deterministically(engine: PolicyEngine) -> None:
     decision = engine.evaluate(
         call(**{"target.scopes": ["notes:write"], "target.annotations": {}, "target.reputation": 0.1})

@@ -116,7 +116,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     (workspace / "agents" / "echo.py").write_text(ECHO_AGENT.format(description="Return the text unchanged."))
     config = workspace / "registry" / "registry.toml"
     config.write_text(config.read_text().replace("call_timeout = 30.0", "call_timeout = 3.0")
-                      .replace("[grants]", '[grants]\necho = ["docs:read"]'))
+                      .replace("[grants]", '[grants]\necho = ["docs:read"]')
+                      .replace("[registry]", "[registry]\nprobe_interval = 2.0"))
     network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
     try:
         network.start_registry()
@@ -343,3 +344,27 @@ async def test_cancelling_a_call_cancels_it_through_the_mesh(mesh: Mesh):
         return any(r["tool"] == "wait" and r["status"] == "cancelled" for r in runs)
 
     wait_until(cancelled, timeout=10, what="the cancelled call to be recorded")
+
+
+def test_a_failing_agent_loses_reputation_until_the_policy_refuses_it_then_gets_a_probe(mesh: Mesh):
+    # Runs last: it leaves `echo` shunned.
+    before = mesh.agent("echo")["reputation"]["score"]
+    failures = 0
+    while (answer := mesh.invoke("echo", "fail", {"reason": "still broken"})).status_code == 200:
+        assert answer.json()["result"]["isError"]
+        failures += 1
+        assert failures < 40, "the reputation never fell below the policy's threshold"
+    assert answer.status_code == 403 and answer.json()["rule"] == "low_reputation"
+    after = mesh.agent("echo")["reputation"]
+    assert after["score"] < 0.3 < before and failures >= 3
+
+    refused = mesh.invoke("echo", "echo", {"text": "anyone there?"})
+    assert refused.status_code == 403 and refused.json()["rule"] == "low_reputation"
+    hits = httpx.get(f"{mesh.url}/v1/discover", params={"q": "fail with a reason", "agent": "echo"}).json()["results"]
+    failing = next(hit for hit in hits if hit["tool"] == "fail")  # the tool's own reputation ranks it
+    assert failing["reputation"] < 0.3 and failing["score"] < 0.65 * failing["relevance"]
+
+    time.sleep(2.5)  # probe_interval: one trial call may pass, and its success is evidence again
+    probe = mesh.invoke("echo", "echo", {"text": "probe"})
+    assert probe.status_code == 200, probe.text
+    assert mesh.agent("echo")["reputation"]["score"] > after["score"]  # the probe's success counted

@@ -27,6 +27,7 @@ class RegistryConfig:
     policy: dict[str, Any] = field(default_factory=dict)  # data for the Rego policy
     call_timeout: float = 30.0
     recheck_interval: float = 30.0  # seconds between re-listing each agent's tools (rug-pull check)
+    probe_interval: float = 60.0  # a target no call reached for this long gets one trial call past low_reputation
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, **overrides: Any) -> RegistryConfig:

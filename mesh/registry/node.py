@@ -81,6 +81,7 @@ class Registry:
         self._trust_cache: dict[str, TrustStore] = {}
         self._tokens: dict[str, tuple[Caller, float]] = {}
         self._unsaved: set[tuple[str, str]] = set()
+        self.last_forwarded: dict[str, float] = {}  # agent -> monotonic time a call last reached it
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -216,6 +217,12 @@ class Registry:
             for agent, tool in sorted(changed):
                 reputation = self.reputations[(agent, tool)]
                 store.save_reputation(session, agent, tool, state=reputation.to_state(), score=reputation.score())
+
+    def probe_due(self, agent: str) -> bool:
+        """Has no call reached ``agent`` for a probe interval? Then the policy may let one through even
+        if its reputation is low: without new evidence a shunned agent could never recover."""
+        last = self.last_forwarded.get(agent)
+        return last is None or time.monotonic() - last >= self.config.probe_interval
 
     def known_score(self, agent: str, tool: str = "") -> float | None:
         """The score learned for ``agent`` (or one tool), None when nothing is known yet."""

@@ -9,6 +9,7 @@ the target's reputation only when it is the target's fault.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -65,7 +66,8 @@ def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool, argumen
     return {
         "caller": {"id": caller.id, "kind": caller.kind, "scopes": caller.scopes, "reputation": caller_reputation},
         "target": {"agent": pinned.agent, "tool": pinned.name, "annotations": pinned.annotations,
-                   "scopes": pinned.scopes, "reputation": registry.reputation(pinned.agent).score()},
+                   "scopes": pinned.scopes, "reputation": registry.reputation(pinned.agent).score(),
+                   "probe": registry.probe_due(pinned.agent)},
         "arguments": arguments,
     }
 
@@ -109,6 +111,7 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
                    progress: Any) -> CallToolResult:
     assert registry.pool is not None
     endpoint = registry.endpoints[pinned.agent]
+    registry.last_forwarded[pinned.agent] = time.monotonic()
     meta = {RUN_META: run.target_id}  # the MCP client adds the trace context itself
     timeout = registry.config.call_timeout
     for attempt in range(2):

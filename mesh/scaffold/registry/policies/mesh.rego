@@ -10,7 +10,8 @@
 #                "annotations": {"readOnlyHint": bool, "destructiveHint": bool,
 #                                "idempotentHint": bool, "openWorldHint": bool},   # any may be absent
 #                "scopes": ["notes:read", ...],      # scopes the tool requires
-#                "reputation": 0.0-1.0},
+#                "reputation": 0.0-1.0,
+#                "probe": bool},                     # a trial call past low_reputation, at most one a while
 #     "arguments": {...}
 #   }
 #
@@ -103,9 +104,11 @@ deny contains {"rule": "destructive_not_allowed", "reason": sprintf("%s is destr
 	not destructive_allowed
 }
 
-# --- low_reputation: stop calling a target the mesh has learned not to trust.
+# --- low_reputation: stop calling a target the mesh has learned not to trust. A call marked as a probe
+# (the registry lets one through per probe interval) still goes, or the target could never earn its way back.
 
 deny contains {"rule": "low_reputation", "reason": sprintf("%s reputation %v is below %v", [target_name, input.target.reputation, min_reputation])} if {
 	is_number(input.target.reputation)
 	input.target.reputation < min_reputation
+	not input.target.probe == true
 }
