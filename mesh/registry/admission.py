@@ -93,7 +93,7 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
     registry.tools.update(fresh)
     registry.endpoints[name] = endpoint
     registry.admitted_here.add(name)
-    registry.index_agent(name)
+    await registry.index_agent(name)
     log.info("admitted %s at %s with %d tools", name, endpoint, len(pinned))
     return {"agent": name, "status": "admitted", "tools": sorted(t.name for t in pinned),
             "manifest_digest": manifest.digest}
@@ -157,7 +157,7 @@ async def recheck(registry: Registry, name: str) -> list[str]:
         log.warning("%s: %s", name, flag)
         with registry.sessions.begin() as session:
             store.get_agent(session, name).flags = [flag]
-        registry.index_agent(name)
+        await registry.index_agent(name)
     return blocked
 
 

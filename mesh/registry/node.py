@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import rfc8785
 from jose import jwt
 from jsonschema import Draft202012Validator
@@ -106,12 +107,14 @@ class Registry:
                 self.tools[(record.agent, record.name)] = PinnedTool.from_record(record)
             for saved in store.list_reputation(session):
                 self.reputations[(saved.agent, saved.tool)] = Reputation.from_state(saved.state)
-        for agent in self.endpoints:
-            self.index_agent(agent)
+        self.discovery.upsert_many({agent: self.verified_wire(agent) for agent in self.endpoints})
 
-    def index_agent(self, agent: str) -> None:
-        verified = [t.wire for (a, _), t in self.tools.items() if a == agent and t.status == "verified"]
-        self.discovery.upsert(agent, verified)
+    def verified_wire(self, agent: str) -> list[dict[str, Any]]:
+        return [t.wire for (a, _), t in self.tools.items() if a == agent and t.status == "verified"]
+
+    async def index_agent(self, agent: str) -> None:
+        """Make discovery show exactly ``agent``'s verified tools; embedding and Faiss run off the loop."""
+        await anyio.to_thread.run_sync(self.discovery.upsert, agent, self.verified_wire(agent))
 
     # -- trust ------------------------------------------------------------------------------------------
 
