@@ -197,7 +197,7 @@ def cmd_call(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from mesh.tables import print_runs
 
-    return print_runs(registry_url(args), args.limit, args.agent)
+    return print_runs(registry_url(args), args.limit, args.agent, log=None if args.both_logs else "caller")
 
 
 # -- argument parsing ---------------------------------------------------------------------------------
@@ -272,6 +272,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", parents=[client], help="recent runs through the registry")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--agent")
+    p.add_argument("--both-logs", action="store_true", help="show each call from both sides (caller and target)")
     return top
 
 

@@ -211,15 +211,18 @@ def print_call(client: httpx.Client, target: str, pairs: Sequence[str]) -> int:
 
 
 @_command
-def print_runs(client: httpx.Client, limit: int = 20, agent: str | None = None) -> int:
+def print_runs(client: httpx.Client, limit: int = 20, agent: str | None = None, log: str | None = "caller") -> int:
     """``mesh runs``: the latest calls through the registry, newest first.
 
-    A call is logged twice, in its caller's log and its target's (LOG says which); RUN is the id's first
-    8 characters, as ``docker ps`` shortens container ids.
+    A call is logged twice, in its caller's log and its target's; by default one row per call (the
+    caller's side), ``log=None`` shows both (LOG says which). RUN is the id's first 8 characters, as
+    ``docker ps`` shortens container ids.
     """
     params: dict[str, Any] = {"limit": limit}
     if agent:
         params["agent"] = agent
+    if log:
+        params["log"] = log
     runs = _request(client, "GET", "/v1/runs", params=params)["runs"]
     if not runs:
         print("no runs yet — `mesh call AGENT.TOOL` makes one", file=sys.stderr)

@@ -232,8 +232,10 @@ async def test_agent_tokens_scopes_and_forgeries(mesh: Mesh):
         with pytest.raises(MeshError) as denied:
             await researcher.invoke("sandbox", "call_operation", {"api": "petstore", "operation_id": "listPets"})
         assert denied.value.kind == "policy-denied" and denied.value.problem["rule"] == "missing_scope"
-        runs = httpx.get(f"{mesh.url}/v1/runs", params={"agent": "sandbox"}).json()["runs"]
-        assert any(r["caller"] == "agent:researcher" and r["policy_rule"] == "missing_scope" for r in runs)
+        runs = httpx.get(f"{mesh.url}/v1/runs", params={"caller": "agent:researcher", "log": "caller"}).json()["runs"]
+        assert any(r["agent"] == "sandbox" and r["policy_rule"] == "missing_scope" for r in runs)
+        assert {r["caller"] for r in runs} == {"agent:researcher"} and {r["log"] for r in runs} == {"caller"}
+        assert httpx.get(f"{mesh.url}/v1/runs", params={"log": "both"}).status_code == 400
 
     stranger = KeyRing.open(mesh.workspace / ".mesh" / "keys" / "stranger", create=True)
     forged = issue_token("researcher", stranger.active())  # right name, wrong key

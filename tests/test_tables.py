@@ -224,7 +224,7 @@ def test_runs_filters_by_agent_and_formats_each_run(capsys):
             "parent_run_id": None, "trace_id": None}]})
 
     assert print_runs("http://registry.test", 5, "librarian", client=registry(handler)) == 0
-    assert seen == {"limit": "5", "agent": "librarian"}
+    assert seen == {"limit": "5", "agent": "librarian", "log": "caller"}  # one row per call by default
     header, row = capsys.readouterr().out.splitlines()
     assert header.split() == ["STARTED", "RUN", "LOG", "CALLER", "TOOL", "STATUS", "MS", "POLICY"]
     assert row.split()[2:] == ["76535fff", "caller", "user:local", "librarian.search", "ok", "13", "allow", "(default)"]

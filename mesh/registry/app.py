@@ -161,12 +161,21 @@ def build_app(registry: Registry) -> Starlette:
         summary: Recent runs, newest first
         parameters:
           - {name: agent, in: query, schema: {type: string}}
+          - {name: caller, in: query, schema: {type: string}, description: "e.g. agent:researcher or user:local"}
+          - {name: log, in: query, schema: {enum: [caller, target]}, description: "one side of each call"}
           - {name: limit, in: query, schema: {type: integer, default: 50}}
         responses: {200: {description: "{runs: [...]}"}}
         """
-        limit = min(int(request.query_params.get("limit", 50)), 1000)
+        params = request.query_params
+        try:
+            limit = min(int(params.get("limit", 50)), 1000)
+        except ValueError as exc:
+            raise Problem("bad-request", "limit must be an integer") from exc
+        if params.get("log") not in (None, "caller", "target"):
+            raise Problem("bad-request", "log must be 'caller' or 'target'")
         with registry.sessions.begin() as session:
-            found = store.list_runs(session, request.query_params.get("agent"), limit=limit)
+            found = store.list_runs(session, params.get("agent"), caller=params.get("caller"), log=params.get("log"),
+                                    limit=limit)
             return JSONResponse({"runs": [run_json(r) for r in found]})
 
     async def run(request: Request) -> JSONResponse:
