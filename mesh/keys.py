@@ -95,10 +95,6 @@ class SigningKey:
         """The python-jose key, built once: parsing the JWK on every signature doubles its cost."""
         return _construct(self.private_jwk)
 
-    @property
-    def public_jwk(self) -> dict[str, Any]:
-        return public_part(self.private_jwk)
-
 
 def _construct(key: dict[str, Any]) -> Any:
     return jwk.construct(key, ALG)
@@ -189,9 +185,6 @@ class KeyRing:
         valid.sort(key=lambda r: r.status(now) != "active")
         return [SigningKey(r.kid, self._private(r.kid)) for r in valid]
 
-    def kids(self) -> set[str]:
-        return {record.kid for record in self.records}
-
     # -- rotation and revocation ----------------------------------------------------------------
 
     def rotate(self, overlap_seconds: int = DEFAULT_OVERLAP_SECONDS, now: float | None = None) -> KeyRecord:
@@ -200,15 +193,7 @@ class KeyRing:
         old = self.active()
         self.record(old.kid).not_after = int(now + overlap_seconds)
         new = self._add_key()
-        new_public = public_part(self._private(new.kid))
-        statement = {
-            "old_kid": old.kid,
-            "new_kid": new.kid,
-            "new_jwk": new_public,
-            "iat": int(now),
-            "old_not_after": int(now + overlap_seconds),
-        }
-        self.rotations.append(old.sign(rfc8785.dumps(statement), ROTATION_TYP))
+        self._introduce(new, by=old, now=now)
         self.save()
         return new
 
@@ -225,16 +210,20 @@ class KeyRing:
             # never by the revoked one. Otherwise verifiers must re-read the published JWKS.
             others = [k for k in self.signing_keys(now) if k.kid != replacement.kid]
             if others:
-                statement = {
-                    "old_kid": others[0].kid,
-                    "new_kid": replacement.kid,
-                    "new_jwk": public_part(self._private(replacement.kid)),
-                    "iat": int(now),
-                    "old_not_after": self.record(others[0].kid).not_after,
-                }
-                self.rotations.append(others[0].sign(rfc8785.dumps(statement), ROTATION_TYP))
+                self._introduce(replacement, by=others[0], now=now)
         self.save()
         return replacement
+
+    def _introduce(self, new: KeyRecord, *, by: SigningKey, now: float) -> None:
+        """Append a rotation statement in which ``by`` vouches for ``new`` (and states its own end)."""
+        statement = {
+            "old_kid": by.kid,
+            "new_kid": new.kid,
+            "new_jwk": public_part(self._private(new.kid)),
+            "iat": int(now),
+            "old_not_after": self.record(by.kid).not_after,
+        }
+        self.rotations.append(by.sign(rfc8785.dumps(statement), ROTATION_TYP))
 
     def public_jwks(self, now: float | None = None) -> dict[str, Any]:
         """The JWKS verifiers need: valid public keys (with ``exp`` once rotated out), revoked kids, rotations."""

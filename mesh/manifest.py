@@ -43,6 +43,11 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def json_digest(value: Any) -> str:
+    """``sha256:<hex>`` of a JSON value's canonical bytes: how the mesh names tools, inputs and arguments."""
+    return sha256(canonical(value))
+
+
 def wire_tool(tool: Any) -> dict[str, Any]:
     """A tool as ``tools/list`` puts it on the wire, without ``_meta``: the thing that is signed."""
     if hasattr(tool, "model_dump"):
@@ -51,7 +56,7 @@ def wire_tool(tool: Any) -> dict[str, Any]:
 
 
 def tool_digest(tool: Any) -> str:
-    return sha256(canonical(wire_tool(tool)))
+    return json_digest(wire_tool(tool))
 
 
 @dataclass(frozen=True)

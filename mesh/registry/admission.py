@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from mesh.keys import TrustStore
 from mesh.manifest import SIGNATURE_META, Manifest, ManifestProblem, tool_digest, verify_tool
 from mesh.registry import store
 from mesh.registry.node import PinnedTool, Registry
@@ -39,8 +40,10 @@ async def live_tools(registry: Registry, endpoint: str) -> list[dict[str, Any]]:
 
 
 async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dict[str, Any],
-                jwks: dict[str, Any] | None) -> dict[str, Any]:
-    """Admit (or re-admit) ``name``; returns what changed. Raises a ``registration-refused`` Problem."""
+                jwks: dict[str, Any] | None, trust: TrustStore) -> dict[str, Any]:
+    """Admit (or re-admit) ``name`` under the keys ``trust`` holds for it; returns what changed.
+
+    Raises a ``registration-refused`` Problem."""
     try:
         manifest = Manifest.from_json(manifest_json, f"manifest of {name!r}")
     except ManifestProblem as exc:
@@ -58,7 +61,6 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
 
     if manifest.agent != name:
         raise Problem("registration-refused", f"the manifest is signed for agent {manifest.agent!r}, not {name!r}")
-    trust = registry.trust_for(name, jwks)
     try:
         manifest.verify(trust, source=f"manifest of {name!r}")
     except ManifestProblem as exc:
@@ -100,7 +102,7 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
 
 
 def _check_live_tools(tools: list[dict[str, Any]], signed: dict[str, dict[str, Any]], manifest_digest: str,
-                      trust: Any) -> list[str]:
+                      trust: TrustStore) -> list[str]:
     problems = []
     live_names = {tool["name"] for tool in tools}
     for tool in tools:

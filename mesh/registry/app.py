@@ -81,8 +81,8 @@ def build_app(registry: Registry) -> Starlette:
         if not (isinstance(name, str) and isinstance(endpoint, str) and isinstance(manifest, dict)):
             raise Problem("bad-request", "registration needs name, endpoint and manifest")
         token = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
-        registry.authenticate_registration(name, token, body.get("jwks"))
-        return JSONResponse(await admission.admit(registry, name, endpoint, manifest, body.get("jwks")))
+        trust = registry.authenticate_registration(name, token, body.get("jwks"))
+        return JSONResponse(await admission.admit(registry, name, endpoint, manifest, body.get("jwks"), trust))
 
     async def agents(request: Request) -> JSONResponse:
         """

@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import rfc8785
 from jose import jwt
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.keys import KeyRing, SigningKey, TrustStore
+from mesh.manifest import canonical
 from mesh.registry import store
 from mesh.registry.auth import AuthProblem, Caller, claimed_agent, verify_token
 from mesh.registry.config import RegistryConfig
@@ -178,8 +178,9 @@ class Registry:
             return Caller("user:local", "user", list(self.config.local_user_scopes))
         return Caller("anonymous", "anonymous", [])
 
-    def authenticate_registration(self, name: str, token: str, jwks: dict[str, Any] | None) -> None:
-        """Only the agent itself may register under its name: its token must verify under its keys."""
+    def authenticate_registration(self, name: str, token: str, jwks: dict[str, Any] | None) -> TrustStore:
+        """Only the agent itself may register under its name: its token must verify under its keys.
+        Returns the keys trusted for it (including any it just introduced by rotation), for admission."""
         if not token:
             raise Problem("unauthenticated", f"registering {name!r} needs a bearer token signed by its key")
         try:
@@ -189,6 +190,7 @@ class Registry:
             verify_token(token, trust, [])
         except AuthProblem as exc:
             raise Problem("registration-refused", str(exc)) from exc
+        return trust
 
     def discover(self, query: str, *, k: int = 10, agent: str | None = None,
                  read_only: bool | None = None) -> list[dict[str, Any]]:
@@ -239,7 +241,7 @@ class Registry:
     # -- provenance -----------------------------------------------------------------------------------------
 
     def sign_provenance(self, claims: dict[str, Any]) -> str:
-        return self.provenance_key.sign(rfc8785.dumps(claims), PROVENANCE_TYP)
+        return self.provenance_key.sign(canonical(claims), PROVENANCE_TYP)
 
     # -- views --------------------------------------------------------------------------------------------------
 

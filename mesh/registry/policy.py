@@ -24,7 +24,6 @@ the same problem raises ``PolicyError`` instead.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -36,6 +35,8 @@ from typing import Any
 
 import regopy
 import rfc8785
+
+from mesh.manifest import json_digest
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Decision:
 
 def input_digest(value: Any) -> str:
     """``sha256:`` of the RFC 8785 canonical JSON, so a logged decision can be tied to its input."""
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(value)).hexdigest()
+    return json_digest(value)
 
 
 class PolicyEngine:

@@ -8,7 +8,6 @@ the target's reputation only when it is the target's fault.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,12 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import rfc8785
 from mcp.types import CallToolResult
 from opentelemetry.trace import SpanKind
 
 from mesh import telemetry
 from mesh.client import RUN_META
+from mesh.manifest import json_digest
 from mesh.registry import store
 from mesh.registry.auth import Caller
 from mesh.registry.node import PinnedTool, Registry, now_ms
@@ -43,10 +42,6 @@ class Invocation:
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "target_run_id": self.target_run_id, "trace_id": self.trace_id,
                 "result": self.result.model_dump(by_alias=True, mode="json", exclude_none=True)}
-
-
-def digest(value: Any) -> str:
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(value)).hexdigest()
 
 
 def resolve(registry: Registry, agent: str, tool: str) -> PinnedTool:
@@ -154,7 +149,7 @@ class _Run:
         self.caller = caller
         self.agent = agent
         self.tool = tool
-        self.arguments_digest = digest(arguments)
+        self.arguments_digest = json_digest(arguments)
         self.trace_id = trace_id
         self.parent_run_id = parent_run_id
         self.id = str(uuid.uuid4())
