@@ -4,10 +4,12 @@
 
 Starts a registry and the `researcher` agent of this repository as real processes on 127.0.0.1, then
 calls `text_stats` (a tool that does almost no work) with the official MCP client: directly at the
-agent's `/mcp`, and as `researcher__text_stats` at the registry's `/mcp` (authenticate, pinned tool,
-schema, Rego policy, pooled forward, two run records with signed provenance, reputation). Also prints
-calls per second through one registry process with several clients at once, over MCP and over
-`POST /v1/invoke`; then discovery latency over 10k and 100k synthetic tools (``bench_discovery``).
+agent's `/mcp`; through a bare relay that only copies requests and answers (``relay_floor.py``: what one
+more HTTP hop in Python costs before any check); and as `researcher__text_stats` at the registry's `/mcp`
+(authenticate, pinned tool, schema, Rego policy, forward on a kept-alive connection, output schema, two
+run records with signed provenance, reputation). Also prints calls per second through one registry
+process with several clients at once, over MCP and over `POST /v1/invoke`; then discovery latency over
+10k and 100k synthetic tools (``bench_discovery``).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import argparse
 import os
 import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import anyio
 import bench_discovery
 import httpx
-from common import fresh_workspace, percentile, start_mesh_process
+from common import fresh_workspace, percentile, start_mesh_process, start_process
 from mcp import Client
 
 from mesh.serving import free_port
@@ -89,8 +92,8 @@ def main() -> None:
     args = parser.parse_args()
 
     workspace = fresh_workspace()
-    registry_port, agent_port = free_port(), free_port()
-    registry = f"http://127.0.0.1:{registry_port}"
+    registry_port, agent_port, relay_port = free_port(), free_port(), free_port()
+    registry, agent = f"http://127.0.0.1:{registry_port}", f"http://127.0.0.1:{agent_port}"
     processes = []
     try:
         registry_args = ["registry", "run", "--workspace", str(workspace), "--port", str(registry_port),
@@ -98,24 +101,29 @@ def main() -> None:
         processes.append(start_mesh_process(registry_args, f"{registry}/healthz"))
         agent_args = ["agent", "run", "researcher", "--workspace", str(workspace), "--port", str(agent_port),
                       "--registry", registry]
-        processes.append(start_mesh_process(agent_args, f"http://127.0.0.1:{agent_port}/healthz"))
+        processes.append(start_mesh_process(agent_args, f"{agent}/healthz"))
+        relay_args = [sys.executable, str(Path(__file__).with_name("relay_floor.py")), "--port", str(relay_port),
+                      "--target", f"{agent}/mcp"]
+        processes.append(start_process(relay_args, f"http://127.0.0.1:{relay_port}/healthz"))
         for _ in range(300):
             if httpx.get(f"{registry}/v1/agents/researcher").status_code == 200:
                 break
             time.sleep(0.1)
 
-        direct = anyio.run(sequential, f"http://127.0.0.1:{agent_port}/mcp", "text_stats", args.calls)
+        direct = anyio.run(sequential, f"{agent}/mcp", "text_stats", args.calls)
+        relayed = anyio.run(sequential, f"http://127.0.0.1:{relay_port}/mcp", "text_stats", args.calls)
         mesh = anyio.run(sequential, f"{registry}/mcp", "researcher__text_stats", args.calls)
         d50, d99 = statistics.median(direct), percentile(direct, 0.99)
-        m50, m99 = statistics.median(mesh), percentile(mesh, 0.99)
         print(f"tools/call, {args.calls} sequential calls, official MCP client, streamable HTTP on loopback")
-        print(f"  direct to the agent      p50 {d50:7.2f} ms   p99 {d99:7.2f} ms")
-        print(f"  through the registry     p50 {m50:7.2f} ms   p99 {m99:7.2f} ms")
-        print(f"  ratio (registry/direct)  p50 {m50 / d50:7.2f} x    p99 {m99 / d99:7.2f} x")
+        for label, samples in [("direct to the agent", direct), ("through a bare relay", relayed),
+                               ("through the registry", mesh)]:
+            p50, p99 = statistics.median(samples), percentile(samples, 0.99)
+            print(f"  {label:22s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   ratio to direct: "
+                  f"p50 {p50 / d50:4.2f}x  p99 {p99 / d99:4.2f}x")
         mcp_rate = anyio.run(throughput_mcp, f"{registry}/mcp", "researcher__text_stats", args.concurrency,
                              args.seconds)
         http_rate = anyio.run(throughput_http, registry, args.concurrency, args.seconds)
-        direct_rate = anyio.run(throughput_mcp, f"http://127.0.0.1:{agent_port}/mcp", "text_stats",
+        direct_rate = anyio.run(throughput_mcp, f"{agent}/mcp", "text_stats",
                                 args.concurrency, args.seconds)
         print(f"throughput with {args.concurrency} concurrent clients, {args.seconds:g} s each")
         print(f"  direct to the agent (MCP)        {direct_rate:8.0f} calls/s")

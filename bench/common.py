@@ -31,8 +31,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def start_mesh_process(args: list[str], health: str) -> subprocess.Popen:
     """Run ``mesh ARGS`` in its own process group and wait until ``health`` answers 200."""
-    process = subprocess.Popen([sys.executable, "-m", "mesh.cli", *args], stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    return start_process([sys.executable, "-m", "mesh.cli", *args], health)
+
+
+def start_process(command: list[str], health: str) -> subprocess.Popen:
+    """Run ``command`` in its own process group and wait until ``health`` answers 200."""
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL, start_new_session=True)
     for _ in range(600):
         try:
             if httpx.get(health, timeout=1).status_code == 200:

@@ -13,10 +13,12 @@ import logging
 from typing import Any
 
 import anyio
+import httpx2
 
 from mesh.keys import TrustStore
 from mesh.manifest import SIGNATURE_META, Manifest, ManifestProblem, tool_digest, verify_tool
 from mesh.registry import store
+from mesh.registry.forward import AgentError
 from mesh.registry.node import PinnedTool, Registry
 from mesh.registry.problems import Problem
 
@@ -25,18 +27,12 @@ CHANGED = "changed after approval: the live schema no longer matches its pinned,
 
 
 async def live_tools(registry: Registry, endpoint: str) -> list[dict[str, Any]]:
-    """The agent's ``tools/list`` as wire dicts, over a pooled session (a fresh one if it broke)."""
-    assert registry.pool is not None
-    for attempt in range(2):
-        try:
-            client = await registry.pool.get(endpoint)
-            listed = await client.list_tools()
-            return [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in listed.tools]
-        except Exception as exc:
-            registry.pool.discard(endpoint)
-            if attempt:
-                raise Problem("target-unavailable", f"cannot list the tools at {endpoint}: {exc}") from exc
-    raise AssertionError("unreachable")
+    """The agent's ``tools/list`` as wire dicts."""
+    assert registry.forwarder is not None
+    try:
+        return await registry.forwarder.list_tools(endpoint)
+    except (httpx2.HTTPError, AgentError) as exc:
+        raise Problem("target-unavailable", f"cannot list the tools at {endpoint}: {exc}") from exc
 
 
 async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dict[str, Any],

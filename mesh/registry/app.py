@@ -25,8 +25,8 @@ from starlette.schemas import SchemaGenerator
 
 from mesh.registry import admission, proxy, store
 from mesh.registry.auth import AuthProblem, Caller
+from mesh.registry.forward import Forwarder
 from mesh.registry.node import Registry, run_json
-from mesh.registry.pool import SessionPool
 from mesh.registry.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -205,14 +205,14 @@ def build_app(registry: Registry) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette):
         async with anyio.create_task_group() as group, mcp.session_manager.run():
-            registry.pool = SessionPool(group)
+            registry.forwarder = Forwarder()
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
             try:
                 yield
             finally:
                 registry.save_reputations()
-                await registry.pool.aclose()
+                await registry.forwarder.aclose()
                 group.cancel_scope.cancel()
 
     routes = [

@@ -26,8 +26,8 @@ from mesh.registry import store
 from mesh.registry.auth import AuthProblem, Caller, claimed_agent, verify_token
 from mesh.registry.config import RegistryConfig
 from mesh.registry.discovery import DiscoveryIndex
+from mesh.registry.forward import Forwarder
 from mesh.registry.policy import PolicyEngine
-from mesh.registry.pool import SessionPool
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome, Reputation
 from mesh.signing import read_jwks
@@ -40,7 +40,7 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 @dataclass
 class PinnedTool:
-    """A tool as admitted: its signed wire form, pinned digest, and a compiled argument validator."""
+    """A tool as admitted: its signed wire form, pinned digest, and compiled validators for what goes in and out."""
 
     agent: str
     name: str
@@ -50,11 +50,13 @@ class PinnedTool:
     status: str
     blocked_reason: str | None
     validator: Validator
+    output_validator: Validator | None
 
     @classmethod
     def from_record(cls, record: store.ToolRecord) -> PinnedTool:
         return cls(record.agent, record.name, record.wire, list(record.scopes), record.pinned_digest,
-                   record.status, record.blocked_reason, Draft202012Validator(record.input_schema))
+                   record.status, record.blocked_reason, Draft202012Validator(record.input_schema),
+                   Draft202012Validator(record.output_schema) if record.output_schema else None)
 
     @property
     def annotations(self) -> dict[str, Any]:
@@ -76,7 +78,7 @@ class Registry:
         self.endpoints: dict[str, str] = {}
         self.reputations: dict[tuple[str, str], Reputation] = {}
         self.admitted_here: set[str] = set()  # agents admitted by this process (not just loaded)
-        self.pool: SessionPool | None = None
+        self.forwarder: Forwarder | None = None  # set while the app runs
         self.engine = sessions.kw["bind"]
         self.embedded_database = self.engine.dialect.name == "sqlite"
         self._trust_cache: dict[str, TrustStore] = {}

@@ -22,6 +22,8 @@ STATUS = {
     "unknown-run": 404,
     "tool-blocked": 409,
     "invalid-arguments": 422,
+    "target-error": 502,
+    "invalid-output": 502,
     "target-unavailable": 502,
     "target-timeout": 504,
 }

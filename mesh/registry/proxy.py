@@ -1,7 +1,7 @@
 """The path of every call through the registry.
 
 caller (already authenticated) → the pinned tool → arguments checked against the pinned schema → policy
-→ forward over a pooled MCP session → record the run in both agents' logs, with signed provenance →
+→ forward over a pooled connection → record the run in both agents' logs, with signed provenance →
 learn reputation → return. Every failure after the caller is known is recorded too, and counted against
 the target's reputation only when it is the target's fault.
 """
@@ -16,14 +16,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import httpx2
+from jsonschema.exceptions import best_match
 from mcp.types import CallToolResult
 from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
 
 from mesh import telemetry
 from mesh.client import RUN_META
 from mesh.manifest import json_digest
 from mesh.registry import store
 from mesh.registry.auth import Caller
+from mesh.registry.forward import AgentError
 from mesh.registry.node import PinnedTool, Registry, now_ms
 from mesh.registry.policy import Decision
 from mesh.registry.problems import Problem
@@ -96,6 +100,11 @@ async def invoke(registry: Registry, caller: Caller, agent: str, tool: str, argu
                           rule=decision.rule, run_id=run.id)
 
         result = await _forward(registry, run, pinned, arguments, progress)
+        violation = _output_violation(pinned, result)
+        if violation:
+            await run.finish("invalid", Outcome("invalid", latency_ms=run.elapsed_ms()), error=violation)
+            raise Problem("invalid-output", f"{agent}.{tool} answered outside its signed output schema: {violation}",
+                          run_id=run.id)
         status = "error" if result.is_error else "ok"
         error = _text(result) if result.is_error else None
         await run.finish(status, Outcome(status, latency_ms=run.elapsed_ms()), error=error)
@@ -104,40 +113,45 @@ async def invoke(registry: Registry, caller: Caller, agent: str, tool: str, argu
 
 async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments: dict[str, Any],
                    progress: Any) -> CallToolResult:
-    assert registry.pool is not None
+    assert registry.forwarder is not None
     endpoint = registry.endpoints[pinned.agent]
     registry.last_forwarded[pinned.agent] = time.monotonic()
-    meta = {RUN_META: run.target_id}  # the MCP client adds the trace context itself
+    meta = telemetry.inject_meta({RUN_META: run.target_id})
     timeout = registry.config.call_timeout
-    for attempt in range(2):
-        try:
-            client = await registry.pool.get(endpoint)
-        except Exception as exc:
-            if attempt:
-                await run.finish("unavailable", Outcome("unavailable", fault="target"), error=str(exc))
-                raise Problem("target-unavailable", f"{pinned.agent} at {endpoint} is unreachable: {exc}",
-                              run_id=run.id) from exc
-            continue
-        try:
-            with anyio.fail_after(timeout):
-                return await client.call_tool(pinned.name, arguments, progress_callback=progress, meta=meta)
-        except TimeoutError as exc:
-            registry.pool.discard(endpoint)
-            await run.finish("timeout", Outcome("timeout", latency_ms=run.elapsed_ms(), fault="target"),
-                       error=f"no answer within {timeout:g} s")
-            raise Problem("target-timeout", f"{pinned.agent}.{pinned.name} did not answer within {timeout:g} s",
-                          run_id=run.id) from exc
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await run.finish("cancelled", None, error="cancelled by the caller")
-            raise
-        except Exception as exc:
-            registry.pool.discard(endpoint)
-            if attempt:
-                await run.finish("unavailable", Outcome("unavailable", fault="target"), error=str(exc))
-                raise Problem("target-unavailable", f"{pinned.agent}.{pinned.name} failed in transit: {exc}",
-                              run_id=run.id) from exc
-    raise AssertionError("unreachable")
+    where = f"{pinned.agent}.{pinned.name}"
+    try:
+        with anyio.fail_after(timeout):
+            return await registry.forwarder.call_tool(endpoint, pinned.name, arguments, meta=meta, progress=progress,
+                                                      input_schema=pinned.wire.get("inputSchema"))
+    except TimeoutError as exc:
+        await run.finish("timeout", Outcome("timeout", latency_ms=run.elapsed_ms()),
+                         error=f"no answer within {timeout:g} s")
+        raise Problem("target-timeout", f"{where} did not answer within {timeout:g} s", run_id=run.id) from exc
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await run.finish("cancelled", None, error="cancelled by the caller")
+        raise
+    except AgentError as exc:
+        await run.finish("error", Outcome("error", latency_ms=run.elapsed_ms()), error=str(exc))
+        raise Problem("target-error", f"{where} answered with an error: {exc}", run_id=run.id) from exc
+    except ValidationError as exc:
+        detail = f"its answer is not a tool result: {exc.errors()[0]['msg']}"
+        await run.finish("invalid", Outcome("invalid", latency_ms=run.elapsed_ms()), error=detail)
+        raise Problem("invalid-output", f"{where}: {detail}", run_id=run.id) from exc
+    except httpx2.HTTPError as exc:
+        await run.finish("unavailable", Outcome("unavailable"), error=str(exc) or type(exc).__name__)
+        raise Problem("target-unavailable", f"{pinned.agent} at {endpoint} is unreachable: {exc!r}",
+                      run_id=run.id) from exc
+
+
+def _output_violation(pinned: PinnedTool, result: CallToolResult) -> str | None:
+    """Why a successful answer breaks the tool's signed output schema, or None when it keeps to it."""
+    if pinned.output_validator is None or result.is_error:
+        return None
+    if result.structured_content is None:
+        return "it declares an output schema but returned no structured content"
+    error = best_match(pinned.output_validator.iter_errors(result.structured_content))
+    return None if error is None else _describe(error)
 
 
 class _Run:
