@@ -124,6 +124,28 @@ def test_sqlite_is_created_under_mesh_in_wal_mode_with_foreign_keys(tmp_path: Pa
         engine.dispose()
 
 
+def test_commits_leave_the_wal_to_the_background_checkpoint(tmp_path: Path) -> None:
+    engine = store.connect(store.database_url(tmp_path))
+    try:
+        store.migrate(engine)
+        sessions = sessionmaker(engine)
+        for hour in range(300):  # more than 1000 pages of WAL: SQLite's own threshold for a checkpoint
+            with sessions.begin() as session:
+                store.record_run(session, run("planner", "librarian", "caller", T0 + timedelta(hours=hour),
+                                             provenance="x" * 4000))
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        database, wal = tmp_path / ".mesh" / "registry.db", tmp_path / ".mesh" / "registry.db-wal"
+        assert wal.stat().st_size > 1000 * 4096  # no commit folded the log back on the way
+        assert database.stat().st_size < 1000 * 4096  # so the rows are not in the database file yet
+        store.checkpoint(engine)
+        assert database.stat().st_size > 300 * 4000  # now they are
+        with sessions() as session:
+            assert len(store.list_runs(session, "librarian", limit=1000)) == 300
+    finally:
+        engine.dispose()
+
+
 def test_database_url_prefers_the_environment_then_registry_toml(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -208,6 +208,8 @@ def build_app(registry: Registry) -> Starlette:
             registry.forwarder = Forwarder()
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
+            if registry.embedded_database:
+                group.start_soon(checkpoint_forever, registry)
             try:
                 yield
             finally:
@@ -237,6 +239,13 @@ async def save_reputations_forever(registry: Registry, interval: float = 1.0) ->
     while True:
         await anyio.sleep(interval)
         await anyio.to_thread.run_sync(registry.save_reputations)
+
+
+async def checkpoint_forever(registry: Registry, interval: float = 1.0) -> None:
+    """SQLite's write-ahead log is folded back into the database once a second, off the call path."""
+    while True:
+        await anyio.sleep(interval)
+        await anyio.to_thread.run_sync(store.checkpoint, registry.engine)
 
 
 class RegistryMCP(MCPServer):
