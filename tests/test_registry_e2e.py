@@ -21,6 +21,7 @@ ECHO_AGENT = '''
 import anyio
 from mesh import Agent
 from mcp.server.mcpserver import Context
+from mcp.shared.exceptions import MCPError
 
 agent = Agent("echo", description="Echoes, waits and fails on demand.")
 
@@ -44,6 +45,12 @@ async def wait(seconds: float, ctx: Context) -> str:
 def fail(reason: str) -> str:
     """Always fail with the given reason."""
     raise ValueError(reason)
+
+
+@agent.tool(read_only=True, idempotent=True, open_world=False)
+def refuse() -> str:
+    """Answer with a JSON-RPC error instead of a result."""
+    raise MCPError(-32001, "refused at the protocol level")
 
 
 @agent.tool(destructive=True, open_world=False)
@@ -205,7 +212,8 @@ def test_each_failure_is_a_distinct_problem_and_is_recorded(mesh: Mesh):
     assert unknown_agent.status_code == 404 and unknown_agent.json()["type"].endswith("/unknown-agent")
     assert unknown_agent.headers["content-type"] == "application/problem+json"
     unknown_tool = mesh.invoke("echo", "nothing", {})
-    assert unknown_tool.status_code == 404 and "its tools: echo, fail, wait, wipe" in unknown_tool.json()["detail"]
+    assert unknown_tool.status_code == 404
+    assert "its tools: echo, fail, refuse, wait, wipe" in unknown_tool.json()["detail"]
 
     invalid = mesh.invoke("echo", "echo", {"text": 42})
     assert invalid.status_code == 422 and "text: 42 is not of type 'string'" in invalid.json()["detail"]
@@ -219,6 +227,11 @@ def test_each_failure_is_a_distinct_problem_and_is_recorded(mesh: Mesh):
     slow = mesh.invoke("echo", "wait", {"seconds": 6})
     assert slow.status_code == 504 and slow.json()["type"].endswith("/target-timeout")
     assert httpx.get(f"{mesh.url}/v1/runs/{slow.json()['run_id']}").json()["status"] == "timeout"
+
+    refused = mesh.invoke("echo", "refuse", {})
+    assert refused.status_code == 502 and refused.json()["type"].endswith("/target-error")
+    assert "refused at the protocol level (JSON-RPC error -32001)" in refused.json()["detail"]
+    assert httpx.get(f"{mesh.url}/v1/runs/{refused.json()['run_id']}").json()["status"] == "error"
 
     failed = mesh.invoke("echo", "fail", {"reason": "disk on fire"})
     assert failed.status_code == 200
