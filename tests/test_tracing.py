@@ -31,3 +31,4 @@ def test_a_call_through_the_registry_is_a_single_trace(hello_workspace: Path):
         ancestors.append(by_id[parent]["name"])
         parent = by_id[parent]["parent"]
     assert "mesh.invoke" in ancestors and ancestors[-1] == "script"
+    assert ancestors[0] == "mesh.forward" and spans["mesh.forward"]["kind"] == "CLIENT"  # the registry's hop

@@ -10,6 +10,9 @@ So the registry forwards a call as one POST on a pooled connection, without the 
 session machinery: its memory streams, tasks and per-message models cost about 0.35 ms a call on
 loopback here, a fifth of a whole direct call. The SDK still supplies the wire details: header
 names and encodings, the ``Mcp-Param-*`` headers a schema asks for, the result models.
+
+Every mesh agent serves 2026-07-28 (it runs this SDK). A server that does not is refused at admission,
+whose ``tools/list`` goes the same way, with the agent's own "unsupported protocol version" error.
 """
 
 from __future__ import annotations

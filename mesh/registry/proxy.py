@@ -1,9 +1,9 @@
 """The path of every call through the registry.
 
 caller (already authenticated) → the pinned tool → arguments checked against the pinned schema → policy
-→ forward over a pooled connection → record the run in both agents' logs, with signed provenance →
-learn reputation → return. Every failure after the caller is known is recorded too, and counted against
-the target's reputation only when it is the target's fault.
+→ forward (``forward.py``) → the answer checked against the signed output schema → record the run in both
+agents' logs, with signed provenance → learn reputation → return. Every failure after the caller is known
+is recorded too, and counted against the target's reputation only when it is the target's fault.
 """
 
 from __future__ import annotations
@@ -116,11 +116,12 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
     assert registry.forwarder is not None
     endpoint = registry.endpoints[pinned.agent]
     registry.last_forwarded[pinned.agent] = time.monotonic()
-    meta = telemetry.inject_meta({RUN_META: run.target_id})
     timeout = registry.config.call_timeout
     where = f"{pinned.agent}.{pinned.name}"
+    attributes = {"mesh.agent": pinned.agent, "mesh.tool": pinned.name, "url.full": endpoint}
     try:
-        with anyio.fail_after(timeout):
+        with telemetry.span("mesh.forward", kind=SpanKind.CLIENT, **attributes), anyio.fail_after(timeout):
+            meta = telemetry.inject_meta({RUN_META: run.target_id})  # the agent's span continues this one
             return await registry.forwarder.call_tool(endpoint, pinned.name, arguments, meta=meta, progress=progress,
                                                       input_schema=pinned.wire.get("inputSchema"))
     except TimeoutError as exc:
