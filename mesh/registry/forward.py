@@ -11,8 +11,8 @@ session machinery: its memory streams, tasks and per-message models cost about 0
 loopback here, a fifth of a whole direct call. The SDK still supplies the wire details: header
 names and encodings, the ``Mcp-Param-*`` headers a schema asks for, the result models.
 
-Every mesh agent serves 2026-07-28 (it runs this SDK). A server that does not is refused at admission,
-whose ``tools/list`` goes the same way, with the agent's own "unsupported protocol version" error.
+Every mesh agent serves 2026-07-28 (it runs this SDK). A server that does not is refused at admission:
+its ``tools/list`` goes the same way, fails, and the refusal quotes the server's answer.
 """
 
 from __future__ import annotations
