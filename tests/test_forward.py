@@ -15,7 +15,7 @@ from mesh.registry.forward import AgentError, Forwarder
 from mesh.registry.node import PinnedTool
 from mesh.registry.proxy import _output_violation
 
-from .conftest import free_port
+from .conftest import free_port, mesh_command
 
 PROGRESS_AGENT = '''
 import anyio
@@ -95,6 +95,23 @@ async def test_cancelling_a_call_closes_it_and_the_connection_pool_stays_usable(
             await forwarder.call_tool(ticker, "stall", {})
         assert scope.cancelled_caught
         assert (await forwarder.call_tool(ticker, "count", {"to": 1})).structured_content == {"counted": 1}
+    finally:
+        await forwarder.aclose()
+
+
+async def test_an_agent_restarted_on_the_same_port_is_reached_on_a_new_connection(hello_workspace: Path, start):
+    (hello_workspace / "agents" / "ticker.py").write_text(PROGRESS_AGENT)
+    port = free_port()
+    command = mesh_command("agent", "run", "ticker", "--workspace", str(hello_workspace), "--port", str(port), "--dev")
+    url = f"http://127.0.0.1:{port}"
+    forwarder = Forwarder()
+    try:
+        first = start(command)
+        first.wait_http(f"{url}/healthz")
+        assert (await forwarder.call_tool(f"{url}/mcp", "count", {"to": 1})).structured_content == {"counted": 1}
+        first.stop()  # the pooled connection to it is now dead
+        start(command).wait_http(f"{url}/healthz")
+        assert (await forwarder.call_tool(f"{url}/mcp", "count", {"to": 2})).structured_content == {"counted": 2}
     finally:
         await forwarder.aclose()
 

@@ -60,7 +60,10 @@ class Forwarder:
     """``await forwarder.call_tool(endpoint, name, arguments)``; one connection pool for every agent."""
 
     def __init__(self, *, max_connections: int = 100):
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # Idle connections are dropped after 2 s, before uvicorn's own 5 s keep-alive timeout closes them
+        # from the agent's side: otherwise a call could be sent just as the agent hangs up, and fail.
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                               keepalive_expiry=2.0)
         # No client timeout: the caller bounds each call (registry.toml's call_timeout).
         self._http = httpx2.AsyncClient(limits=limits, timeout=None)
         self._next_id = 0
