@@ -10,6 +10,7 @@ the hop itself and the cost of the registry's checks can be told apart in one ru
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 
 import httpx2
 import uvicorn
@@ -21,14 +22,18 @@ from starlette.routing import Route
 PASSED_ON = ("accept", "content-type")
 
 
+def passed_on(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers MCP needs on either side of the hop: ``MCP-*``, accept and content type."""
+    return {k: v for k, v in headers.items() if k.startswith("mcp-") or k in PASSED_ON}
+
+
 def relay_app(target: str) -> Starlette:
     http = httpx2.AsyncClient(timeout=None)
 
     async def relay(request: Request) -> Response:
-        headers = {k: v for k, v in request.headers.items() if k.startswith("mcp-") or k in PASSED_ON}
-        answer = await http.request(request.method, target, content=await request.body(), headers=headers)
-        return Response(answer.content, status_code=answer.status_code,
-                        headers={k: v for k, v in answer.headers.items() if k.startswith("mcp-") or k in PASSED_ON})
+        answer = await http.request(request.method, target, content=await request.body(),
+                                    headers=passed_on(request.headers))
+        return Response(answer.content, status_code=answer.status_code, headers=passed_on(answer.headers))
 
     async def health(request: Request) -> Response:
         return Response("ok")
