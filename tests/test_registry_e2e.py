@@ -216,7 +216,7 @@ def test_each_failure_is_a_distinct_problem_and_is_recorded(mesh: Mesh):
     assert "its tools: echo, fail, refuse, wait, wipe" in unknown_tool.json()["detail"]
 
     invalid = mesh.invoke("echo", "echo", {"text": 42})
-    assert invalid.status_code == 422 and "text: 42 is not of type 'string'" in invalid.json()["detail"]
+    assert invalid.status_code == 400 and "text: 42 is not of type 'string'" in invalid.json()["detail"]
     assert httpx.get(f"{mesh.url}/v1/runs/{invalid.json()['run_id']}").json()["status"] == "invalid"
 
     denied = mesh.invoke("echo", "wipe", {})

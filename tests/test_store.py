@@ -305,25 +305,59 @@ def test_reputation_survives_a_restart(database_url: str) -> None:
         engine.dispose()
 
 
-def test_trusted_keys_expire_and_revoke(sessions: sessionmaker[Session]) -> None:
+def test_trusted_keys_expire_and_an_end_only_moves_earlier(sessions: sessionmaker[Session]) -> None:
     jwk = {"kty": "EC", "crv": "P-256", "x": "x", "y": "y"}
     with sessions.begin() as session:
         store.trust_key(session, "old", agent="librarian", jwk=jwk, source="workspace", exp=T0 + timedelta(days=7))
         store.trust_key(session, "new", agent="librarian", jwk=jwk, source="rotation")
-        store.trust_key(session, "gone", agent="librarian", jwk=jwk, source="workspace")
         store.trust_key(session, "other", agent="archivist", jwk=jwk, source="local")
-        store.revoke_key(session, "gone")
-    with sessions.begin() as session:  # re-reading the workspace does not bring a revoked key back
-        store.trust_key(session, "gone", agent="librarian", jwk=jwk, source="workspace")
-        with pytest.raises(LookupError):
-            store.revoke_key(session, "unknown")
+    with sessions.begin() as session:  # a later statement can shorten an end, never lift or extend it
+        store.trust_key(session, "old", agent="librarian", jwk=jwk, source="workspace", exp=None)
+        store.trust_key(session, "old", agent="librarian", jwk=jwk, source="workspace", exp=T0 + timedelta(days=30))
     with sessions() as session:
-        assert [k.kid for k in store.trusted_keys(session, "librarian")] == ["gone", "new", "old"]
         usable_now = store.trusted_keys(session, "librarian", usable_at=T0)
         assert [k.kid for k in usable_now] == ["new", "old"]
         assert usable_now[1].exp == T0 + timedelta(days=7)
         later = T0 + timedelta(days=8)
         assert [k.kid for k in store.trusted_keys(session, usable_at=later)] == ["other", "new"]
+
+
+def test_revocations_are_kept_once_per_agent_and_kid(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        first, created = store.revoke_key(session, "librarian", "k1", by="key:k2", statement="a.b.c")
+        assert created and first.revoked_by == "key:k2"
+        again, created = store.revoke_key(session, "librarian", "k1", by="user:local")
+        assert not created and again.revoked_by == "key:k2"
+        store.revoke_key(session, "archivist", "k9", by="user:local", reason="stolen laptop")
+    with sessions() as session:
+        assert store.revoked_kids(session, "librarian") == {"k1"}
+        assert store.revoked_kids(session, "nobody") == set()
+        assert [(r.agent, r.kid) for r in store.list_revocations(session)] == [("archivist", "k9"),
+                                                                              ("librarian", "k1")]
+
+
+def test_audit_events_are_listed_newest_first(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        store.audit(session, actor="unauthenticated", action="register", subject="echo", outcome="refused",
+                    detail="the token does not verify", remote="127.0.0.1")
+        store.audit(session, actor="user:local", action="revoke-key", subject="echo", outcome="done")
+    with sessions() as session:
+        events = store.list_audit(session, subject="echo")
+        assert [(e.action, e.outcome) for e in events] == [("revoke-key", "done"), ("register", "refused")]
+        assert events[1].remote == "127.0.0.1"
+
+
+def test_runs_page_with_a_cursor(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        admit(session)
+        for minute in range(5):
+            store.record_run(session, run("planner", "librarian", "caller", T0 + timedelta(minutes=minute)))
+    with sessions() as session:
+        first = store.list_runs(session, limit=2)
+        second = store.list_runs(session, limit=2, before=(first[-1].started_at, first[-1].id))
+        third = store.list_runs(session, limit=2, before=(second[-1].started_at, second[-1].id))
+        minutes = [int((r.started_at - T0).total_seconds() // 60) for r in first + second + third]
+        assert minutes == [4, 3, 2, 1, 0]
 
 
 def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:

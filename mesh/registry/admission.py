@@ -90,6 +90,7 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
         del registry.tools[key]
     registry.tools.update(fresh)
     registry.endpoints[name] = endpoint
+    registry.manifest_digests[name] = manifest.digest
     registry.admitted_here.add(name)
     await registry.index_agent(name)
     log.info("admitted %s at %s with %d tools", name, endpoint, len(pinned))

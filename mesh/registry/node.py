@@ -85,6 +85,8 @@ class Registry:
         self._tokens: dict[str, tuple[Caller, float]] = {}
         self._unsaved: set[tuple[str, str]] = set()
         self.last_forwarded: dict[str, float] = {}  # agent -> monotonic time a call last reached it
+        self.manifest_digests: dict[str, str] = {}  # agent -> digest of the manifest it was admitted on
+        self.in_flight: dict[str, str] = {}  # target-side run id of a call being carried -> its target agent
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -104,6 +106,8 @@ class Registry:
         with self.sessions.begin() as session:
             for agent in store.list_agents(session):
                 self.endpoints[agent.name] = agent.endpoint
+                if agent.manifest_digest:
+                    self.manifest_digests[agent.name] = agent.manifest_digest
             records = store.list_tools(session)
             for record in records:
                 self.tools[(record.agent, record.name)] = PinnedTool.from_record(record)

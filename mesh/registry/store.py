@@ -127,6 +127,7 @@ class ToolRecord(Base):
     status: Mapped[str] = mapped_column(String, default="verified")  # "verified" or "blocked"
     blocked_reason: Mapped[str | None] = mapped_column(Text)
     wire: Mapped[dict[str, Any]] = mapped_column(JSON)  # the signed tool exactly as in tools/list
+    signed_by: Mapped[str | None] = mapped_column(String)  # kid of the key whose signature it was admitted on
 
 
 class RunRecord(Base):
@@ -191,7 +192,11 @@ class ReputationRecord(Base):
 
 
 class TrustedKeyRecord(Base):
-    """A public key the registry accepts an agent's signatures from, and where that trust came from."""
+    """A public key the registry accepts an agent's signatures from, where that trust came from, and until when.
+
+    Keys of the committed JWKS are recorded here too once the registry learns when they end (a verified
+    rotation statement's ``old_not_after``), so that end holds even if a later document omits it.
+    """
 
     __tablename__ = "trusted_keys"
 
@@ -200,7 +205,39 @@ class TrustedKeyRecord(Base):
     jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
     exp: Mapped[datetime | None] = mapped_column(UTCDateTime)  # end of a rotated-out key's overlap window
     source: Mapped[str] = mapped_column(String)  # "workspace", "rotation" or "local"
-    revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class RevocationRecord(Base):
+    """A key of an agent the registry refuses from now on, and who said so.
+
+    Kept apart from ``trusted_keys``: a key can be revoked before the registry ever trusted it (an operator
+    revoking a kid a thief might present), and a revocation is never undone by re-reading a JWKS.
+    """
+
+    __tablename__ = "key_revocations"
+
+    agent: Mapped[str] = mapped_column(String, primary_key=True)
+    kid: Mapped[str] = mapped_column(String, primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_by: Mapped[str] = mapped_column(String)  # "key:KID" (a signed statement) or the operator's caller id
+    statement: Mapped[str | None] = mapped_column(Text)  # the signed revocation statement, when there is one
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditRecord(Base):
+    """Something that happened at the registry's trust boundary: a registration refused, a key revoked."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String)  # who asked: a caller id, or "unauthenticated"
+    action: Mapped[str] = mapped_column(String)  # e.g. "register", "revoke-key"
+    subject: Mapped[str] = mapped_column(String)  # what it was about, e.g. the agent's name
+    outcome: Mapped[str] = mapped_column(String)  # "refused", "done", ...
+    detail: Mapped[str | None] = mapped_column(Text)
+    remote: Mapped[str | None] = mapped_column(String)  # the client address
 
 
 # --- engines and schema -------------------------------------------------------------------------
@@ -379,15 +416,22 @@ def list_runs(
     caller: str | None = None,
     log: str | None = None,
     limit: int = 50,
+    before: tuple[datetime, str] | None = None,
 ) -> list[RunRecord]:
-    """Runs, most recent first: to ``agent``, from ``caller``, in one side's ``log`` ("caller"/"target")."""
-    query = select(RunRecord).order_by(RunRecord.started_at.desc()).limit(limit)
+    """Runs, most recent first: to ``agent``, from ``caller``, in one side's ``log`` ("caller"/"target").
+
+    ``before`` is the (started_at, id) of the last run of the previous page: the next page starts after it."""
+    query = select(RunRecord).order_by(RunRecord.started_at.desc(), RunRecord.id.desc()).limit(limit)
     if agent is not None:
         query = query.where(RunRecord.agent == agent)
     if caller is not None:
         query = query.where(RunRecord.caller == caller)
     if log is not None:
         query = query.where(RunRecord.log == log)
+    if before is not None:
+        started_at, run_id = before
+        query = query.where((RunRecord.started_at < started_at)
+                            | ((RunRecord.started_at == started_at) & (RunRecord.id < run_id)))
     return list(session.scalars(query))
 
 
@@ -453,36 +497,77 @@ def trust_key(
     source: str,
     exp: datetime | None = None,
 ) -> TrustedKeyRecord:
-    """Trust a public key for an agent, or update how long and why; a revoked key stays revoked."""
+    """Trust a public key for an agent. An end once recorded only moves earlier: no later document
+    (which whoever holds the key could sign) extends a key's life."""
     key = session.get(TrustedKeyRecord, kid)
     if key is None:
-        key = TrustedKeyRecord(kid=kid, revoked=False)
+        key = TrustedKeyRecord(kid=kid, agent=agent, jwk=jwk, source=source, exp=exp)
         session.add(key)
-    key.agent = agent
+        return key
     key.jwk = jwk
-    key.source = source
-    key.exp = exp
-    return key
-
-
-def revoke_key(session: Session, kid: str) -> TrustedKeyRecord:
-    key = _require(session.get(TrustedKeyRecord, kid), f"no trusted key {kid!r}")
-    key.revoked = True
+    if key.exp is None or (exp is not None and exp < key.exp):
+        key.exp = exp
     return key
 
 
 def trusted_keys(
     session: Session, agent: str | None = None, *, usable_at: datetime | None = None
 ) -> list[TrustedKeyRecord]:
-    """Keys on record (revoked and expired ones too, so refusals can say why); ``usable_at`` keeps only valid ones."""
+    """Keys on record (expired ones too, so refusals can say why); ``usable_at`` keeps only unexpired ones.
+
+    Revocations are separate (``revoked_kids``)."""
     query = select(TrustedKeyRecord).order_by(TrustedKeyRecord.agent, TrustedKeyRecord.kid)
     if agent is not None:
         query = query.where(TrustedKeyRecord.agent == agent)
     if usable_at is not None:
-        query = query.where(
-            TrustedKeyRecord.revoked.is_(False),
-            TrustedKeyRecord.exp.is_(None) | (TrustedKeyRecord.exp > usable_at),
-        )
+        query = query.where(TrustedKeyRecord.exp.is_(None) | (TrustedKeyRecord.exp > usable_at))
+    return list(session.scalars(query))
+
+
+def revoke_key(
+    session: Session, agent: str, kid: str, *, by: str, statement: str | None = None, reason: str | None = None
+) -> tuple[RevocationRecord, bool]:
+    """Refuse ``kid`` for ``agent`` from now on; returns the record and whether it is new (revoking twice
+    keeps the first record)."""
+    record = session.get(RevocationRecord, (agent, kid))
+    if record is not None:
+        return record, False
+    record = RevocationRecord(agent=agent, kid=kid, revoked_at=utcnow(), revoked_by=by, statement=statement,
+                              reason=reason)
+    session.add(record)
+    session.flush()
+    return record, True
+
+
+def revoked_kids(session: Session, agent: str) -> set[str]:
+    return set(session.scalars(select(RevocationRecord.kid).where(RevocationRecord.agent == agent)))
+
+
+def list_revocations(session: Session, agent: str | None = None) -> list[RevocationRecord]:
+    query = select(RevocationRecord).order_by(RevocationRecord.agent, RevocationRecord.revoked_at)
+    if agent is not None:
+        query = query.where(RevocationRecord.agent == agent)
+    return list(session.scalars(query))
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+
+def audit(
+    session: Session, *, actor: str, action: str, subject: str, outcome: str, detail: str | None = None,
+    remote: str | None = None,
+) -> AuditRecord:
+    """Keep one event of the trust boundary (refusals, revocations); never secrets, only what was decided."""
+    record = AuditRecord(at=utcnow(), actor=actor, action=action, subject=subject, outcome=outcome,
+                         detail=detail, remote=remote)
+    session.add(record)
+    return record
+
+
+def list_audit(session: Session, *, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
+    query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
+    if subject is not None:
+        query = query.where(AuditRecord.subject == subject)
     return list(session.scalars(query))
 
 
