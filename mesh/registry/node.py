@@ -133,10 +133,9 @@ class Registry:
         if published:
             trust.add_jwks(published)
         with self.sessions.begin() as session:
+            trust.revoked |= store.revoked_kids(session, agent)
             for key in store.trusted_keys(session, agent):
-                if key.revoked:
-                    trust.revoked.add(key.kid)
-                elif key.kid not in trust.keys:
+                if key.kid not in trust.keys:
                     exp = int(key.exp.timestamp()) if key.exp else None
                     trust.trust({**key.jwk, **({"exp": exp} if exp else {})})
         if self.config.trust_local_keys and not self.config.strict:
