@@ -288,7 +288,7 @@ def test_a_tampered_registration_is_refused(mesh: Mesh):
     refused = register(foreign)
     assert refused.status_code == 403 and "not trusted" in refused.json()["detail"]
 
-    assert register(manifest, bearer=issue_token("echo", stranger.active())).status_code == 403
+    assert register(manifest, bearer=issue_token("echo", stranger.active())).status_code == 401
     assert mesh.invoke("echo", "echo", {"text": "still fine"}).status_code == 200
 
 
@@ -299,7 +299,7 @@ def test_a_tool_changed_after_approval_is_blocked_until_re_signed(mesh: Mesh):
     mesh.stop("echo")
     # The same endpoint now serves a changed tool (re-signed locally with --dev), without re-registering.
     mesh.start_agent("echo", "--dev", register=False)
-    blocked = httpx.post(f"{mesh.url}/v1/agents/echo/recheck").json()["blocked"]
+    blocked = httpx.post(f"{mesh.url}/v1/agents/echo/recheck", json={}).json()["blocked"]
     assert blocked == ["echo"]
     refused = mesh.invoke("echo", "echo", {"text": "after"})
     assert refused.status_code == 409 and "changed after approval" in refused.json()["detail"]

@@ -17,6 +17,7 @@ import httpx2
 
 from mesh.keys import TrustStore
 from mesh.manifest import SIGNATURE_META, Manifest, ManifestProblem, tool_digest, verify_tool
+from mesh.names import NAME_RULE, is_valid_name
 from mesh.registry import store
 from mesh.registry.forward import AgentError
 from mesh.registry.node import PinnedTool, Registry
@@ -39,10 +40,17 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
                 jwks: dict[str, Any] | None, trust: TrustStore) -> dict[str, Any]:
     """Admit (or re-admit) ``name`` under the keys ``trust`` holds for it; returns what changed.
 
-    Raises a ``registration-refused`` Problem."""
+    The caller has authenticated the agent already. Raises a ``registration-refused`` Problem; a refusal
+    is audited and leaves the agent's earlier admission, pins and trust as they were."""
+    if not (endpoint.startswith(("http://", "https://")) and len(endpoint) <= 2048):
+        raise Problem("bad-request", "endpoint must be an http(s) URL of at most 2048 characters")
     try:
         manifest = Manifest.from_json(manifest_json, f"manifest of {name!r}")
+        manifest.verify(trust, source=f"manifest of {name!r}")
+        if manifest.agent != name:
+            raise ManifestProblem(f"the manifest is signed for agent {manifest.agent!r}, not {name!r}")
     except ManifestProblem as exc:
+        _record_refusal(registry, name, endpoint, str(exc))
         raise Problem("registration-refused", str(exc)) from exc
     with registry.sessions.begin() as session:
         known = store.get_agent(session, name)
@@ -55,19 +63,11 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
     if unchanged:
         return {"agent": name, "status": "unchanged"}
 
-    if manifest.agent != name:
-        raise Problem("registration-refused", f"the manifest is signed for agent {manifest.agent!r}, not {name!r}")
-    try:
-        manifest.verify(trust, source=f"manifest of {name!r}")
-    except ManifestProblem as exc:
-        _record_refusal(registry, name, endpoint, str(exc))
-        raise Problem("registration-refused", str(exc)) from exc
-
     tools = await live_tools(registry, endpoint)
     signed = manifest.tools
-    problems = _check_live_tools(tools, signed, manifest.digest, trust)
+    problems, signers = _check_live_tools(tools, signed, manifest.digest, trust)
     if problems:
-        _record_refusal(registry, name, endpoint, problems[0])
+        _record_refusal(registry, name, endpoint, "; ".join(problems))
         raise Problem("registration-refused", "; ".join(problems))
 
     pinned = []
@@ -78,7 +78,7 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
             agent=name, name=tool["name"], title=wire.get("title"), description=wire.get("description", ""),
             input_schema=wire.get("inputSchema", {}), output_schema=wire.get("outputSchema"),
             annotations=wire.get("annotations"), scopes=entry["scopes"], pinned_digest=entry["digest"],
-            status="verified", blocked_reason=None, wire=wire))
+            status="verified", blocked_reason=None, wire=wire, signed_by=signers[tool["name"]]))
     body = manifest.body
     with registry.sessions.begin() as session:
         store.upsert_agent(session, name, endpoint=endpoint, manifest=json.dumps(manifest.to_json()),
@@ -99,11 +99,15 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
 
 
 def _check_live_tools(tools: list[dict[str, Any]], signed: dict[str, dict[str, Any]], manifest_digest: str,
-                      trust: TrustStore) -> list[str]:
-    problems = []
+                      trust: TrustStore) -> tuple[list[str], dict[str, str]]:
+    """What is wrong with the live tools, and the kid each good tool's signature was made with."""
+    problems, signers = [], {}
     live_names = {tool["name"] for tool in tools}
     for tool in tools:
         name = tool["name"]
+        if not is_valid_name(name):
+            problems.append(f"tool {name[:80]!r} has no valid name ({NAME_RULE})")
+            continue
         if name not in signed:
             problems.append(f"tool {name!r} is served but not in the signed manifest")
             continue
@@ -116,16 +120,17 @@ def _check_live_tools(tools: list[dict[str, Any]], signed: dict[str, dict[str, A
             problems.append(f"tool {name!r} is signed for another manifest than the one registered")
         elif block["digest"] != signed[name]["digest"]:
             problems.append(f"tool {name!r}: its live schema differs from the one the manifest pins")
+        else:
+            signers[name] = block["kid"]
     for name in sorted(set(signed) - live_names):
         problems.append(f"tool {name!r} is in the manifest but the agent does not serve it")
-    return problems
+    return problems, signers
 
 
 def _record_refusal(registry: Registry, name: str, endpoint: str, reason: str) -> None:
+    """A refused registration is an audit event; the agent's earlier admission (if any) stands untouched."""
     log.warning("refused registration of %s: %s", name, reason)
-    with registry.sessions.begin() as session:
-        if store.get_agent(session, name) is None:
-            store.upsert_agent(session, name, endpoint=endpoint, status="refused", flags=[f"refused: {reason}"])
+    registry.audit(f"agent:{name}", "register", name, "refused", f"{reason} (endpoint {endpoint})")
 
 
 async def recheck(registry: Registry, name: str) -> list[str]:

@@ -10,54 +10,103 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any
+from uuid import UUID
 
 import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent, Tool
 from pydantic import Field
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.schemas import SchemaGenerator
 
+from mesh.keys import KeyProblem, b64url, b64url_decode
+from mesh.names import NAME_RULE, is_valid_name
 from mesh.registry import admission, proxy, store
-from mesh.registry.auth import AuthProblem, Caller
+from mesh.registry.auth import AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.forward import Forwarder
+from mesh.registry.gate import Gate, parse_json
 from mesh.registry.node import Registry, run_json
 from mesh.registry.problems import Problem
 
 log = logging.getLogger(__name__)
 SEPARATOR = "__"
+MAX_RUNS_PAGE = 1000
 
 schemas = SchemaGenerator({"openapi": "3.1.0", "info": {"title": "mcpmesh registry", "version": "1"}})
 
 
 def caller_of(registry: Registry, request: Request | None) -> Caller:
-    if request is None:  # stdio or in-process: the local user
+    """The caller the gate identified (``gate.py``); without a request (stdio, in-process) the local user."""
+    if request is None:
         return registry.identify(None, "127.0.0.1")
-    host = request.client.host if request.client else None
+    caller = getattr(request.state, "caller", None)
+    if caller is not None:
+        return caller
     try:
-        return registry.identify(request.headers.get("authorization"), host)
+        return registry.identify(request.headers.get("authorization"), request.client.host if request.client else None)
     except AuthProblem as exc:
         raise Problem("unauthenticated", str(exc)) from exc
 
 
-async def read_json(request: Request) -> dict[str, Any]:
+def allowed(registry: Registry, request: Request, action: str, agent: str | None = None) -> Caller:
+    """The request's caller, if it may do ``action``; else an ``unauthenticated`` or ``forbidden`` Problem."""
+    caller = caller_of(registry, request)
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem("bad-request", f"the request body is not JSON: {exc}") from exc
+        authorize(caller, action, agent)
+    except AuthProblem as exc:
+        raise Problem("unauthenticated", str(exc)) from exc
+    except Forbidden as exc:
+        raise Problem("forbidden", str(exc)) from exc
+    return caller
+
+
+async def read_json(registry: Registry, request: Request) -> dict[str, Any]:
+    body = parse_json(await request.body(), registry.config.max_json_depth)
     if not isinstance(body, dict):
         raise Problem("bad-request", "the request body must be a JSON object")
     return body
 
 
+def path_name(request: Request, what: str = "agent name") -> str:
+    """A name from the URL path, checked by the one rule for names (404 for one that cannot exist)."""
+    name = request.path_params["name"]
+    if not is_valid_name(name):
+        raise Problem("unknown-agent", f"no agent {name[:80]!r} is registered ({what}s are {NAME_RULE})")
+    return name
+
+
+def query_name(value: str | None, what: str) -> str | None:
+    if value is not None and not is_valid_name(value):
+        raise Problem("bad-request", f"{what} {value[:80]!r} is not a valid name ({NAME_RULE})")
+    return value
+
+
+def run_cursor(run: store.RunRecord) -> str:
+    return b64url(json.dumps([run.started_at.isoformat(), run.id]).encode())
+
+
+def read_run_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        started_at, run_id = json.loads(b64url_decode(cursor))
+        UUID(run_id)
+        return datetime.fromisoformat(started_at), run_id
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise Problem("bad-request", "cursor is not one this registry gave out (use next_cursor as is)") from exc
+
+
 def build_app(registry: Registry) -> Starlette:
     mcp = RegistryMCP(registry)
-    mcp_app = mcp.streamable_http_app(json_response=False, host=registry.config.host)
+    # Host and Origin are checked for every route by the gate, with the registry's own allow-lists.
+    mcp_app = mcp.streamable_http_app(json_response=False, host=registry.config.host,
+                                      transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools)})
@@ -76,11 +125,12 @@ def build_app(registry: Registry) -> Starlette:
           200: {description: admitted or unchanged}
           403: {description: "refused; the detail says why"}
         """
-        body = await read_json(request)
+        body = await read_json(registry, request)
         name, endpoint, manifest = body.get("name"), body.get("endpoint"), body.get("manifest")
         if not (isinstance(name, str) and isinstance(endpoint, str) and isinstance(manifest, dict)):
             raise Problem("bad-request", "registration needs name, endpoint and manifest")
-        token = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
         trust = registry.authenticate_registration(name, token, body.get("jwks"))
         return JSONResponse(await admission.admit(registry, name, endpoint, manifest, body.get("jwks"), trust))
 
@@ -89,6 +139,7 @@ def build_app(registry: Registry) -> Starlette:
         summary: Every registered agent with its status, reputation and tools
         responses: {200: {description: "{agents: [...]}"}}
         """
+        allowed(registry, request, "read")
         with registry.sessions.begin() as session:
             return JSONResponse({"agents": [registry.agent_json(a) for a in store.list_agents(session)]})
 
@@ -97,12 +148,15 @@ def build_app(registry: Registry) -> Starlette:
         summary: One agent with its manifest, keys, pinned digests and recent runs
         responses: {200: {description: the agent}, 404: {description: unknown agent}}
         """
-        name = request.path_params["name"]
+        allowed(registry, request, "read")
+        name = path_name(request)
         with registry.sessions.begin() as session:
             record = store.get_agent(session, name)
             if record is None:
                 raise Problem("unknown-agent", f"no agent {name!r} is registered")
             document = registry.agent_json(record, detail=True)
+            document["revoked_keys"] = [{"kid": r.kid, "revoked_at": r.revoked_at.isoformat(), "by": r.revoked_by}
+                                        for r in store.list_revocations(session, name)]
             document["recent_runs"] = [run_json(r) for r in store.list_runs(session, name, limit=20)]
         return JSONResponse(document)
 
@@ -111,7 +165,44 @@ def build_app(registry: Registry) -> Starlette:
         summary: Re-list an agent's tools now and block any that changed after approval
         responses: {200: {description: "{blocked: [...]}"}}
         """
-        return JSONResponse({"blocked": await admission.recheck(registry, request.path_params["name"])})
+        name = path_name(request)
+        allowed(registry, request, "recheck", name)
+        return JSONResponse({"blocked": await admission.recheck(registry, name)})
+
+    async def revocations(request: Request) -> JSONResponse:
+        """
+        summary: Revoke one of an agent's keys with a revocation statement signed by one of its keys
+        description: The statement (typ mcpmesh-revocation+jws) is its own proof; no bearer token is needed.
+        """
+        name = path_name(request)
+        body = await read_json(registry, request)
+        statement = body.get("statement")
+        if not isinstance(statement, str):
+            raise Problem("bad-request", "a revocation needs statement: a compact JWS by one of the agent's keys")
+        try:
+            kid = registry.cached_trust(name).verify_revocation(statement, name)
+        except KeyProblem as exc:
+            registry.audit("unauthenticated", "revoke-key", name, "refused", str(exc), _remote(request))
+            raise Problem("unauthenticated", f"revocation statement refused: {exc}") from exc
+        signer = json.loads(b64url_decode(statement.split(".")[0]))["kid"]
+        created = registry.revoke(name, kid, by=f"key:{signer}", statement=statement)
+        await registry.index_agent(name)
+        return JSONResponse({"agent": name, "kid": kid, "status": "revoked" if created else "already revoked"})
+
+    async def revoke_key(request: Request) -> JSONResponse:
+        """
+        summary: An operator revokes one of an agent's keys (needs scope registry:admin; the local user has it)
+        """
+        name = path_name(request)
+        caller = allowed(registry, request, "admin", name)
+        body = await read_json(registry, request)
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise Problem("bad-request", "reason must be a string")
+        created = registry.revoke(name, request.path_params["kid"], by=caller.id, reason=reason)
+        await registry.index_agent(name)
+        return JSONResponse({"agent": name, "kid": request.path_params["kid"],
+                             "status": "revoked" if created else "already revoked"})
 
     async def discover(request: Request) -> JSONResponse:
         """
@@ -123,17 +214,20 @@ def build_app(registry: Registry) -> Starlette:
           - {name: read_only, in: query, schema: {type: boolean}}
         responses: {200: {description: "{results: [...]}"}}
         """
+        allowed(registry, request, "read")
         params = request.query_params
         if not params.get("q"):
             raise Problem("bad-request", "discover needs a query: ?q=TEXT")
+        if len(params["q"]) > 2000:
+            raise Problem("bad-request", "q is longer than 2000 characters")
         try:
             k = int(params.get("k", 10))
         except ValueError as exc:
             raise Problem("bad-request", "k must be an integer") from exc
         read_only = params.get("read_only")
         flag = None if read_only is None else read_only.lower() in ("1", "true", "yes")
-        return JSONResponse({"results": registry.discover(params["q"], k=k, agent=params.get("agent"),
-                                                          read_only=flag)})
+        agent_filter = query_name(params.get("agent"), "agent")
+        return JSONResponse({"results": registry.discover(params["q"], k=k, agent=agent_filter, read_only=flag)})
 
     async def invoke(request: Request) -> JSONResponse:
         """
@@ -146,12 +240,14 @@ def build_app(registry: Registry) -> Starlette:
           502: {description: target unavailable}
           504: {description: target timed out}
         """
-        body = await read_json(request)
-        caller = caller_of(registry, request)
+        caller = allowed(registry, request, "invoke")
+        body = await read_json(registry, request)
         agent_name, tool = body.get("agent"), body.get("tool")
         if not (isinstance(agent_name, str) and isinstance(tool, str)):
             raise Problem("bad-request", "invoke needs agent and tool (strings) and arguments (an object)")
         parent = request.headers.get("x-mesh-parent-run")
+        if parent is not None and not _is_uuid(parent):
+            raise Problem("bad-request", "x-mesh-parent-run must be a run id")
         outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"), parent_run_id=parent,
                                      trace_context=dict(request.headers))
         return JSONResponse(outcome.to_json())
@@ -166,24 +262,36 @@ def build_app(registry: Registry) -> Starlette:
           - {name: limit, in: query, schema: {type: integer, default: 50}}
         responses: {200: {description: "{runs: [...]}"}}
         """
+        allowed(registry, request, "read")
         params = request.query_params
         try:
-            limit = min(int(params.get("limit", 50)), 1000)
+            limit = int(params.get("limit", 50))
         except ValueError as exc:
             raise Problem("bad-request", "limit must be an integer") from exc
+        if not 1 <= limit <= MAX_RUNS_PAGE:
+            raise Problem("bad-request", f"limit must be between 1 and {MAX_RUNS_PAGE}, not {limit}")
         if params.get("log") not in (None, "caller", "target"):
             raise Problem("bad-request", "log must be 'caller' or 'target'")
+        caller = params.get("caller")
+        if caller is not None and not (caller in ("user:local", "anonymous") or
+                                       (caller.startswith("agent:") and is_valid_name(caller[6:]))):
+            raise Problem("bad-request", "caller must be agent:NAME, user:local or anonymous")
+        before = read_run_cursor(params["cursor"]) if params.get("cursor") else None
         with registry.sessions.begin() as session:
-            found = store.list_runs(session, params.get("agent"), caller=params.get("caller"), log=params.get("log"),
-                                    limit=limit)
-            return JSONResponse({"runs": [run_json(r) for r in found]})
+            found = store.list_runs(session, query_name(params.get("agent"), "agent"), caller=caller,
+                                    log=params.get("log"), limit=limit, before=before)
+            next_cursor = run_cursor(found[-1]) if len(found) == limit else None
+            return JSONResponse({"runs": [run_json(r) for r in found], "next_cursor": next_cursor})
 
     async def run(request: Request) -> JSONResponse:
         """
         summary: One run with its provenance JWS (verify it against /.well-known/jwks.json) and linked runs
         responses: {200: {description: the run}, 404: {description: unknown run}}
         """
+        allowed(registry, request, "read")
         run_id = request.path_params["run_id"]
+        if not _is_uuid(run_id):
+            raise Problem("unknown-run", f"no run {run_id[:80]!r} (run ids are UUIDs)")
         with registry.sessions.begin() as session:
             record = store.get_run(session, run_id)
             if record is None:
@@ -225,13 +333,27 @@ def build_app(registry: Registry) -> Starlette:
         Route("/v1/agents", problem_json(agents), methods=["GET"]),
         Route("/v1/agents/{name}", problem_json(agent), methods=["GET"]),
         Route("/v1/agents/{name}/recheck", problem_json(recheck), methods=["POST"]),
+        Route("/v1/agents/{name}/revocations", problem_json(revocations), methods=["POST"]),
+        Route("/v1/agents/{name}/keys/{kid}/revoke", problem_json(revoke_key), methods=["POST"]),
         Route("/v1/discover", problem_json(discover), methods=["GET"]),
         Route("/v1/invoke", problem_json(invoke), methods=["POST"]),
         Route("/v1/runs", problem_json(runs), methods=["GET"]),
         Route("/v1/runs/{run_id}", problem_json(run), methods=["GET"]),
         Mount("/", app=mcp_app),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Gate, registry=registry)])
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _remote(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 async def save_reputations_forever(registry: Registry, interval: float = 1.0) -> None:

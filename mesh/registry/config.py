@@ -28,6 +28,16 @@ class RegistryConfig:
     call_timeout: float = 30.0
     recheck_interval: float = 30.0  # seconds between re-listing each agent's tools (rug-pull check)
     probe_interval: float = 60.0  # a target no call reached for this long gets one trial call past low_reputation
+    # The front door (``gate.py``): which Host and Origin headers are ours, how big a body may be.
+    allowed_hosts: list[str] = field(default_factory=list)  # "host:port" or "host:*"; [] = this host, loopback
+    allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed besides the registry's own
+    max_body_bytes: int = 1 << 20
+    max_json_depth: int = 64
+    # Caller tokens (``auth.py``).
+    audience: str = "mcpmesh-registry"
+    max_token_lifetime: int = 300
+    token_clock_skew: int = 30
+    trust_ttl: float = 5.0  # seconds a process keeps an agent's trusted keys before re-reading them
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, **overrides: Any) -> RegistryConfig:
@@ -48,3 +58,17 @@ class RegistryConfig:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def _own_hosts(self) -> list[str]:
+        own = f"[{self.host}]" if ":" in self.host else self.host
+        return sorted({own, "127.0.0.1", "localhost", "[::1]"})
+
+    def host_patterns(self) -> list[str]:
+        """Host headers the registry answers (``host:port`` or ``host:*``): configured ones, else its own
+        host and loopback names. Anything else is a DNS-rebinding attempt or a misdirected request."""
+        return list(self.allowed_hosts) or [f"{host}:*" for host in self._own_hosts()]
+
+    def origin_patterns(self) -> list[str]:
+        """Browser origins allowed to call: the registry's own (this port only), plus configured ones.
+        A page from anywhere else must not act as the local user."""
+        return [f"http://{host}:{self.port}" for host in self._own_hosts()] + list(self.allowed_origins)

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from jose import jwt
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 from sqlalchemy.orm import Session, sessionmaker
 
-from mesh.keys import KeyRing, SigningKey, TrustStore
-from mesh.manifest import canonical
+from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, b64url_decode
+from mesh.manifest import Manifest, ManifestProblem, canonical
+from mesh.names import NameProblem, check_name
 from mesh.registry import store
-from mesh.registry.auth import AuthProblem, Caller, claimed_agent, verify_token
+from mesh.registry.auth import ANONYMOUS, AuthProblem, Caller, claimed_agent, token_expiry, verify_token
 from mesh.registry.config import RegistryConfig
 from mesh.registry.discovery import DiscoveryIndex
 from mesh.registry.forward import Forwarder
@@ -36,6 +37,73 @@ log = logging.getLogger(__name__)
 PROVENANCE_TYP = "mcpmesh-provenance+jws"
 REGISTRY_KEYS = "_registry"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+KID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def check_registration_name(name: Any) -> str:
+    try:
+        return check_name(name, "agent name")
+    except NameProblem as exc:
+        raise Problem("bad-request", str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _KnownToken:
+    """A token this process verified, kept until it expires unless its key stops being trusted."""
+
+    caller: Caller
+    agent: str
+    kid: str
+    expires: float
+
+
+@dataclass
+class Offer:
+    """What a registration's JWKS offers, checked against the keys already trusted, kept in memory only.
+
+    ``trust``: the trusted keys plus those introduced by verified rotation statements, minus keys
+    revoked by verified revocation statements. ``learned``: new kids; ``ends``: known kids whose end a
+    statement set; ``revocations``: kid -> (signer kid, statement)."""
+
+    trust: TrustStore
+    learned: list[str]
+    ends: list[str]
+    revocations: dict[str, tuple[str, str]]
+
+    @classmethod
+    def read(cls, agent: str, trusted: TrustStore, jwks: dict[str, Any]) -> Offer:
+        rotations, statements = jwks.get("rotations") or [], jwks.get("revocations") or []
+        if not (isinstance(rotations, list) and isinstance(statements, list)):
+            raise AuthProblem("jwks rotations and revocations must be lists of compact JWS")
+        trust = TrustStore()
+        trust.keys, trust.revoked = dict(trusted.keys), set(trusted.revoked)
+        revocations: dict[str, tuple[str, str]] = {}
+
+        def apply_revocations() -> None:
+            for statement in statements:
+                try:
+                    kid = trust.verify_revocation(statement, agent)
+                except KeyProblem:
+                    continue  # by a key this registry does not trust (yet): it changes nothing here
+                revocations[kid] = (_signer(statement), statement)
+                trust.revoked.add(kid)
+
+        # Revocations first, so a revoked key's rotation statements introduce nobody; then again, for
+        # statements signed by keys the rotations just introduced.
+        apply_revocations()
+        try:
+            learned = trust.follow_rotations(rotations)
+        except KeyProblem as exc:
+            raise AuthProblem(f"the offered JWKS holds a bad rotation statement: {exc}") from exc
+        apply_revocations()
+        learned = [kid for kid in learned if kid not in trust.revoked]
+        ends = [kid for kid, key in trusted.keys.items()
+                if kid in trust.keys and trust.keys[kid].exp != key.exp]
+        return cls(trust, learned, ends, revocations)
+
+
+def _signer(statement: str) -> str:
+    return json.loads(b64url_decode(statement.split(".")[0]))["kid"]
 
 
 @dataclass
@@ -51,12 +119,14 @@ class PinnedTool:
     blocked_reason: str | None
     validator: Validator
     output_validator: Validator | None
+    signed_by: str | None = None  # kid of the key whose tool signature it was admitted on
 
     @classmethod
     def from_record(cls, record: store.ToolRecord) -> PinnedTool:
         return cls(record.agent, record.name, record.wire, list(record.scopes), record.pinned_digest,
                    record.status, record.blocked_reason, Draft202012Validator(record.input_schema),
-                   Draft202012Validator(record.output_schema) if record.output_schema else None)
+                   Draft202012Validator(record.output_schema) if record.output_schema else None,
+                   record.signed_by)
 
     @property
     def annotations(self) -> dict[str, Any]:
@@ -81,8 +151,8 @@ class Registry:
         self.forwarder: Forwarder | None = None  # set while the app runs
         self.engine = sessions.kw["bind"]
         self.embedded_database = self.engine.dialect.name == "sqlite"
-        self._trust_cache: dict[str, TrustStore] = {}
-        self._tokens: dict[str, tuple[Caller, float]] = {}
+        self._trust_cache: dict[str, tuple[TrustStore, float]] = {}
+        self._tokens: dict[str, _KnownToken] = {}
         self._unsaved: set[tuple[str, str]] = set()
         self.last_forwarded: dict[str, float] = {}  # agent -> monotonic time a call last reached it
         self.manifest_digests: dict[str, str] = {}  # agent -> digest of the manifest it was admitted on
@@ -94,7 +164,7 @@ class Registry:
         engine = store.connect(store.database_url(ws.root, config.database_url))
         store.migrate(engine)
         policy = PolicyEngine(ws.root / "registry" / "policies", data=config.policy)
-        ring = KeyRing.open(ws.keys_dir(REGISTRY_KEYS), create=True)
+        ring = KeyRing.open(ws.state_dir / "keys" / REGISTRY_KEYS, create=True)  # not an agent's: no agent name
         registry = cls(config, store.session_factory(engine), policy, ring.active(), ring.public_jwks())
         registry.load()
         return registry
@@ -124,78 +194,157 @@ class Registry:
 
     # -- trust ------------------------------------------------------------------------------------------
 
-    def trust_for(self, agent: str, offered_jwks: dict[str, Any] | None = None) -> TrustStore:
-        """Keys trusted for ``agent``: the committed JWKS, keys learned by rotation (kept in the
-        database), this workspace's local keys when allowed, then rotations the agent offers now."""
+    def trust_for(self, agent: str) -> TrustStore:
+        """Keys trusted for ``agent``, from what the registry itself keeps: the committed JWKS, keys learnt
+        by rotation (in the database), this workspace's local keys when allowed — minus every revocation
+        on record, with every key end on record applied. Nothing a request offers is in it."""
         ws = self.config.workspace
-        trust = TrustStore()
-        published = read_jwks(ws.jwks_path(agent))
-        if published:
-            trust.add_jwks(published)
         with self.sessions.begin() as session:
-            trust.revoked |= store.revoked_kids(session, agent)
-            for key in store.trusted_keys(session, agent):
-                if key.kid not in trust.keys:
-                    exp = int(key.exp.timestamp()) if key.exp else None
-                    trust.trust({**key.jwk, **({"exp": exp} if exp else {})})
+            revoked = store.revoked_kids(session, agent)
+            recorded = store.trusted_keys(session, agent)
+        trust = TrustStore()
+        trust.revoked |= revoked
+        documents = [read_jwks(ws.jwks_path(agent))]
         if self.config.trust_local_keys and not self.config.strict:
-            local = read_jwks(ws.jwks_path(agent, local=True))
-            if local:
-                trust.add_jwks(local)
-        if offered_jwks:
-            trust.revoked.update(offered_jwks.get("revoked", []))
-            learned = trust.follow_rotations(offered_jwks.get("rotations", []))
-            if learned:
-                self.remember_keys(agent, trust, learned)
+            documents.append(read_jwks(ws.jwks_path(agent, local=True)))
+        for document in filter(None, documents):
+            trust.add_jwks(document)
+        for key in recorded:
+            end = int(key.exp.timestamp()) if key.exp else None
+            held = trust.keys.get(key.kid)
+            if held is None and key.kid not in trust.revoked:
+                trust.trust({**key.jwk, **({"exp": end} if end else {})})
+            elif held is not None and end is not None and (held.exp is None or end < held.exp):
+                trust.keys[key.kid] = TrustedKey(held.kid, held.jwk, end)  # an end on record only moves earlier
         return trust
 
-    def remember_keys(self, agent: str, trust: TrustStore, kids: list[str]) -> None:
-        with self.sessions.begin() as session:
-            for kid in kids:
-                key = trust.keys[kid]
-                exp = datetime.fromtimestamp(key.exp, UTC) if key.exp else None
-                store.trust_key(session, kid, agent=agent, jwk=key.jwk, source="rotation", exp=exp)
+    def cached_trust(self, agent: str) -> TrustStore:
+        """``trust_for``, kept ``trust_ttl`` seconds: tokens are checked on every call, and a revocation made
+        by another registry process sharing the database reaches this one within that time."""
+        cached = self._trust_cache.get(agent)
+        if cached is None or time.monotonic() - cached[1] > self.config.trust_ttl:
+            cached = self._trust_cache[agent] = (self.trust_for(agent), time.monotonic())
+        return cached[0]
+
+    def forget_trust(self, agent: str) -> None:
+        """Drop what this process caches about ``agent``'s keys and tokens (after its keys changed)."""
+        self._trust_cache.pop(agent, None)
+        for token in [t for t, entry in self._tokens.items() if entry.caller.agent == agent]:
+            del self._tokens[token]
 
     def caller_scopes(self, agent: str) -> list[str]:
         return list(self.config.grants.get(agent, []))
 
-    def cached_trust(self, agent: str) -> TrustStore:
-        """``trust_for`` without offered rotations, cached: tokens are checked on every call."""
-        trust = self._trust_cache.get(agent)
-        if trust is None:
-            trust = self._trust_cache[agent] = self.trust_for(agent)
-        return trust
-
-    def identify(self, authorization: str | None, host: str | None) -> Caller:
-        """The caller of a request: an agent by its bearer token, else the local user or anonymous."""
-        if authorization:
-            token = authorization.removeprefix("Bearer ").strip()
+    def identify(self, authorization: str | None, client_host: str | None) -> Caller:
+        """The caller of a request: an agent by its bearer token, else the local user (loopback only, when
+        allowed) or anonymous. A token that does not verify is an ``AuthProblem``, never anonymous."""
+        if authorization is not None:
+            scheme, _, token = authorization.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise AuthProblem("the Authorization header must be 'Bearer <token>'")
+            now = time.time()
             cached = self._tokens.get(token)
-            if cached and cached[1] > time.time():
-                return cached[0]
+            if cached and cached.expires > now and not self.cached_trust(cached.agent).problem(cached.kid, now):
+                return cached.caller
             agent = claimed_agent(token)
-            caller = verify_token(token, self.cached_trust(agent), self.caller_scopes(agent))
+            config = self.config
+            caller = verify_token(token, self.cached_trust(agent), self.caller_scopes(agent), audience=config.audience,
+                                  max_lifetime=config.max_token_lifetime, skew=config.token_clock_skew, now=now)
             if len(self._tokens) > 10_000:
                 self._tokens.clear()
-            self._tokens[token] = (caller, float(jwt.get_unverified_claims(token)["exp"]))
+            self._tokens[token] = _KnownToken(caller, agent, caller.kid or "", token_expiry(token))
             return caller
-        if host in LOOPBACK and self.config.allow_local_user:
+        if client_host in LOOPBACK and self.config.allow_local_user:
             return Caller("user:local", "user", list(self.config.local_user_scopes))
-        return Caller("anonymous", "anonymous", [])
+        return ANONYMOUS
 
-    def authenticate_registration(self, name: str, token: str, jwks: dict[str, Any] | None) -> TrustStore:
-        """Only the agent itself may register under its name: its token must verify under its keys.
-        Returns the keys trusted for it (including any it just introduced by rotation), for admission."""
-        if not token:
-            raise Problem("unauthenticated", f"registering {name!r} needs a bearer token signed by its key")
+    def authenticate_registration(self, name: str, token: str, jwks: Any) -> TrustStore:
+        """Only the agent itself may register under its name: its token must verify under the keys the
+        registry trusts for it, plus keys its offered JWKS introduces by verified rotation statements.
+        Until the token verifies nothing offered is kept; after, the new keys, key ends and verified
+        revocation statements are stored. Returns the keys to admit it under."""
+        check_registration_name(name)
+        if jwks is not None and not isinstance(jwks, dict):
+            raise Problem("bad-request", "jwks must be a JSON object (keys, revoked, rotations, revocations)")
         try:
+            if not token:
+                raise AuthProblem(f"registering {name!r} needs a bearer token signed by its key")
             if claimed_agent(token) != name:
                 raise AuthProblem(f"the token is not {name!r}'s")
-            self._trust_cache[name] = trust = self.trust_for(name, jwks)
-            verify_token(token, trust, [])
+            offer = Offer.read(name, self.trust_for(name), jwks or {})
+            config = self.config
+            verify_token(token, offer.trust, [], audience=config.audience, max_lifetime=config.max_token_lifetime,
+                         skew=config.token_clock_skew)
         except AuthProblem as exc:
-            raise Problem("registration-refused", str(exc)) from exc
-        return trust
+            self.audit("unauthenticated", "register", name, "refused", str(exc))
+            raise Problem("unauthenticated", f"registration of {name!r} refused: {exc}") from exc
+        self.keep_offer(name, offer)
+        return offer.trust
+
+    def keep_offer(self, agent: str, offer: Offer) -> None:
+        """Store what an authenticated registration taught: keys, key ends, revocations."""
+        if not (offer.learned or offer.ends or offer.revocations):
+            return
+        with self.sessions.begin() as session:
+            for kid in offer.learned + offer.ends:
+                key = offer.trust.keys[kid]
+                exp = datetime.fromtimestamp(key.exp, UTC) if key.exp else None
+                store.trust_key(session, kid, agent=agent, jwk=key.jwk,
+                                source="rotation" if kid in offer.learned else "workspace", exp=exp)
+        for kid, (signer, statement) in offer.revocations.items():
+            self.revoke(agent, kid, by=f"key:{signer}", statement=statement)
+        self.forget_trust(agent)
+
+    def revoke(self, agent: str, kid: str, *, by: str, statement: str | None = None,
+               reason: str | None = None) -> bool:
+        """Refuse ``kid`` for ``agent`` from now on: stored, audited, its cached tokens dropped, and every
+        tool admitted on its signature (or on a manifest no other key vouches for) blocked until the
+        agent registers again with what a valid key signed. Returns False when it was already revoked."""
+        check_registration_name(agent)
+        if not KID.fullmatch(kid):
+            raise Problem("bad-request", f"{kid[:80]!r} is not a key id (an RFC 7638 thumbprint)")
+        with self.sessions.begin() as session:
+            _, created = store.revoke_key(session, agent, kid, by=by, statement=statement, reason=reason)
+            if created:
+                store.audit(session, actor=by, action="revoke-key", subject=agent, outcome="done",
+                            detail=f"kid {kid}" + (f": {reason}" if reason else ""))
+        self.forget_trust(agent)
+        self.block_unvouched(agent)
+        return created
+
+    def block_unvouched(self, agent: str) -> list[str]:
+        """Block ``agent``'s tools whose signature, or whose manifest's every signature, rests on keys the
+        registry no longer trusts. The next registration is then checked in full."""
+        trust = self.cached_trust(agent)
+        with self.sessions.begin() as session:
+            record = store.get_agent(session, agent)
+            manifest_problem = None
+            if record is not None and record.manifest:
+                try:
+                    Manifest.from_json(json.loads(record.manifest)).verify(trust)
+                except (ManifestProblem, ValueError) as exc:
+                    manifest_problem = str(exc)
+            blocked = []
+            for pinned in self.agent_tools(agent):
+                if pinned.status != "verified":
+                    continue
+                reason = manifest_problem or (trust.problem(pinned.signed_by) if pinned.signed_by else None)
+                if reason:
+                    tool = store.block_tool(session, agent, pinned.name, f"its signature no longer holds: {reason}")
+                    self.tools[(agent, pinned.name)] = PinnedTool.from_record(tool)
+                    blocked.append(pinned.name)
+        if blocked:
+            self.admitted_here.discard(agent)
+            self.discovery.upsert(agent, self.verified_wire(agent))
+            log.warning("%s: blocked %s (signing key no longer trusted)", agent, ", ".join(blocked))
+        return blocked
+
+    def audit(self, actor: str, action: str, subject: str, outcome: str, detail: str | None = None,
+              remote: str | None = None) -> None:
+        with self.sessions.begin() as session:
+            store.audit(session, actor=actor, action=action, subject=subject[:200], outcome=outcome,
+                        detail=detail, remote=remote)
 
     def discover(self, query: str, *, k: int = 10, agent: str | None = None,
                  read_only: bool | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,200 @@
+"""The registry's front door: every HTTP request passes here before any route sees it.
+
+In order: the ``Host`` must be one of the registry's own (DNS rebinding), a browser's ``Origin`` must be
+on the allow-list (a web page must not act as the local user), a body must be JSON and no bigger than
+``max_body_bytes``, and the caller must be known — an agent by its token, or the local user on
+loopback — except on the few routes that authenticate by themselves or are public. The caller found
+here is kept in ``request.state.caller`` for the routes.
+
+Refusals are problem+json on ``/v1`` and JSON-RPC errors on the MCP endpoints, with the HTTP status
+that names the problem: 421 foreign host, 403 foreign origin, 415 not JSON, 413 too large, 401 no caller.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mesh.registry.auth import ANONYMOUS, AuthProblem
+from mesh.registry.node import Registry
+from mesh.registry.problems import Problem
+
+# Routes anyone may reach (after the host and origin checks): public documents, and the two that carry
+# their own proof — a registration's token is checked against the agent's keys, a revocation statement
+# is signed.
+_OPEN = [
+    ("GET", re.compile(r"/healthz")),
+    ("GET", re.compile(r"/\.well-known/[^/]+")),
+    ("GET", re.compile(r"/v1/openapi\.json")),
+    ("POST", re.compile(r"/v1/agents")),
+    ("POST", re.compile(r"/v1/agents/[^/]+/revocations")),
+]
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+def is_open(method: str, path: str) -> bool:
+    return any(method == m and pattern.fullmatch(path) for m, pattern in _OPEN)
+
+
+def _split_host(value: str) -> tuple[str, str | None]:
+    """``host[:port]`` (IPv6 in brackets) into its host and port."""
+    if value.startswith("["):
+        host, _, rest = value.partition("]")
+        return host + "]", rest.removeprefix(":") or None
+    host, _, port = value.partition(":")
+    return host, port or None
+
+
+def host_allowed(value: str | None, patterns: list[str]) -> bool:
+    if not value:
+        return False
+    host, port = _split_host(value.lower())
+    for pattern in patterns:
+        allowed_host, allowed_port = _split_host(pattern.lower())
+        if host == allowed_host and allowed_port in ("*", port):
+            return True
+    return False
+
+
+def origin_allowed(origin: str, patterns: list[str]) -> bool:
+    origin = origin.lower().rstrip("/")
+    for pattern in patterns:
+        pattern = pattern.lower().rstrip("/")
+        if origin == pattern or (pattern.endswith(":*") and origin.rpartition(":")[0] == pattern[:-2]):
+            return True
+    return False
+
+
+class Refused(Exception):
+    def __init__(self, problem: Problem, headers: dict[str, str] | None = None):
+        self.problem = problem
+        self.headers = headers or {}
+
+
+class Gate:
+    """ASGI middleware in front of the whole registry app (``/v1``, ``/mcp``, well-known documents)."""
+
+    def __init__(self, app: ASGIApp, registry: Registry):
+        self.app = app
+        self.registry = registry
+        config = registry.config
+        self.hosts = config.host_patterns()
+        self.origins = config.origin_patterns()
+        self.max_body = config.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            receive = await self.admit(scope, receive)
+        except Refused as refused:
+            await self.refusal(scope, refused)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def admit(self, scope: Scope, receive: Receive) -> Receive:
+        """Check one request; return the ``receive`` to pass on (a replay when the body had to be read)."""
+        headers = Headers(scope=scope)
+        method, path = scope["method"], scope["path"]
+        host = headers.get("host")
+        if not host_allowed(host, self.hosts):
+            raise Refused(Problem("misdirected-request", f"this registry does not answer for host {host!r}"))
+        origin = headers.get("origin")
+        if origin is not None and not origin_allowed(origin, self.origins):
+            raise Refused(Problem("forbidden-origin", f"requests from origin {origin!r} are not allowed "
+                                                      "(add it to [registry] allowed_origins)"))
+        if method in _WITH_BODY:
+            media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media_type != "application/json":
+                raise Refused(Problem("unsupported-media-type",
+                                      f"{method} {path} takes application/json, not {media_type or 'no content type'}"))
+            receive = await self.limit_body(headers, receive)
+        caller = ANONYMOUS
+        if not is_open(method, path):
+            client = scope.get("client")
+            try:
+                caller = self.registry.identify(headers.get("authorization"), client[0] if client else None)
+                if caller.kind == "anonymous":
+                    raise AuthProblem("this route needs a caller: an agent's bearer token, or the local user "
+                                      "on loopback")
+            except AuthProblem as exc:
+                raise Refused(Problem("unauthenticated", str(exc)),
+                              {"www-authenticate": 'Bearer realm="mcpmesh"'}) from exc
+        scope.setdefault("state", {})["caller"] = caller
+        return receive
+
+    async def limit_body(self, headers: Headers, receive: Receive) -> Receive:
+        """Refuse a body over the limit: by its Content-Length, or, when it has none, by reading it."""
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise Refused(Problem("bad-request", "Content-Length is not a number"))
+            if int(declared) > self.max_body:
+                raise Refused(self.too_large(int(declared)))
+            return receive
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                raise Refused(self.too_large(size))
+            if not message.get("more_body"):
+                break
+        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
+
+        return replayed
+
+    def too_large(self, size: int) -> Problem:
+        return Problem("payload-too-large", f"the request body has {size} bytes; this registry takes at most "
+                                            f"{self.max_body} (registry.toml: max_body_bytes)")
+
+    def refusal(self, scope: Scope, refused: Refused) -> Any:
+        problem = refused.problem
+        if _is_mcp(scope["path"]):
+            error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": str(problem),
+                                                             "data": problem.to_json()}}
+            return JSONResponse(error, status_code=problem.status, headers=refused.headers)
+        response = problem.response()
+        response.headers.update(refused.headers)
+        return response
+
+
+def _is_mcp(path: str) -> bool:
+    return path == "/mcp" or path.startswith("/mcp/") or (path.startswith("/agents/") and path.endswith("/mcp"))
+
+
+def json_depth_ok(value: Any, limit: int) -> bool:
+    """Is ``value`` nested at most ``limit`` deep? Iterative, so a hostile document cannot blow the stack."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return True
+
+
+def parse_json(body: bytes, limit: int) -> Any:
+    """A request body as JSON, refusing what is not JSON or is nested deeper than ``limit``."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem("bad-request", f"the request body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise Problem("bad-request", f"the request body is nested deeper than {limit} levels") from exc
+    if not json_depth_ok(value, limit):
+        raise Problem("bad-request", f"the request body is nested deeper than {limit} levels")
+    return value
