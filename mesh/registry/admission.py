@@ -166,11 +166,15 @@ async def recheck(registry: Registry, name: str) -> list[str]:
 
 
 async def recheck_forever(registry: Registry) -> None:
-    """Every ``recheck_interval`` seconds, recheck every agent this registry knows."""
+    """Every ``recheck_interval`` seconds, recheck every agent this registry knows: its signing keys
+    (one may have reached the end of its overlap, or been revoked by another registry process) and
+    its live tools."""
     while True:
         await anyio.sleep(registry.config.recheck_interval)
         for name in list(registry.endpoints):
             try:
+                if await anyio.to_thread.run_sync(registry.block_unvouched, name):
+                    await registry.index_agent(name)
                 await recheck(registry, name)
             except Exception:
                 log.exception("recheck of %s failed", name)

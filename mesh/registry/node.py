@@ -334,9 +334,8 @@ class Registry:
                     tool = store.block_tool(session, agent, pinned.name, f"its signature no longer holds: {reason}")
                     self.tools[(agent, pinned.name)] = PinnedTool.from_record(tool)
                     blocked.append(pinned.name)
-        if blocked:
+        if blocked:  # the caller re-indexes discovery (``index_agent``)
             self.admitted_here.discard(agent)
-            self.discovery.upsert(agent, self.verified_wire(agent))
             log.warning("%s: blocked %s (signing key no longer trusted)", agent, ", ".join(blocked))
         return blocked
 
