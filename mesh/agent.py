@@ -24,6 +24,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from mesh.manifest import SCOPES_META, SIGNATURE_META
+from mesh.names import check_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,10 +52,16 @@ class AgentContext:
 
 
 class ToolKit:
-    """A named set of tools that agents can mount (``agent.mount(kit)`` or ``agent.mount("name")``)."""
+    """A named set of tools that agents can mount (``agent.mount(kit)`` or ``agent.mount("name")``).
+
+    Its name, and every tool's, follows the mesh's one name rule (``mesh.names``): names become file
+    names and registry routes, so a bad one is refused here, where the author can see it.
+    """
+
+    kind = "tool kit name"
 
     def __init__(self, name: str):
-        self.name = name
+        self.name = check_name(name, self.kind)
         self.specs: list[ToolSpec] = []
 
     def tool(
@@ -82,7 +89,7 @@ class ToolKit:
             given = {key: value for key, value in hints.items() if value is not None}
             spec = ToolSpec(
                 fn=func,
-                name=name or func.__name__,
+                name=check_name(func.__name__ if name is None else name, "tool name"),
                 title=title,
                 description=description or inspect.getdoc(func),
                 annotations=ToolAnnotations(**given) if given else None,
@@ -106,6 +113,8 @@ class Agent(ToolKit):
     ...     return text
     """
 
+    kind = "agent name"
+
     def __init__(self, name: str, *, version: str = "0.1.0", description: str = "", instructions: str | None = None):
         super().__init__(name)
         self.version = version
@@ -128,7 +137,7 @@ class Agent(ToolKit):
 
     def mount(self, kit: ToolKit | str) -> None:
         """Add a tool kit's tools; a name is resolved against the workspace's ``tools/`` when loaded."""
-        self.mounts.append(kit)
+        self.mounts.append(check_name(kit, "tool kit name") if isinstance(kit, str) else kit)
 
     def on_startup(self, fn: F) -> F:
         """Run ``fn(ctx)`` (sync or async) once before the agent serves; not while signing."""

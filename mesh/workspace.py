@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from mesh.agent import Agent, AgentContext, ToolKit
+from mesh.names import check_name
 
 
 class WorkspaceProblem(Exception):
@@ -52,19 +53,22 @@ class Workspace:
         """Private and git-ignored: keys, local manifests, databases."""
         return self.root / ".mesh"
 
+    # Every path below holds an agent's name: ``check_name`` runs first, so no name such as
+    # ``../../x`` ever reaches the file system.
+
     def keys_dir(self, agent: str) -> Path:
-        return self.state_dir / "keys" / agent
+        return self.state_dir / "keys" / check_name(agent, "agent name")
 
     def manifest_path(self, agent: str, *, local: bool = False) -> Path:
         folder = self.state_dir / "manifests" if local else self.manifests_dir
-        return folder / f"{agent}.manifest.json"
+        return folder / f"{check_name(agent, 'agent name')}.manifest.json"
 
     def jwks_path(self, agent: str, *, local: bool = False) -> Path:
         folder = self.state_dir / "manifests" if local else self.manifests_dir
-        return folder / f"{agent}.jwks.json"
+        return folder / f"{check_name(agent, 'agent name')}.jwks.json"
 
     def agent_state_dir(self, agent: str) -> Path:
-        path = self.state_dir / "state" / agent
+        path = self.state_dir / "state" / check_name(agent, "agent name")
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -98,6 +102,7 @@ class Workspace:
 
     def agent(self, name: str) -> Agent:
         """Import ``agents/NAME.py`` and return its Agent, with mounted tool kits resolved."""
+        check_name(name, "agent name")
         if name in self._agents:
             return self._agents[name]
         self.require()
@@ -118,6 +123,7 @@ class Workspace:
 
     def toolkit(self, name: str) -> ToolKit:
         """Import ``tools/NAME.py`` and return its ToolKit."""
+        check_name(name, "tool kit name")
         if name in self._kits:
             return self._kits[name]
         path = self.tools_dir / f"{name}.py"
