@@ -22,6 +22,7 @@ import rfc8785
 from jose import jws
 
 from mesh.keys import ALG, KeyProblem, SigningKey, TrustStore, b64url, b64url_decode, detach
+from mesh.names import check_name, is_valid_name
 
 SIGNATURE_META = "io.mcpmesh/signature"
 SCOPES_META = "io.mcpmesh/scopes"
@@ -72,7 +73,13 @@ class Manifest:
     def payload(
         agent: str, version: str, description: str, tools: list[tuple[dict[str, Any], list[str]]]
     ) -> dict[str, Any]:
-        """The manifest body for ``tools``, given as (wire tool, required scopes) pairs."""
+        """The manifest body for ``tools``, given as (wire tool, required scopes) pairs.
+
+        Names are checked here too: whatever built the tools, nothing with a bad name gets signed.
+        """
+        check_name(agent, "agent name")
+        for tool, _ in tools:
+            check_name(wire_tool(tool).get("name"), "tool name")
         entries = [
             {**wire_tool(tool), "scopes": sorted(scopes), "digest": tool_digest(tool)}
             for tool, scopes in sorted(tools, key=lambda pair: wire_tool(pair[0])["name"])
@@ -94,16 +101,25 @@ class Manifest:
 
     @classmethod
     def from_json(cls, document: dict[str, Any], source: str = "manifest") -> Manifest:
+        """Read a manifest document, refusing any shape that code reading it later would trip over."""
         try:
             payload_bytes = b64url_decode(document["payload"])
             signatures = tuple(
                 {"protected": s["protected"], "signature": s["signature"]} for s in document["signatures"]
             )
-            json.loads(payload_bytes)
+            body = json.loads(payload_bytes)
+            headers = [json.loads(b64url_decode(s["protected"])) for s in signatures]
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestProblem(f"{source}: not a JWS in General JSON serialization ({exc!r})") from exc
         if not signatures:
             raise ManifestProblem(f"{source}: carries no signature")
+        if not all(isinstance(s["signature"], str) for s in signatures) or not all(
+            isinstance(h, dict) for h in headers
+        ):
+            raise ManifestProblem(f"{source}: a signature is not a protected header object and a string")
+        problem = _body_problem(body)
+        if problem:
+            raise ManifestProblem(f"{source}: {problem}")
         return cls(payload_bytes, signatures)
 
     @classmethod
@@ -165,6 +181,22 @@ class Manifest:
             if tool_digest(_without_manifest_fields(tool)) != tool.get("digest"):
                 raise ManifestProblem(f"{source}: tool {tool.get('name')!r}: digest does not match its schema")
         return verified
+
+
+def _body_problem(body: Any) -> str | None:
+    """What is wrong with a manifest payload's shape (None if nothing): an object naming a valid agent,
+    and a list of tool objects with valid names."""
+    if not isinstance(body, dict):
+        return "the payload is not a JSON object"
+    if not is_valid_name(body.get("agent")):
+        return f"the payload's agent {body.get('agent')!r} is not a valid agent name"
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        return "the payload's tools are not a list of objects"
+    for tool in tools:
+        if not is_valid_name(tool.get("name")):
+            return f"the payload names a tool {tool.get('name')!r}, which is not a valid tool name"
+    return None
 
 
 def _without_manifest_fields(entry: dict[str, Any]) -> dict[str, Any]:

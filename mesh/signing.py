@@ -41,12 +41,16 @@ class Identity:
 
 
 def read_jwks(path: Path) -> dict[str, Any] | None:
+    """The JWKS document at ``path`` (None if there is none); a file that is not a JSON object is refused."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
+        document = json.loads(path.read_text())
+    except (ValueError, RecursionError) as exc:
         raise SigningProblem(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise SigningProblem(f"{path}: a JWKS must be a JSON object, not {type(document).__name__}")
+    return document
 
 
 def write_jwks(path: Path, jwks: dict[str, Any]) -> None:
@@ -60,7 +64,8 @@ def holds_published_key(ws: Workspace, name: str) -> bool:
     if not published or not KeyRing.exists(ws.keys_dir(name)):
         return False
     ring = KeyRing.open(ws.keys_dir(name))
-    published_kids = {key.get("kid") for key in published.get("keys", [])}
+    keys = published.get("keys")
+    published_kids = {key.get("kid") for key in keys if isinstance(key, dict)} if isinstance(keys, list) else set()
     try:
         return ring.active().kid in published_kids
     except KeyProblem:
@@ -169,16 +174,16 @@ def _payload_differences(signed: dict[str, Any], live: dict[str, Any]) -> list[s
     for field in ("agent", "version", "description"):
         if signed.get(field) != live.get(field):
             lines.append(f"{field} changed: {signed.get(field)!r} -> {live.get(field)!r}")
-    signed_tools = {t["name"]: t for t in signed.get("tools", [])}
+    signed_tools = {t["name"]: t for t in signed.get("tools", [])}  # Manifest.from_json checked the shape
     live_tools = {t["name"]: t for t in live.get("tools", [])}
     for tool in sorted(set(signed_tools) | set(live_tools)):
         if tool not in live_tools:
             lines.append(f"tool {tool!r} is signed but no longer served")
         elif tool not in signed_tools:
             lines.append(f"tool {tool!r} is served but not signed")
-        elif signed_tools[tool]["digest"] != live_tools[tool]["digest"]:
+        elif signed_tools[tool].get("digest") != live_tools[tool]["digest"]:
             lines.append(f"tool {tool!r} changed (schema, description or annotations)")
-        elif signed_tools[tool]["scopes"] != live_tools[tool]["scopes"]:
+        elif signed_tools[tool].get("scopes") != live_tools[tool]["scopes"]:
             lines.append(f"tool {tool!r}: required scopes changed")
     return lines
 

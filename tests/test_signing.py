@@ -9,8 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
+import rfc8785
 
-from mesh.keys import KeyProblem, KeyRing, TrustStore, b64url, b64url_decode, thumbprint
+from mesh.keys import (
+    REVOCATION_TYP,
+    ROTATION_TYP,
+    KeyProblem,
+    KeyRing,
+    SigningKey,
+    TrustStore,
+    b64url,
+    b64url_decode,
+    public_part,
+    thumbprint,
+)
 from mesh.manifest import Manifest, ManifestProblem, tool_signature, verify_tool
 
 TOOL = {
@@ -95,7 +107,7 @@ def test_a_signature_swapped_in_from_another_key_under_a_trusted_kid_is_refused(
 def test_a_revoked_key_is_refused_and_leaves_the_jwks(ring: KeyRing):
     old = ring.active().kid
     manifest = Manifest.sign(payload(), ring.signing_keys())
-    replacement = ring.revoke(old)
+    replacement = ring.revoke(old, "hello")
     assert replacement is not None and ring.active().kid == replacement.kid
     jwks = ring.public_jwks()
     assert old in jwks["revoked"] and old not in {k["kid"] for k in jwks["keys"]}
@@ -179,3 +191,115 @@ def test_malformed_manifest_names_the_file(tmp_path: Path):
     path.write_text("{nope")
     with pytest.raises(ManifestProblem, match="not valid JSON"):
         Manifest.load(path)
+
+
+# -- revocation statements -------------------------------------------------------------------------
+
+
+def revocation(key: SigningKey, claims: object, typ: str = REVOCATION_TYP) -> str:
+    return key.sign(rfc8785.dumps(claims), typ)
+
+
+def test_revoking_records_a_self_signed_statement_every_verifier_of_the_key_can_check(ring: KeyRing):
+    before = TrustStore.from_jwks(ring.public_jwks())  # a verifier that trusted the key before its end
+    old = ring.active().kid
+    ring.revoke(old, "hello")
+    statement = ring.revocation_for(old)
+    assert ring.public_jwks()["revocations"] == [statement]
+    assert before.verify_revocation(statement, "hello") == old
+    # Revoking only takes power away: the key's own statement counts even once it is revoked or expired.
+    before.revoked.add(old)
+    assert before.verify_revocation(statement, "hello", now=time.time() + 400 * DAY) == old
+    # The statement survives a reload of the ring, and revoking again changes nothing.
+    reloaded = KeyRing.open(ring.folder)
+    assert reloaded.revocations == [statement]
+    assert reloaded.revoke(old, "hello") is None and reloaded.revocations == [statement]
+
+
+def test_a_ring_written_before_revocation_statements_still_loads(ring: KeyRing):
+    ring_file = ring.folder / "ring.json"
+    data = json.loads(ring_file.read_text())
+    del data["revocations"]
+    ring_file.write_text(json.dumps(data))
+    old = KeyRing.open(ring.folder)
+    assert old.revocations == [] and old.public_jwks()["revocations"] == []
+
+
+def test_a_revocation_signed_by_another_usable_key_verifies(ring: KeyRing):
+    now = time.time()
+    first = ring.active()
+    ring.rotate(now=now)
+    second = ring.active()
+    store = TrustStore.from_jwks(ring.public_jwks(now), now=now)
+    claims = {"agent": "hello", "kid": first.kid, "iat": int(now)}
+    assert store.verify_revocation(revocation(second, claims), "hello", now=now) == first.kid
+
+
+def test_refused_revocation_statements_say_why(ring: KeyRing, tmp_path: Path):
+    now = time.time()
+    first = ring.active()
+    ring.rotate(overlap_seconds=DAY, now=now)
+    second = ring.active()
+    store = TrustStore.from_jwks(ring.public_jwks(now), now=now)
+    stranger = KeyRing.open(tmp_path / "keys" / "stranger", create=True).active()
+    claims = {"agent": "hello", "kid": second.kid, "iat": int(now)}
+    good = revocation(first, claims)
+    assert store.verify_revocation(good, "hello", now=now) == second.kid
+    protected, _, signature = good.split(".")
+    tampered = f"{protected}.{b64url(rfc8785.dumps({**claims, 'kid': first.kid}))}.{signature}"
+    refused = {
+        "for agent 'hello', not 'other'": (good, "other", now),
+        "which is not trusted": (revocation(stranger, claims), "hello", now),
+        "cannot sign now": (good, "hello", now + 2 * DAY),  # the first key's overlap window has ended
+        "not a revocation statement": (revocation(first, claims, typ=ROTATION_TYP), "hello", now),
+        "does not verify": (tampered, "hello", now),
+        "must name the revoked kid": (revocation(first, {**claims, "kid": [second.kid]}), "hello", now),
+        "is malformed": ("not.a.jws.at-all", "hello", now),
+    }
+    for reason, (statement, agent, when) in refused.items():
+        with pytest.raises(KeyProblem, match=reason):
+            store.verify_revocation(statement, agent, now=when)
+
+
+def test_a_jwks_revocations_are_not_applied_by_the_store_itself(ring: KeyRing):
+    old = ring.active().kid
+    public = public_part(ring._private(old))
+    ring.revoke(old, "hello")
+    offered = {"keys": [public], "revocations": ring.public_jwks()["revocations"]}  # no "revoked" list
+    store = TrustStore.from_jwks(offered)
+    assert store.problem(old) is None  # whoever holds the store decides (verify_revocation), not add_jwks
+    assert store.verify_revocation(offered["revocations"][0], "hello") == old
+
+
+# -- junk manifests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    [],
+    "hello",
+    {"tools": []},
+    {"agent": 5, "tools": []},
+    {"agent": "hello"},
+    {"agent": "hello", "tools": {"greet": {}}},
+    {"agent": "hello", "tools": ["greet"]},
+    {"agent": "hello", "tools": [{"description": "no name"}]},
+    {"agent": "hello", "tools": [{"name": ["greet"]}]},
+])
+def test_a_manifest_whose_payload_has_the_wrong_shape_is_refused_on_reading(ring: KeyRing, body: object):
+    signed = Manifest.sign(body, ring.signing_keys())  # type: ignore[arg-type]
+    with pytest.raises(ManifestProblem, match="payload"):
+        Manifest.from_json(signed.to_json(), "x.manifest.json")
+
+
+@pytest.mark.parametrize("document", [
+    [],
+    {"payload": b64url(b"{}")},
+    {"payload": "%%%", "signatures": [{"protected": "e30", "signature": ""}]},
+    {"payload": b64url(b'{"agent":"hello","tools":[]}'), "signatures": "abc"},
+    {"payload": b64url(b'{"agent":"hello","tools":[]}'), "signatures": [{"protected": 5, "signature": ""}]},
+    {"payload": b64url(b'{"agent":"hello","tools":[]}'), "signatures": [{"protected": b64url(b"[]"), "signature": ""}]},
+    {"payload": b64url(b'{"agent":"hello","tools":[]}'), "signatures": [{"protected": "e30", "signature": 7}]},
+])
+def test_a_manifest_document_of_the_wrong_shape_is_refused_on_reading(document: object):
+    with pytest.raises(ManifestProblem, match=r"x\.manifest\.json"):
+        Manifest.from_json(document, "x.manifest.json")  # type: ignore[arg-type]
