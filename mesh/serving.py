@@ -34,6 +34,8 @@ from mesh.signing import Identity, identity_for_serving
 from mesh.workspace import Workspace
 
 log = logging.getLogger("mesh.agent")
+MANIFEST_META = "io.mcpmesh/manifest"
+"""``_meta`` key of every tools/call answer: the digest of the manifest the agent serves under."""
 
 
 @dataclass
@@ -58,7 +60,8 @@ class SignedAgent:
         signatures = {
             tool["name"]: tool_signature(tool, identity.active, identity.manifest.digest) for tool in wire_tools
         }
-        server = agent.build_server(signature_meta(signatures), middleware=[remember_incoming_run], **server_options)
+        middleware = [call_middleware(identity.manifest.digest)]
+        server = agent.build_server(signature_meta(signatures), middleware=middleware, **server_options)
         return cls(agent, identity, server, wire_tools)
 
     def card(self, base_url: str) -> dict[str, Any]:
@@ -119,17 +122,29 @@ def _transport_security(host: str, base_url: str) -> TransportSecuritySettings |
     )
 
 
-async def remember_incoming_run(ctx: Any, call_next: Any) -> Any:
-    """MCP middleware: keep the registry's run id of the call being served (``_meta["io.mcpmesh/run"]``),
-    so the calls this tool makes through the mesh are linked to it. The trace itself needs no help:
-    mcp's own OpenTelemetry middleware already serves each request inside the caller's trace."""
-    if ctx.method != "tools/call" or not ctx.meta:
-        return await call_next(ctx)
-    token = incoming_run.set(ctx.meta.get(RUN_META))
-    try:
-        return await call_next(ctx)
-    finally:
-        incoming_run.reset(token)
+def call_middleware(manifest_digest: str) -> Callable[[Any, Any], Awaitable[Any]]:
+    """MCP middleware for ``tools/call``, both ways.
+
+    In: keep the registry's run id of the call being served (``_meta["io.mcpmesh/run"]``), so the calls
+    this tool makes through the mesh are linked to it (and a failure of theirs is blamed on them, not
+    on this tool). Out: stamp the answer with the digest of the manifest this agent serves under, so
+    the registry sees on the very next call that an agent restarted with changed tools, instead of at
+    its next periodic recheck. The trace needs no help: mcp's own OpenTelemetry middleware already
+    serves each request inside the caller's trace."""
+
+    async def middleware(ctx: Any, call_next: Any) -> Any:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        token = incoming_run.set(ctx.meta.get(RUN_META) if ctx.meta else None)
+        try:
+            result = await call_next(ctx)
+        finally:
+            incoming_run.reset(token)
+        if isinstance(result, dict):
+            result = {**result, "_meta": {**(result.get("_meta") or {}), MANIFEST_META: manifest_digest}}
+        return result
+
+    return middleware
 
 
 async def keep_registered(signed: SignedAgent, registry_url: str, endpoint: str, interval: float = 5.0) -> None:

@@ -86,6 +86,32 @@ async def test_a_json_rpc_error_from_the_agent_is_raised_with_its_code(ticker: s
     finally:
         await forwarder.aclose()
     assert caught.value.code == -32601  # method not found
+    assert caught.value.http_status is not None and caught.value.http_status < 500
+
+
+async def test_an_agent_refusing_the_request_itself_is_raised_with_its_http_status(ticker: str):
+    forwarder = Forwarder()
+    try:
+        with pytest.raises(AgentError) as caught:  # the MCP SDK refuses bodies over 4 MiB
+            await forwarder.call_tool(ticker, "count", {"to": 1, "padding": "x" * (5 << 20)})
+        # The pooled connection survives the early refusal.
+        assert (await forwarder.call_tool(ticker, "count", {"to": 1})).structured_content == {"counted": 1}
+    finally:
+        await forwarder.aclose()
+    assert caught.value.http_status == 413 and caught.value.code == 0
+    assert "HTTP 413" in str(caught.value)
+
+
+async def test_every_answer_names_the_manifest_it_was_served_under(ticker: str):
+    forwarder = Forwarder()
+    try:
+        result = await forwarder.call_tool(ticker, "count", {"to": 1})
+    finally:
+        await forwarder.aclose()
+    async with Client(ticker) as client:
+        listed = (await client.list_tools()).tools
+    signed_for = {tool.meta["io.mcpmesh/signature"]["manifest"] for tool in listed}
+    assert result.meta["io.mcpmesh/manifest"] in signed_for and len(signed_for) == 1
 
 
 async def test_cancelling_a_call_closes_it_and_the_connection_pool_stays_usable(ticker: str):

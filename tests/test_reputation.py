@@ -25,6 +25,7 @@ def test_a_new_agent_starts_at_the_neutral_prior() -> None:
         "latency_p50_ms": None,
         "latency_p99_ms": None,
         "latency_ewm_ms": None,
+        "tool_errors": 0.0,
         "timeouts": 0.0,
         "schema_violations": 0.0,
         "denials": 0.0,
@@ -85,6 +86,51 @@ def test_timeouts_and_invalid_outputs_cost_more_than_errors() -> None:
     assert invalid.components()["schema_violations"] > 5
 
 
+def test_tool_errors_are_counted_apart_and_cost_less_than_failures() -> None:
+    tool_errors, failures = Reputation(), Reputation()
+    for reputation, status in ((tool_errors, "tool_error"), (failures, "error")):
+        feed(reputation, "ok", 40)
+        feed(reputation, status, 10)
+    assert tool_errors.success_rate() > failures.success_rate()  # a tool error is not the agent failing
+    assert tool_errors.score() > failures.score()
+    assert tool_errors.components()["tool_errors"] > 5 and failures.components()["tool_errors"] == 0.0
+    assert failures.components()["success_rate"] < 0.9
+
+
+def test_tool_errors_never_take_more_than_a_fifth_of_the_score() -> None:
+    healthy, fresh = Reputation(), Reputation()
+    feed(healthy, "ok", 100)
+    before = healthy.score()
+    for reputation in (healthy, fresh):
+        feed(reputation, "tool_error", 1000)
+    assert healthy.score() >= 0.8 * before
+    assert healthy.score() < before  # they do count
+    # An agent nobody has seen succeed still stays above the shipped policy's min_reputation (0.3).
+    assert fresh.score() >= 0.8 * 0.6 * 0.8 > 0.3
+    assert fresh.components()["tool_errors"] > 25
+
+
+def test_ok_calls_wear_tool_errors_off() -> None:
+    reputation = Reputation()
+    feed(reputation, "ok", 40)
+    feed(reputation, "tool_error", 20)
+    low = reputation.score()
+    feed(reputation, "ok", 100)
+    assert reputation.score() > low and reputation.components()["tool_errors"] < 1  # 5 half-lives: 1/32 left
+
+
+def test_a_failure_caused_by_an_inner_call_costs_the_target_nothing() -> None:
+    reputation = Reputation()
+    feed(reputation, "ok", 40)
+    before = reputation.score()
+    feed(reputation, "error", 30, fault="inner")
+    feed(reputation, "tool_error", 30, fault="inner")
+    feed(reputation, "timeout", 5, fault="inner")
+    assert reputation.score() == before
+    assert reputation.components()["calls"] == 105
+    assert reputation.components()["timeouts"] > 1  # still counted, as with the caller's faults
+
+
 def test_slow_agents_score_lower_but_latency_never_dominates() -> None:
     fast, slow = Reputation(), Reputation()
     feed(fast, "ok", 100, latency_ms=20.0)
@@ -117,10 +163,11 @@ def test_latency_figures_follow_a_change() -> None:
 
 def test_state_round_trips_through_json_exactly() -> None:
     rng = random.Random(11)
-    statuses = ["ok"] * 8 + ["error", "timeout", "invalid", "denied", "unavailable"]
+    statuses = ["ok"] * 8 + ["error", "tool_error", "timeout", "invalid", "denied", "unavailable"]
+    faults = ["target", "target", "caller", "inner"]
 
     def outcome() -> Outcome:
-        return Outcome(rng.choice(statuses), rng.uniform(5.0, 3000.0), rng.choice(["target", "target", "caller"]))  # type: ignore[arg-type]
+        return Outcome(rng.choice(statuses), rng.uniform(5.0, 3000.0), rng.choice(faults))  # type: ignore[arg-type]
 
     original = Reputation(half_life=15, latency_budget_ms=500, window=64)
     for _ in range(300):
@@ -141,6 +188,18 @@ def test_state_round_trips_through_json_exactly() -> None:
 def test_state_of_a_fresh_reputation_round_trips() -> None:
     restored = Reputation.from_state(json.loads(json.dumps(Reputation().to_state())))
     assert restored.components() == Reputation().components()
+
+
+def test_a_version_1_state_loads_with_no_tool_errors() -> None:
+    original = Reputation()
+    feed(original, "ok", 30)
+    feed(original, "error", 5)
+    state = original.to_state()
+    old = {key: value for key, value in state.items() if key != "tool_errors"} | {"version": 1}
+    restored = Reputation.from_state(old)
+    assert restored.score() == original.score()
+    assert restored.components()["tool_errors"] == 0.0
+    assert restored.to_state()["version"] == 2
 
 
 def test_unknown_state_version_is_refused() -> None:

@@ -48,12 +48,17 @@ _PROGRESS_TOKEN = "mesh"  # one request per stream, so one token is enough to re
 
 
 class AgentError(Exception):
-    """The agent answered with a JSON-RPC error instead of a result."""
+    """The agent answered with an error instead of a result.
 
-    def __init__(self, code: int, message: str, data: Any = None):
-        super().__init__(f"{message} (JSON-RPC error {code})")
+    ``code`` is the JSON-RPC error code (0 when the answer held no JSON-RPC error) and ``http_status``
+    the HTTP status it came with: together they tell the proxy whose fault the failure was (a 413 is
+    the request's, a 500 the agent's)."""
+
+    def __init__(self, code: int, message: str, data: Any = None, *, http_status: int | None = None):
+        super().__init__(f"{message} (JSON-RPC error {code})" if code else message)
         self.code = code
         self.data = data
+        self.http_status = http_status
 
 
 class Forwarder:
@@ -118,11 +123,14 @@ class Forwarder:
                 message = _decode(await response.aread(), response)
         finally:
             await response.aclose()
+        status = response.status_code
         if "error" in message:
             error = message["error"]
-            raise AgentError(error.get("code", 0), error.get("message", "no message"), error.get("data"))
+            raise AgentError(error.get("code", 0), error.get("message", "no message"), error.get("data"),
+                             http_status=status)
         if "result" not in message:
-            raise AgentError(0, f"the answer to {method} holds neither a result nor an error")
+            raise AgentError(0, f"the answer to {method} holds neither a result nor an error (HTTP {status})",
+                             http_status=status)
         return message["result"]
 
 
@@ -139,7 +147,7 @@ async def _read_stream(response: httpx2.Response, request_id: int,
             update = message.get("params") or {}
             if update.get("progressToken") == _PROGRESS_TOKEN:
                 await progress(update.get("progress", 0), update.get("total"), update.get("message"))
-    raise AgentError(0, "the agent closed the stream before answering")
+    raise AgentError(0, "the agent closed the stream before answering", http_status=response.status_code)
 
 
 def _decode(content: str | bytes, response: httpx2.Response) -> dict[str, Any]:
@@ -148,6 +156,7 @@ def _decode(content: str | bytes, response: httpx2.Response) -> dict[str, Any]:
     except ValueError:
         message = None
     if not isinstance(message, dict):
-        raise AgentError(0, f"HTTP {response.status_code} without a JSON-RPC message: {content[:200]!r}")
+        raise AgentError(0, f"HTTP {response.status_code} without a JSON-RPC message: {content[:200]!r}",
+                         http_status=response.status_code)
     return message
 

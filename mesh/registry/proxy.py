@@ -1,22 +1,46 @@
 """The path of every call through the registry.
 
-caller (already authenticated) → the pinned tool → arguments checked against the pinned schema → policy
-→ forward (``forward.py``) → the answer checked against the signed output schema → record the run in both
-agents' logs, with signed provenance → learn reputation → return. Every failure after the caller is known
-is recorded too, and counted against the target's reputation only when it is the target's fault.
+caller (already authenticated) → arguments that canonical JSON can hold → the pinned tool → arguments
+checked against the pinned schema → policy → forward (``forward.py``) → the agent still serves the
+manifest it was admitted on → the answer checked against the signed output schema → record the run in
+both agents' logs, with signed provenance → learn reputation → return. Every failure after the pinned
+tool is known is recorded too.
+
+Who is to blame — one rule: a failure counts against the target's reputation only when the target could
+have avoided it whatever the caller sent.
+
+- The registry refuses oversized bodies (``app.py``), malformed arguments (nested deeper than 64 levels,
+  NaN or infinite numbers, integers beyond ±(2**53-1)), arguments outside the pinned schema and policy
+  denials before forwarding: the caller's fault, the target untouched.
+- The agent refuses the request itself — HTTP 400, 413, 414, 415, 422 or 431, or JSON-RPC -32602
+  (invalid params): the caller's fault. The caller hears ``payload-too-large`` (413) for the agent's
+  413 and ``invalid-arguments`` (400) otherwise, quoting the agent's answer: the same problems the
+  registry gives when it refuses such a call itself, since what must change is the caller's request.
+- Any other HTTP status without a JSON-RPC answer (401, 403, 404, 405, 5xx...), any other JSON-RPC
+  error (``target-error``), a timeout, an unreachable agent, an answer that is not a tool result or
+  breaks the signed output schema, a tool changed after approval: the target's fault.
+- A tool error result (``isError: true``) is the tool answering, often to reject its input: recorded as
+  "error", learnt as a tool error, which can lower the score by at most 20 % (``reputation.py``).
+- When a tool's own call through the mesh (linked by ``x-mesh-parent-run``) fails, that inner call
+  carries the blame: if the outer call then fails too, it is recorded saying so and costs its target
+  nothing. The link counts only when made by the agent that is the target of that run, while it runs.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import httpx2
+import rfc8785
 from jsonschema.exceptions import best_match
 from mcp.types import CallToolResult
 from opentelemetry.trace import SpanKind
@@ -25,13 +49,21 @@ from pydantic import ValidationError
 from mesh import telemetry
 from mesh.client import RUN_META
 from mesh.manifest import json_digest
-from mesh.registry import store
+from mesh.registry import admission, store
 from mesh.registry.auth import Caller
 from mesh.registry.forward import AgentError
 from mesh.registry.node import PinnedTool, Registry, now_ms
 from mesh.registry.policy import Decision
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome
+from mesh.serving import MANIFEST_META
+
+MAX_DEPTH = 64
+MAX_SAFE_INTEGER = 2**53 - 1  # beyond it RFC 8785 (and JavaScript) cannot hold an integer exactly
+# HTTP statuses by which an agent refuses the request itself (its size or form): the caller's fault.
+CALLER_STATUSES = frozenset({400, 413, 414, 415, 422, 431})
+INVALID_PARAMS = -32602
+_REMEMBERED_DIGESTS = 8  # mismatching manifest digests remembered per agent as already rechecked
 
 
 @dataclass
@@ -75,9 +107,20 @@ async def invoke(registry: Registry, caller: Caller, agent: str, tool: str, argu
                  *, parent_run_id: str | None = None, progress: Any = None,
                  trace_context: Mapping[str, Any] | None = None) -> Invocation:
     """Carry one call from ``caller`` to ``agent.tool``; raise a ``Problem`` for every refusal."""
+    try:
+        return await _invoke(registry, caller, agent, tool, arguments, parent_run_id, progress, trace_context)
+    except Problem as problem:
+        if "run_id" not in problem.extra:  # refused before it was recorded: a recorded run tells on its own
+            _tell_parent(registry, caller, parent_run_id, f"{agent}.{tool} refused: {problem}")
+        raise
+
+
+async def _invoke(registry: Registry, caller: Caller, agent: str, tool: str, arguments: dict[str, Any] | None,
+                  parent_run_id: str | None, progress: Any, trace_context: Mapping[str, Any] | None) -> Invocation:
     arguments = arguments if arguments is not None else {}
     if not isinstance(arguments, dict):
         raise Problem("bad-request", "arguments must be a JSON object")
+    check_arguments(arguments)  # before anything is recorded: canonical JSON could not even digest them
     attributes = {"mesh.caller": caller.id, "mesh.agent": agent, "mesh.tool": tool}
     context = telemetry.extract_meta(trace_context)
     with telemetry.span("mesh.invoke", context=context, kind=SpanKind.SERVER, **attributes) as span:
@@ -100,15 +143,44 @@ async def invoke(registry: Registry, caller: Caller, agent: str, tool: str, argu
                           rule=decision.rule, run_id=run.id)
 
         result = await _forward(registry, run, pinned, arguments, progress)
+        await _check_manifest(registry, run, pinned, result)
         violation = _output_violation(pinned, result)
         if violation:
             await run.finish("invalid", Outcome("invalid", latency_ms=run.elapsed_ms()), error=violation)
             raise Problem("invalid-output", f"{agent}.{tool} answered outside its signed output schema: {violation}",
                           run_id=run.id)
-        status = "error" if result.is_error else "ok"
-        error = _text(result) if result.is_error else None
-        await run.finish(status, Outcome(status, latency_ms=run.elapsed_ms()), error=error)
+        if result.is_error:  # the tool answered that it could not: counted apart from the agent failing
+            await run.finish("error", Outcome("tool_error", latency_ms=run.elapsed_ms()), error=_text(result))
+        else:
+            await run.finish("ok", Outcome("ok", latency_ms=run.elapsed_ms()))
         return Invocation(run.id, result, run.target_id, trace_id)
+
+
+def check_arguments(arguments: dict[str, Any]) -> None:
+    """Refuse what canonical JSON (RFC 8785) cannot hold, naming where: nesting deeper than ``MAX_DEPTH``,
+    NaN and infinities (Python's json reads ``NaN``, ``Infinity`` and ``1e400``), integers beyond
+    ±(2**53-1). Iterative, so a deep document cannot exhaust the stack; about a microsecond for a small
+    dict, since only containers get a path and scalars are judged by their exact type."""
+    stack: list[tuple[Any, int, tuple[Any, ...]]] = [(arguments, 1, ())]
+    while stack:
+        node, depth, path = stack.pop()
+        for key, value in node.items() if type(node) is dict else enumerate(node):
+            kind = type(value)
+            if kind is str or kind is bool or value is None:
+                continue
+            if kind is dict or kind is list:
+                if depth >= MAX_DEPTH:
+                    raise _malformed((*path, key), f"nested deeper than {MAX_DEPTH} levels")
+                stack.append((value, depth + 1, (*path, key)))
+            elif kind is float and not math.isfinite(value):
+                raise _malformed((*path, key), f"{value} is not a finite number")
+            elif kind is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+                raise _malformed((*path, key), "an integer beyond ±(2**53-1) cannot be exchanged exactly")
+
+
+def _malformed(path: tuple[Any, ...], problem: str) -> Problem:
+    where = "/".join(str(part) for part in path)
+    return Problem("invalid-arguments", f"arguments/{where}: {problem}")
 
 
 async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments: dict[str, Any],
@@ -120,7 +192,8 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
     where = f"{pinned.agent}.{pinned.name}"
     attributes = {"mesh.agent": pinned.agent, "mesh.tool": pinned.name, "url.full": endpoint}
     try:
-        with telemetry.span("mesh.forward", kind=SpanKind.CLIENT, **attributes), anyio.fail_after(timeout):
+        with (_in_flight(registry, run), telemetry.span("mesh.forward", kind=SpanKind.CLIENT, **attributes),
+              anyio.fail_after(timeout)):
             meta = telemetry.inject_meta({RUN_META: run.target_id})  # the agent's span continues this one
             return await registry.forwarder.call_tool(endpoint, pinned.name, arguments, meta=meta, progress=progress,
                                                       input_schema=pinned.wire.get("inputSchema"))
@@ -133,6 +206,10 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
             await run.finish("cancelled", None, error="cancelled by the caller")
         raise
     except AgentError as exc:
+        if exc.http_status in CALLER_STATUSES or exc.code == INVALID_PARAMS:  # it refused the request itself
+            await run.finish("invalid", Outcome("invalid", fault="caller"), error=f"{pinned.agent} refused: {exc}")
+            kind = "payload-too-large" if exc.http_status == 413 else "invalid-arguments"
+            raise Problem(kind, f"{where} refused the request: {exc}", run_id=run.id) from exc
         await run.finish("error", Outcome("error", latency_ms=run.elapsed_ms()), error=str(exc))
         raise Problem("target-error", f"{where} answered with an error: {exc}", run_id=run.id) from exc
     except ValidationError as exc:
@@ -143,6 +220,74 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
         await run.finish("unavailable", Outcome("unavailable"), error=str(exc) or type(exc).__name__)
         raise Problem("target-unavailable", f"{pinned.agent} at {endpoint} is unreachable: {exc!r}",
                       run_id=run.id) from exc
+
+
+@contextmanager
+def _in_flight(registry: Registry, run: _Run) -> Iterator[None]:
+    """While the target serves the call, calls it makes through the mesh may name this run as their
+    parent (``x-mesh-parent-run``); afterwards, keep the first of them that failed, if any."""
+    registry.in_flight[run.target_id] = run.agent
+    try:
+        yield
+    finally:
+        del registry.in_flight[run.target_id]
+        run.inner_failure = _memory(registry).inner_failures.pop(run.target_id, None)
+
+
+async def _check_manifest(registry: Registry, run: _Run, pinned: PinnedTool, result: CallToolResult) -> None:
+    """Is the agent still serving the manifest it was admitted on? Each answer names its manifest digest.
+
+    Equal: one dict lookup and a string compare. Different (or missing: a restarted agent re-signed, or
+    an agent that does not say): re-list its tools now, once per agent at a time, and block the tools
+    whose live schema left its pin; a digest already rechecked since the last admission is not again.
+    If the called tool is now blocked, its answer is not delivered. An agent can lie about its digest:
+    the periodic recheck (``admission.recheck_forever``) stays the backstop."""
+    served = (result.meta or {}).get(MANIFEST_META)
+    agent = pinned.agent
+    if served == registry.manifest_digests.get(agent):
+        return
+    memory = _memory(registry)
+    async with memory.recheck_locks.setdefault(agent, anyio.Lock()):
+        admitted = registry.manifest_digests.get(agent)
+        checked_for, seen = memory.rechecked.get(agent, (None, set()))
+        if served != admitted and (checked_for != admitted or served not in seen):
+            if checked_for != admitted or len(seen) >= _REMEMBERED_DIGESTS:
+                seen = set()
+            await admission.recheck(registry, agent)
+            seen.add(served)
+            memory.rechecked[agent] = (admitted, seen)
+    now = registry.tools.get((agent, pinned.name))
+    if now is None or now.status != "verified":
+        reason = now.blocked_reason if now else "no longer served"
+        await run.finish("blocked", Outcome("invalid", latency_ms=run.elapsed_ms()), error=reason)
+        raise Problem("tool-blocked", f"{agent}.{pinned.name} is blocked: {reason}", run_id=run.id)
+
+
+@dataclass
+class _Memory:
+    """What the call path remembers between calls of one registry, all of it bounded: failed inner calls
+    of runs still in flight, and per agent the manifest digests rechecked since its admission."""
+
+    inner_failures: dict[str, str] = field(default_factory=dict)  # in-flight target run id -> what failed
+    rechecked: dict[str, tuple[str | None, set[str | None]]] = field(default_factory=dict)
+    recheck_locks: dict[str, anyio.Lock] = field(default_factory=dict)
+
+
+_memories: weakref.WeakKeyDictionary[Registry, _Memory] = weakref.WeakKeyDictionary()
+
+
+def _memory(registry: Registry) -> _Memory:
+    memory = _memories.get(registry)
+    if memory is None:
+        memory = _memories[registry] = _Memory()
+    return memory
+
+
+def _tell_parent(registry: Registry, caller: Caller, parent_run_id: str | None, failure: str) -> None:
+    """A call failed: if a tool made it while serving another call through the mesh, let that call know.
+    Only the agent that is the target of that call, while it is in flight, can name it as parent."""
+    if parent_run_id and caller.agent and registry.in_flight.get(parent_run_id) == caller.agent:
+        _memory(registry).inner_failures.setdefault(parent_run_id, failure[:500])
 
 
 def _output_violation(pinned: PinnedTool, result: CallToolResult) -> str | None:
@@ -164,7 +309,10 @@ class _Run:
         self.caller = caller
         self.agent = agent
         self.tool = tool
-        self.arguments_digest = json_digest(arguments)
+        try:
+            self.arguments_digest = json_digest(arguments)
+        except rfc8785.CanonicalizationError as exc:  # e.g. a lone surrogate in a string
+            raise Problem("invalid-arguments", f"the arguments have no canonical JSON form: {exc}") from exc
         self.trace_id = trace_id
         self.parent_run_id = parent_run_id
         self.id = str(uuid.uuid4())
@@ -172,12 +320,19 @@ class _Run:
         self.started_at = datetime.now(UTC)
         self.started_ms = now_ms()
         self.decision: Decision | None = None
+        self.inner_failure: str | None = None  # set once forwarded: a call this one made that failed
 
     def elapsed_ms(self) -> float:
         return now_ms() - self.started_ms
 
     async def finish(self, status: str, outcome: Outcome | None, *, error: str | None = None) -> None:
         """Sign the provenance and write both records (and the decision) before the caller hears back."""
+        if status != "ok":
+            _tell_parent(self.registry, self.caller, self.parent_run_id,
+                         f"{self.agent}.{self.tool} ({status}, run {self.id}): {error or status}")
+            if self.inner_failure and outcome is not None:  # the inner call carries the blame
+                outcome = Outcome(outcome.status, outcome.latency_ms, fault="inner")
+                error = f"an inner call failed: {self.inner_failure}" + (f"; then {error}" if error else "")
         latency = round(self.elapsed_ms(), 3)
         decision = self.decision
         common = {

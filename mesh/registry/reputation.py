@@ -6,23 +6,39 @@ same pace, counted in calls: evidence loses half its weight after ``half_life`` 
 so an agent that starts failing falls within tens of calls. River's ``proba.Beta`` never forgets,
 hence the decayed Beta on two floats below.
 
-Who is to blame decides what is learnt. Only outcomes with ``fault="target"`` move the success rate
-and the latency figures; a caller's invalid arguments are still counted (``schema_violations``) but
-cost the target nothing. Policy denials never touch the success rate whatever their fault: the call
-never reached the target, and counting a ``low_reputation`` denial as a failure would lock an agent
-out for good. Non-target outcomes do not decay the target's evidence either, so a flood of bad calls
-cannot wash out what was learnt.
+Who is to blame decides what is learnt (the rule, applied by ``proxy.py``: a failure counts against
+the target only when the target could have avoided it whatever the caller sent):
+
+- ``fault="target"``: the target's own failures (unreachable, timeouts, JSON-RPC errors other than
+  invalid params, HTTP errors not caused by the request, answers outside the signed output schema)
+  move the success rate, the latency figures and (timeouts, invalid outputs) ``harm``.
+- ``fault="caller"``: calls refused because of what the caller sent (by the registry, or by the
+  agent with a 400/413/414/415/422/431 or JSON-RPC -32602) and policy denials are counted
+  (``schema_violations``, ``denials``) but cost the target nothing.
+- ``fault="inner"``: the target failed because a call it made through the mesh failed; that inner
+  call carries the blame, so the outer failure costs the target nothing either.
+- ``status="tool_error"``: the tool answered ``isError: true``, often because it rejected its input.
+  Counted apart (``tool_errors``) and bounded: it cannot lower the score by more than 20 %, so a
+  flood of calls crafted to make a tool reject them cannot push a healthy agent under the policy's
+  ``min_reputation`` (0.3 by default).
+
+Policy denials never touch the success rate whatever their fault: the call never reached the target,
+and counting a ``low_reputation`` denial as a failure would lock an agent out for good. Outcomes that
+do not blame the target do not decay its evidence either, and tool errors decay only their own
+counter, so a flood of such calls cannot wash out what was learnt.
 
 The score, in [0, 1]::
 
     success_rate = (s + a0) / (s + f + a0 + b0)      s, f: decayed successes and failures
     speed        = 0.8 + 0.2 * B / (B + ewm)         B: latency budget (1000 ms), ewm: EW mean latency
     care         = 1 - 0.5 * harm / (s + f + a0 + b0)  harm: decayed timeouts and invalid outputs
-    score        = success_rate * speed * care
+    answers      = 1 - 0.2 * t / (t + s + f + a0 + b0) t: decayed tool errors
+    score        = success_rate * speed * care * answers
 
 The prior (a0, b0) = (3, 2) starts a new agent at 0.6, worth five calls of evidence. Latency moves
-the score by at most 20 %; a timeout or a schema-violating answer costs more than a plain error
-because it wastes the caller's budget or misleads it.
+the score by at most 20 %, and so do tool errors; a timeout or a schema-violating answer costs more
+than a plain error because it wastes the caller's budget or misleads it. Tool errors alone leave at
+least 0.6 * 0.8 * 0.8 = 0.384 to an agent with no other evidence.
 
 Latency quantiles use River's ``stats.RollingQuantile`` over the last ``window`` latencies (exact,
 forgets, and its state is just those numbers) rather than P² ``stats.Quantile``, whose state lives
@@ -39,12 +55,13 @@ from typing import Any, Literal, get_args
 
 from river import stats
 
-Status = Literal["ok", "error", "timeout", "invalid", "denied", "unavailable"]
-Fault = Literal["target", "caller"]
+Status = Literal["ok", "error", "tool_error", "timeout", "invalid", "denied", "unavailable"]
+Fault = Literal["target", "caller", "inner"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added tool_errors; a version 1 state loads with none
 # Statuses whose latency measures the target's work (a denial or an unreachable target does not).
-_TIMED = frozenset({"ok", "error", "timeout", "invalid"})
+_TIMED = frozenset({"ok", "error", "tool_error", "timeout", "invalid"})
+TOOL_ERROR_WEIGHT = 0.2  # the most tool errors can take off the score
 
 
 @dataclass(frozen=True)
@@ -59,7 +76,7 @@ class Outcome:
         if self.status not in get_args(Status):
             raise ValueError(f"unknown status {self.status!r}; expected one of {get_args(Status)}")
         if self.fault not in get_args(Fault):
-            raise ValueError(f"unknown fault {self.fault!r}; expected 'target' or 'caller'")
+            raise ValueError(f"unknown fault {self.fault!r}; expected one of {get_args(Fault)}")
         if self.latency_ms is not None and not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
             raise ValueError(f"latency_ms must be a finite number >= 0, not {self.latency_ms!r}")
 
@@ -90,6 +107,7 @@ class Reputation:
         self.successes = 0.0
         self.failures = 0.0
         self.harm = 0.0
+        self.tool_errors = 0.0
         self.timeouts = 0.0
         self.schema_violations = 0.0
         self.denials = 0.0
@@ -107,11 +125,14 @@ class Reputation:
         self.denials = self.denials * keep + (outcome.status == "denied")
         if not outcome.blames_target:
             return
+        self.tool_errors = self.tool_errors * keep + (outcome.status == "tool_error")
+        if outcome.latency_ms is not None and outcome.status in _TIMED:
+            self._learn_latency(float(outcome.latency_ms))
+        if outcome.status == "tool_error":
+            return  # the tool answered: neither a success nor a failure of the agent
         self.successes = self.successes * keep + (outcome.status == "ok")
         self.failures = self.failures * keep + (outcome.status != "ok")
         self.harm = self.harm * keep + (outcome.status in ("timeout", "invalid"))
-        if outcome.latency_ms is not None and outcome.status in _TIMED:
-            self._learn_latency(float(outcome.latency_ms))
 
     def _learn_latency(self, latency_ms: float) -> None:
         self._latencies.append(latency_ms)
@@ -131,7 +152,8 @@ class Reputation:
         if self._ewm_ms is not None:
             speed = 0.8 + 0.2 * self.latency_budget_ms / (self.latency_budget_ms + self._ewm_ms)
         care = 1.0 - 0.5 * self.harm / evidence
-        return min(1.0, max(0.0, self.success_rate() * speed * care))
+        answers = 1.0 - TOOL_ERROR_WEIGHT * self.tool_errors / (self.tool_errors + evidence)
+        return min(1.0, max(0.0, self.success_rate() * speed * care * answers))
 
     def components(self) -> dict[str, Any]:
         """What the score is made of; counters are decayed like the evidence, ``calls`` is lifetime."""
@@ -141,6 +163,7 @@ class Reputation:
             "latency_p50_ms": self._p50.get() if have_latency else None,
             "latency_p99_ms": self._p99.get() if have_latency else None,
             "latency_ewm_ms": self._ewm_ms,
+            "tool_errors": self.tool_errors,
             "timeouts": self.timeouts,
             "schema_violations": self.schema_violations,
             "denials": self.denials,
@@ -159,6 +182,7 @@ class Reputation:
             "successes": self.successes,
             "failures": self.failures,
             "harm": self.harm,
+            "tool_errors": self.tool_errors,
             "timeouts": self.timeouts,
             "schema_violations": self.schema_violations,
             "denials": self.denials,
@@ -168,8 +192,9 @@ class Reputation:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Reputation:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"reputation state version {state.get('version')!r}, expected {STATE_VERSION}")
+        state = {"tool_errors": 0.0, **state}  # version 1 knew no tool errors
         a0, b0 = state["prior"]
         reputation = cls(
             half_life=state["half_life"],
@@ -178,7 +203,7 @@ class Reputation:
             prior=(a0, b0),
         )
         reputation.calls = int(state["calls"])
-        for name in ("successes", "failures", "harm", "timeouts", "schema_violations", "denials"):
+        for name in ("successes", "failures", "harm", "tool_errors", "timeouts", "schema_violations", "denials"):
             setattr(reputation, name, float(state[name]))
         # The rolling quantiles are rebuilt by replaying their window; EWMean's first update sets
         # its mean, so one update with the saved mean restores it exactly.

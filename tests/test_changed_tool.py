@@ -1,0 +1,159 @@
+"""A tool changed after approval is caught on the very next call through the registry (issue #7, item 9).
+
+Every answer an agent gives names the manifest it serves under; a registry that admitted another one
+re-lists the agent's tools right away and refuses an answer from a tool that left its pin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import anyio
+import httpx
+import pytest
+from mcp import Client
+from mcp.types import CallToolResult, TextContent
+
+from mesh.registry import proxy
+from mesh.registry.problems import Problem
+
+from .conftest import copy_repo_workspace
+from .test_registry_e2e import ECHO_AGENT, Mesh
+
+
+@pytest.fixture
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """The `echo` agent beside a registry whose periodic recheck is an hour away: it cannot be what
+    catches the change."""
+    workspace = copy_repo_workspace(tmp_path_factory.mktemp("changed") / "ws")
+    (workspace / "agents" / "echo.py").write_text(ECHO_AGENT.format(description="Return the text unchanged."))
+    config = workspace / "registry" / "registry.toml"
+    config.write_text(config.read_text().replace("[registry]", "[registry]\nrecheck_interval = 3600.0"))
+    network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
+    try:
+        network.start_registry()
+        network.start_agent("echo")
+        yield network
+    finally:
+        network.close()
+
+
+async def test_the_first_call_after_a_silent_change_is_refused(mesh: Mesh):
+    ok = mesh.invoke("echo", "echo", {"text": "before"})
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["result"]["_meta"]["io.mcpmesh/manifest"] == mesh.agent("echo")["manifest_digest"]
+
+    agent_file = mesh.workspace / "agents" / "echo.py"
+    agent_file.write_text(ECHO_AGENT.format(description="Return the text, and also mail it to a stranger."))
+    mesh.stop("echo")
+    mesh.start_agent("echo", "--dev", register=False)  # re-signed locally, never shown to the registry
+
+    refused = mesh.invoke("echo", "echo", {"text": "after"})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["type"].endswith("/tool-blocked")
+    assert "changed after approval" in refused.json()["detail"]
+    run = httpx.get(f"{mesh.url}/v1/runs/{refused.json()['run_id']}").json()
+    assert run["status"] == "blocked" and "changed after approval" in run["error"]
+
+    agent = mesh.agent("echo")
+    tools = {t["name"]: t for t in agent["tools"]}
+    assert tools["echo"]["status"] == "blocked" and tools["wait"]["status"] == "verified"
+    assert any("echo" in flag for flag in agent["flags"])
+    # The unchanged tools of the same agent keep working; MCP clients of the registry see only the
+    # verified tools, with their pinned, signed descriptions.
+    assert mesh.invoke("echo", "fail", {"reason": "still mine"}).status_code == 200
+    async with Client(f"{mesh.url}/mcp", mode="legacy") as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert "echo__echo" not in listed and "echo__fail" in listed
+    assert not any("stranger" in (tool.description or "") for tool in listed.values())
+
+
+def test_a_re_signed_agent_with_the_same_tools_keeps_answering(mesh: Mesh):
+    agent_file = mesh.workspace / "agents" / "echo.py"
+    # Only the agent's own description changes: a new manifest digest, every tool as pinned.
+    agent_file.write_text(ECHO_AGENT.format(description="Return the text unchanged.")
+                          .replace("Echoes, waits and fails on demand.", "Echoes, waits and fails when asked."))
+    mesh.stop("echo")
+    mesh.start_agent("echo", "--dev", register=False)
+    for text in ("one", "two", "three"):
+        answer = mesh.invoke("echo", "echo", {"text": text})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["result"]["_meta"]["io.mcpmesh/manifest"] != mesh.agent("echo")["manifest_digest"]
+    assert {t["status"] for t in mesh.agent("echo")["tools"]} == {"verified"}
+
+
+# -- the memory of rechecks, in-process: one recheck per new digest, however many calls race for it ----
+
+
+class FakeRegistry:
+    """Just what ``proxy._check_manifest`` reads: admitted digests and pinned tools (and ``admission``
+    is replaced by a counter)."""
+
+    def __init__(self) -> None:
+        self.manifest_digests = {"echo": "sha256:admitted"}
+        self.tools = {("echo", "echo"): SimpleNamespace(status="verified", blocked_reason=None)}
+
+
+class FakeRun:
+    def __init__(self) -> None:
+        self.finished: list[str] = []
+        self.id = "run"
+
+    def elapsed_ms(self) -> float:
+        return 1.0
+
+    async def finish(self, status: str, outcome: object, *, error: str | None = None) -> None:
+        self.finished.append(status)
+
+
+def answer(digest: str | None) -> CallToolResult:
+    meta = {"io.mcpmesh/manifest": digest} if digest else None
+    return CallToolResult(content=[TextContent(type="text", text="x")], _meta=meta)
+
+
+async def test_concurrent_answers_under_a_new_digest_trigger_one_recheck(monkeypatch: pytest.MonkeyPatch):
+    registry = FakeRegistry()
+    pinned = SimpleNamespace(agent="echo", name="echo")
+    rechecks: list[str] = []
+
+    async def recheck(registry: FakeRegistry, agent: str) -> list[str]:
+        rechecks.append(agent)
+        await anyio.sleep(0.05)  # the others arrive while it runs
+        return []
+
+    monkeypatch.setattr(proxy.admission, "recheck", recheck)
+
+    async def call(digest: str | None) -> None:
+        await proxy._check_manifest(registry, FakeRun(), pinned, answer(digest))  # type: ignore[arg-type]
+
+    await call("sha256:admitted")
+    assert rechecks == []  # the digest it was admitted on: nothing to do
+    async with anyio.create_task_group() as group:
+        for _ in range(10):
+            group.start_soon(call, "sha256:re-signed")
+    assert rechecks == ["echo"]
+    await call("sha256:re-signed")
+    await call(None)  # an answer without a digest is checked once too
+    await call(None)
+    assert rechecks == ["echo", "echo"]
+
+    registry.manifest_digests["echo"] = "sha256:newly-admitted"  # a new admission forgets what was checked
+    await call("sha256:re-signed")
+    assert rechecks == ["echo", "echo", "echo"]
+
+
+async def test_an_answer_from_a_tool_blocked_by_the_recheck_is_not_delivered(monkeypatch: pytest.MonkeyPatch):
+    registry = FakeRegistry()
+
+    async def recheck(registry: FakeRegistry, agent: str) -> list[str]:
+        registry.tools[("echo", "echo")] = SimpleNamespace(status="blocked", blocked_reason="changed after approval")
+        return ["echo"]
+
+    monkeypatch.setattr(proxy.admission, "recheck", recheck)
+    run = FakeRun()
+    with pytest.raises(Problem) as refused:
+        await proxy._check_manifest(registry, run, SimpleNamespace(agent="echo", name="echo"),  # type: ignore[arg-type]
+                                    answer("sha256:changed"))
+    assert refused.value.kind == "tool-blocked" and "changed after approval" in refused.value.detail
+    assert run.finished == ["blocked"]
