@@ -1,0 +1,161 @@
+"""Whose fault a failed call is, against real processes: a hostile caller cannot sink a healthy agent.
+
+The rule (``mesh/registry/proxy.py``): a failure counts against the target only when the target could
+have avoided it whatever the caller sent. Oversized or malformed calls are refused before they reach
+it, its refusals of the request itself (HTTP 413 and the like) are the caller's, tool error results
+weigh at most a fifth of its score, and a failure caused by a call it made through the mesh is blamed
+on that inner call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from mesh.registry import proxy
+from mesh.registry.auth import Caller
+
+from .conftest import copy_repo_workspace
+from .test_registry_e2e import Mesh, agent_client
+
+TARGET_AGENT = '''
+from mesh import Agent
+
+agent = Agent("target", description="A healthy agent that callers try to sink.")
+
+
+@agent.tool(read_only=True, idempotent=True, open_world=False)
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@agent.tool(read_only=True, idempotent=True, open_world=False)
+def size(blob: str) -> int:
+    """Count the characters of a blob."""
+    return len(blob)
+
+
+@agent.tool(read_only=True, idempotent=True, open_world=False)
+def parse(number: str) -> int:
+    """Parse a decimal integer, rejecting anything else."""
+    return int(number)  # ValueError on bad input: a tool error the caller provoked
+'''
+
+MIB = 1 << 20
+BODY_LIMIT = 6 * MIB  # above the agents' own 4 MiB limit (the MCP SDK's), so a 5 MB call reaches them
+MIN_REPUTATION = 0.3  # registry/registry.toml [policy]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    workspace = copy_repo_workspace(tmp_path_factory.mktemp("blame") / "ws")
+    (workspace / "agents" / "target.py").write_text(TARGET_AGENT)
+    config = workspace / "registry" / "registry.toml"
+    text = config.read_text()
+    assert f"min_reputation = {MIN_REPUTATION}" in text
+    config.write_text(text.replace("[registry]", f"[registry]\nmax_body_bytes = {BODY_LIMIT}"))
+    network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
+    try:
+        network.start_registry()
+        for name in ("librarian", "researcher", "target"):
+            network.start_agent(name)
+        yield network
+    finally:
+        network.close()
+
+
+def reputation(mesh: Mesh, name: str) -> dict:
+    return mesh.agent(name)["reputation"]
+
+
+async def test_a_hostile_caller_cannot_push_a_healthy_agent_under_min_reputation(mesh: Mesh):
+    for i in range(10):
+        assert mesh.invoke("target", "echo", {"text": f"hello {i}"}).status_code == 200
+    healthy = reputation(mesh, "target")
+    assert healthy["score"] > 0.7
+
+    # Too big for the registry: refused at its door, the target never hears of it.
+    for _ in range(5):
+        refused = mesh.invoke("target", "size", {"blob": "x" * (BODY_LIMIT + MIB)})
+        assert refused.status_code == 413 and refused.json()["type"].endswith("/payload-too-large")
+    assert reputation(mesh, "target")["calls"] == healthy["calls"]
+
+    # Small enough for the registry, too big for the agent: its 413 is the caller's fault, and says so.
+    for _ in range(25):
+        refused = mesh.invoke("target", "size", {"blob": "x" * (5 * MIB)})
+        assert refused.status_code == 413, refused.text
+        assert "target.size refused the request" in refused.json()["detail"]
+        assert "HTTP 413" in refused.json()["detail"]
+    run = httpx.get(f"{mesh.url}/v1/runs/{refused.json()['run_id']}").json()
+    assert run["status"] == "invalid"
+    after_oversized = reputation(mesh, "target")
+    assert after_oversized["score"] == healthy["score"]
+    assert after_oversized["calls"] == healthy["calls"] + 25
+
+    # Inputs the tool rejects: tool errors, counted apart and bounded.
+    for _ in range(60):
+        rejected = mesh.invoke("target", "parse", {"number": "not a number"})
+        assert rejected.status_code == 200 and rejected.json()["result"]["isError"]
+    after = reputation(mesh, "target")
+    assert after["tool_errors"] > 20  # near its ceiling of 1 / (1 - 2 ** (-1 / 20)) ≈ 29
+    assert after["score"] < healthy["score"]  # they do count...
+    assert after["score"] >= 0.8 * healthy["score"] * 0.99  # ...by at most a fifth (latency aside)
+    assert after["score"] >= MIN_REPUTATION
+    assert after["success_rate"] == healthy["success_rate"]
+
+    # Another caller still gets through: the policy did not shun the target.
+    async with agent_client(mesh, "researcher") as researcher:
+        answer = await researcher.invoke("target", "echo", {"text": "still there?"})
+    assert answer["result"]["structuredContent"] == {"result": "still there?"}
+
+
+def test_a_failed_inner_call_is_blamed_on_that_call_not_on_the_agent_that_made_it(mesh: Mesh):
+    ok = mesh.invoke("researcher", "brief", {"topic": "signing keys", "k": 2})
+    assert ok.status_code == 200 and not ok.json()["result"].get("isError"), ok.text
+    before = reputation(mesh, "researcher")
+    librarian_before = reputation(mesh, "librarian")
+
+    mesh.stop("librarian")  # every brief's inner call to the librarian now fails
+    try:
+        for _ in range(8):
+            failed = mesh.invoke("researcher", "brief", {"topic": "signing keys", "k": 2})
+            assert failed.status_code == 200 and failed.json()["result"]["isError"], failed.text
+        outer = httpx.get(f"{mesh.url}/v1/runs/{failed.json()['run_id']}").json()
+        assert outer["status"] == "error"
+        assert outer["error"].startswith("an inner call failed: librarian.search")
+
+        after = reputation(mesh, "researcher")
+        assert after["calls"] == before["calls"] + 8
+        assert after["tool_errors"] == before["tool_errors"] and after["score"] == before["score"]
+        # The inner calls carried the blame: the librarian was unreachable.
+        assert reputation(mesh, "librarian")["success_rate"] < librarian_before["success_rate"]
+        inner = httpx.get(f"{mesh.url}/v1/runs", params={"caller": "agent:researcher", "log": "caller",
+                                                         "limit": 1}).json()["runs"][0]
+        assert (inner["agent"], inner["tool"]) == ("librarian", "search")
+        assert inner["status"] in ("unavailable", "denied")  # unreachable, then shunned for it
+        assert inner["id"] in outer["error"]
+    finally:
+        mesh.start_agent("librarian")
+
+
+class FakeRegistry:
+    """The one thing ``proxy._tell_parent`` reads: which agent serves which run in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight = {"run-a": "researcher"}
+
+
+def test_only_the_target_of_a_run_in_flight_can_name_it_as_parent():
+    registry = FakeRegistry()
+    researcher = Caller("agent:researcher", "agent")
+    memory = proxy._memory(registry)  # type: ignore[arg-type]
+    proxy._tell_parent(registry, Caller("agent:echo", "agent"), "run-a", "forged")  # type: ignore[arg-type]
+    proxy._tell_parent(registry, Caller("user:local", "user"), "run-a", "forged")  # type: ignore[arg-type]
+    proxy._tell_parent(registry, researcher, "run-b", "not in flight")  # type: ignore[arg-type]
+    assert memory.inner_failures == {}
+    proxy._tell_parent(registry, researcher, "run-a", "librarian.search failed")  # type: ignore[arg-type]
+    proxy._tell_parent(registry, researcher, "run-a", "a later failure")  # type: ignore[arg-type]
+    assert memory.inner_failures == {"run-a": "librarian.search failed"}  # the first one is the cause
