@@ -21,6 +21,7 @@ from .conftest import copy_repo_workspace
 from .test_registry_e2e import Mesh, agent_client
 
 TARGET_AGENT = '''
+from mcp.shared.exceptions import MCPError
 from mesh import Agent
 
 agent = Agent("target", description="A healthy agent that callers try to sink.")
@@ -42,6 +43,12 @@ def size(blob: str) -> int:
 def parse(number: str) -> int:
     """Parse a decimal integer, rejecting anything else."""
     return int(number)  # ValueError on bad input: a tool error the caller provoked
+
+
+@agent.tool(read_only=True, idempotent=True, open_world=False)
+def strict(code: int) -> str:
+    """Answer with the JSON-RPC error of the given code."""
+    raise MCPError(code, "not with these parameters")
 '''
 
 MIB = 1 << 20
@@ -110,6 +117,36 @@ async def test_a_hostile_caller_cannot_push_a_healthy_agent_under_min_reputation
     async with agent_client(mesh, "researcher") as researcher:
         answer = await researcher.invoke("target", "echo", {"text": "still there?"})
     assert answer["result"]["structuredContent"] == {"result": "still there?"}
+
+
+@pytest.mark.parametrize(("arguments", "named"), [
+    ('{"text": NaN}', "arguments/text: nan is not a finite number"),
+    ('{"text": "x", "more": [1, {"deep": -Infinity}]}', "arguments/more/1/deep: -inf is not a finite number"),
+    ('{"text": 1e400}', "arguments/text: inf is not a finite number"),
+    ('{"text": 9007199254740992}', "arguments/text: an integer beyond"),
+    ('{"text": "x", "n": [-9007199254740993]}', "arguments/n/0: an integer beyond"),
+])
+def test_arguments_canonical_json_cannot_hold_are_the_callers_fault(mesh: Mesh, arguments: str, named: str):
+    before = reputation(mesh, "target")
+    for agent in ("target", "nobody"):  # an unknown agent too: the check comes first
+        body = f'{{"agent": "{agent}", "tool": "echo", "arguments": {arguments}}}'
+        refused = httpx.post(f"{mesh.url}/v1/invoke", content=body, headers={"content-type": "application/json"})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["type"].endswith("/invalid-arguments") and named in refused.json()["detail"]
+        assert "run_id" not in refused.json()  # refused before anything was recorded
+    assert reputation(mesh, "target") == before
+
+
+def test_an_agent_answering_invalid_params_blames_the_caller_other_json_rpc_errors_the_agent(mesh: Mesh):
+    before = reputation(mesh, "target")
+    invalid = mesh.invoke("target", "strict", {"code": -32602})
+    assert invalid.status_code == 400 and invalid.json()["type"].endswith("/invalid-arguments")
+    assert "not with these parameters (JSON-RPC error -32602)" in invalid.json()["detail"]
+    assert reputation(mesh, "target")["success_rate"] == before["success_rate"]
+
+    broken = mesh.invoke("target", "strict", {"code": -32603})
+    assert broken.status_code == 502 and broken.json()["type"].endswith("/target-error")
+    assert reputation(mesh, "target")["success_rate"] < before["success_rate"]
 
 
 def test_a_failed_inner_call_is_blamed_on_that_call_not_on_the_agent_that_made_it(mesh: Mesh):
