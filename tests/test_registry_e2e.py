@@ -365,8 +365,9 @@ def test_a_failing_agent_loses_reputation_until_the_policy_refuses_it_then_gets_
     # Runs last: it leaves `echo` shunned.
     before = mesh.agent("echo")["reputation"]["score"]
     failures = 0
-    while (answer := mesh.invoke("echo", "fail", {"reason": "still broken"})).status_code == 200:
-        assert answer.json()["result"]["isError"]
+    # A JSON-RPC error is the agent failing (a tool's own error result would only dent its score).
+    while (answer := mesh.invoke("echo", "refuse", {})).status_code == 502:
+        assert answer.json()["type"].endswith("/target-error")
         failures += 1
         assert failures < 40, "the reputation never fell below the policy's threshold"
     assert answer.status_code == 403 and answer.json()["rule"] == "low_reputation"
@@ -375,8 +376,9 @@ def test_a_failing_agent_loses_reputation_until_the_policy_refuses_it_then_gets_
 
     refused = mesh.invoke("echo", "echo", {"text": "anyone there?"})
     assert refused.status_code == 403 and refused.json()["rule"] == "low_reputation"
-    hits = httpx.get(f"{mesh.url}/v1/discover", params={"q": "fail with a reason", "agent": "echo"}).json()["results"]
-    failing = next(hit for hit in hits if hit["tool"] == "fail")  # the tool's own reputation ranks it
+    hits = httpx.get(f"{mesh.url}/v1/discover", params={"q": "answer with a JSON-RPC error",
+                                                        "agent": "echo"}).json()["results"]
+    failing = next(hit for hit in hits if hit["tool"] == "refuse")  # the tool's own reputation ranks it
     assert failing["reputation"] < 0.3 and failing["score"] < 0.65 * failing["relevance"]
 
     time.sleep(2.5)  # probe_interval: one trial call may pass, and its success is evidence again
