@@ -16,10 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import httpx
 
 from mesh import telemetry
-from mesh.keys import DEFAULT_OVERLAP_SECONDS, KeyProblem, KeyRing
+from mesh.keys import DEFAULT_OVERLAP_SECONDS, KeyProblem, KeyRing, check_kid
 from mesh.manifest import ManifestProblem
+from mesh.names import NameProblem, check_name
 from mesh.registry.policy import PolicyError
 from mesh.signing import (
     SigningProblem,
@@ -30,7 +32,13 @@ from mesh.signing import (
 )
 from mesh.workspace import Workspace, WorkspaceProblem
 
-USER_ERRORS = (WorkspaceProblem, SigningProblem, ManifestProblem, KeyProblem, PolicyError)
+
+class RegistryProblem(Exception):
+    """The registry answered a command with an error, or did not answer properly."""
+
+
+USER_ERRORS = (WorkspaceProblem, SigningProblem, ManifestProblem, KeyProblem, PolicyError, NameProblem,
+               RegistryProblem)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -64,6 +72,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 @command("sign")
 def cmd_sign(args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
+    for name in args.names:
+        check_name(name, "agent name")
     for name in args.names or ws.agent_names():
         changed = anyio.run(lambda n=name: sign_agent(ws, n, replace_keys=args.replace_keys))
         path = ws.manifest_path(name).relative_to(ws.root)
@@ -79,7 +89,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         path = Path(args.target)
         targets.append((path, path.with_name(path.name.replace(".manifest.json", ".jwks.json"))))
     else:
-        names = [args.target] if args.target else sorted(
+        names = [check_name(args.target, "agent name")] if args.target else sorted(
             p.name.removesuffix(".manifest.json") for p in ws.manifests_dir.glob("*.manifest.json")
         )
         if not names:
@@ -87,7 +97,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         targets = [(ws.manifest_path(n), ws.jwks_path(n)) for n in names]
     for manifest_path, jwks_path in targets:
         manifest = verify_manifest_file(manifest_path, jwks_path)
-        print(f"ok  {manifest_path}: {manifest.agent} {manifest.body['version']}, "
+        print(f"ok  {manifest_path}: {manifest.agent} {manifest.body.get('version')}, "
               f"{len(manifest.tools)} tools, signed by {', '.join(k[:12] + '…' for k in manifest.kids())}")
     return 0
 
@@ -95,6 +105,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 @command("keys")
 def cmd_keys(args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
+    check_name(args.name, "agent name")
     ring = KeyRing.open(ws.keys_dir(args.name))
     now = time.time()
     if args.keys_command == "rotate":
@@ -105,14 +116,80 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"{args.name}: new active key {new.kid}; previous key valid for {args.overlap:g} more days. "
               f"Re-signed {where}{args.name}.manifest.json")
     elif args.keys_command == "revoke":
-        replacement = ring.revoke(args.kid)
-        anyio.run(lambda: resign_after_key_change(ws, args.name))
-        print(f"{args.name}: revoked {args.kid}" + (f"; new active key {replacement.kid}" if replacement else ""))
+        return revoke_own_key(ws, ring, args)
     else:
         for record in ring.records:
             until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(record.not_after)) if record.not_after else ""
             print(f"{record.kid}  {record.status(now):8}  {until}")
     return 0
+
+
+def revoke_own_key(ws: Workspace, ring: KeyRing, args: argparse.Namespace) -> int:
+    """``mesh keys revoke``: revoke locally, re-sign, then hand the signed statement to the registry."""
+    check_kid(args.kid)
+    already = ring.record(args.kid).revoked is not None
+    replacement = ring.revoke(args.kid, args.name)
+    anyio.run(lambda: resign_after_key_change(ws, args.name))
+    done = "was already revoked" if already else "revoked"
+    print(f"{args.name}: {args.kid} {done}" + (f"; new active key {replacement.kid}" if replacement else ""))
+    url = local_registry_url(ws, args.registry)
+    # No token: the statement, signed by the revoked key itself, is its own proof.
+    answer = post_json(f"{url}/v1/agents/{args.name}/revocations", {"statement": ring.revocation_for(args.kid)})
+    if answer is None:
+        print(f"no registry at {url}; it learns of the revocation when {args.name} next registers")
+    else:
+        print(f"registry at {url}: key {args.kid} of {args.name} {answer_status(answer)}")
+    return 0
+
+
+def local_registry_url(ws: Workspace, given: str | None) -> str:
+    """``--registry`` if given, else this workspace's registry on loopback (the port of registry.toml)."""
+    if given:
+        return given.rstrip("/")
+    from mesh.registry.config import RegistryConfig
+
+    try:
+        port = RegistryConfig.from_workspace(ws).port
+    except ValueError as exc:  # unknown or ill-typed settings in registry.toml
+        raise WorkspaceProblem(str(exc)) from exc
+    return f"http://127.0.0.1:{port}"
+
+
+def post_json(url: str, body: dict[str, object]) -> httpx.Response | None:
+    """POST ``body`` to a registry; the answer if it succeeded, None if nothing listens at ``url``.
+
+    An error answer (RFC 9457 problem details) becomes a ``RegistryProblem`` carrying its title and detail.
+    """
+    try:
+        response = httpx.post(url, json=body, timeout=10)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        return None
+    except httpx.HTTPError as exc:
+        raise RegistryProblem(f"the registry at {url} did not answer properly ({type(exc).__name__}: {exc})") from exc
+    if response.is_error:
+        raise RegistryProblem(f"the registry refused: {problem_summary(response)}")
+    return response
+
+
+def answer_status(response: httpx.Response) -> str:
+    """The ``status`` a registry reports for a revocation ("revoked" or "already revoked")."""
+    try:
+        status = response.json().get("status")
+    except (ValueError, AttributeError):
+        status = None
+    return status if isinstance(status, str) and status else "revoked"
+
+
+def problem_summary(response: httpx.Response) -> str:
+    """One line from a problem+json answer: its title and detail, else the HTTP status."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        return f"HTTP {response.status_code}"
+    parts = [str(problem[field]) for field in ("title", "detail") if problem.get(field)]
+    return " ".join(": ".join(parts).split()) or f"HTTP {response.status_code}"
 
 
 # -- running agents -----------------------------------------------------------------------------------
@@ -125,6 +202,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         for name in ws.agent_names():
             print(name)
         return 0
+    check_name(args.name, "agent name")
     from mesh.serving import SignedAgent, serve_http, serve_stdio
 
     telemetry.configure_from_env(f"mesh-agent-{args.name}")
@@ -144,6 +222,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 @command("registry")
 def cmd_registry(args: argparse.Namespace) -> int:
+    if args.registry_command == "revoke":
+        return revoke_for_operator(args)
     import uvicorn
 
     from mesh.registry.app import build_app
@@ -158,6 +238,28 @@ def cmd_registry(args: argparse.Namespace) -> int:
     say(f"registry: HTTP API {config.base_url}/v1  MCP {config.base_url}/mcp  "
         f"({len(registry.endpoints)} agents known)")
     uvicorn.run(build_app(registry), host=config.host, port=config.port, log_level="warning")
+    return 0
+
+
+def revoke_for_operator(args: argparse.Namespace) -> int:
+    """``mesh registry revoke``: the running registry refuses a key at once; with none running, its
+    database records the revocation, which it reads when it next starts."""
+    ws = Workspace(args.workspace)
+    agent, kid = check_name(args.agent, "agent name"), check_kid(args.kid)
+    ws.require()
+    url = local_registry_url(ws, args.registry)
+    body = {"reason": args.reason} if args.reason else {}
+    answer = post_json(f"{url}/v1/agents/{agent}/keys/{kid}/revoke", body)
+    if answer is not None:
+        print(f"registry at {url}: key {kid} of {agent} {answer_status(answer)}")
+        return 0
+    from mesh.registry.config import RegistryConfig
+    from mesh.registry.node import Registry
+
+    registry = Registry.open(RegistryConfig.from_workspace(ws))
+    new = registry.revoke(agent, kid, by="operator:cli", reason=args.reason)
+    print(f"no registry at {url}; in the workspace's registry database, key {kid} of {agent} "
+          + ("is now revoked" if new else "was already revoked"))
     return 0
 
 
@@ -197,6 +299,9 @@ def cmd_call(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from mesh.tables import print_runs
 
+    if args.agent is not None:
+        check_name(args.agent, "agent name")
+
     return print_runs(registry_url(args), args.limit, args.agent, log=None if args.both_logs else "caller")
 
 
@@ -228,9 +333,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_SECONDS / 86400,
                    help="days the previous key stays valid (default 7)")
-    p = keys_sub.add_parser("revoke", parents=[common])
+    p = keys_sub.add_parser("revoke", parents=[common], help="revoke a key now and tell the local registry")
     p.add_argument("name")
     p.add_argument("kid")
+    p.add_argument("--registry", default=None,
+                   help="registry to notify (default: http://127.0.0.1:PORT, PORT from registry.toml, else 7300)")
 
     agent = sub.add_parser("agent", help="run or list agents")
     agent_sub = agent.add_subparsers(dest="agent_command", required=True)
@@ -253,6 +360,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="trust only keys published in manifests/")
     p.add_argument("--trust-local-keys", action="store_true",
                    help="also trust this workspace's local keys under .mesh/ (what `mesh up` does)")
+    p = registry_sub.add_parser("revoke", parents=[common],
+                                help="operator: refuse an agent's key (the running registry, else its database)")
+    p.add_argument("agent")
+    p.add_argument("kid")
+    p.add_argument("--reason", default=None, help="why, kept in the registry's audit log")
+    p.add_argument("--registry", default=None,
+                   help="registry URL (default: http://127.0.0.1:PORT, PORT from registry.toml, else 7300)")
 
     p = sub.add_parser("up", parents=[common], help="run the registry and every agent of the workspace")
     p.add_argument("--host", default=None, help="default: registry.toml, else 127.0.0.1")

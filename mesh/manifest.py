@@ -102,21 +102,25 @@ class Manifest:
     @classmethod
     def from_json(cls, document: dict[str, Any], source: str = "manifest") -> Manifest:
         """Read a manifest document, refusing any shape that code reading it later would trip over."""
-        try:
-            payload_bytes = b64url_decode(document["payload"])
-            signatures = tuple(
-                {"protected": s["protected"], "signature": s["signature"]} for s in document["signatures"]
-            )
-            body = json.loads(payload_bytes)
-            headers = [json.loads(b64url_decode(s["protected"])) for s in signatures]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestProblem(f"{source}: not a JWS in General JSON serialization ({exc!r})") from exc
+        if not (isinstance(document, dict) and isinstance(document.get("payload"), str)
+                and isinstance(document.get("signatures"), list)):
+            raise ManifestProblem(f"{source}: not a JWS in General JSON serialization "
+                                  "(an object with a payload string and a signatures list)")
+        signatures = tuple(document["signatures"])
         if not signatures:
             raise ManifestProblem(f"{source}: carries no signature")
-        if not all(isinstance(s["signature"], str) for s in signatures) or not all(
-            isinstance(h, dict) for h in headers
-        ):
-            raise ManifestProblem(f"{source}: a signature is not a protected header object and a string")
+        if not all(isinstance(s, dict) and isinstance(s.get("protected"), str) and isinstance(s.get("signature"), str)
+                   for s in signatures):
+            raise ManifestProblem(f"{source}: each signature must be an object with protected and signature strings")
+        signatures = tuple({"protected": s["protected"], "signature": s["signature"]} for s in signatures)
+        try:
+            payload_bytes = b64url_decode(document["payload"])
+            body = json.loads(payload_bytes)
+            headers = [json.loads(b64url_decode(s["protected"])) for s in signatures]
+        except (ValueError, RecursionError) as exc:
+            raise ManifestProblem(f"{source}: not a JWS in General JSON serialization ({exc})") from exc
+        if not all(isinstance(header, dict) for header in headers):
+            raise ManifestProblem(f"{source}: a signature's protected header is not a JSON object")
         problem = _body_problem(body)
         if problem:
             raise ManifestProblem(f"{source}: {problem}")
