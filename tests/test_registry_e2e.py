@@ -343,7 +343,10 @@ def test_openapi_describes_the_http_api(mesh: Mesh):
     assert document["openapi"].startswith("3.")
     assert {"/v1/invoke", "/v1/discover", "/v1/agents", "/v1/agents/{name}", "/v1/runs/{run_id}"} <= set(
         document["paths"])
-    assert {"403", "422", "504"} <= set(document["paths"]["/v1/invoke"]["post"]["responses"])
+    invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
+    assert {"400", "403", "404", "409", "502", "504"} <= set(invoke) and "422" not in invoke
+    assert "invalid-arguments" in invoke["400"]["description"]  # 400, as the failure test above gets
+    assert set(invoke["400"]["content"]) == {"application/problem+json"}
 
 
 async def test_cancelling_a_call_cancels_it_through_the_mesh(mesh: Mesh):

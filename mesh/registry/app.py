@@ -11,6 +11,7 @@ import json
 import logging
 from contextlib import asynccontextmanager
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -21,11 +22,11 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent, Tool
 from pydantic import Field
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
-from starlette.schemas import SchemaGenerator
 
 from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.names import NAME_RULE, is_valid_name
@@ -34,13 +35,12 @@ from mesh.registry.auth import AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, parse_json
 from mesh.registry.node import Registry, run_json
+from mesh.registry.openapi import openapi_document
 from mesh.registry.problems import Problem
 
 log = logging.getLogger(__name__)
 SEPARATOR = "__"
 MAX_RUNS_PAGE = 1000
-
-schemas = SchemaGenerator({"openapi": "3.1.0", "info": {"title": "mcpmesh registry", "version": "1"}})
 
 
 def caller_of(registry: Registry, request: Request | None) -> Caller:
@@ -114,17 +114,14 @@ def build_app(registry: Registry) -> Starlette:
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(registry.provenance_jwks)
 
+    api_document = openapi_document()
+
     async def openapi(request: Request) -> JSONResponse:
-        return JSONResponse(schemas.get_schema(routes=request.app.routes))
+        """This API as OpenAPI 3.1 (``openapi.py``)."""
+        return JSONResponse(api_document)
 
     async def register(request: Request) -> JSONResponse:
-        """
-        summary: Register (or re-register) an agent with its endpoint, signed manifest and JWKS
-        description: The bearer token must be the agent's own (a JWT signed by one of its keys).
-        responses:
-          200: {description: admitted or unchanged}
-          403: {description: "refused; the detail says why"}
-        """
+        """Register (or re-register) an agent; the bearer token must be the agent's own."""
         body = await read_json(registry, request)
         name, endpoint, manifest = body.get("name"), body.get("endpoint"), body.get("manifest")
         if not (isinstance(name, str) and isinstance(endpoint, str) and isinstance(manifest, dict)):
@@ -135,19 +132,13 @@ def build_app(registry: Registry) -> Starlette:
         return JSONResponse(await admission.admit(registry, name, endpoint, manifest, body.get("jwks"), trust))
 
     async def agents(request: Request) -> JSONResponse:
-        """
-        summary: Every registered agent with its status, reputation and tools
-        responses: {200: {description: "{agents: [...]}"}}
-        """
+        """Every registered agent with its status, reputation and tools."""
         allowed(registry, request, "read")
         with registry.sessions.begin() as session:
             return JSONResponse({"agents": [registry.agent_json(a) for a in store.list_agents(session)]})
 
     async def agent(request: Request) -> JSONResponse:
-        """
-        summary: One agent with its manifest, keys, pinned digests and recent runs
-        responses: {200: {description: the agent}, 404: {description: unknown agent}}
-        """
+        """One agent with its manifest, keys, pinned digests, revoked keys and recent runs."""
         allowed(registry, request, "read")
         name = path_name(request)
         with registry.sessions.begin() as session:
@@ -161,19 +152,13 @@ def build_app(registry: Registry) -> Starlette:
         return JSONResponse(document)
 
     async def recheck(request: Request) -> JSONResponse:
-        """
-        summary: Re-list an agent's tools now and block any that changed after approval
-        responses: {200: {description: "{blocked: [...]}"}}
-        """
+        """Re-list an agent's tools now and block any that changed after approval."""
         name = path_name(request)
         allowed(registry, request, "recheck", name)
         return JSONResponse({"blocked": await admission.recheck(registry, name)})
 
     async def revocations(request: Request) -> JSONResponse:
-        """
-        summary: Revoke one of an agent's keys with a revocation statement signed by one of its keys
-        description: The statement (typ mcpmesh-revocation+jws) is its own proof; no bearer token is needed.
-        """
+        """Revoke an agent's key by a statement signed by one of its keys; the statement is its own proof."""
         name = path_name(request)
         body = await read_json(registry, request)
         statement = body.get("statement")
@@ -190,9 +175,7 @@ def build_app(registry: Registry) -> Starlette:
         return JSONResponse({"agent": name, "kid": kid, "status": "revoked" if created else "already revoked"})
 
     async def revoke_key(request: Request) -> JSONResponse:
-        """
-        summary: An operator revokes one of an agent's keys (needs scope registry:admin; the local user has it)
-        """
+        """An operator revokes one of an agent's keys (scope registry:admin; the local user has it)."""
         name = path_name(request)
         caller = allowed(registry, request, "admin", name)
         body = await read_json(registry, request)
@@ -205,15 +188,7 @@ def build_app(registry: Registry) -> Starlette:
                              "status": "revoked" if created else "already revoked"})
 
     async def discover(request: Request) -> JSONResponse:
-        """
-        summary: Verified tools ranked by relevance to q, weighted by reputation
-        parameters:
-          - {name: q, in: query, required: true, schema: {type: string}}
-          - {name: k, in: query, schema: {type: integer, default: 10}}
-          - {name: agent, in: query, schema: {type: string}}
-          - {name: read_only, in: query, schema: {type: boolean}}
-        responses: {200: {description: "{results: [...]}"}}
-        """
+        """Verified tools ranked by relevance to ``q``, weighted by reputation."""
         allowed(registry, request, "read")
         params = request.query_params
         if not params.get("q"):
@@ -230,16 +205,7 @@ def build_app(registry: Registry) -> Starlette:
         return JSONResponse({"results": registry.discover(params["q"], k=k, agent=agent_filter, read_only=flag)})
 
     async def invoke(request: Request) -> JSONResponse:
-        """
-        summary: Call AGENT.TOOL through the registry (auth, schema, policy, provenance, reputation)
-        responses:
-          200: {description: "{run_id, result: CallToolResult}"}
-          403: {description: policy denied}
-          404: {description: unknown agent or tool}
-          422: {description: arguments do not match the schema}
-          502: {description: target unavailable}
-          504: {description: target timed out}
-        """
+        """Call AGENT.TOOL through the registry (caller, schema, policy, forward, provenance, reputation)."""
         caller = allowed(registry, request, "invoke")
         body = await read_json(registry, request)
         agent_name, tool = body.get("agent"), body.get("tool")
@@ -253,15 +219,7 @@ def build_app(registry: Registry) -> Starlette:
         return JSONResponse(outcome.to_json())
 
     async def runs(request: Request) -> JSONResponse:
-        """
-        summary: Recent runs, newest first
-        parameters:
-          - {name: agent, in: query, schema: {type: string}}
-          - {name: caller, in: query, schema: {type: string}, description: "e.g. agent:researcher or user:local"}
-          - {name: log, in: query, schema: {enum: [caller, target]}, description: "one side of each call"}
-          - {name: limit, in: query, schema: {type: integer, default: 50}}
-        responses: {200: {description: "{runs: [...]}"}}
-        """
+        """Recent runs, newest first, a page at a time (``next_cursor``)."""
         allowed(registry, request, "read")
         params = request.query_params
         try:
@@ -284,10 +242,7 @@ def build_app(registry: Registry) -> Starlette:
             return JSONResponse({"runs": [run_json(r) for r in found], "next_cursor": next_cursor})
 
     async def run(request: Request) -> JSONResponse:
-        """
-        summary: One run with its provenance JWS (verify it against /.well-known/jwks.json) and linked runs
-        responses: {200: {description: the run}, 404: {description: unknown run}}
-        """
+        """One run with its provenance JWS (verify it against /.well-known/jwks.json) and linked runs."""
         allowed(registry, request, "read")
         run_id = request.path_params["run_id"]
         if not _is_uuid(run_id):
@@ -310,6 +265,10 @@ def build_app(registry: Registry) -> Starlette:
         wrapped.__doc__ = handler.__doc__
         return wrapped
 
+    async def no_route(request: Request) -> JSONResponse:
+        """Anything else under /v1: a problem, as everywhere in the API (not the MCP app's plain 404)."""
+        return http_problem(request, HTTPException(404))
+
     @asynccontextmanager
     async def lifespan(app: Starlette):
         async with anyio.create_task_group() as group, mcp.session_manager.run():
@@ -326,9 +285,9 @@ def build_app(registry: Registry) -> Starlette:
                 group.cancel_scope.cancel()
 
     routes = [
-        Route("/healthz", health, include_in_schema=False),
-        Route("/.well-known/jwks.json", jwks, include_in_schema=False),
-        Route("/v1/openapi.json", openapi, include_in_schema=False),
+        Route("/healthz", health),
+        Route("/.well-known/jwks.json", jwks),
+        Route("/v1/openapi.json", openapi),
         Route("/v1/agents", problem_json(register), methods=["POST"]),
         Route("/v1/agents", problem_json(agents), methods=["GET"]),
         Route("/v1/agents/{name}", problem_json(agent), methods=["GET"]),
@@ -339,9 +298,19 @@ def build_app(registry: Registry) -> Starlette:
         Route("/v1/invoke", problem_json(invoke), methods=["POST"]),
         Route("/v1/runs", problem_json(runs), methods=["GET"]),
         Route("/v1/runs/{run_id}", problem_json(run), methods=["GET"]),
+        Route("/v1/{path:path}", no_route, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         Mount("/", app=mcp_app),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Gate, registry=registry)])
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Gate, registry=registry)],
+                     exception_handlers={HTTPException: http_problem})
+
+
+def http_problem(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (no such path, method not allowed) as RFC 9457 problems."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"type": "about:blank", "title": HTTPStatus(exc.status_code).phrase,
+                         "status": exc.status_code, "detail": f"{request.method} {request.url.path}: {exc.detail}"},
+                        status_code=exc.status_code, headers=exc.headers, media_type="application/problem+json")
 
 
 def _is_uuid(value: str) -> bool:

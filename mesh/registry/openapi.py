@@ -1,0 +1,412 @@
+"""The registry's HTTP API as one explicit OpenAPI 3.1 document, served at ``GET /v1/openapi.json``.
+
+Written out by hand rather than collected from docstrings, so that every status a route can answer is
+listed — the route's own, and the gate's (``gate.py``), which may refuse any request before a route sees
+it: 421 for a foreign ``Host``, 403 for a foreign ``Origin``, 401 when a non-public route has no caller,
+and for a request with a body 415 (not ``application/json``), 413 (too large) and 400 (a malformed
+``Content-Length``). Every error is an RFC 9457 problem (``application/problem+json``).
+
+``tests/test_openapi_fuzz.py`` holds the live registry to this document with schemathesis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mesh.names import NAME_PATTERN
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **more: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **more}
+
+
+def _list(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None, **more: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, **more}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+# -- schemas ------------------------------------------------------------------------------------------------
+
+PROBLEM = _object(
+    {
+        "type": {"type": "string", "format": "uri", "description": "https://mcpmesh.dev/problems/KIND"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "run_id": {"type": "string", "format": "uuid", "description": "the run recorded for a refused call"},
+        "rule": {"type": "string", "description": "the policy rule that denied a call"},
+    },
+    ["type", "title", "status", "detail"],
+    description="RFC 9457 problem details; the last segment of type names the kind of failure "
+                "(bad-request, unauthenticated, forbidden, unknown-agent, policy-denied, target-timeout, ...).",
+    additionalProperties=True,
+)
+
+REPUTATION = _object(
+    {
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "success_rate": {"type": "number"},
+        "latency_p50_ms": _nullable("number"),
+        "latency_p99_ms": _nullable("number"),
+        "latency_ewm_ms": _nullable("number"),
+        "tool_errors": {"type": "number"},
+        "timeouts": {"type": "number"},
+        "schema_violations": {"type": "number"},
+        "denials": {"type": "number"},
+        "calls": {"type": "integer", "minimum": 0},
+    },
+    ["score", "calls"],
+)
+
+TOOL_SUMMARY = _object(
+    {
+        "name": {"type": "string"},
+        "status": {"type": "string", "description": "verified or blocked"},
+        "description": {"type": "string"},
+        "annotations": {"type": "object"},
+        "scopes": _list({"type": "string"}),
+        "pinned_digest": {"type": "string", "description": "detail only"},
+        "blocked_reason": _nullable("string", description="detail only"),
+    },
+    ["name", "status", "description", "annotations", "scopes"],
+)
+
+AGENT = _object(
+    {
+        "name": {"type": "string"},
+        "status": {"type": "string", "description": "active, down, refused, ..."},
+        "endpoint": {"type": "string"},
+        "version": {"type": "string"},
+        "description": {"type": "string"},
+        "reputation": _ref("Reputation"),
+        "last_seen": {"type": "string", "format": "date-time"},
+        "flags": _list({"type": "string"}),
+        "tools": _list(_ref("ToolSummary")),
+    },
+    ["name", "status", "endpoint", "version", "description", "reputation", "last_seen", "flags", "tools"],
+)
+
+RUN = _object(
+    {
+        "id": {"type": "string", "format": "uuid"},
+        "parent_run_id": _nullable("string"),
+        "log": {"enum": ["caller", "target"], "description": "whose log this record is in"},
+        "caller": {"type": "string", "description": "agent:NAME, user:local or anonymous"},
+        "agent": {"type": "string"},
+        "tool": {"type": "string"},
+        "arguments_digest": _nullable("string"),
+        "status": {"type": "string", "description": "ok, error, denied, invalid, timeout, unavailable, ..."},
+        "error": _nullable("string"),
+        "latency_ms": _nullable("number"),
+        "policy_decision": _nullable("string"),
+        "policy_rule": _nullable("string"),
+        "trace_id": _nullable("string"),
+        "started_at": {"type": "string", "format": "date-time"},
+        "provenance": _nullable("string", description="compact JWS; verify it against /.well-known/jwks.json"),
+    },
+    ["id", "parent_run_id", "log", "caller", "agent", "tool", "status", "started_at", "provenance"],
+)
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Problem": PROBLEM,
+    "Reputation": REPUTATION,
+    "ToolSummary": TOOL_SUMMARY,
+    "Agent": AGENT,
+    "AgentDetail": {
+        "allOf": [
+            _ref("Agent"),
+            _object(
+                {
+                    "manifest": _nullable("object", description="the signed manifest it was admitted on"),
+                    "manifest_digest": _nullable("string"),
+                    "keys": _nullable("object", description="the JWKS it registered with"),
+                    "tool_reputation": {"type": "object", "additionalProperties": _ref("Reputation")},
+                    "revoked_keys": _list(_object({"kid": {"type": "string"},
+                                                   "revoked_at": {"type": "string", "format": "date-time"},
+                                                   "by": {"type": "string"}}, ["kid", "revoked_at", "by"])),
+                    "recent_runs": _list(_ref("Run")),
+                },
+                ["manifest", "manifest_digest", "keys", "tool_reputation", "revoked_keys", "recent_runs"],
+            ),
+        ],
+    },
+    "Run": RUN,
+    "RunDetail": {
+        "allOf": [_ref("Run"), _object({"linked": _list(_ref("Run"))}, ["linked"])],
+        "description": "a run with the runs linked to it (the other side of the call, calls it caused)",
+    },
+    "DiscoverHit": _object(
+        {
+            "agent": {"type": "string"},
+            "tool": {"type": "string"},
+            "title": {"type": "string"},
+            "description": {"type": "string"},
+            "score": {"type": "number"},
+            "relevance": {"type": "number"},
+            "reputation": {"type": "number"},
+            "annotations": {"type": "object"},
+        },
+        ["agent", "tool", "description", "score", "relevance", "reputation", "annotations"],
+    ),
+    "Registration": _object(
+        {
+            "name": {"type": "string", "description": "the agent's name; the bearer token's sub must be agent:NAME"},
+            "endpoint": {"type": "string", "description": "the agent's MCP URL (http or https)"},
+            "manifest": {"type": "object", "description": "the signed manifest (a JWS in JSON form)"},
+            "jwks": {"type": "object", "description": "keys, revoked, rotations, revocations"},
+        },
+        ["name", "endpoint", "manifest"],
+    ),
+    "Admission": _object(
+        {
+            "agent": {"type": "string"},
+            "status": {"enum": ["admitted", "unchanged"]},
+            "tools": _list({"type": "string"}),
+            "manifest_digest": {"type": "string"},
+        },
+        ["agent", "status"],
+    ),
+    "KeyRevocation": _object(
+        {"agent": {"type": "string"}, "kid": {"type": "string"},
+         "status": {"enum": ["revoked", "already revoked"]}},
+        ["agent", "kid", "status"],
+    ),
+    "Invocation": _object(
+        {
+            "agent": {"type": "string"},
+            "tool": {"type": "string"},
+            "arguments": {"type": "object", "description": "checked against the tool's pinned input schema"},
+        },
+        ["agent", "tool", "arguments"],
+    ),
+    "InvocationResult": _object(
+        {
+            "run_id": {"type": "string", "format": "uuid", "description": "the caller-side run"},
+            "target_run_id": {"type": "string", "format": "uuid", "description": "the target-side run"},
+            "trace_id": _nullable("string"),
+            "result": _object({"content": {"type": "array"}, "structuredContent": {"type": "object"},
+                               "isError": {"type": "boolean"}}, ["content"],
+                              description="the MCP CallToolResult"),
+        },
+        ["run_id", "target_run_id", "trace_id", "result"],
+    ),
+}
+
+# -- responses ----------------------------------------------------------------------------------------------
+
+# Every status the registry answers with a problem, and what it means here.
+PROBLEMS = {
+    400: "bad request: malformed input, or (with a body) a Content-Length that is not a number",
+    401: "no caller: the route needs an agent's bearer token (or the local user on loopback), "
+         "or the token or signed statement does not verify; the detail says why",
+    403: "forbidden: a browser Origin not allowed, or the caller lacks the right, or the route's own refusal",
+    404: "not found",
+    409: "the tool is blocked (it changed after approval, or its signing key was revoked)",
+    413: "the request body is larger than max_body_bytes",
+    415: "the request body is not application/json",
+    421: "the Host header is not one this registry answers for (DNS rebinding)",
+    502: "the target agent is unreachable, answered with an error, or answered outside its output schema",
+    504: "the target agent did not answer within call_timeout",
+}
+GATE = (403, 421)  # any route
+CALLER = (401,)  # every route that is not public
+BODY = (400, 413, 415)  # every route that takes a body
+
+
+def _problem(status: int, description: str | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description or PROBLEMS[status],
+                                "content": {PROBLEM_MEDIA_TYPE: {"schema": _ref("Problem")}}}
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": {"description": "Bearer realm=\"mcpmesh\" when the gate refused",
+                                                    "schema": {"type": "string"}}}
+    return response
+
+
+def _responses(ok: dict[str, Any], description: str, *statuses: int, **special: str) -> dict[str, Any]:
+    """A 200 with ``ok`` as its JSON body, and a problem for each status (``special``: own descriptions)."""
+    responses: dict[str, Any] = {"200": {"description": description, "content": {"application/json": {"schema": ok}}}}
+    for status in sorted(set(statuses)):
+        responses[str(status)] = _problem(status, special.get(f"s{status}"))
+    return responses
+
+
+def _json_body(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    if description:
+        body["description"] = description
+    return body
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
+            "description": description}
+
+
+AGENT_NAME = _param("name", "path", {"type": "string", "pattern": NAME_PATTERN, "maxLength": 64},
+                    "the agent's name (1-64 letters, digits, '_', '-', '.'; no '__')")
+NO_SECURITY: list[dict[str, list[str]]] = []
+REGISTRATION_SECURITY = [{"agentToken": []}]
+
+
+def _operation(summary: str, responses: dict[str, Any], *, description: str | None = None,
+               parameters: list[dict] | None = None, body: dict | None = None,
+               security: list[dict[str, list[str]]] | None = None, operation_id: str) -> dict[str, Any]:
+    operation: dict[str, Any] = {"operationId": operation_id, "summary": summary}
+    if description:
+        operation["description"] = description
+    if parameters:
+        operation["parameters"] = parameters
+    if body:
+        operation["requestBody"] = body
+    if security is not None:
+        operation["security"] = security
+    operation["responses"] = responses
+    return operation
+
+
+def openapi_document(version: str = "1") -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the registry's HTTP API (everything but the MCP endpoint)."""
+    read = (*GATE, *CALLER)
+    write = (*GATE, *CALLER, *BODY)
+    paths = {
+        "/healthz": {"get": _operation(
+            "Liveness, with the number of agents and tools known",
+            _responses(_object({"status": {"const": "ok"}, "agents": {"type": "integer"},
+                                "tools": {"type": "integer"}}, ["status", "agents", "tools"]), "alive", *GATE),
+            security=NO_SECURITY, operation_id="health")},
+        "/.well-known/jwks.json": {"get": _operation(
+            "The registry's own public keys, to verify the provenance JWS of runs",
+            _responses(_object({"keys": _list({"type": "object", "required": ["kty", "kid"]})}, ["keys"]),
+                       "a JWKS", *GATE),
+            security=NO_SECURITY, operation_id="jwks")},
+        "/v1/openapi.json": {"get": _operation(
+            "This document", _responses(_object({"openapi": {"type": "string"}, "paths": {"type": "object"}},
+                                                ["openapi", "paths"]), "OpenAPI 3.1", *GATE),
+            security=NO_SECURITY, operation_id="openapi")},
+        "/v1/agents": {
+            "get": _operation(
+                "Every registered agent with its status, reputation and tools",
+                _responses(_object({"agents": _list(_ref("Agent"))}, ["agents"]), "the agents", *read),
+                operation_id="listAgents"),
+            "post": _operation(
+                "Register (or re-register) an agent with its endpoint, signed manifest and JWKS",
+                _responses(_ref("Admission"), "admitted, or unchanged since the last registration", *write, 502,
+                           s401="the bearer token is missing or is not the agent's own",
+                           s403="the manifest or the live tools do not verify (or a browser Origin not allowed)",
+                           s502="the registry could not list the agent's tools at its endpoint"),
+                description="The bearer token must be the agent's own: a JWT whose sub is agent:NAME, signed by "
+                            "one of its keys (or one its JWKS introduces by a verified rotation statement).",
+                body=_json_body(_ref("Registration")), security=REGISTRATION_SECURITY, operation_id="register"),
+        },
+        "/v1/agents/{name}": {"get": _operation(
+            "One agent with its manifest, keys, pinned digests, revoked keys and recent runs",
+            _responses(_ref("AgentDetail"), "the agent", *read, 404, s404="no such agent"),
+            parameters=[AGENT_NAME], operation_id="getAgent")},
+        "/v1/agents/{name}/recheck": {"post": _operation(
+            "Re-list an agent's tools now and block any that changed after approval",
+            _responses(_object({"blocked": _list({"type": "string"})}, ["blocked"]), "the tools blocked now",
+                       *write, 404, s403="the caller is neither the agent nor an admin (or a browser Origin "
+                                         "not allowed)", s404="no such agent"),
+            description="The body is ignored, but a POST must be application/json; send {}.",
+            parameters=[AGENT_NAME], body=_json_body({"type": "object"}), operation_id="recheckAgent")},
+        "/v1/agents/{name}/revocations": {"post": _operation(
+            "Revoke one of an agent's keys with a revocation statement signed by one of its keys",
+            _responses(_ref("KeyRevocation"), "the key is revoked", *GATE, *BODY, 401, 404,
+                       s401="the statement does not verify under the keys trusted for the agent",
+                       s404="not a valid agent name"),
+            description="The statement (a compact JWS, typ mcpmesh-revocation+jws) is its own proof: no caller "
+                        "is needed.",
+            parameters=[AGENT_NAME],
+            body=_json_body(_object({"statement": {"type": "string"}}, ["statement"])),
+            security=NO_SECURITY, operation_id="revokeKeyByStatement")},
+        "/v1/agents/{name}/keys/{kid}/revoke": {"post": _operation(
+            "An operator revokes one of an agent's keys",
+            _responses(_ref("KeyRevocation"), "the key is revoked", *write, 404,
+                       s403="the caller lacks scope registry:admin (or a browser Origin not allowed)",
+                       s404="not a valid agent name"),
+            description="Needs scope registry:admin; the local user has it. The agent need not be registered yet.",
+            parameters=[AGENT_NAME, _param("kid", "path", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+                                           "the key id (RFC 7638 thumbprint)")],
+            body=_json_body(_object({"reason": {"type": "string"}})), operation_id="revokeKey")},
+        "/v1/discover": {"get": _operation(
+            "Verified tools ranked by relevance to q, weighted by reputation",
+            _responses(_object({"results": _list(_ref("DiscoverHit"))}, ["results"]), "the best tools, best first",
+                       *read, 400),
+            parameters=[
+                _param("q", "query", {"type": "string", "minLength": 1, "maxLength": 2000}, "what you want done",
+                       required=True),
+                _param("k", "query", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                       "how many tools"),
+                _param("agent", "query", {"type": "string", "pattern": NAME_PATTERN}, "only this agent's tools"),
+                _param("read_only", "query", {"type": "boolean"}, "only tools that are (or are not) read-only"),
+            ],
+            operation_id="discover")},
+        "/v1/invoke": {"post": _operation(
+            "Call AGENT.TOOL through the registry",
+            _responses(_ref("InvocationResult"), "the tool's answer (a tool error is a result with isError)",
+                       *write, 404, 409, 502, 504,
+                       s400="malformed request, or arguments outside the tool's input schema (invalid-arguments)",
+                       s403="the policy denied the call (policy-denied, with rule and run_id), or a browser "
+                            "Origin not allowed",
+                       s404="unknown agent or tool"),
+            description="Checked in order: caller, pinned tool, arguments against its pinned schema, policy; then "
+                        "forwarded, the answer checked against the tool's signed output schema, and the run "
+                        "recorded with signed provenance.",
+            parameters=[_param("x-mesh-parent-run", "header", {"type": "string", "format": "uuid"},
+                               "the run this call is made for (an agent calling on behalf of a call it serves)")],
+            body=_json_body(_ref("Invocation")), operation_id="invoke")},
+        "/v1/runs": {"get": _operation(
+            "Recent runs, newest first, paged by cursor",
+            _responses(_object({"runs": _list(_ref("Run")), "next_cursor": _nullable("string")},
+                               ["runs", "next_cursor"]), "a page of runs", *read, 400),
+            parameters=[
+                _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                       "page size"),
+                _param("cursor", "query", {"type": "string"}, "next_cursor of the previous page, as is"),
+                _param("agent", "query", {"type": "string", "pattern": NAME_PATTERN}, "runs of calls to this agent"),
+                _param("caller", "query", {"type": "string"}, "agent:NAME, user:local or anonymous"),
+                _param("log", "query", {"enum": ["caller", "target"]}, "one side of each call"),
+            ],
+            operation_id="listRuns")},
+        "/v1/runs/{run_id}": {"get": _operation(
+            "One run with its provenance JWS and the runs linked to it",
+            _responses(_ref("RunDetail"), "the run", *read, 404, s404="no such run"),
+            parameters=[_param("run_id", "path", {"type": "string", "format": "uuid"}, "the run's id")],
+            operation_id="getRun")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mcpmesh registry",
+            "version": version,
+            "description": "Agents register with signed manifests; callers discover and invoke their tools "
+                           "through the registry, which checks, forwards, records and scores every call. "
+                           "The MCP endpoint (/mcp) is not described here. Errors are RFC 9457 problems.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "agentToken": {
+                    "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                    "description": "A short-lived JWT (ES256) signed by the calling agent's own key: sub and iss "
+                                   "agent:NAME, aud mcpmesh-registry, iat and exp at most 300 s apart.",
+                },
+            },
+        },
+        # An agent sends its token; a caller on loopback without one is the local user (registry.toml:
+        # allow_local_user, local_user_scopes), hence the empty alternative.
+        "security": [{"agentToken": []}, {}],
+    }
