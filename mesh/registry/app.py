@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any
 from uuid import UUID
@@ -94,11 +94,15 @@ def run_cursor(run: store.RunRecord) -> str:
 
 
 def read_run_cursor(cursor: str) -> tuple[datetime, str]:
+    """A cursor ``run_cursor`` made: a run's start (an instant, with its offset) and id."""
     try:
         started_at, run_id = json.loads(b64url_decode(cursor))
         UUID(run_id)
-        return datetime.fromisoformat(started_at), run_id
-    except (ValueError, TypeError, AttributeError) as exc:
+        instant = datetime.fromisoformat(started_at)
+        if instant.tzinfo is None:
+            raise ValueError("a cursor's time must carry its offset")
+        return instant.astimezone(UTC), run_id
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise Problem("bad-request", "cursor is not one this registry gave out (use next_cursor as is)") from exc
 
 
