@@ -148,6 +148,15 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
     assert [p["name"] for p in revoke["parameters"] if p["in"] == "path"] == ["name", "kid"]
 
 
+def test_an_unknown_path_or_method_under_v1_is_a_problem_too(mesh: Mesh):
+    missing = httpx.get(f"{mesh.url}/v1/agents/echo/nothing")
+    assert (missing.status_code, missing.headers["content-type"]) == (404, "application/problem+json")
+    wrong = httpx.put(f"{mesh.url}/v1/agents", json={})
+    assert (wrong.status_code, wrong.headers["content-type"]) == (405, "application/problem+json")
+    assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    assert wrong.json()["status"] == 405
+
+
 # schemathesis' own pytest integration (schema.parametrize with a lazily loaded schema) does not run under
 # pytest 9.2, so each operation is its own test here, drawing cases from schemathesis' strategies.
 OPERATIONS = [(path, method.upper()) for path, item in openapi_document()["paths"].items() for method in item]

@@ -141,6 +141,10 @@ def build_app(registry: Registry) -> Starlette:
         with registry.sessions.begin() as session:
             return JSONResponse({"agents": [registry.agent_json(a) for a in store.list_agents(session)]})
 
+    async def agents_or_register(request: Request) -> JSONResponse:
+        """One route for both, so that a wrong method's 405 names both in Allow."""
+        return await (register(request) if request.method == "POST" else agents(request))
+
     async def agent(request: Request) -> JSONResponse:
         """One agent with its manifest, keys, pinned digests, revoked keys and recent runs."""
         allowed(registry, request, "read")
@@ -269,10 +273,6 @@ def build_app(registry: Registry) -> Starlette:
         wrapped.__doc__ = handler.__doc__
         return wrapped
 
-    async def no_route(request: Request) -> JSONResponse:
-        """Anything else under /v1: a problem, as everywhere in the API (not the MCP app's plain 404)."""
-        return http_problem(request, HTTPException(404))
-
     @asynccontextmanager
     async def lifespan(app: Starlette):
         async with anyio.create_task_group() as group, mcp.session_manager.run():
@@ -291,18 +291,19 @@ def build_app(registry: Registry) -> Starlette:
     routes = [
         Route("/healthz", health),
         Route("/.well-known/jwks.json", jwks),
-        Route("/v1/openapi.json", openapi),
-        Route("/v1/agents", problem_json(register), methods=["POST"]),
-        Route("/v1/agents", problem_json(agents), methods=["GET"]),
-        Route("/v1/agents/{name}", problem_json(agent), methods=["GET"]),
-        Route("/v1/agents/{name}/recheck", problem_json(recheck), methods=["POST"]),
-        Route("/v1/agents/{name}/revocations", problem_json(revocations), methods=["POST"]),
-        Route("/v1/agents/{name}/keys/{kid}/revoke", problem_json(revoke_key), methods=["POST"]),
-        Route("/v1/discover", problem_json(discover), methods=["GET"]),
-        Route("/v1/invoke", problem_json(invoke), methods=["POST"]),
-        Route("/v1/runs", problem_json(runs), methods=["GET"]),
-        Route("/v1/runs/{run_id}", problem_json(run), methods=["GET"]),
-        Route("/v1/{path:path}", no_route, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+        # Its own router, so that an unknown path or method under /v1 is a problem (404, 405), not the MCP app's.
+        Mount("/v1", routes=[
+            Route("/openapi.json", openapi),
+            Route("/agents", problem_json(agents_or_register), methods=["GET", "POST"]),
+            Route("/agents/{name}", problem_json(agent), methods=["GET"]),
+            Route("/agents/{name}/recheck", problem_json(recheck), methods=["POST"]),
+            Route("/agents/{name}/revocations", problem_json(revocations), methods=["POST"]),
+            Route("/agents/{name}/keys/{kid}/revoke", problem_json(revoke_key), methods=["POST"]),
+            Route("/discover", problem_json(discover), methods=["GET"]),
+            Route("/invoke", problem_json(invoke), methods=["POST"]),
+            Route("/runs", problem_json(runs), methods=["GET"]),
+            Route("/runs/{run_id}", problem_json(run), methods=["GET"]),
+        ]),
         Mount("/", app=mcp_app),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Gate, registry=registry)],
