@@ -129,12 +129,13 @@ def revoke_own_key(ws: Workspace, ring: KeyRing, args: argparse.Namespace) -> in
     check_kid(args.kid)
     already = ring.record(args.kid).revoked is not None
     replacement = ring.revoke(args.kid, args.name)
-    anyio.run(lambda: resign_after_key_change(ws, args.name))
     done = "was already revoked" if already else "revoked"
     print(f"{args.name}: {args.kid} {done}" + (f"; new active key {replacement.kid}" if replacement else ""))
+    # The registry hears it first, by the statement signed by the revoked key itself (its own proof, no
+    # token needed); then the manifests are re-signed, and the new JWKS publishes the revocation too.
     url = local_registry_url(ws, args.registry)
-    # No token: the statement, signed by the revoked key itself, is its own proof.
     answer = post_json(f"{url}/v1/agents/{args.name}/revocations", {"statement": ring.revocation_for(args.kid)})
+    anyio.run(lambda: resign_after_key_change(ws, args.name))
     if answer is None:
         print(f"no registry at {url}; it learns of the revocation when {args.name} next registers")
     else:

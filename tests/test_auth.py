@@ -91,14 +91,14 @@ def test_a_key_end_learnt_from_a_rotation_outlives_the_registry(workspace: Works
     ring = KeyRing.open(workspace.state_dir / "keys" / "echo", create=True)
     old = ring.active()
     (workspace.manifests_dir / "echo.jwks.json").write_text(json.dumps(ring.public_jwks()))  # no end for `old`
-    ring.rotate(overlap_seconds=1)
+    ring.rotate(overlap_seconds=4)
     new = ring.active()
     registry = open_registry(workspace)
     trust = registry.authenticate_registration("echo", issue_token("echo", new), ring.public_jwks())
     assert new.kid in trust.keys and trust.keys[old.kid].exp is not None
     assert registry.identify(f"Bearer {issue_token('echo', old)}", None).kid == old.kid  # still in its overlap
 
-    time.sleep(1.2)
+    time.sleep(max(0.0, trust.keys[old.kid].exp - time.time()) + 0.2)
     restarted = open_registry(workspace)  # the committed JWKS still lists `old` with no end
     with pytest.raises(AuthProblem, match="past its overlap window"):
         restarted.identify(f"Bearer {issue_token('echo', old)}", None)

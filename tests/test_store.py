@@ -363,3 +363,15 @@ def test_runs_page_with_a_cursor(sessions: sessionmaker[Session]) -> None:
 def test_naive_datetimes_are_refused(sessions: sessionmaker[Session]) -> None:
     with pytest.raises(Exception, match="timezone-aware"), sessions.begin() as session:
         store.record_run(session, run("planner", "librarian", "caller", datetime(2025, 1, 1)))
+
+
+def test_a_nul_in_stored_text_is_kept_on_both_backends(sessions: sessionmaker[Session]) -> None:
+    """PostgreSQL refuses NUL in text; a tool's error message may hold one and must not lose the run."""
+    with sessions.begin() as session:
+        admit(session)
+        recorded = store.record_run(session, run("planner", "librarian", "caller", T0, error="bad\x00byte"))
+        store.audit(session, actor="user:local", action="revoke-key", subject="librarian", outcome="done",
+                    detail="reason: \x00")
+    with sessions() as session:
+        assert store.get_run(session, recorded.id).error == "bad\ufffdbyte"
+        assert store.list_audit(session)[0].detail == "reason: \ufffd"

@@ -17,7 +17,7 @@ import pytest
 from mesh.keys import KeyRing, b64url
 from mesh.registry.auth import issue_token
 
-from .conftest import copy_repo_workspace
+from .conftest import copy_repo_workspace, run_mesh
 from .test_registry_e2e import ECHO_AGENT, Mesh, wait_until
 
 
@@ -159,6 +159,35 @@ def test_bad_registrations_are_refused_not_500(mesh: Mesh):
         assert 400 <= answer.status_code < 500, answer.text
     # None of it cost the real agent its admission.
     assert mesh.invoke("echo", "echo", {"text": "x"}).status_code == 200
+
+
+def test_an_owner_revokes_a_key_with_the_cli_and_comes_back_with_a_new_one(mesh: Mesh):
+    old = echo_ring(mesh).active()
+    done = run_mesh("keys", "revoke", "echo", old.kid, "--registry", mesh.url, "--workspace", str(mesh.workspace))
+    assert done.returncode == 0, done.stderr
+    assert f"registry at {mesh.url}: key {old.kid} of echo revoked" in done.stdout
+    # The running agent still serves tools signed by the revoked key: blocked, its tokens refused.
+    blocked = mesh.invoke("echo", "echo", {"text": "x"})
+    assert blocked.status_code == 409 and "revoked" in blocked.json()["detail"]
+    assert httpx.get(f"{mesh.url}/v1/agents", headers=bearer(issue_token("echo", old))).status_code == 401
+    # Restarted, it serves what its new key signed and is admitted again.
+    mesh.stop("echo")
+    mesh.start_agent("echo")
+    wait_until(lambda: mesh.invoke("echo", "echo", {"text": "back"}).status_code == 200, what="echo to be back")
+    new = echo_ring(mesh).active()
+    assert new.kid != old.kid
+    back = httpx.get(f"{mesh.url}/v1/agents", headers=bearer(issue_token("echo", new)))
+    assert back.status_code == 200, back.text
+    # Posting the same statement again changes nothing; one forged to name the new key is refused.
+    statement = echo_ring(mesh).revocation_for(old.kid)
+    again = httpx.post(f"{mesh.url}/v1/agents/echo/revocations", json={"statement": statement})
+    assert again.status_code == 200 and again.json()["status"] == "already revoked"
+    protected, _, signature = statement.split(".")
+    claims = b64url(json.dumps({"agent": "echo", "kid": new.kid, "iat": 1}).encode())
+    forged = httpx.post(f"{mesh.url}/v1/agents/echo/revocations",
+                        json={"statement": f"{protected}.{claims}.{signature}"})
+    assert forged.status_code == 401 and "refused" in forged.json()["detail"]
+    assert mesh.invoke("echo", "echo", {"text": "still back"}).status_code == 200
 
 
 def test_a_revoked_key_stays_revoked_across_a_restart(mesh: Mesh, tmp_path: Path):

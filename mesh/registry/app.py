@@ -41,6 +41,7 @@ from mesh.registry.problems import Problem
 log = logging.getLogger(__name__)
 SEPARATOR = "__"
 MAX_RUNS_PAGE = 1000
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def caller_of(registry: Registry, request: Request | None) -> Caller:
@@ -173,12 +174,10 @@ def build_app(registry: Registry) -> Starlette:
         if not isinstance(statement, str):
             raise Problem("bad-request", "a revocation needs statement: a compact JWS by one of the agent's keys")
         try:
-            kid = registry.cached_trust(name).verify_revocation(statement, name)
+            kid, created = registry.accept_revocation(name, statement)
         except KeyProblem as exc:
             registry.audit("unauthenticated", "revoke-key", name, "refused", str(exc), _remote(request))
             raise Problem("unauthenticated", f"revocation statement refused: {exc}") from exc
-        signer = json.loads(b64url_decode(statement.split(".")[0]))["kid"]
-        created = registry.revoke(name, kid, by=f"key:{signer}", statement=statement)
         await registry.index_agent(name)
         return JSONResponse({"agent": name, "kid": kid, "status": "revoked" if created else "already revoked"})
 
@@ -208,7 +207,9 @@ def build_app(registry: Registry) -> Starlette:
         except ValueError as exc:
             raise Problem("bad-request", "k must be an integer") from exc
         read_only = params.get("read_only")
-        flag = None if read_only is None else read_only.lower() in ("1", "true", "yes")
+        if read_only is not None and read_only.lower() not in BOOLEANS:
+            raise Problem("bad-request", f"read_only must be true or false, not {read_only[:20]!r}")
+        flag = None if read_only is None else BOOLEANS[read_only.lower()]
         agent_filter = query_name(params.get("agent"), "agent")
         return JSONResponse({"results": registry.discover(params["q"], k=k, agent=agent_filter, read_only=flag)})
 

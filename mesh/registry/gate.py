@@ -41,22 +41,23 @@ def is_open(method: str, path: str) -> bool:
     return any(method == m and pattern.fullmatch(path) for m, pattern in _OPEN)
 
 
-def _split_host(value: str) -> tuple[str, str | None]:
-    """``host[:port]`` (IPv6 in brackets) into its host and port."""
-    if value.startswith("["):
-        host, _, rest = value.partition("]")
-        return host + "]", rest.removeprefix(":") or None
-    host, _, port = value.partition(":")
-    return host, port or None
+_HOST = re.compile(r"(?P<host>\[[0-9a-f:.]+\]|[^\[\]:/@\s]+)(?::(?P<port>\d{1,5}|\*))?")
+
+
+def _split_host(value: str) -> tuple[str, str | None] | None:
+    """``host[:port]`` (IPv6 in brackets) into its host and port; None when it is not that shape."""
+    match = _HOST.fullmatch(value.lower())
+    return (match["host"], match["port"]) if match else None
 
 
 def host_allowed(value: str | None, patterns: list[str]) -> bool:
-    if not value:
+    parts = _split_host(value) if value else None
+    if parts is None or parts[1] == "*":
         return False
-    host, port = _split_host(value.lower())
+    host, port = parts
     for pattern in patterns:
-        allowed_host, allowed_port = _split_host(pattern.lower())
-        if host == allowed_host and allowed_port in ("*", port):
+        allowed = _split_host(pattern)
+        if allowed is not None and host == allowed[0] and allowed[1] in ("*", port):
             return True
     return False
 

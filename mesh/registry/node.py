@@ -209,6 +209,11 @@ class Registry:
             documents.append(read_jwks(ws.jwks_path(agent, local=True)))
         for document in filter(None, documents):
             trust.add_jwks(document)
+        if trust.revoked - revoked:  # the agent's own published JWKS revokes a key: keep that as a fact too
+            with self.sessions.begin() as session:
+                for kid in sorted(trust.revoked - revoked):
+                    if KID.fullmatch(kid):
+                        store.revoke_key(session, agent, kid, by="published-jwks")
         for key in recorded:
             end = int(key.exp.timestamp()) if key.exp else None
             held = trust.keys.get(key.kid)
@@ -272,13 +277,15 @@ class Registry:
                 raise AuthProblem(f"registering {name!r} needs a bearer token signed by its key")
             if claimed_agent(token) != name:
                 raise AuthProblem(f"the token is not {name!r}'s")
-            offer = Offer.read(name, self.trust_for(name), jwks or {})
+            trusted = self.trust_for(name)
+            offer = Offer.read(name, trusted, jwks or {})
             config = self.config
             verify_token(token, offer.trust, [], audience=config.audience, max_lifetime=config.max_token_lifetime,
                          skew=config.token_clock_skew)
         except AuthProblem as exc:
             self.audit("unauthenticated", "register", name, "refused", str(exc))
             raise Problem("unauthenticated", f"registration of {name!r} refused: {exc}") from exc
+        self._trust_cache[name] = (trusted, time.monotonic())  # just read: fresher than what the cache held
         self.keep_offer(name, offer)
         return offer.trust
 
@@ -295,6 +302,19 @@ class Registry:
         for kid, (signer, statement) in offer.revocations.items():
             self.revoke(agent, kid, by=f"key:{signer}", statement=statement)
         self.forget_trust(agent)
+
+    def accept_revocation(self, agent: str, statement: str) -> tuple[str, bool]:
+        """A revocation statement, from anyone: it is its own proof. Returns the kid and whether it is newly
+        revoked. A statement about a key already refused proves nothing new and needs no check."""
+        trust = self.trust_for(agent)  # fresh: the agent's published JWKS may have revoked the key already
+        try:
+            claimed = json.loads(b64url_decode(statement.split(".")[1])).get("kid")
+        except (ValueError, IndexError, AttributeError):
+            claimed = None
+        if isinstance(claimed, str) and claimed in trust.revoked:
+            return claimed, False
+        kid = trust.verify_revocation(statement, agent)
+        return kid, self.revoke(agent, kid, by=f"key:{_signer(statement)}", statement=statement)
 
     def revoke(self, agent: str, kid: str, *, by: str, statement: str | None = None,
                reason: str | None = None) -> bool:

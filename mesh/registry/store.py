@@ -83,6 +83,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class SafeText(TypeDecorator[str]):
+    """Text that both backends can hold: PostgreSQL refuses a NUL character in text (SQLite does not), so
+    a NUL that reached a stored string (a tool's error message, an audit detail) is written as U+FFFD."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return value.replace("\x00", "\ufffd") if value is not None and "\x00" in value else value
+
+
+class SafeString(SafeText):
+    impl = String
+    cache_ok = True
+
+
 # Nullable JSON columns store SQL NULL for None (not the JSON literal null), so "IS NULL" means absent.
 NullableJSON = JSON(none_as_null=True)
 
@@ -96,14 +112,14 @@ class AgentRecord(Base):
 
     __tablename__ = "agents"
 
-    name: Mapped[str] = mapped_column(String, primary_key=True)
-    endpoint: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String, default="active")  # "active", "down", "refused", ...
-    version: Mapped[str] = mapped_column(String, default="")
-    description: Mapped[str] = mapped_column(Text, default="")
+    name: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(SafeText)
+    status: Mapped[str] = mapped_column(SafeString, default="active")  # "active", "down", "refused", ...
+    version: Mapped[str] = mapped_column(SafeString, default="")
+    description: Mapped[str] = mapped_column(SafeText, default="")
     # Refused agents are kept too (so the refusal can be shown), and may have no valid manifest.
-    manifest: Mapped[str | None] = mapped_column(Text)  # the signed manifest's JSON, byte for byte
-    manifest_digest: Mapped[str | None] = mapped_column(String)
+    manifest: Mapped[str | None] = mapped_column(SafeText)  # the signed manifest's JSON, byte for byte
+    manifest_digest: Mapped[str | None] = mapped_column(SafeString)
     jwks: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -116,18 +132,18 @@ class ToolRecord(Base):
     __tablename__ = "tools"
 
     agent: Mapped[str] = mapped_column(ForeignKey("agents.name", ondelete="CASCADE"), primary_key=True)
-    name: Mapped[str] = mapped_column(String, primary_key=True)
-    title: Mapped[str | None] = mapped_column(String)
-    description: Mapped[str] = mapped_column(Text, default="")
+    name: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    title: Mapped[str | None] = mapped_column(SafeString)
+    description: Mapped[str] = mapped_column(SafeText, default="")
     input_schema: Mapped[dict[str, Any]] = mapped_column(JSON)
     output_schema: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     annotations: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
-    pinned_digest: Mapped[str] = mapped_column(String)
-    status: Mapped[str] = mapped_column(String, default="verified")  # "verified" or "blocked"
-    blocked_reason: Mapped[str | None] = mapped_column(Text)
+    pinned_digest: Mapped[str] = mapped_column(SafeString)
+    status: Mapped[str] = mapped_column(SafeString, default="verified")  # "verified" or "blocked"
+    blocked_reason: Mapped[str | None] = mapped_column(SafeText)
     wire: Mapped[dict[str, Any]] = mapped_column(JSON)  # the signed tool exactly as in tools/list
-    signed_by: Mapped[str | None] = mapped_column(String)  # kid of the key whose signature it was admitted on
+    signed_by: Mapped[str | None] = mapped_column(SafeString)  # kid of the key whose signature it was admitted on
 
 
 class RunRecord(Base):
@@ -145,21 +161,21 @@ class RunRecord(Base):
         Index("ix_runs_started_at", "started_at"),
     )
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     parent_run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), index=True)
-    log: Mapped[str] = mapped_column(String(6))  # "caller" or "target": whose log this record is in
-    caller: Mapped[str] = mapped_column(String)
-    agent: Mapped[str] = mapped_column(String)
-    tool: Mapped[str] = mapped_column(String)
-    arguments_digest: Mapped[str | None] = mapped_column(String)
-    status: Mapped[str] = mapped_column(String)  # "ok", "error", "denied", "invalid", "timeout", ...
-    error: Mapped[str | None] = mapped_column(Text)
+    log: Mapped[str] = mapped_column(SafeString(6))  # "caller" or "target": whose log this record is in
+    caller: Mapped[str] = mapped_column(SafeString)
+    agent: Mapped[str] = mapped_column(SafeString)
+    tool: Mapped[str] = mapped_column(SafeString)
+    arguments_digest: Mapped[str | None] = mapped_column(SafeString)
+    status: Mapped[str] = mapped_column(SafeString)  # "ok", "error", "denied", "invalid", "timeout", ...
+    error: Mapped[str | None] = mapped_column(SafeText)
     latency_ms: Mapped[float | None] = mapped_column(Double)
-    policy_decision: Mapped[str | None] = mapped_column(String)  # "allow" or "deny"
-    policy_rule: Mapped[str | None] = mapped_column(String)
-    trace_id: Mapped[str | None] = mapped_column(String)
+    policy_decision: Mapped[str | None] = mapped_column(SafeString)  # "allow" or "deny"
+    policy_rule: Mapped[str | None] = mapped_column(SafeString)
+    trace_id: Mapped[str | None] = mapped_column(SafeString)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    provenance: Mapped[str | None] = mapped_column(Text)  # compact JWS
+    provenance: Mapped[str | None] = mapped_column(SafeText)  # compact JWS
 
 
 class DecisionRecord(Base):
@@ -170,8 +186,8 @@ class DecisionRecord(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     allow: Mapped[bool]
-    rule: Mapped[str | None] = mapped_column(String)
-    input_digest: Mapped[str] = mapped_column(String)
+    rule: Mapped[str | None] = mapped_column(SafeString)
+    input_digest: Mapped[str] = mapped_column(SafeString)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -184,8 +200,8 @@ class ReputationRecord(Base):
 
     __tablename__ = "reputation"
 
-    agent: Mapped[str] = mapped_column(String, primary_key=True)
-    tool: Mapped[str] = mapped_column(String, primary_key=True, default="")
+    agent: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    tool: Mapped[str] = mapped_column(SafeString, primary_key=True, default="")
     state: Mapped[dict[str, Any]] = mapped_column(JSON)
     score: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -200,11 +216,11 @@ class TrustedKeyRecord(Base):
 
     __tablename__ = "trusted_keys"
 
-    kid: Mapped[str] = mapped_column(String, primary_key=True)
-    agent: Mapped[str] = mapped_column(String, index=True)
+    kid: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    agent: Mapped[str] = mapped_column(SafeString, index=True)
     jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
     exp: Mapped[datetime | None] = mapped_column(UTCDateTime)  # end of a rotated-out key's overlap window
-    source: Mapped[str] = mapped_column(String)  # "workspace", "rotation" or "local"
+    source: Mapped[str] = mapped_column(SafeString)  # "workspace", "rotation" or "local"
 
 
 class RevocationRecord(Base):
@@ -216,12 +232,12 @@ class RevocationRecord(Base):
 
     __tablename__ = "key_revocations"
 
-    agent: Mapped[str] = mapped_column(String, primary_key=True)
-    kid: Mapped[str] = mapped_column(String, primary_key=True)
+    agent: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    kid: Mapped[str] = mapped_column(SafeString, primary_key=True)
     revoked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    revoked_by: Mapped[str] = mapped_column(String)  # "key:KID" (a signed statement) or the operator's caller id
-    statement: Mapped[str | None] = mapped_column(Text)  # the signed revocation statement, when there is one
-    reason: Mapped[str | None] = mapped_column(Text)
+    revoked_by: Mapped[str] = mapped_column(SafeString)  # "key:KID" (a signed statement) or the operator's caller id
+    statement: Mapped[str | None] = mapped_column(SafeText)  # the signed revocation statement, when there is one
+    reason: Mapped[str | None] = mapped_column(SafeText)
 
 
 class AuditRecord(Base):
@@ -232,12 +248,12 @@ class AuditRecord(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    actor: Mapped[str] = mapped_column(String)  # who asked: a caller id, or "unauthenticated"
-    action: Mapped[str] = mapped_column(String)  # e.g. "register", "revoke-key"
-    subject: Mapped[str] = mapped_column(String)  # what it was about, e.g. the agent's name
-    outcome: Mapped[str] = mapped_column(String)  # "refused", "done", ...
-    detail: Mapped[str | None] = mapped_column(Text)
-    remote: Mapped[str | None] = mapped_column(String)  # the client address
+    actor: Mapped[str] = mapped_column(SafeString)  # who asked: a caller id, or "unauthenticated"
+    action: Mapped[str] = mapped_column(SafeString)  # e.g. "register", "revoke-key"
+    subject: Mapped[str] = mapped_column(SafeString)  # what it was about, e.g. the agent's name
+    outcome: Mapped[str] = mapped_column(SafeString)  # "refused", "done", ...
+    detail: Mapped[str | None] = mapped_column(SafeText)
+    remote: Mapped[str | None] = mapped_column(SafeString)  # the client address
 
 
 # --- engines and schema -------------------------------------------------------------------------
