@@ -26,6 +26,7 @@ from mesh.names import check_name, is_valid_name
 
 SIGNATURE_META = "io.mcpmesh/signature"
 SCOPES_META = "io.mcpmesh/scopes"
+MANIFEST_META = "io.mcpmesh/manifest"  # in each answer's _meta: the digest of the manifest the agent serves
 MANIFEST_TYP = "mcpmesh-manifest+jws"
 TOOL_TYP = "mcpmesh-tool+jws"
 FORMAT = "mcpmesh.manifest/v1"

@@ -29,12 +29,11 @@ from starlette.routing import Mount, Route
 from mesh import a2a, card
 from mesh.agent import Agent, signature_meta
 from mesh.client import RUN_META, MeshClient, MeshError, incoming_run
-from mesh.manifest import tool_signature
+from mesh.manifest import MANIFEST_META, tool_signature
 from mesh.signing import Identity, identity_for_serving
 from mesh.workspace import Workspace
 
 log = logging.getLogger("mesh.agent")
-MANIFEST_META = "io.mcpmesh/manifest"
 """``_meta`` key of every tools/call answer: the digest of the manifest the agent serves under."""
 
 

@@ -183,12 +183,13 @@ class FakeRegistry:
 
     def __init__(self) -> None:
         self.in_flight = {"run-a": "researcher"}
+        self.inner_failures: dict[str, str] = {}
 
 
 def test_only_the_target_of_a_run_in_flight_can_name_it_as_parent():
     registry = FakeRegistry()
     researcher = Caller("agent:researcher", "agent")
-    memory = proxy._memory(registry)  # type: ignore[arg-type]
+    memory = registry
     proxy._tell_parent(registry, Caller("agent:echo", "agent"), "run-a", "forged")  # type: ignore[arg-type]
     proxy._tell_parent(registry, Caller("user:local", "user"), "run-a", "forged")  # type: ignore[arg-type]
     proxy._tell_parent(registry, researcher, "run-b", "not in flight")  # type: ignore[arg-type]

@@ -133,8 +133,9 @@ def _record_refusal(registry: Registry, name: str, endpoint: str, reason: str) -
     registry.audit(f"agent:{name}", "register", name, "refused", f"{reason} (endpoint {endpoint})")
 
 
-async def recheck(registry: Registry, name: str) -> list[str]:
-    """Re-list ``name``'s tools; block every tool whose live form no longer matches its pin."""
+async def recheck(registry: Registry, name: str) -> list[str] | None:
+    """Re-list ``name``'s tools; block every tool whose live form no longer matches its pin. Returns the
+    tools blocked now, or None when the agent could not be reached (it is then marked down)."""
     endpoint = registry.endpoints.get(name)
     if endpoint is None:
         raise Problem("unknown-agent", f"no agent {name!r} is registered")
@@ -143,7 +144,7 @@ async def recheck(registry: Registry, name: str) -> list[str]:
     except Problem:
         with registry.sessions.begin() as session:
             store.set_agent_status(session, name, "down")
-        return []
+        return None
     blocked = []
     with registry.sessions.begin() as session:
         for pinned in registry.agent_tools(name):

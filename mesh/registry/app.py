@@ -164,7 +164,10 @@ def build_app(registry: Registry) -> Starlette:
         """Re-list an agent's tools now and block any that changed after approval."""
         name = path_name(request)
         allowed(registry, request, "recheck", name)
-        return JSONResponse({"blocked": await admission.recheck(registry, name)})
+        blocked = await admission.recheck(registry, name)
+        if blocked is None:
+            raise Problem("target-unavailable", f"cannot list the tools of {name!r}; it is marked down")
+        return JSONResponse({"blocked": blocked})
 
     async def revocations(request: Request) -> JSONResponse:
         """Revoke an agent's key by a statement signed by one of its keys; the statement is its own proof."""

@@ -156,7 +156,11 @@ class Registry:
         self._unsaved: set[tuple[str, str]] = set()
         self.last_forwarded: dict[str, float] = {}  # agent -> monotonic time a call last reached it
         self.manifest_digests: dict[str, str] = {}  # agent -> digest of the manifest it was admitted on
+        # What the call path (``proxy.py``) remembers between calls, all of it bounded:
         self.in_flight: dict[str, str] = {}  # target-side run id of a call being carried -> its target agent
+        self.inner_failures: dict[str, str] = {}  # such a run id -> the first call it made that failed
+        self.rechecked: dict[str, tuple[str | None, set[str | None]]] = {}  # agent -> (admitted digest, seen)
+        self.recheck_locks: dict[str, anyio.Lock] = {}  # one recheck of an agent at a time
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:

@@ -317,8 +317,9 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         "/v1/agents/{name}/recheck": {"post": _operation(
             "Re-list an agent's tools now and block any that changed after approval",
             _responses(_object({"blocked": _list({"type": "string"})}, ["blocked"]), "the tools blocked now",
-                       *write, 404, s403="the caller is neither the agent nor an admin (or a browser Origin "
-                                         "not allowed)", s404="no such agent"),
+                       *write, 404, 502, s403="the caller is neither the agent nor an admin (or a browser Origin "
+                                              "not allowed)", s404="no such agent",
+                       s502="the agent could not be reached to list its tools (it is marked down)"),
             description="The body is ignored, but a POST must be application/json; send {}.",
             parameters=[AGENT_NAME], body=_json_body({"type": "object"}), operation_id="recheckAgent")},
         "/v1/agents/{name}/revocations": {"post": _operation(

@@ -31,10 +31,9 @@ from __future__ import annotations
 import math
 import time
 import uuid
-import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,7 +47,7 @@ from pydantic import ValidationError
 
 from mesh import telemetry
 from mesh.client import RUN_META
-from mesh.manifest import json_digest
+from mesh.manifest import MANIFEST_META, json_digest
 from mesh.registry import admission, store
 from mesh.registry.auth import Caller
 from mesh.registry.forward import AgentError
@@ -56,9 +55,7 @@ from mesh.registry.node import PinnedTool, Registry, now_ms
 from mesh.registry.policy import Decision
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome
-from mesh.serving import MANIFEST_META
 
-MAX_DEPTH = 64
 MAX_SAFE_INTEGER = 2**53 - 1  # beyond it RFC 8785 (and JavaScript) cannot hold an integer exactly
 # HTTP statuses by which an agent refuses the request itself (its size or form): the caller's fault.
 CALLER_STATUSES = frozenset({400, 413, 414, 415, 422, 431})
@@ -120,7 +117,8 @@ async def _invoke(registry: Registry, caller: Caller, agent: str, tool: str, arg
     arguments = arguments if arguments is not None else {}
     if not isinstance(arguments, dict):
         raise Problem("bad-request", "arguments must be a JSON object")
-    check_arguments(arguments)  # before anything is recorded: canonical JSON could not even digest them
+    # Before anything is recorded: canonical JSON could not even digest them.
+    check_arguments(arguments, registry.config.max_json_depth)
     attributes = {"mesh.caller": caller.id, "mesh.agent": agent, "mesh.tool": tool}
     context = telemetry.extract_meta(trace_context)
     with telemetry.span("mesh.invoke", context=context, kind=SpanKind.SERVER, **attributes) as span:
@@ -156,8 +154,8 @@ async def _invoke(registry: Registry, caller: Caller, agent: str, tool: str, arg
         return Invocation(run.id, result, run.target_id, trace_id)
 
 
-def check_arguments(arguments: dict[str, Any]) -> None:
-    """Refuse what canonical JSON (RFC 8785) cannot hold, naming where: nesting deeper than ``MAX_DEPTH``,
+def check_arguments(arguments: dict[str, Any], max_depth: int = 64) -> None:
+    """Refuse what canonical JSON (RFC 8785) cannot hold, naming where: nesting deeper than ``max_depth``,
     NaN and infinities (Python's json reads ``NaN``, ``Infinity`` and ``1e400``), integers beyond
     ±(2**53-1). Iterative, so a deep document cannot exhaust the stack; about a microsecond for a small
     dict, since only containers get a path and scalars are judged by their exact type."""
@@ -169,8 +167,8 @@ def check_arguments(arguments: dict[str, Any]) -> None:
             if kind is str or kind is bool or value is None:
                 continue
             if kind is dict or kind is list:
-                if depth >= MAX_DEPTH:
-                    raise _malformed((*path, key), f"nested deeper than {MAX_DEPTH} levels")
+                if depth >= max_depth:
+                    raise _malformed((*path, key), f"nested deeper than {max_depth} levels")
                 stack.append((value, depth + 1, (*path, key)))
             elif kind is float and not math.isfinite(value):
                 raise _malformed((*path, key), f"{value} is not a finite number")
@@ -231,7 +229,7 @@ def _in_flight(registry: Registry, run: _Run) -> Iterator[None]:
         yield
     finally:
         del registry.in_flight[run.target_id]
-        run.inner_failure = _memory(registry).inner_failures.pop(run.target_id, None)
+        run.inner_failure = registry.inner_failures.pop(run.target_id, None)
 
 
 async def _check_manifest(registry: Registry, run: _Run, pinned: PinnedTool, result: CallToolResult) -> None:
@@ -246,16 +244,15 @@ async def _check_manifest(registry: Registry, run: _Run, pinned: PinnedTool, res
     agent = pinned.agent
     if served == registry.manifest_digests.get(agent):
         return
-    memory = _memory(registry)
-    async with memory.recheck_locks.setdefault(agent, anyio.Lock()):
+    async with registry.recheck_locks.setdefault(agent, anyio.Lock()):
         admitted = registry.manifest_digests.get(agent)
-        checked_for, seen = memory.rechecked.get(agent, (None, set()))
+        checked_for, seen = registry.rechecked.get(agent, (None, set()))
         if served != admitted and (checked_for != admitted or served not in seen):
             if checked_for != admitted or len(seen) >= _REMEMBERED_DIGESTS:
                 seen = set()
-            await admission.recheck(registry, agent)
-            seen.add(served)
-            memory.rechecked[agent] = (admitted, seen)
+            if await admission.recheck(registry, agent) is not None:  # listed: this digest is checked
+                seen.add(served)
+                registry.rechecked[agent] = (admitted, seen)
     now = registry.tools.get((agent, pinned.name))
     if now is None or now.status != "verified":
         reason = now.blocked_reason if now else "no longer served"
@@ -263,31 +260,11 @@ async def _check_manifest(registry: Registry, run: _Run, pinned: PinnedTool, res
         raise Problem("tool-blocked", f"{agent}.{pinned.name} is blocked: {reason}", run_id=run.id)
 
 
-@dataclass
-class _Memory:
-    """What the call path remembers between calls of one registry, all of it bounded: failed inner calls
-    of runs still in flight, and per agent the manifest digests rechecked since its admission."""
-
-    inner_failures: dict[str, str] = field(default_factory=dict)  # in-flight target run id -> what failed
-    rechecked: dict[str, tuple[str | None, set[str | None]]] = field(default_factory=dict)
-    recheck_locks: dict[str, anyio.Lock] = field(default_factory=dict)
-
-
-_memories: weakref.WeakKeyDictionary[Registry, _Memory] = weakref.WeakKeyDictionary()
-
-
-def _memory(registry: Registry) -> _Memory:
-    memory = _memories.get(registry)
-    if memory is None:
-        memory = _memories[registry] = _Memory()
-    return memory
-
-
 def _tell_parent(registry: Registry, caller: Caller, parent_run_id: str | None, failure: str) -> None:
     """A call failed: if a tool made it while serving another call through the mesh, let that call know.
     Only the agent that is the target of that call, while it is in flight, can name it as parent."""
     if parent_run_id and caller.agent and registry.in_flight.get(parent_run_id) == caller.agent:
-        _memory(registry).inner_failures.setdefault(parent_run_id, failure[:500])
+        registry.inner_failures.setdefault(parent_run_id, failure[:500])
 
 
 def _output_violation(pinned: PinnedTool, result: CallToolResult) -> str | None:
