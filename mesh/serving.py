@@ -34,7 +34,6 @@ from mesh.signing import Identity, identity_for_serving
 from mesh.workspace import Workspace
 
 log = logging.getLogger("mesh.agent")
-"""``_meta`` key of every tools/call answer: the digest of the manifest the agent serves under."""
 
 
 @dataclass

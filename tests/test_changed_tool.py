@@ -87,12 +87,14 @@ def test_a_re_signed_agent_with_the_same_tools_keeps_answering(mesh: Mesh):
 
 
 class FakeRegistry:
-    """Just what ``proxy._check_manifest`` reads: admitted digests and pinned tools (and ``admission``
-    is replaced by a counter)."""
+    """Just what ``proxy._check_manifest`` reads and keeps: admitted digests, pinned tools, what was
+    rechecked (and ``admission`` is replaced by a counter)."""
 
     def __init__(self) -> None:
         self.manifest_digests = {"echo": "sha256:admitted"}
         self.tools = {("echo", "echo"): SimpleNamespace(status="verified", blocked_reason=None)}
+        self.rechecked: dict = {}
+        self.recheck_locks: dict = {}
 
 
 class FakeRun:

@@ -36,10 +36,10 @@ CHECKS = [
     schemathesis.checks.response_headers_conformance,
 ]
 # A 5xx is a server error, except the gateway statuses by which the registry relays a target agent's
-# failure (502 unreachable or wrong answer, 504 too slow) on the two routes that call an agent.
+# failure (502 unreachable or wrong answer, 504 too slow) on the three routes that call an agent.
 GATEWAY = ["2xx", "3xx", "4xx", "502", "504"]
 CONFIG = schemathesis.Config.from_dict({"operations": [{
-    "include-operation-id": ["invoke", "register"],
+    "include-operation-id": ["invoke", "register", "recheckAgent"],
     "checks": {"not_a_server_error": {"expected-statuses": GATEWAY}},
 }]})
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
@@ -166,7 +166,8 @@ IDS = [f"{method} {path}" for path, method in OPERATIONS]
 def test_only_the_routes_that_call_an_agent_may_answer_a_gateway_error(api: schemathesis.BaseSchema):
     for path, method in OPERATIONS:
         allowed = api.config.checks_config_for(operation=api[path][method]).not_a_server_error.expected_statuses
-        assert ("502" in allowed) == ((method, path) in {("POST", "/v1/invoke"), ("POST", "/v1/agents")}), path
+        calls_an_agent = {("POST", "/v1/invoke"), ("POST", "/v1/agents"), ("POST", "/v1/agents/{name}/recheck")}
+        assert ("502" in allowed) == ((method, path) in calls_an_agent), path
 
 
 def cases(api: schemathesis.BaseSchema, path: str, method: str, data: st.DataObject,
