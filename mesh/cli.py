@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -19,7 +20,7 @@ import anyio
 import httpx
 
 from mesh import telemetry
-from mesh.keys import DEFAULT_OVERLAP_SECONDS, KeyProblem, KeyRing, check_kid
+from mesh.keys import DEFAULT_OVERLAP_SECONDS, KID_PATTERN, KeyProblem, KeyRing, check_kid
 from mesh.manifest import ManifestProblem
 from mesh.names import NameProblem, check_name
 from mesh.registry.policy import PolicyError
@@ -391,8 +392,20 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _kids_as_values(argv: list[str]) -> list[str]:
+    """A kid is base64url and may begin with '-' (about one in 32 does), which argparse would read as an
+    option. Such a word goes last, after '--', so it stays the positional value it is (a kid is always
+    the last positional of the commands that take one)."""
+    if "--" in argv:
+        return argv
+    kids = [word for word in argv if word.startswith("-") and re.fullmatch(KID_PATTERN, word)]
+    if not kids:
+        return argv
+    return [word for word in argv if word not in kids] + ["--", *kids]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_kids_as_values(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args)

@@ -199,3 +199,14 @@ def test_verify_on_a_junk_manifest_or_jwks_is_one_line_and_exit_1(signed_once: P
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("mesh: ") and "hello." in line
+
+
+def test_a_kid_that_begins_with_a_dash_is_still_a_kid():
+    from mesh.cli import _kids_as_values, parser
+
+    kid = "-" + "A" * 42
+    argv = _kids_as_values(["keys", "revoke", "echo", kid, "--registry", "http://x"])
+    assert argv == ["keys", "revoke", "echo", "--registry", "http://x", "--", kid]
+    args = parser().parse_args(argv)
+    assert (args.name, args.kid, args.registry) == ("echo", kid, "http://x")
+    assert _kids_as_values(["keys", "revoke", "echo", "A" * 43]) == ["keys", "revoke", "echo", "A" * 43]

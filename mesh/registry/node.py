@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 from sqlalchemy.orm import Session, sessionmaker
 
-from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, b64url_decode
+from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, b64url_decode, check_kid
 from mesh.manifest import Manifest, ManifestProblem, canonical
 from mesh.names import NameProblem, check_name
 from mesh.registry import store
@@ -37,7 +36,14 @@ log = logging.getLogger(__name__)
 PROVENANCE_TYP = "mcpmesh-provenance+jws"
 REGISTRY_KEYS = "_registry"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-KID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def is_kid(value: str) -> bool:
+    try:
+        check_kid(value)
+    except KeyProblem:
+        return False
+    return True
 
 
 def check_registration_name(name: Any) -> str:
@@ -216,7 +222,7 @@ class Registry:
         if trust.revoked - revoked:  # the agent's own published JWKS revokes a key: keep that as a fact too
             with self.sessions.begin() as session:
                 for kid in sorted(trust.revoked - revoked):
-                    if KID.fullmatch(kid):
+                    if is_kid(kid):
                         store.revoke_key(session, agent, kid, by="published-jwks")
         for key in recorded:
             end = int(key.exp.timestamp()) if key.exp else None
@@ -326,8 +332,10 @@ class Registry:
         tool admitted on its signature (or on a manifest no other key vouches for) blocked until the
         agent registers again with what a valid key signed. Returns False when it was already revoked."""
         check_registration_name(agent)
-        if not KID.fullmatch(kid):
-            raise Problem("bad-request", f"{kid[:80]!r} is not a key id (an RFC 7638 thumbprint)")
+        try:
+            check_kid(kid)
+        except KeyProblem as exc:
+            raise Problem("bad-request", str(exc)) from exc
         with self.sessions.begin() as session:
             _, created = store.revoke_key(session, agent, kid, by=by, statement=statement, reason=reason)
             if created:
