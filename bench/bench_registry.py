@@ -5,9 +5,11 @@
 Starts a registry and the `researcher` agent of this repository as real processes on 127.0.0.1, then
 calls `text_stats` (a tool that does almost no work) with the official MCP client: directly at the
 agent's `/mcp`; through a bare relay that only copies requests and answers (``relay_floor.py``: what one
-more HTTP hop in Python costs before any check); and as `researcher__text_stats` at the registry's `/mcp`
-(authenticate, pinned tool, schema, Rego policy, forward on a kept-alive connection, output schema, two
-run records with signed provenance, reputation). Also prints calls per second through one registry
+more HTTP hop in Python costs before any check); as `researcher__text_stats` at the registry's `/mcp`,
+and as `text_stats` at its per-agent endpoint `/agents/researcher/mcp` (authenticate, pinned tool,
+schema, Rego policy, forward on a kept-alive connection, output schema, two run records with signed
+provenance, reputation). For each path it also prints the CPU milliseconds per call spent by the process
+in the middle (the relay's, the registry's), read from /proc. Then calls per second through one registry
 process with several clients at once, over MCP and over `POST /v1/invoke`; then discovery latency over
 10k and 100k synthetic tools (``bench_discovery``).
 """
@@ -82,6 +84,19 @@ async def throughput_http(registry: str, clients: int, seconds: float) -> float:
     return done / seconds
 
 
+def cpu_ms(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, in milliseconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def serves(url: str) -> bool:
+    try:
+        return httpx.post(url, json={}, headers={"accept": "application/json, text/event-stream"}).status_code != 404
+    except httpx.HTTPError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=500)
@@ -110,16 +125,24 @@ def main() -> None:
                 break
             time.sleep(0.1)
 
-        direct = anyio.run(sequential, f"{agent}/mcp", "text_stats", args.calls)
-        relayed = anyio.run(sequential, f"http://127.0.0.1:{relay_port}/mcp", "text_stats", args.calls)
-        mesh = anyio.run(sequential, f"{registry}/mcp", "researcher__text_stats", args.calls)
-        d50, d99 = statistics.median(direct), percentile(direct, 0.99)
+        relay_pid, registry_pid = processes[2].pid, processes[0].pid
+        paths = [("direct to the agent", f"{agent}/mcp", "text_stats", None),
+                 ("through a bare relay", f"http://127.0.0.1:{relay_port}/mcp", "text_stats", relay_pid),
+                 ("registry /mcp", f"{registry}/mcp", "researcher__text_stats", registry_pid),
+                 ("registry /agents/researcher/mcp", f"{registry}/agents/researcher/mcp", "text_stats", registry_pid)]
         print(f"tools/call, {args.calls} sequential calls, official MCP client, streamable HTTP on loopback")
-        for label, samples in [("direct to the agent", direct), ("through a bare relay", relayed),
-                               ("through the registry", mesh)]:
+        d50 = d99 = None
+        for label, url, tool, pid in paths:
+            if not serves(url):
+                print(f"  {label:32s} not served by this registry")
+                continue
+            before = cpu_ms(pid) if pid else 0.0
+            samples = anyio.run(sequential, url, tool, args.calls)
+            cpu = f"{(cpu_ms(pid) - before) / (args.calls + 30):5.2f} ms cpu/call" if pid else ""
             p50, p99 = statistics.median(samples), percentile(samples, 0.99)
-            print(f"  {label:22s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   ratio to direct: "
-                  f"p50 {p50 / d50:4.2f}x  p99 {p99 / d99:4.2f}x")
+            d50, d99 = d50 or p50, d99 or p99
+            print(f"  {label:32s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   ratio to direct: "
+                  f"p50 {p50 / d50:4.2f}x  p99 {p99 / d99:4.2f}x   {cpu}")
         mcp_rate = anyio.run(throughput_mcp, f"{registry}/mcp", "researcher__text_stats", args.concurrency,
                              args.seconds)
         http_rate = anyio.run(throughput_http, registry, args.concurrency, args.seconds)
