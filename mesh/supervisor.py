@@ -323,15 +323,12 @@ def stdio_config(agent: str, workspace: Path, mesh: str = "mesh") -> dict[str, A
 def run_up(workspace: Path, host: str | None = None, port: int | None = None, *,
            agent_flags: Sequence[str] = ()) -> int:
     """``mesh up``: host and port default to ``[registry]`` in registry/registry.toml, then 127.0.0.1:7300."""
+    from mesh.registry.config import RegistryConfig
+
     ws = Workspace(workspace)
     ws.require()
-    section = ws.config().get("registry", {})
-    return Supervisor(
-        ws,
-        host=host or section.get("host", DEFAULT_HOST),
-        port=port or section.get("port", DEFAULT_PORT),
-        agent_flags=agent_flags,
-    ).up()
+    config = RegistryConfig.from_workspace(ws, host=host, port=port)  # a bad registry.toml: one line, at once
+    return Supervisor(ws, host=config.host, port=config.port, agent_flags=agent_flags).up()
 
 
 def _answers(url: str, client: httpx.Client | None = None) -> bool:

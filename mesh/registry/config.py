@@ -1,59 +1,72 @@
 """Registry settings: the ``[registry]``, ``[policy]`` and ``[grants]`` tables of ``registry/registry.toml``.
 
-Every setting has a default, so a workspace without the file runs as a local, single-user mesh.
+Every setting has a default, so a workspace without the file runs as a local, single-user mesh. The
+settings are a pydantic model: a misspelt key or a value of the wrong type is one line naming the file,
+the key and what is expected (``ConfigProblem``), with a guess for a misspelt key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
 from typing import Any
 
-from mesh.workspace import Workspace
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
+
+from mesh.workspace import Workspace, WorkspaceProblem
+
+CONFIG_FILE = "registry/registry.toml"
 
 
-@dataclass
-class RegistryConfig:
+class ConfigProblem(WorkspaceProblem):
+    """``registry/registry.toml`` says something the registry cannot use; the message names the key."""
+
+
+class RegistryConfig(BaseModel):
     """What a registry process needs to know; ``from_workspace`` reads it, keywords override."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
 
     workspace: Workspace
     host: str = "127.0.0.1"
-    port: int = 7300
+    port: int = Field(7300, ge=0, le=65535)
     database_url: str | None = None
     strict: bool = False
     trust_local_keys: bool = False  # `mesh up` sets it: trust keys under this workspace's .mesh/
     allow_local_user: bool = True  # a caller on loopback without a token acts as "user:local"
-    local_user_scopes: list[str] = field(default_factory=lambda: ["*"])
-    grants: dict[str, list[str]] = field(default_factory=dict)  # agent -> scopes it holds as a caller
-    policy: dict[str, Any] = field(default_factory=dict)  # data for the Rego policy
-    call_timeout: float = 30.0
-    recheck_interval: float = 30.0  # seconds between re-listing each agent's tools (rug-pull check)
-    probe_interval: float = 60.0  # a target no call reached for this long gets one trial call past low_reputation
+    local_user_scopes: list[str] = Field(default_factory=lambda: ["*"])
+    grants: dict[str, list[str]] = Field(default_factory=dict)  # agent -> scopes it holds as a caller
+    policy: dict[str, Any] = Field(default_factory=dict)  # data for the Rego policy
+    call_timeout: PositiveFloat = 30.0
+    recheck_interval: PositiveFloat = 30.0  # seconds between re-listing each agent's tools (rug-pull check)
+    probe_interval: NonNegativeFloat = 60.0  # a target no call reached for this long gets one trial call
     # The front door (``gate.py``): which Host and Origin headers are ours, how big a body may be.
-    allowed_hosts: list[str] = field(default_factory=list)  # "host:port" or "host:*"; [] = this host, loopback
-    allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed besides the registry's own
-    max_body_bytes: int = 1 << 20
-    max_json_depth: int = 64
+    allowed_hosts: list[str] = Field(default_factory=list)  # "host:port" or "host:*"; [] = this host, loopback
+    allowed_origins: list[str] = Field(default_factory=list)  # browser origins allowed besides the registry's own
+    max_body_bytes: PositiveInt = 1 << 20
+    max_json_depth: PositiveInt = 64
     # Caller tokens (``auth.py``).
     audience: str = "mcpmesh-registry"
-    max_token_lifetime: int = 300
-    token_clock_skew: int = 30
-    trust_ttl: float = 5.0  # seconds a process keeps an agent's trusted keys before re-reading them
+    max_token_lifetime: PositiveInt = 300
+    token_clock_skew: NonNegativeFloat = 30
+    trust_ttl: NonNegativeFloat = 5.0  # seconds a process keeps an agent's trusted keys before re-reading them
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, **overrides: Any) -> RegistryConfig:
         document = workspace.config()
-        section = dict(document.get("registry", {}))
-        known = {name for name in cls.__dataclass_fields__ if name not in ("workspace", "grants", "policy")}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"registry/registry.toml: unknown [registry] settings: {', '.join(unknown)}")
+        section = document.get("registry", {})
+        if not isinstance(section, dict):
+            raise ConfigProblem(f"{CONFIG_FILE}: [registry] must be a table")
         settings = {
             **section,
-            "grants": {name: list(scopes) for name, scopes in document.get("grants", {}).items()},
+            "grants": document.get("grants", {}),
             "policy": {"min_reputation": 0.3, "allow_destructive": [], **document.get("policy", {})},
         }
         settings.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(workspace=workspace, **settings)
+        try:
+            return cls(workspace=workspace, **settings)
+        except ValidationError as exc:
+            raise ConfigProblem(describe(exc, cls)) from None
+
 
     @property
     def base_url(self) -> str:
@@ -72,3 +85,18 @@ class RegistryConfig:
         """Browser origins allowed to call: the registry's own (this port only), plus configured ones.
         A page from anywhere else must not act as the local user."""
         return [f"http://{host}:{self.port}" for host in self._own_hosts()] + list(self.allowed_origins)
+
+
+def describe(error: ValidationError, model: type[BaseModel]) -> str:
+    """The first problem of a validation error as one line: file, table, key, what is expected."""
+    first = error.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    key = location[0] if location else "?"
+    table = "" if key in ("grants", "policy") else "[registry] "
+    where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
+    if first["type"] == "extra_forbidden":
+        known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy")]
+        guess = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
+        return f"{where}: unknown setting{hint}"
+    return f"{where}: {first['msg']}, not {first.get('input')!r}"
