@@ -382,9 +382,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("discover", parents=[client], help="find tools by meaning")
     p.add_argument("text", nargs="+")
     p.add_argument("-k", type=int, default=10)
-    p = sub.add_parser("call", parents=[client], help="call AGENT.TOOL key=value ... through the registry")
+    p = sub.add_parser("call", parents=[client], help="call AGENT.TOOL key=value ... through the registry",
+                       description="Arguments are read as HTTPie reads them: key=value gives a parameter that "
+                                   "takes a string the text as typed (topic=1 is \"1\"), and any other parameter "
+                                   "the value as JSON when it reads as JSON (k=3, tags=[1]); key:=json is "
+                                   "always JSON (k:=3, name:='\"007\"').")
     p.add_argument("target", metavar="AGENT.TOOL")
-    p.add_argument("pairs", nargs="*", metavar="key=value")
+    p.add_argument("pairs", nargs="*", metavar="key=value|key:=json")
     p = sub.add_parser("runs", parents=[client], help="recent runs through the registry")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--agent")

@@ -195,7 +195,7 @@ def print_call(client: httpx.Client, target: str, pairs: Sequence[str]) -> int:
     """``mesh call AGENT.TOOL key=value ...`` through the registry: the tool's output on stdout."""
     try:
         agent, tool = parse_target(target)
-        arguments = parse_arguments(pairs)
+        arguments = parse_arguments(pairs, input_schema(client, agent, tool))
     except CallSyntaxError as exc:
         print(f"mesh: {exc}", file=sys.stderr)
         return 2
@@ -247,17 +247,55 @@ def parse_target(target: str) -> tuple[str, str]:
     return agent, tool
 
 
-def parse_arguments(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs as tool arguments; a value that reads as JSON is JSON (5, true, [1], {..}), else text."""
+def input_schema(client: httpx.Client, agent: str, tool: str) -> dict[str, Any] | None:
+    """The pinned input schema of ``agent.tool``, to read ``key=value`` by it; None when it cannot be had
+    (the call itself will then say what is wrong)."""
+    try:
+        response = client.get(f"/v1/agents/{agent}")
+        tools = response.json().get("tools", []) if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    for entry in tools:
+        if isinstance(entry, dict) and entry.get("name") == tool and isinstance(entry.get("inputSchema"), dict):
+            return entry["inputSchema"]
+    return None
+
+
+def parse_arguments(pairs: Sequence[str], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``key=value`` and ``key:=json`` pairs as tool arguments, as HTTPie reads them.
+
+    ``key:=json`` is always JSON. ``key=value`` is read by the tool's input schema: a parameter that takes
+    a string gets the text as it is (``topic=1`` is "1"); any other parameter gets the value as JSON when
+    it reads as JSON (5, true, [1], {...}), else as text. Without a schema every value is tried as JSON."""
+    properties = (schema or {}).get("properties") or {}
     arguments: dict[str, Any] = {}
     for pair in pairs:
-        key, eq, raw = pair.partition("=")
-        if not (key and eq):
-            raise CallSyntaxError(f"expected key=value, got {pair!r}")
+        explicit = ":=" in pair and pair.index(":=") < pair.find("=") + 1
+        key, _, raw = pair.partition(":=" if explicit else "=")
+        if not key or (not explicit and "=" not in pair):
+            raise CallSyntaxError(f"expected key=value or key:=json, got {pair!r}")
         if key in arguments:
             raise CallSyntaxError(f"{key!r} is given twice")
-        arguments[key] = parse_value(raw)
+        if explicit:
+            try:
+                arguments[key] = json.loads(raw, parse_constant=_not_json)
+            except ValueError as exc:
+                raise CallSyntaxError(f"{key}:= takes JSON, and {raw!r} is not JSON") from exc
+        elif _takes_string(properties.get(key)):
+            arguments[key] = raw
+        else:
+            arguments[key] = parse_value(raw)
     return arguments
+
+
+def _takes_string(schema: Any) -> bool:
+    """Does a property's schema accept a string (``type: string``, or a union with it)?"""
+    if not isinstance(schema, dict):
+        return False
+    kinds = schema.get("type")
+    if kinds == "string" or (isinstance(kinds, list) and "string" in kinds):
+        return True
+    return any(_takes_string(option) for option in schema.get("anyOf", []) + schema.get("oneOf", []))
 
 
 def parse_value(raw: str) -> Any:

@@ -242,3 +242,17 @@ def test_no_registry_is_one_clear_line(capsys):
 def test_output_to_a_pipe_is_not_truncated(monkeypatch):
     monkeypatch.setattr(tables.sys.stdout, "isatty", lambda: False, raising=False)
     assert tables.terminal_width() is None
+
+
+def test_values_are_read_by_the_tools_input_schema():
+    schema = {"properties": {"topic": {"type": "string"}, "k": {"type": "integer"},
+                             "note": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}
+    assert parse_arguments(["topic=1", "k=3", "note=true", "other=[1]"], schema) == {
+        "topic": "1", "k": 3, "note": "true", "other": [1]}
+
+
+def test_colon_equals_is_always_json():
+    assert parse_arguments(['topic:="1"', "tags:=[1, 2]", "q=a:=b"], {"properties": {"q": {"type": "string"}}}) == {
+        "topic": "1", "tags": [1, 2], "q": "a:=b"}
+    with pytest.raises(CallSyntaxError, match="takes JSON"):
+        parse_arguments(["k:=three"])
