@@ -41,6 +41,7 @@ from mesh.registry.problems import Problem
 log = logging.getLogger(__name__)
 SEPARATOR = "__"
 MAX_RUNS_PAGE = 1000
+MIN_RUN_PREFIX = 8
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -254,15 +255,24 @@ def build_app(registry: Registry) -> Starlette:
             return JSONResponse({"runs": [run_json(r) for r in found], "next_cursor": next_cursor})
 
     async def run(request: Request) -> JSONResponse:
-        """One run with its provenance JWS (verify it against /.well-known/jwks.json) and linked runs."""
+        """One run (by its id, or a unique prefix of 8 or more characters, as `mesh runs` shows it) with its
+        provenance JWS (verify it against /.well-known/jwks.json) and linked runs."""
         allowed(registry, request, "read")
-        run_id = request.path_params["run_id"]
-        if not _is_uuid(run_id):
-            raise Problem("unknown-run", f"no run {run_id[:80]!r} (run ids are UUIDs)")
+        given = request.path_params["run_id"].lower()
         with registry.sessions.begin() as session:
-            record = store.get_run(session, run_id)
+            if _is_uuid(given):
+                record = store.get_run(session, given)
+            elif len(given) >= MIN_RUN_PREFIX:
+                found = store.runs_by_prefix(session, given)
+                if len(found) > 1:
+                    raise Problem("bad-request", f"{given!r} is the start of more than one run; give more of it")
+                record = found[0] if found else None
+            else:
+                raise Problem("unknown-run", f"no run {given[:80]!r} (give its id, or its first {MIN_RUN_PREFIX}"
+                                             " characters or more)")
             if record is None:
-                raise Problem("unknown-run", f"no run {run_id!r}")
+                raise Problem("unknown-run", f"no run {given[:80]!r}")
+            run_id = record.id
             document = run_json(record)
             document["linked"] = [run_json(r) for r in store.linked_runs(session, run_id) if r.id != run_id]
         return JSONResponse(document)

@@ -383,8 +383,10 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
             operation_id="listRuns")},
         "/v1/runs/{run_id}": {"get": _operation(
             "One run with its provenance JWS and the runs linked to it",
-            _responses(_ref("RunDetail"), "the run", *read, 404, s404="no such run"),
-            parameters=[_param("run_id", "path", {"type": "string", "format": "uuid"}, "the run's id")],
+            _responses(_ref("RunDetail"), "the run", *read, 400, 404, s404="no such run",
+                       s400="the prefix starts more than one run"),
+            parameters=[_param("run_id", "path", {"type": "string"},
+                               "the run's id, or a unique prefix of 8 or more characters")],
             operation_id="getRun")},
     }
     return {

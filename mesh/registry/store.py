@@ -425,6 +425,13 @@ def get_run(session: Session, run_id: str) -> RunRecord | None:
     return session.get(RunRecord, run_id)
 
 
+def runs_by_prefix(session: Session, prefix: str, limit: int = 2) -> list[RunRecord]:
+    """Runs whose id starts with ``prefix`` (hex digits and dashes only: no LIKE wildcard can hide in it)."""
+    if not prefix or prefix.strip("0123456789abcdef-"):
+        return []
+    return list(session.scalars(select(RunRecord).where(RunRecord.id.startswith(prefix)).limit(limit)))
+
+
 def list_runs(
     session: Session,
     agent: str | None = None,
