@@ -10,12 +10,23 @@ a rotation). Two kinds of verifier must agree on the payload: ones that canonica
 received, and a2a-sdk, which first parses the card into its protobuf ``AgentCard`` and serializes it
 back. ``build_card`` therefore returns the card in that round-tripped form, and ``sign_card`` refuses a
 card that is not in it.
+
+A plain text message (no data part) calls the agent's text tool, if it has one: its only tool, when that
+tool takes a single string and cannot destroy anything (``text_tool``). Its skill and the card then list
+``text/plain`` among their input modes. Otherwise the agent asks for input, naming its tools (``mesh.a2a``).
+
+A registry admits an agent only with a card that holds up (``fetch_verified_card``): signed by a key it
+trusts for the agent, naming the agent, served from the agent's own origin, and offering exactly the
+skills its signed tools give.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 from a2a.types import AgentCard
 from a2a.utils.errors import InvalidParamsError
 from a2a.utils.proto_utils import validate_proto_required_fields
@@ -31,10 +42,16 @@ JSONRPC_BINDING = "JSONRPC"
 INPUT_MODES = ["application/json"]  # a data part: {"tool": ..., "arguments": {...}}
 STRUCTURED_OUTPUT_MODES = ["application/json", "text/plain"]  # structured content + text content
 TEXT_OUTPUT_MODES = ["text/plain"]
+TEXT_INPUT_MODES = [*INPUT_MODES, "text/plain"]  # the text tool's: a plain text message calls it too
+MAX_CARD_BYTES = 1 << 20
 
 
 class CardProblem(Exception):
     """An agent card that is malformed or whose signatures must not be trusted."""
+
+
+class CardMissing(CardProblem):
+    """The agent serves no card at all (HTTP 404): it offers no A2A binding."""
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -44,6 +61,7 @@ def build_card(
     *, name: str, description: str, version: str, base_url: str, tools: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """An unsigned A2A v1.0 AgentCard for an agent serving ``tools`` (wire tool dicts, optional "scopes")."""
+    text = text_tool(tools)
     draft = {
         "name": name,
         "description": description,
@@ -57,14 +75,15 @@ def build_card(
         ],
         # One tool call is one result, and no push notifications are sent: say so.
         "capabilities": {"streaming": False, "pushNotifications": False},
-        "defaultInputModes": INPUT_MODES,
+        "defaultInputModes": TEXT_INPUT_MODES if text else INPUT_MODES,
         "defaultOutputModes": STRUCTURED_OUTPUT_MODES,
-        "skills": [skill(tool) for tool in sorted(tools, key=lambda tool: tool["name"])],
+        "skills": [skill(tool, takes_text=text is not None and tool["name"] == text[0])
+                   for tool in sorted(tools, key=lambda tool: tool["name"])],
     }
     return normal_form(draft)
 
 
-def skill(tool: dict[str, Any]) -> dict[str, Any]:
+def skill(tool: dict[str, Any], *, takes_text: bool = False) -> dict[str, Any]:
     """The AgentSkill for one MCP tool: its id is the tool name a caller puts in the data part."""
     name = tool["name"]
     annotations = tool.get("annotations") or {}
@@ -73,7 +92,7 @@ def skill(tool: dict[str, Any]) -> dict[str, Any]:
         "name": tool.get("title") or annotations.get("title") or name,
         "description": tool.get("description") or f"MCP tool {name}",
         "tags": _tags(annotations, tool.get("scopes") or []),
-        "inputModes": INPUT_MODES,
+        "inputModes": TEXT_INPUT_MODES if takes_text else INPUT_MODES,
         "outputModes": STRUCTURED_OUTPUT_MODES if tool.get("outputSchema") else TEXT_OUTPUT_MODES,
     }
     examples = (tool.get("inputSchema") or {}).get("examples") or []
@@ -81,6 +100,33 @@ def skill(tool: dict[str, Any]) -> dict[str, Any]:
         # A2A examples are strings: show the exact data part that calls the tool.
         entry["examples"] = [canonical({"tool": name, "arguments": ex}).decode() for ex in examples]
     return entry
+
+
+def text_argument(tool: dict[str, Any]) -> str | None:
+    """The argument a plain text message fills: the tool's one string parameter that is required (or its only
+    parameter), every other one optional. None when the tool takes no such single string."""
+    schema = tool.get("inputSchema") or {}
+    properties = schema.get("properties") or {}
+    required = schema.get("required") or []
+    if not required and len(properties) == 1:
+        required = list(properties)  # its only parameter, though optional
+    if len(required) != 1 or required[0] not in properties:
+        return None
+    return required[0] if (properties[required[0]] or {}).get("type") == "string" else None
+
+
+def text_tool(tools: Iterable[dict[str, Any]]) -> tuple[str, str] | None:
+    """(tool, argument) that a plain text message calls: the agent's only tool, when it takes a single string
+    and cannot destroy anything (read-only, or declared not destructive). With several tools a text could
+    mean any of them, so none is guessed; the agent asks which instead."""
+    tools = list(tools)
+    if len(tools) != 1:
+        return None
+    tool = tools[0]
+    annotations = tool.get("annotations") or {}
+    harmless = annotations.get("readOnlyHint") is True or annotations.get("destructiveHint") is False
+    argument = text_argument(tool)
+    return (tool["name"], argument) if harmless and argument else None
 
 
 def _tags(annotations: dict[str, Any], scopes: list[str]) -> list[str]:
@@ -155,3 +201,108 @@ def verify_card(card: dict[str, Any], trust: TrustStore, *, now: float | None = 
     except KeyProblem as exc:
         raise CardProblem(f"agent card: {exc}") from exc
 
+
+
+# -- admitting an agent's card ------------------------------------------------------------------------
+
+
+def agent_base_url(endpoint: str) -> str:
+    """Where an agent serves its card and A2A binding, from its MCP endpoint: a mesh agent serves MCP at
+    ``BASE/mcp``, so BASE; any other endpoint, its origin."""
+    parts = urlsplit(endpoint)
+    path = parts.path.rstrip("/")
+    base = path.removesuffix("/mcp") if path.endswith("/mcp") else ""
+    return f"{parts.scheme}://{parts.netloc}{base}"
+
+
+def card_url(endpoint: str) -> str:
+    """The URL of the agent card of the agent whose MCP endpoint is ``endpoint``."""
+    return agent_base_url(endpoint) + CARD_PATH
+
+
+def verify_agent_card(
+    card: Any, trust: TrustStore, *, agent: str, endpoint: str, tools: Iterable[dict[str, Any]],
+    now: float | None = None,
+) -> list[str]:
+    """Check the card an agent serves before admitting it; return the kids whose signatures verified.
+
+    ``trust`` holds the keys the registry admits the agent's manifest with; ``tools`` are its signed tools
+    (e.g. ``manifest.tools.values()``: wire tool dicts with their scopes). The card must be an A2A v1.0
+    AgentCard, verify under ``trust`` (§8.4), name ``agent``, send clients only to the origin it is served
+    from, and offer exactly the skills those tools give. Raises ``CardProblem`` saying what is wrong.
+    """
+    if not isinstance(card, dict):
+        raise CardProblem("the agent card is not a JSON object")
+    normal_form({key: value for key, value in card.items() if key != "signatures"})
+    kids = verify_card(card, trust, now=now)
+    if card.get("name") != agent:
+        raise CardProblem(f"the agent card names agent {str(card.get('name'))[:80]!r}, not {agent!r}")
+    origin = _origin(endpoint)
+    interfaces = card.get("supportedInterfaces", [])
+    foreign = [i.get("url", "") for i in interfaces if _origin(i.get("url", "")) != origin]
+    if foreign:
+        raise CardProblem(f"the agent card sends clients to {foreign[0][:200]!r}, not to {origin}")
+    if not any(i.get("protocolBinding") == JSONRPC_BINDING for i in interfaces):
+        raise CardProblem(f"the agent card names no {JSONRPC_BINDING} interface")
+    tools = list(tools)
+    expected = {s["id"]: s for s in build_card(name=agent, description="-", version="-", base_url=origin,
+                                                tools=tools)["skills"]}
+    offered = {s.get("id"): s for s in card.get("skills", [])}
+    problems = [f"skill {sid!r} is not a signed tool" for sid in sorted(set(offered) - set(expected), key=str)]
+    problems += [f"signed tool {sid!r} has no skill" for sid in sorted(set(expected) - set(offered))]
+    problems += [f"skill {sid!r} differs from its signed tool in {', '.join(_differences(offered[sid], spec))}"
+                 for sid, spec in sorted(expected.items()) if sid in offered and offered[sid] != spec]
+    if problems:
+        raise CardProblem("the agent card's skills do not match its signed tools: " + "; ".join(problems[:5]))
+    return kids
+
+
+async def fetch_agent_card(endpoint: str, *, client: Any = None, timeout: float = 10.0) -> dict[str, Any]:
+    """GET the card of the agent whose MCP endpoint is ``endpoint`` (redirects are not followed).
+
+    ``client`` is an httpx-style ``AsyncClient`` (httpx or httpx2, e.g. the registry's pooled one); without
+    one, a client is made for this request. Raises ``CardMissing`` for a 404, ``CardProblem`` otherwise."""
+    url = card_url(endpoint)
+    try:
+        if client is None:
+            async with httpx.AsyncClient() as own:
+                response = await own.get(url, timeout=timeout)
+        else:
+            response = await client.get(url, timeout=timeout)
+    except Exception as exc:  # httpx and httpx2 errors alike: the card could not be fetched
+        raise CardProblem(f"cannot fetch the agent card at {url}: {exc!r}") from exc
+    if response.status_code == 404:
+        raise CardMissing(f"no agent card at {url} (HTTP 404)")
+    if response.status_code != 200:
+        raise CardProblem(f"the agent card at {url} answered HTTP {response.status_code}")
+    if len(response.content) > MAX_CARD_BYTES:
+        raise CardProblem(f"the agent card at {url} is larger than {MAX_CARD_BYTES} bytes")
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise CardProblem(f"the agent card at {url} is not JSON: {exc}") from exc
+
+
+async def fetch_verified_card(
+    endpoint: str, trust: TrustStore, *, agent: str, tools: Iterable[dict[str, Any]], client: Any = None,
+) -> dict[str, Any]:
+    """Fetch the card of the agent at ``endpoint`` and check it (``verify_agent_card``); return the card.
+
+    Raises ``CardProblem`` (``CardMissing`` when there is no card) with the reason to refuse the agent."""
+    card = await fetch_agent_card(endpoint, client=client)
+    try:
+        verify_agent_card(card, trust, agent=agent, endpoint=endpoint, tools=tools)
+    except CardProblem as exc:
+        raise CardProblem(f"{exc} (card at {card_url(endpoint)})") from exc
+    return card
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _differences(offered: Any, expected: dict[str, Any]) -> list[str]:
+    if not isinstance(offered, dict):
+        return ["its form"]
+    return sorted(key for key in set(offered) | set(expected) if offered.get(key) != expected.get(key))

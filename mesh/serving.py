@@ -99,7 +99,7 @@ class SignedAgent:
             Route("/.well-known/jwks.json", jwks_route),
             Route("/.well-known/agent-card.json", card_route),
             Route("/healthz", health),
-            *a2a.a2a_routes(card=signed_card, call_tool=self.call_tool),
+            *a2a.a2a_routes(card=signed_card, call_tool=self.call_tool, tools=self.wire_tools),
             Mount("/", app=mcp_app),
         ]
         return Starlette(routes=routes, lifespan=lifespan)

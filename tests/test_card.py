@@ -12,10 +12,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import jwt
 import pytest
@@ -26,7 +28,7 @@ from a2a.helpers import get_data_parts, get_text_parts, new_data_part
 from a2a.types import Message, Role, SendMessageRequest, Task, TaskState
 from a2a.utils.proto_utils import validate_proto_required_fields
 from a2a.utils.signing import InvalidSignaturesError, create_signature_verifier
-from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.json_format import MessageToDict
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jws as jwcrypto_jws
 from mcp import types
@@ -38,7 +40,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mesh.a2a import a2a_routes
-from mesh.card import CARD_PATH, CardProblem, build_card, sign_card, signed_payload, verify_card
+from mesh.card import (
+    CARD_PATH,
+    CardProblem,
+    build_card,
+    sign_card,
+    signed_payload,
+    text_tool,
+    verify_card,
+)
 from mesh.keys import KeyRing, TrustStore, b64url, b64url_decode
 
 TOOLS = [
@@ -188,25 +198,25 @@ async def mcp_error_result(name: str, arguments: dict[str, Any]) -> types.CallTo
     return types.CallToolResult(content=[types.TextContent(type="text", text="quota exhausted")], is_error=True)
 
 
-@pytest.fixture
-async def agent_url(ring: KeyRing) -> AsyncIterator[str]:
-    """An agent on loopback: its signed card, and A2A backed by a real MCPServer."""
-    server = calculator()
-    tools = [tool.model_dump(by_alias=True, mode="json", exclude_none=True) for tool in await server.list_tools()]
-    tools.append({"name": "flaky", "description": "Returns an MCP error result.", "inputSchema": {"type": "object"}})
+@contextmanager
+def serving(server: MCPServer, ring: KeyRing, extra: list[dict] = ()) -> Iterator[str]:
+    """``server``'s tools (plus ``extra``, answered with an MCP error result) behind its signed card and
+    A2A binding, served by uvicorn on loopback; yields the base URL."""
+    tools = [tool.model_dump(by_alias=True, mode="json", exclude_none=True) for tool in anyio.run(server.list_tools)]
+    tools += extra
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     card = signed_card(ring, base_url, tools)
 
     async def call_tool(name: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        if name == "flaky":
+        if name in {tool["name"] for tool in extra}:
             return await mcp_error_result(name, arguments)
         return await server.call_tool(name, arguments)  # raises ToolError on failure, as the agent's does
 
     async def card_route(request: Request) -> JSONResponse:
         return JSONResponse(card)
 
-    app = Starlette(routes=[Route(CARD_PATH, card_route), *a2a_routes(card=card, call_tool=call_tool)])
+    app = Starlette(routes=[Route(CARD_PATH, card_route), *a2a_routes(card=card, call_tool=call_tool, tools=tools)])
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
@@ -219,6 +229,25 @@ async def agent_url(ring: KeyRing) -> AsyncIterator[str]:
     finally:
         uvicorn_server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def agent_url(ring: KeyRing) -> Iterator[str]:
+    """An agent on loopback: its signed card, and A2A backed by a real MCPServer."""
+    flaky = {"name": "flaky", "description": "Returns an MCP error result.", "inputSchema": {"type": "object"}}
+    with serving(calculator(), ring, [flaky]) as base_url:
+        yield base_url
+
+
+def shouter() -> MCPServer:
+    server = MCPServer("shout")
+
+    @server.tool(annotations=types.ToolAnnotations(read_only_hint=True))
+    def shout(text: str, times: int = 1) -> str:
+        """Upper-case a text."""
+        return " ".join([text.upper()] * times)
+
+    return server
 
 
 async def send(base_url: str, ring: KeyRing, tool: str, arguments: dict[str, Any]) -> Task:
@@ -269,18 +298,77 @@ async def test_tool_errors_fail_the_task(agent_url: str, ring: KeyRing) -> None:
     assert status_text(returned) == "quota exhausted"
 
 
-async def test_a_message_without_a_tool_call_fails(agent_url: str) -> None:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "SendMessage",
-        "params": {"message": {"role": "ROLE_USER", "messageId": "m1", "parts": [{"text": "hello"}]}},
-    }
-    async with httpx.AsyncClient(timeout=10) as http:
-        reply = (await http.post(f"{agent_url}/a2a", json=body, headers={"A2A-Version": "1.0"})).json()
-    task = ParseDict(reply["result"]["task"], Task())
-    assert task.status.state == TaskState.TASK_STATE_FAILED
-    assert '"tool": NAME' in status_text(task)
+def send_json(url: str, parts: list[dict], task_id: str | None = None) -> dict:
+    """One SendMessage over plain JSON-RPC; the JSON result as it came (no protobuf in between)."""
+    message = {"role": "ROLE_USER", "messageId": str(uuid.uuid4()), "parts": parts}
+    if task_id:
+        message["taskId"] = task_id
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}}
+    reply = httpx.post(url, json=body, headers={"A2A-Version": "1.0"}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    assert "result" in reply.json(), reply.text
+    return reply.json()["result"]["task"]
+
+
+def test_a_text_message_asks_how_to_call_and_the_task_goes_on(agent_url: str) -> None:
+    asked = send_json(f"{agent_url}/a2a", [{"text": "hello"}])
+    assert asked["status"]["state"] == "TASK_STATE_INPUT_REQUIRED"
+    text, data = asked["status"]["message"]["parts"]
+    assert text["text"].startswith("This agent answers tool calls, not free text.")
+    assert "- add(a, b): Add two integers." in text["text"] and '{"tool": NAME, "arguments": {...}}' in text["text"]
+    assert [tool["name"] for tool in data["data"]["tools"]] == ["add", "divide", "flaky"]
+    assert data["data"]["tools"][0]["inputSchema"]["required"] == ["a", "b"]
+
+    # The answer on the same task calls the tool: the task goes on to complete.
+    done = send_json(f"{agent_url}/a2a", [{"data": {"tool": "add", "arguments": {"a": 2, "b": 3}}}], asked["id"])
+    assert (done["id"], done["status"]["state"]) == (asked["id"], "TASK_STATE_COMPLETED")
+    assert done["artifacts"][0]["parts"][0]["data"] == {"result": 5}
+
+
+def test_integers_stay_integers_on_the_wire(agent_url: str) -> None:
+    task = send_json(f"{agent_url}/a2a", [{"data": {"tool": "add", "arguments": {"a": 40, "b": 2}}}])
+    [data, text] = task["artifacts"][0]["parts"]
+    assert data["data"] == {"result": 42} and type(data["data"]["result"]) is int
+    assert text["text"] == "42"
+    halved = send_json(f"{agent_url}/a2a", [{"data": {"tool": "divide", "arguments": {"a": 5, "b": 2}}}])
+    assert halved["artifacts"][0]["parts"][0]["data"] == {"result": 2.5}
+
+
+def test_the_binding_answers_with_a_trailing_slash(agent_url: str) -> None:
+    task = send_json(f"{agent_url}/a2a/", [{"data": {"tool": "add", "arguments": {"a": 1, "b": 1}}}])
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+
+
+def test_the_only_tool_taking_one_string_answers_plain_text(ring: KeyRing) -> None:
+    with serving(shouter(), ring) as base_url:
+        card = httpx.get(f"{base_url}{CARD_PATH}").json()
+        assert card["defaultInputModes"] == ["application/json", "text/plain"]
+        assert card["skills"][0]["inputModes"] == ["application/json", "text/plain"]
+        task = send_json(f"{base_url}/a2a/", [{"text": "hello"}])
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert task["artifacts"][0]["parts"][0]["data"] == {"result": "HELLO"}
+
+
+@pytest.mark.parametrize(
+    ("tools", "expected"),
+    [
+        ([{"name": "t", "inputSchema": {"properties": {"q": {"type": "string"}}, "required": ["q"]},
+           "annotations": {"readOnlyHint": True}}], ("t", "q")),
+        ([{"name": "t", "inputSchema": {"properties": {"q": {"type": "string"}}},
+           "annotations": {"destructiveHint": False}}], ("t", "q")),
+        # may destroy something (MCP's default for a tool that is not read-only): never guessed
+        ([{"name": "t", "inputSchema": {"properties": {"q": {"type": "string"}}, "required": ["q"]}}], None),
+        ([{"name": "t", "inputSchema": {"properties": {"n": {"type": "integer"}}, "required": ["n"]},
+           "annotations": {"readOnlyHint": True}}], None),
+        ([{"name": "t", "inputSchema": {"properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+                                        "required": ["a", "b"]}, "annotations": {"readOnlyHint": True}}], None),
+        # two tools: a text could mean either
+        ([{"name": n, "inputSchema": {"properties": {"q": {"type": "string"}}, "required": ["q"]},
+           "annotations": {"readOnlyHint": True}} for n in ("a", "b")], None),
+    ],
+)
+def test_text_tool(tools: list[dict], expected: tuple[str, str] | None) -> None:
+    assert text_tool(tools) == expected
 
 
 def test_routes_refuse_a_card_that_names_another_endpoint(ring: KeyRing) -> None:
