@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import anyio
@@ -304,6 +305,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.agent is not None:
         check_name(args.agent, "agent name")
 
+    if args.runs_command == "show":
+        from mesh.tables import print_run
+
+        return print_run(registry_url(args), args.run_id)
+    if args.runs_command == "verify":
+        from mesh.tables import verify_run
+
+        return verify_run(registry_url(args), args.run_id)
     return print_runs(registry_url(args), args.limit, args.agent, log=None if args.both_logs else "caller")
 
 
@@ -315,10 +324,11 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--workspace", "-w", default=".", help="the workspace folder (default: current folder)")
 
     top = argparse.ArgumentParser(prog="mesh", description="A mesh of MCP agents with signed tools.")
+    top.add_argument("--version", action="version", version=f"mesh {version('mcpmesh')}")
     sub = top.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("init", help="scaffold a new workspace", parents=[common])
-    p.add_argument("dir")
+    p = sub.add_parser("init", help="scaffold a new workspace")
+    p.add_argument("dir", help="the new workspace's folder (must not exist, or be empty)")
 
     p = sub.add_parser("sign", help="sign agents' manifests into manifests/", parents=[common])
     p.add_argument("names", nargs="*", help="agents to sign (default: all)")
@@ -329,23 +339,23 @@ def parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="list, rotate or revoke an agent's keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    p = keys_sub.add_parser("list", parents=[common])
-    p.add_argument("name")
-    p = keys_sub.add_parser("rotate", parents=[common])
-    p.add_argument("name")
+    p = keys_sub.add_parser("list", parents=[common], help="an agent's keys, their state and end")
+    p.add_argument("name", help="the agent")
+    p = keys_sub.add_parser("rotate", parents=[common], help="make a new active key; the old one verifies a while")
+    p.add_argument("name", help="the agent")
     p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_SECONDS / 86400,
                    help="days the previous key stays valid (default 7)")
     p = keys_sub.add_parser("revoke", parents=[common], help="revoke a key now and tell the local registry")
-    p.add_argument("name")
-    p.add_argument("kid")
+    p.add_argument("name", help="the agent")
+    p.add_argument("kid", help="the key id, as `mesh keys list` shows it")
     p.add_argument("--registry", default=None,
                    help="registry to notify (default: http://127.0.0.1:PORT, PORT from registry.toml, else 7300)")
 
     agent = sub.add_parser("agent", help="run or list agents")
     agent_sub = agent.add_subparsers(dest="agent_command", required=True)
-    agent_sub.add_parser("list", parents=[common])
+    agent_sub.add_parser("list", parents=[common], help="the agents of this workspace")
     p = agent_sub.add_parser("run", parents=[common], help="serve one agent over streamable HTTP or stdio")
-    p.add_argument("name")
+    p.add_argument("name", help="the agent (agents/NAME.py)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="default: a free port")
     p.add_argument("--stdio", action="store_true", help="serve MCP over stdin/stdout (for IDE clients)")
@@ -354,7 +364,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default=os.environ.get("MESH_REGISTRY_URL"),
                    help="register with this registry and call other agents through it")
 
-    registry = sub.add_parser("registry", help="run the registry node")
+    registry = sub.add_parser("registry", help="run the registry node, or revoke a key as its operator")
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
     p = registry_sub.add_parser("run", parents=[common], help="serve the registry: HTTP API, MCP, JWKS")
     p.add_argument("--host", default=None, help="default: registry.toml, else 127.0.0.1")
@@ -364,8 +374,8 @@ def parser() -> argparse.ArgumentParser:
                    help="also trust this workspace's local keys under .mesh/ (what `mesh up` does)")
     p = registry_sub.add_parser("revoke", parents=[common],
                                 help="operator: refuse an agent's key (the running registry, else its database)")
-    p.add_argument("agent")
-    p.add_argument("kid")
+    p.add_argument("agent", help="the agent")
+    p.add_argument("kid", help="the key id to refuse")
     p.add_argument("--reason", default=None, help="why, kept in the registry's audit log")
     p.add_argument("--registry", default=None,
                    help="registry URL (default: http://127.0.0.1:PORT, PORT from registry.toml, else 7300)")
@@ -380,19 +390,28 @@ def parser() -> argparse.ArgumentParser:
                         help="registry URL (default: $MESH_REGISTRY_URL or http://127.0.0.1:7300)")
     sub.add_parser("ls", parents=[client], help="list agents, their status and reputation")
     p = sub.add_parser("discover", parents=[client], help="find tools by meaning")
-    p.add_argument("text", nargs="+")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("text", nargs="+", help="what you want done, in words")
+    p.add_argument("-k", type=int, default=10, help="how many tools (default 10)")
     p = sub.add_parser("call", parents=[client], help="call AGENT.TOOL key=value ... through the registry",
                        description="Arguments are read as HTTPie reads them: key=value gives a parameter that "
                                    "takes a string the text as typed (topic=1 is \"1\"), and any other parameter "
                                    "the value as JSON when it reads as JSON (k=3, tags=[1]); key:=json is "
                                    "always JSON (k:=3, name:='\"007\"').")
-    p.add_argument("target", metavar="AGENT.TOOL")
+    p.add_argument("target", metavar="AGENT.TOOL", help="the tool, as `mesh ls` and `mesh discover` name it")
     p.add_argument("pairs", nargs="*", metavar="key=value|key:=json")
-    p = sub.add_parser("runs", parents=[client], help="recent runs through the registry")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--agent")
+    p = sub.add_parser("runs", parents=[client], help="recent runs through the registry; show or verify one")
+    p.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+    p.add_argument("--agent", help="only calls to this agent")
     p.add_argument("--both-logs", action="store_true", help="show each call from both sides (caller and target)")
+    runs_sub = p.add_subparsers(dest="runs_command")
+    # --registry after the subcommand too; SUPPRESS keeps one given before it from being reset to the default.
+    late_client = argparse.ArgumentParser(add_help=False)
+    late_client.add_argument("--registry", default=argparse.SUPPRESS, help="registry URL")
+    show = runs_sub.add_parser("show", parents=[late_client], help="one run in full, both sides of the call")
+    show.add_argument("run_id", metavar="ID", help="the run's id, or its first 8 characters or more")
+    verify = runs_sub.add_parser("verify", parents=[late_client],
+                                 help="check a run's provenance against the registry's published key")
+    verify.add_argument("run_id", metavar="ID", help="the run's id, or its first 8 characters or more")
     return top
 
 

@@ -237,6 +237,56 @@ def print_runs(client: httpx.Client, limit: int = 20, agent: str | None = None, 
     return 0
 
 
+RUN_FIELDS = ["id", "log", "caller", "agent", "tool", "status", "error", "latency_ms", "policy_decision",
+              "policy_rule", "arguments_digest", "trace_id", "started_at", "parent_run_id"]
+
+
+@_command
+def print_run(client: httpx.Client, run_id: str) -> int:
+    """``mesh runs show ID``: one run in full (an 8-character prefix is enough), with the linked side."""
+    run = _request(client, "GET", f"/v1/runs/{run_id}")
+    for record in [run, *run.get("linked", [])]:
+        print(f"{record.get('log')} side of {record.get('agent')}.{record.get('tool')}")
+        for field in RUN_FIELDS:
+            if record.get(field) is not None:
+                print(f"  {field:17s} {record[field]}")
+    print(f"  provenance        {run.get('provenance')}")
+    return 0
+
+
+@_command
+def verify_run(client: httpx.Client, run_id: str) -> int:
+    """``mesh runs verify ID``: check a run's provenance signature against the registry's published JWKS
+    and that the signed claims say what the record says; print what that proves."""
+    from mesh.keys import KeyProblem, TrustStore, b64url_decode
+
+    run = _request(client, "GET", f"/v1/runs/{run_id}")
+    jwks = _request(client, "GET", "/.well-known/jwks.json")
+    try:
+        claims = json.loads(TrustStore.from_jwks(jwks).verify_compact(run.get("provenance") or "",
+                                                                      expected_typ="mcpmesh-provenance+jws"))
+    except (KeyProblem, ValueError) as exc:
+        print(f"mesh: run {run.get('id')}: its provenance does not verify: {exc}", file=sys.stderr)
+        return 1
+    signed_id = claims.get("run_id") if run.get("log") == "caller" else claims.get("target_run_id")
+    differences = [field for field in ("caller", "agent", "tool", "arguments_digest", "status", "policy_decision",
+                                       "policy_rule") if claims.get(field) != run.get(field)]
+    if signed_id != run.get("id"):
+        differences.insert(0, "id")
+    if differences:
+        print(f"mesh: run {run.get('id')}: the signature holds, but the record differs from what was signed in: "
+              f"{', '.join(differences)}", file=sys.stderr)
+        return 1
+    kid = json.loads(b64url_decode(run["provenance"].split(".")[0])).get("kid")
+    rule = f" by rule {claims['policy_rule']}" if claims.get("policy_rule") else ""
+    print(f"verified: run {run['id']} is signed by the registry's key {kid}. It proves that {claims['caller']} "
+          f"called {claims['agent']}.{claims['tool']} with arguments {claims['arguments_digest']}; the policy "
+          f"decided {claims.get('policy_decision') or 'nothing (refused before it)'}{rule}; the tool was "
+          f"{claims.get('tool_digest') or 'unknown'}; the call ended {claims['status']} "
+          f"(started {claims['started_at']}).")
+    return 0
+
+
 # -- mesh call: reading the command line, showing the result -------------------------------------------
 
 

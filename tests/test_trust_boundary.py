@@ -161,6 +161,19 @@ def test_bad_registrations_are_refused_not_500(mesh: Mesh):
     assert mesh.invoke("echo", "echo", {"text": "x"}).status_code == 200
 
 
+def test_a_run_can_be_shown_and_its_provenance_verified_from_the_cli(mesh: Mesh):
+    run_id = mesh.invoke("echo", "echo", {"text": "prove it"}).json()["run_id"]
+    shown = run_mesh("runs", "show", run_id[:8], "--registry", mesh.url)
+    assert shown.returncode == 0, shown.stderr
+    assert f"id                {run_id}" in shown.stdout and "target side of echo.echo" in shown.stdout
+    verified = run_mesh("runs", "--registry", mesh.url, "verify", run_id[:10])
+    assert verified.returncode == 0, verified.stderr
+    assert f"verified: run {run_id} is signed by the registry's key" in verified.stdout
+    assert "user:local called echo.echo with arguments sha256:" in verified.stdout
+    unknown = run_mesh("runs", "show", "0123456789", "--registry", mesh.url)
+    assert unknown.returncode == 1 and "no run '0123456789'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
 def test_an_owner_revokes_a_key_with_the_cli_and_comes_back_with_a_new_one(mesh: Mesh):
     old = echo_ring(mesh).active()
     done = run_mesh("keys", "revoke", "echo", old.kid, "--registry", mesh.url, "--workspace", str(mesh.workspace))
