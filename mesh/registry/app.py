@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route
 
 from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import admission, proxy, store
+from mesh.registry import a2a_front, admission, proxy, store
 from mesh.registry.auth import AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, parse_json
@@ -318,6 +318,7 @@ def build_app(registry: Registry) -> Starlette:
             Route("/runs", problem_json(runs), methods=["GET"]),
             Route("/runs/{run_id}", problem_json(run), methods=["GET"]),
         ]),
+        *a2a_front.routes(registry),  # /agents/{name}/a2a and its card
         Mount("/", app=mcp_app),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(Gate, registry=registry)],
