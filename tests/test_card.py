@@ -42,8 +42,12 @@ from starlette.routing import Route
 from mesh.a2a import a2a_routes
 from mesh.card import (
     CARD_PATH,
+    MAX_CARD_BYTES,
+    CardMissing,
     CardProblem,
     build_card,
+    card_url,
+    fetch_agent_card,
     sign_card,
     signed_payload,
     text_tool,
@@ -374,3 +378,38 @@ def test_text_tool(tools: list[dict], expected: tuple[str, str] | None) -> None:
 def test_routes_refuse_a_card_that_names_another_endpoint(ring: KeyRing) -> None:
     with pytest.raises(ValueError, match="no JSONRPC interface"):
         a2a_routes(card=signed_card(ring), call_tool=mcp_error_result, path="/elsewhere")
+
+
+# -- fetching a card for admission ------------------------------------------------------------------------
+
+
+def test_the_card_is_found_beside_the_mcp_endpoint() -> None:
+    assert card_url("http://127.0.0.1:8123/mcp") == "http://127.0.0.1:8123/.well-known/agent-card.json"
+    assert card_url("https://host/agents/x/mcp/") == "https://host/agents/x/.well-known/agent-card.json"
+    assert card_url("https://host:8443/rpc") == "https://host:8443/.well-known/agent-card.json"
+
+
+async def test_fetching_says_why_there_is_no_card(ring: KeyRing) -> None:
+    card = signed_card(ring)
+    answers = {
+        "/ok/.well-known/agent-card.json": httpx.Response(200, json=card),
+        "/junk/.well-known/agent-card.json": httpx.Response(200, text="<html>"),
+        "/huge/.well-known/agent-card.json": httpx.Response(200, json={"x": "y" * MAX_CARD_BYTES}),
+        "/moved/.well-known/agent-card.json": httpx.Response(302, headers={"location": "http://elsewhere/"}),
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return answers.get(request.url.path, httpx.Response(404))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        assert await fetch_agent_card("http://a/ok/mcp", client=client) == card
+        with pytest.raises(CardMissing, match=r"no agent card at http://a/\.well-known/agent-card\.json"):
+            await fetch_agent_card("http://a/mcp", client=client)
+        with pytest.raises(CardProblem, match="is not JSON"):
+            await fetch_agent_card("http://a/junk/mcp", client=client)
+        with pytest.raises(CardProblem, match="larger than"):
+            await fetch_agent_card("http://a/huge/mcp", client=client)
+        with pytest.raises(CardProblem, match="answered HTTP 302"):
+            await fetch_agent_card("http://a/moved/mcp", client=client)
+    with pytest.raises(CardProblem, match="cannot fetch the agent card"):
+        await fetch_agent_card(f"http://127.0.0.1:{free_port()}/mcp")
