@@ -27,6 +27,7 @@ that canonicalizes the JSON as received would then reject.
 from __future__ import annotations
 
 import base64
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlparse
@@ -35,6 +36,7 @@ from a2a.helpers import get_data_parts, get_text_parts, new_data_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
+from a2a.server.owner_resolver import OwnerResolver, resolve_user_scope
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import ServerCallContextBuilder
 from a2a.server.routes.jsonrpc_dispatcher import JsonRpcDispatcher
@@ -100,12 +102,32 @@ def jsonrpc_routes(
     """The JSON-RPC binding of ``executor`` at ``path`` and ``path/``; ``card`` says what it can do
     (no streaming, no push notifications). ``path`` may hold Starlette path parameters."""
     agent_card = ParseDict(card, AgentCard(), ignore_unknown_fields=True)
-    handler = DefaultRequestHandler(agent_executor=executor, task_store=task_store or InMemoryTaskStore(),
+    handler = DefaultRequestHandler(agent_executor=executor, task_store=task_store or RecentTaskStore(),
                                     agent_card=agent_card)
     dispatcher = IntegralDispatcher(request_handler=handler, context_builder=context_builder)
     path = path.rstrip("/")
     return [Route(path, dispatcher.handle_requests, methods=["POST"]),
             Route(path + "/", dispatcher.handle_requests, methods=["POST"])]
+
+
+class RecentTaskStore(InMemoryTaskStore):
+    """a2a-sdk's in-memory task store, keeping only the ``limit`` tasks saved last (it keeps every task
+    otherwise, and a server runs for long). A forgotten task is answered as unknown (``GetTask``)."""
+
+    def __init__(self, limit: int = 1000, owner_resolver: OwnerResolver = resolve_user_scope):
+        super().__init__(owner_resolver=owner_resolver)
+        self.limit = limit
+        self._saved: OrderedDict[tuple[str, str], ServerCallContext] = OrderedDict()
+        self._owner = owner_resolver
+
+    async def save(self, task: Task, context: ServerCallContext) -> None:
+        await super().save(task, context)
+        key = (self._owner(context), task.id)
+        self._saved[key] = context
+        self._saved.move_to_end(key)
+        while len(self._saved) > self.limit:
+            (_, task_id), owner_context = self._saved.popitem(last=False)
+            await self.delete(task_id, owner_context)
 
 
 class IntegralDispatcher(JsonRpcDispatcher):

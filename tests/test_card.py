@@ -25,6 +25,7 @@ import uvicorn
 from a2a.client import ClientConfig, create_client
 from a2a.client.card_resolver import parse_agent_card
 from a2a.helpers import get_data_parts, get_text_parts, new_data_part
+from a2a.server.context import ServerCallContext
 from a2a.types import Message, Role, SendMessageRequest, Task, TaskState
 from a2a.utils.proto_utils import validate_proto_required_fields
 from a2a.utils.signing import InvalidSignaturesError, create_signature_verifier
@@ -39,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mesh.a2a import a2a_routes
+from mesh.a2a import RecentTaskStore, a2a_routes
 from mesh.card import (
     CARD_PATH,
     MAX_CARD_BYTES,
@@ -413,3 +414,11 @@ async def test_fetching_says_why_there_is_no_card(ring: KeyRing) -> None:
             await fetch_agent_card("http://a/moved/mcp", client=client)
     with pytest.raises(CardProblem, match="cannot fetch the agent card"):
         await fetch_agent_card(f"http://127.0.0.1:{free_port()}/mcp")
+
+
+async def test_the_task_store_forgets_the_oldest_tasks() -> None:
+    store = RecentTaskStore(limit=2)
+    context = ServerCallContext()
+    for task_id in ("t1", "t2", "t1", "t3"):  # t1 saved again (an update): t2 is now the oldest
+        await store.save(Task(id=task_id, context_id="c"), context)
+    assert [await store.get(task_id, context) is not None for task_id in ("t1", "t2", "t3")] == [True, False, True]

@@ -19,7 +19,7 @@ the ``typ`` ``JOSE`` keeps a card signature from passing as provenance). It says
 (``PROXY_EXTENSION``): which agent it carries, where that agent's own card is (signed by the agent's
 keys) and the digest of the manifest it admitted. A blocked tool is not on the card.
 
-Tasks are kept in memory per caller and agent: a caller sees only its own tasks.
+Tasks are kept in memory (the last thousand) per caller and agent: a caller sees only its own tasks.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from uuid import UUID
 from a2a.auth.user import User
 from a2a.server.context import ServerCallContext
 from a2a.server.routes import ServerCallContextBuilder
-from a2a.server.tasks import InMemoryTaskStore
 from mcp.types import CallToolResult
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from mesh.a2a import ToolCallFailed, ToolExecutor, jsonrpc_routes
+from mesh.a2a import RecentTaskStore, ToolCallFailed, ToolExecutor, jsonrpc_routes
 from mesh.card import (
     CARD_PATH,
     JSONRPC_BINDING,
@@ -82,7 +81,7 @@ class A2AFront:
         self.registry = registry
         self.binding = jsonrpc_routes(card=_BINDING_CARD, executor=RegistryExecutor(registry), path=A2A_PATH,
                                       context_builder=CallContextBuilder(),
-                                      task_store=InMemoryTaskStore(owner_resolver=task_owner))
+                                      task_store=RecentTaskStore(owner_resolver=task_owner))
 
     def routes(self) -> list[BaseRoute]:
         return [
