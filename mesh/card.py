@@ -266,9 +266,9 @@ async def fetch_agent_card(endpoint: str, *, client: Any = None, timeout: float 
     try:
         if client is None:
             async with httpx.AsyncClient() as own:
-                response = await own.get(url, timeout=timeout)
+                response = await own.get(url, timeout=timeout, follow_redirects=False)
         else:
-            response = await client.get(url, timeout=timeout)
+            response = await client.get(url, timeout=timeout, follow_redirects=False)
     except Exception as exc:  # httpx and httpx2 errors alike: the card could not be fetched
         raise CardProblem(f"cannot fetch the agent card at {url}: {exc!r}") from exc
     if response.status_code == 404:
