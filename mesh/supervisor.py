@@ -178,6 +178,7 @@ class Supervisor:
             self.console.write(f"mesh: something already answers at {self.registry_url} — is another `mesh up` "
                                f"running? Stop it or choose another --port")
             return False
+        self.console.write(f"mesh: starting the registry at {self.registry_url} ...")
         self.registry = self._spawn("registry", self.registry_command(), self.registry_url)
         self._wait_ready([self.registry])
         if not self.registry.ready:
@@ -185,15 +186,15 @@ class Supervisor:
                 self.console.write(f"mesh: the registry did not start: {self.registry.failure}")
             return False
         taken = {self.port}
+        if names:
+            self.console.write(f"mesh: starting {len(names)} agents: {', '.join(names)} ...")
         for name in names:
             port = _unused_port(self.host, taken)
             self.agents.append(self._spawn(name, self.agent_command(name, port), self.url(port)))
         if not names:
             self.console.write(f"mesh: no agents in {self.workspace.agents_dir}; the registry runs alone")
         self._wait_ready(self.agents)
-        for agent in self.agents:
-            if agent.failure:
-                self.console.write(f"mesh: agent {agent.name} FAILED: {agent.failure}")
+        self._wait_admitted([agent for agent in self.agents if agent.ready])
         return not self.stopping
 
     def serve(self) -> int:
@@ -238,6 +239,7 @@ class Supervisor:
         lines += [f"  {name:<{width}}  {where}" for name, where in rows]
         lines += ["", "Claude Desktop: add to claude_desktop_config.json (mcp-remote bridges it to HTTP)",
                   json.dumps(desktop_config(mcp_url), indent=2),
+                  "VS Code: .vscode/mcp.json", json.dumps(vscode_config(mcp_url)),
                   f"Clients that speak streamable HTTP (Claude Code, Cursor, MCP Inspector): {mcp_url}"]
         ready = [a.name for a in self.agents if a.ready]
         if ready:
@@ -266,6 +268,8 @@ class Supervisor:
                 for child in list(pending):
                     if not child.alive:
                         child.failure = child.exit_reason()
+                        if child is not self.registry:
+                            self.console.write(f"mesh: agent {child.name} FAILED: {child.failure}")
                     elif _answers(f"{child.base_url}/healthz", client):
                         child.ready = True
                     else:
@@ -274,11 +278,40 @@ class Supervisor:
                 if pending and time.monotonic() > deadline:
                     for child in pending:
                         child.failure = f"no answer at {child.base_url}/healthz within {self.ready_timeout:g}s"
+                        if child is not self.registry:
+                            self.console.write(f"mesh: agent {child.name} FAILED: {child.failure}")
                     self._stop_children(pending)
                     return
                 time.sleep(0.1)
         for child in pending:
             child.failure = "interrupted before it was ready"
+
+    def _wait_admitted(self, agents: list[Child]) -> None:
+        """Wait until the registry has admitted every serving agent (or it failed): only then is the mesh up,
+        so an immediate `mesh ls` or `mesh call` finds every agent. Each is reported as it happens."""
+        pending = list(agents)
+        deadline = time.monotonic() + self.ready_timeout
+        with httpx.Client(base_url=self.registry_url, timeout=2.0, trust_env=False) as client:
+            while pending and not self.stopping:
+                try:
+                    known = {a["name"]: a["status"] for a in client.get("/v1/agents").json()["agents"]}
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    known = {}
+                for agent in list(pending):
+                    if known.get(agent.name) == "active":
+                        self.console.write(f"mesh: {agent.name} admitted ({agent.base_url}/mcp)")
+                        pending.remove(agent)
+                    elif not agent.alive:
+                        agent.failure = agent.exit_reason()
+                        self.console.write(f"mesh: agent {agent.name} FAILED: {agent.failure}")
+                        pending.remove(agent)
+                if pending and time.monotonic() > deadline:
+                    for agent in pending:
+                        agent.failure = (f"not admitted by the registry within {self.ready_timeout:g}s "
+                                         "(its log above says why)")
+                        self.console.write(f"mesh: agent {agent.name} FAILED: {agent.failure}")
+                    return
+                time.sleep(0.1)
 
     def _stop_children(self, children: Sequence[Child]) -> None:
         """SIGTERM every group, wait up to the grace period (cut short by a second Ctrl-C), then SIGKILL."""
@@ -313,6 +346,11 @@ class Supervisor:
 def desktop_config(mcp_url: str) -> dict[str, Any]:
     """Claude Desktop's config file starts stdio servers only, so mcp-remote bridges it to the registry."""
     return {"mcpServers": {"mcpmesh": {"command": "npx", "args": ["-y", "mcp-remote", mcp_url]}}}
+
+
+def vscode_config(mcp_url: str) -> dict[str, Any]:
+    """VS Code speaks streamable HTTP itself: the registry's URL is enough."""
+    return {"servers": {"mcpmesh": {"type": "http", "url": mcp_url}}}
 
 
 def stdio_config(agent: str, workspace: Path, mesh: str = "mesh") -> dict[str, Any]:

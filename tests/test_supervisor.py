@@ -42,7 +42,10 @@ if name == "forks":
 class Health(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = b'{"status": "ok"}'
-        self.send_response(200 if self.path == "/healthz" else 404)
+        if name == "registry" and self.path == "/v1/agents":  # every agent that started is "admitted"
+            agents = [{"name": p.stem, "status": "active"} for p in piddir.glob("*.pid") if p.stem != "registry"]
+            body = ('{"agents": %s}' % str(agents).replace("'", '"')).encode()
+        self.send_response(200 if self.path in ("/healthz", "/v1/agents") else 404)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()

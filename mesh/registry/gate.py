@@ -30,6 +30,7 @@ from mesh.registry.problems import Problem
 _OPEN = [
     ("GET", re.compile(r"/healthz")),
     ("GET", re.compile(r"/\.well-known/[^/]+")),
+    ("GET", re.compile(r"/agents/[^/]+/\.well-known/agent-card\.json")),  # cards are for discovery, like JWKS
     ("GET", re.compile(r"/v1/openapi\.json")),
     ("POST", re.compile(r"/v1/agents")),
     ("POST", re.compile(r"/v1/agents/[^/]+/revocations")),
@@ -173,7 +174,10 @@ class Gate:
 
 
 def _is_mcp(path: str) -> bool:
-    return path == "/mcp" or path.startswith("/mcp/") or (path.startswith("/agents/") and path.endswith("/mcp"))
+    """Paths whose clients speak JSON-RPC (MCP, A2A): refused with a JSON-RPC error, not problem+json."""
+    if path == "/mcp" or path.startswith("/mcp/"):
+        return True
+    return path.startswith("/agents/") and path.rstrip("/").endswith(("/mcp", "/a2a"))
 
 
 def json_depth_ok(value: Any, limit: int) -> bool:
