@@ -2,6 +2,8 @@
 
 ``configure`` installs the process-wide tracer and meter providers once; ``configure_from_env`` reads
 ``MESH_OTEL_EXPORTER`` (``none``, ``console``, ``otlp`` or ``memory``) and ``OTEL_EXPORTER_OTLP_ENDPOINT``.
+``scrape=True`` (the registry) also keeps the metrics for a Prometheus scrape (``prometheus_text``), with
+or without an exporter: the same instruments feed both, there is no second set of counters.
 
 Across an MCP hop nothing extra is needed: mcp 2.3's client opens a CLIENT span per request and writes
 its W3C ``traceparent`` into the request's ``_meta``, and every ``MCPServer`` runs each request inside a
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from contextvars import Token
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from typing import Any, Literal, get_args
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import Counter, Histogram
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Observation
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader, PeriodicExportingMetricReader
@@ -45,6 +47,8 @@ __all__ = [
     "configure_from_env",
     "extract_meta",
     "inject_meta",
+    "observe_reputation",
+    "prometheus_text",
     "record_invoke",
     "span",
     "tracer",
@@ -55,6 +59,8 @@ EXPORTERS: tuple[str, ...] = get_args(Exporter)
 INSTRUMENTATION = "mesh"
 INVOKE_CALLS = "mesh.invoke.calls"
 INVOKE_DURATION = "mesh.invoke.duration"
+POLICY_DECISIONS = "mesh.policy.decisions"
+REPUTATION_SCORE = "mesh.reputation.score"
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +77,8 @@ class Telemetry:
     metric_reader: InMemoryMetricReader | None = None
     invoke_counter: Counter | None = field(default=None, repr=False)
     invoke_latency: Histogram | None = field(default=None, repr=False)
+    policy_counter: Counter | None = field(default=None, repr=False)
+    scrape: bool = False  # metrics are also kept for a Prometheus scrape
 
     @property
     def enabled(self) -> bool:
@@ -88,62 +96,75 @@ _lock = threading.Lock()
 _current: Telemetry | None = None
 
 
-def configure(service_name: str, exporter: Exporter = "none", endpoint: str | None = None) -> Telemetry:
+def configure(service_name: str, exporter: Exporter = "none", endpoint: str | None = None, *,
+              scrape: bool = False) -> Telemetry:
     """Install the global tracer and meter providers, once per process.
 
     OpenTelemetry lets a process set its global providers only once, so the first enabled
-    configuration wins and later calls return it. ``none`` installs nothing, so a later call
-    may still enable telemetry. ``endpoint`` is the OTLP/HTTP base URL (``http://host:4318``);
+    configuration wins and later calls return it. ``none`` installs nothing (unless ``scrape``), so a
+    later call may still enable telemetry. ``endpoint`` is the OTLP/HTTP base URL (``http://host:4318``);
     without it the OTLP exporters read the standard ``OTEL_EXPORTER_OTLP_*`` variables.
     """
     global _current
     if exporter not in EXPORTERS:
         raise ValueError(f"unknown telemetry exporter {exporter!r}; expected one of {', '.join(EXPORTERS)}")
     with _lock:
-        if _current is not None and (_current.enabled or exporter == "none"):
+        installed = _current is not None and (_current.enabled or _current.scrape)
+        if installed and _current is not None and (_current.enabled or (exporter == "none" and not scrape)):
             if (_current.service_name, _current.exporter) != (service_name, exporter):
                 logger.warning(
                     "telemetry already configured as %s/%s; ignoring %s/%s",
                     _current.service_name, _current.exporter, service_name, exporter,
                 )
             return _current
-        _current = _install(service_name, exporter, endpoint) if exporter != "none" else Telemetry(service_name, "none")
+        if exporter == "none" and not scrape:
+            _current = Telemetry(service_name, "none")
+        else:
+            _current = _install(service_name, exporter, endpoint, scrape)
         return _current
 
 
-def configure_from_env(service_name: str) -> Telemetry:
+def configure_from_env(service_name: str, *, scrape: bool = False) -> Telemetry:
     """``configure`` from ``MESH_OTEL_EXPORTER`` (default ``none``) and ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
     exporter = os.environ.get("MESH_OTEL_EXPORTER", "none").strip().lower() or "none"
-    return configure(service_name, exporter, os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))  # type: ignore[arg-type]
+    return configure(service_name, exporter, os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),  # type: ignore[arg-type]
+                     scrape=scrape)
 
 
-def _install(service_name: str, exporter: Exporter, endpoint: str | None) -> Telemetry:
+def _install(service_name: str, exporter: Exporter, endpoint: str | None, scrape: bool = False) -> Telemetry:
     resource = Resource.create({SERVICE_NAME: service_name})
-    telemetry = Telemetry(service_name, exporter)
-    processor: SpanProcessor
-    reader: MetricReader
+    telemetry = Telemetry(service_name, exporter, scrape=scrape)
+    processor: SpanProcessor | None = None
+    readers: list[MetricReader] = []
     if exporter == "memory":
         telemetry.spans = InMemorySpanExporter()
         processor = SimpleSpanProcessor(telemetry.spans)
-        reader = telemetry.metric_reader = InMemoryMetricReader()
+        readers.append(InMemoryMetricReader())
+        telemetry.metric_reader = readers[-1]  # type: ignore[assignment]
     elif exporter == "console":
         from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         processor = BatchSpanProcessor(ConsoleSpanExporter())
-        reader = PeriodicExportingMetricReader(ConsoleMetricExporter())
-    else:
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
+    elif exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         base = endpoint.rstrip("/") if endpoint else None
         processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{base}/v1/traces" if base else None))
-        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=f"{base}/v1/metrics" if base else None))
+        metric_endpoint = f"{base}/v1/metrics" if base else None
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=metric_endpoint)))
+    if scrape:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
-    telemetry.tracer_provider = TracerProvider(resource=resource)
-    telemetry.tracer_provider.add_span_processor(processor)
-    telemetry.meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
-    trace.set_tracer_provider(telemetry.tracer_provider)
+        readers.append(PrometheusMetricReader())
+
+    if processor is not None:
+        telemetry.tracer_provider = TracerProvider(resource=resource)
+        telemetry.tracer_provider.add_span_processor(processor)
+        trace.set_tracer_provider(telemetry.tracer_provider)
+    telemetry.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     metrics.set_meter_provider(telemetry.meter_provider)
 
     meter = telemetry.meter_provider.get_meter(INSTRUMENTATION)
@@ -151,7 +172,29 @@ def _install(service_name: str, exporter: Exporter, endpoint: str | None) -> Tel
     telemetry.invoke_latency = meter.create_histogram(
         INVOKE_DURATION, unit="ms", description="Tool invocation latency, end to end"
     )
+    telemetry.policy_counter = meter.create_counter(POLICY_DECISIONS, unit="{decision}",
+                                                    description="Policy decisions, by outcome and rule")
     return telemetry
+
+
+def observe_reputation(scores: Callable[[], Iterable[tuple[str, float]]]) -> None:
+    """Report each agent's reputation score as a gauge, read from ``scores()`` at each collection."""
+    telemetry = _current
+    if telemetry is None or telemetry.meter_provider is None:
+        return
+
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(score, {"mesh.agent": agent}) for agent, score in scores()]
+
+    telemetry.meter_provider.get_meter(INSTRUMENTATION).create_observable_gauge(
+        REPUTATION_SCORE, [observe], unit="1", description="Reputation score of each agent, 0 to 1")
+
+
+def prometheus_text() -> tuple[bytes, str]:
+    """The metrics in the Prometheus text format, and its content type (empty unless ``scrape``)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 def tracer() -> trace.Tracer:
@@ -230,11 +273,15 @@ def extract_meta(meta: Mapping[str, Any] | None) -> Context:
     return otel_context.get_current()
 
 
-def record_invoke(agent: str, tool: str, status: str, latency_ms: float) -> None:
-    """Count one invocation and record its latency, labelled by agent, tool and status."""
+def record_invoke(agent: str, tool: str, status: str, latency_ms: float, *, decision: str | None = None,
+                  rule: str | None = None) -> None:
+    """Count one invocation and record its latency, labelled by agent, tool and status; and its policy
+    decision (allow/deny, by rule) when the policy was asked."""
     telemetry = _current
     if telemetry is None or telemetry.invoke_counter is None or telemetry.invoke_latency is None:
         return
     attributes = {"mesh.agent": agent, "mesh.tool": tool, "mesh.status": status}
     telemetry.invoke_counter.add(1, attributes)
     telemetry.invoke_latency.record(latency_ms, attributes)
+    if decision is not None and telemetry.policy_counter is not None:
+        telemetry.policy_counter.add(1, {"mesh.agent": agent, "mesh.decision": decision, "mesh.rule": rule or ""})
