@@ -72,7 +72,9 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
 
     pinned = []
     for tool in tools:
-        wire = {k: v for k, v in tool.items() if k != "_meta"}
+        # The signature block is kept with the pinned form, so the registry can list the tool as signed.
+        signature = {SIGNATURE_META: tool["_meta"][SIGNATURE_META]}
+        wire = {k: v for k, v in tool.items() if k != "_meta"} | {"_meta": signature}
         entry = signed[tool["name"]]
         pinned.append(store.ToolRecord(
             agent=name, name=tool["name"], title=wire.get("title"), description=wire.get("description", ""),

@@ -1,8 +1,7 @@
-"""The registry node as one Starlette app: HTTP API under ``/v1``, MCP at ``/mcp``, JWKS, health.
+"""The registry node as one Starlette app: HTTP API under ``/v1``, MCP at ``/mcp`` and
+``/agents/{name}/mcp`` (``mcp_front.py``), JWKS, health.
 
-The MCP endpoint gives a client the whole mesh at one URL: ``discover`` and ``invoke``, plus every
-verified tool of every agent listed as ``AGENT__TOOL``. Calls made either way take the same path
-(``proxy.invoke``) and fail with the same kinds of problems.
+Calls made over HTTP or MCP take the same path (``proxy.py``) and fail with the same kinds of problems.
 """
 
 from __future__ import annotations
@@ -12,15 +11,12 @@ import logging
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Any
 from uuid import UUID
 
 import anyio
-from mcp.server import MCPServer
-from mcp.server.mcpserver import Context
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import CallToolResult, TextContent, Tool
-from pydantic import Field
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,28 +30,15 @@ from mesh.registry import a2a_front, admission, proxy, store
 from mesh.registry.auth import AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, parse_json
+from mesh.registry.mcp_front import Front, caller_of
 from mesh.registry.node import Registry, run_json
 from mesh.registry.openapi import openapi_document
 from mesh.registry.problems import Problem
 
 log = logging.getLogger(__name__)
-SEPARATOR = "__"
 MAX_RUNS_PAGE = 1000
 MIN_RUN_PREFIX = 8
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def caller_of(registry: Registry, request: Request | None) -> Caller:
-    """The caller the gate identified (``gate.py``); without a request (stdio, in-process) the local user."""
-    if request is None:
-        return registry.identify(None, "127.0.0.1")
-    caller = getattr(request.state, "caller", None)
-    if caller is not None:
-        return caller
-    try:
-        return registry.identify(request.headers.get("authorization"), request.client.host if request.client else None)
-    except AuthProblem as exc:
-        raise Problem("unauthenticated", str(exc)) from exc
 
 
 def allowed(registry: Registry, request: Request, action: str, agent: str | None = None) -> Caller:
@@ -109,10 +92,14 @@ def read_run_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def build_app(registry: Registry) -> Starlette:
-    mcp = RegistryMCP(registry)
     # Host and Origin are checked for every route by the gate, with the registry's own allow-lists.
-    mcp_app = mcp.streamable_http_app(json_response=False, host=registry.config.host,
-                                      transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+    unchecked = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    mesh_mcp = Front(registry, whole_mesh=True).server()
+    mcp_app = mesh_mcp.streamable_http_app(json_response=False, host=registry.config.host,
+                                           transport_security=unchecked)
+    agent_mcp = Front(registry, whole_mesh=False).server()
+    agent_mcp.streamable_http_app(json_response=False, host=registry.config.host, transport_security=unchecked)
+    agent_mcp_app = StreamableHTTPASGIApp(agent_mcp.session_manager)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools)})
@@ -160,6 +147,18 @@ def build_app(registry: Registry) -> Starlette:
                                         for r in store.list_revocations(session, name)]
             document["recent_runs"] = [run_json(r) for r in store.list_runs(session, name, limit=20)]
         return JSONResponse(document)
+
+    async def agent_jwks(request: Request) -> JSONResponse:
+        """The keys this registry trusts for an agent now (with ``exp`` where a key's overlap ends) and the
+        kids it holds revoked: what a client needs to check the signatures listed through the registry."""
+        allowed(registry, request, "read")
+        name = path_name(request)
+        if name not in registry.endpoints:
+            raise Problem("unknown-agent", f"no agent {name!r} is registered")
+        trust = registry.cached_trust(name)
+        keys = [{**key.jwk, **({"exp": key.exp} if key.exp else {})} for key in trust.keys.values()
+                if key.kid not in trust.revoked]
+        return JSONResponse({"keys": keys, "revoked": sorted(trust.revoked)})
 
     async def recheck(request: Request) -> JSONResponse:
         """Re-list an agent's tools now and block any that changed after approval."""
@@ -289,7 +288,8 @@ def build_app(registry: Registry) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
-        async with anyio.create_task_group() as group, mcp.session_manager.run():
+        async with (anyio.create_task_group() as group, mesh_mcp.session_manager.run(),
+                    agent_mcp.session_manager.run()):
             registry.forwarder = Forwarder()
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
@@ -318,6 +318,9 @@ def build_app(registry: Registry) -> Starlette:
             Route("/runs", problem_json(runs), methods=["GET"]),
             Route("/runs/{run_id}", problem_json(run), methods=["GET"]),
         ]),
+        # One agent through the registry, as a virtual server, with the keys to check what it lists.
+        Route("/agents/{name}/mcp", agent_mcp_app),
+        Route("/agents/{name}/jwks.json", problem_json(agent_jwks), methods=["GET"]),
         *a2a_front.routes(registry),  # /agents/{name}/a2a and its card
         Mount("/", app=mcp_app),
     ]
@@ -357,78 +360,3 @@ async def checkpoint_forever(registry: Registry, interval: float = 1.0) -> None:
     while True:
         await anyio.sleep(interval)
         await anyio.to_thread.run_sync(store.checkpoint, registry.engine)
-
-
-class RegistryMCP(MCPServer):
-    """The registry's MCP face: its own tools plus every verified mesh tool as ``AGENT__TOOL``."""
-
-    def __init__(self, registry: Registry):
-        super().__init__(name="mcpmesh-registry", version="0.1.0", log_level="WARNING",
-                         instructions="Every verified tool of the mesh, as AGENT__TOOL; use discover to find "
-                                      "tools by meaning and invoke to call one by agent and tool name.")
-        self.registry = registry
-
-        @self.tool(annotations=None)
-        def discover(
-            query: Annotated[str, Field(description="what you want done, in words")],
-            k: Annotated[int, Field(ge=1, le=100)] = 10,
-            agent: str | None = None,
-            read_only: bool | None = None,
-        ) -> list[dict[str, Any]]:
-            """Find verified tools of the mesh by meaning, ranked by relevance weighted by reputation."""
-            return registry.discover(query, k=k, agent=agent, read_only=read_only)
-
-        @self.tool()
-        async def invoke(agent: str, tool: str, arguments: dict[str, Any], ctx: Context) -> dict[str, Any]:
-            """Call a tool of another agent through the registry (checked against schema and policy)."""
-            caller = caller_of(registry, ctx.request_context.request)
-            try:
-                outcome = await proxy.invoke(registry, caller, agent, tool, arguments,
-                                             trace_context=ctx.request_context.meta)
-            except Problem as problem:
-                raise ValueError(str(problem)) from problem
-            return outcome.to_json()
-
-    async def list_tools(self) -> list[Tool]:
-        own = await super().list_tools()
-        mesh_tools = [
-            Tool.model_validate({**pinned.wire, "name": f"{pinned.agent}{SEPARATOR}{pinned.name}",
-                                 "_meta": {"io.mcpmesh/agent": pinned.agent, "io.mcpmesh/digest": pinned.digest}})
-            for (agent, _), pinned in sorted(self.registry.tools.items())
-            if pinned.status == "verified"
-        ]
-        return own + mesh_tools
-
-    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
-        pinned = self._mesh_tool(name)
-        return pinned.wire.get("inputSchema") if pinned else super()._tool_input_schema(name)
-
-    def _mesh_tool(self, name: str) -> Any:
-        if SEPARATOR not in name:
-            return None
-        agent, _, tool = name.partition(SEPARATOR)
-        return self.registry.tools.get((agent, tool))
-
-    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
-        if SEPARATOR not in name:
-            return await super().call_tool(name, arguments, context)
-        agent, _, tool = name.partition(SEPARATOR)
-        request = context.request_context.request if context is not None else None
-        progress = None
-        if context is not None:  # the SDK sends nothing when the caller asked for no progress
-
-            async def progress(done: float, total: float | None, message: str | None) -> None:
-                await context.report_progress(done, total, message)
-
-        try:
-            caller = caller_of(self.registry, request)
-            meta = context.request_context.meta if context is not None else None
-            outcome = await proxy.invoke(self.registry, caller, agent, tool, arguments, progress=progress,
-                                         trace_context=meta)
-        except Problem as problem:
-            return CallToolResult(content=[TextContent(type="text", text=str(problem))], is_error=True,
-                                  structured_content=None)
-        result = outcome.result
-        meta = dict(result.meta or {})
-        meta["io.mcpmesh/run"] = outcome.run_id
-        return result.model_copy(update={"meta": meta})

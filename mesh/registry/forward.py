@@ -13,12 +13,19 @@ names and encodings, the ``Mcp-Param-*`` headers a schema asks for, the result m
 
 Every mesh agent serves 2026-07-28 (it runs this SDK). A server that does not is refused at admission:
 its ``tools/list`` goes the same way, fails, and the refusal quotes the server's answer.
+
+A call made on behalf of an MCP client (``Relay``) carries that client's capabilities and log level in
+``_meta``, so the agent may ask it for input (an ``input_required`` result, passed back untouched with
+its opaque ``requestState``) and logs to it; every notification on the agent's stream is handed to the
+relay. A call without a relay (``POST /v1/invoke``, admission) declares no capabilities and asks for
+no logs: the agent answers it with one JSON body, the fast path.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -33,12 +40,29 @@ from mcp.shared.inbound import (
 from mcp.types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
+    LOG_LEVEL_META_KEY,
     PROTOCOL_VERSION_META_KEY,
     CallToolResult,
+    InputRequiredResult,
     Tool,
 )
 
 ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+NotificationCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Relay:
+    """The MCP client a call is carried for: what the agent may know of it and how to reach it.
+
+    ``capabilities`` (wire form) and ``log_level`` go to the agent in ``_meta``; ``notify`` receives
+    every notification the agent sends on the call's stream except progress (``notifications/message``,
+    list changes, ...)."""
+
+    capabilities: Mapping[str, Any] | None = None
+    log_level: str | None = None
+    notify: NotificationCallback | None = None
+    client_info: Mapping[str, Any] | None = None
 
 PROTOCOL_VERSION = "2026-07-28"
 CLIENT_INFO = {"name": "mcpmesh-registry", "version": "0.1.0"}
@@ -57,8 +81,17 @@ class AgentError(Exception):
     def __init__(self, code: int, message: str, data: Any = None, *, http_status: int | None = None):
         super().__init__(f"{message} (JSON-RPC error {code})" if code else message)
         self.code = code
+        self.message = message
         self.data = data
         self.http_status = http_status
+
+    def extra(self) -> dict[str, Any]:
+        """The agent's JSON-RPC error as it was (``jsonrpc_error``), for a problem to carry on: a client
+        of the registry sees the same code and data (e.g. -32021 with ``requiredCapabilities``)."""
+        if not self.code:
+            return {}
+        error = {"code": self.code, "message": self.message}
+        return {"jsonrpc_error": error if self.data is None else {**error, "data": self.data}}
 
 
 class Forwarder:
@@ -78,14 +111,19 @@ class Forwarder:
 
     async def call_tool(self, endpoint: str, name: str, arguments: dict[str, Any], *,
                         input_schema: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
-                        progress: ProgressCallback | None = None) -> CallToolResult:
-        """Call tool ``name``; ``input_schema`` says which arguments travel as ``Mcp-Param-*`` headers too."""
-        headers = {MCP_NAME_HEADER: encode_header_value(name)}
+                        progress: ProgressCallback | None = None, relay: Relay | None = None,
+                        extra: Mapping[str, Any] | None = None,
+                        headers: Mapping[str, str] | None = None) -> CallToolResult | InputRequiredResult:
+        """Call tool ``name``; ``input_schema`` says which arguments travel as ``Mcp-Param-*`` headers too.
+
+        ``extra`` adds request params as they are (``inputResponses``, ``requestState`` of a retry)."""
+        headers = {**(headers or {}), MCP_NAME_HEADER: encode_header_value(name)}
         if input_schema:
             headers |= mcp_param_headers(x_mcp_header_map(input_schema), arguments)
-        params = {"name": name, "arguments": arguments}
-        result = await self.request(endpoint, "tools/call", params, meta=meta, headers=headers, progress=progress)
-        return CallToolResult.model_validate(result)
+        params = {**(extra or {}), "name": name, "arguments": arguments}
+        result = await self.request(endpoint, "tools/call", params, meta=meta, headers=headers, progress=progress,
+                                    relay=relay)
+        return as_result(result, CallToolResult)
 
     async def list_tools(self, endpoint: str) -> list[dict[str, Any]]:
         """Every tool the agent lists, as wire dicts, following ``nextCursor`` to the last page."""
@@ -102,7 +140,7 @@ class Forwarder:
 
     async def request(self, endpoint: str, method: str, params: dict[str, Any], *,
                       meta: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
-                      progress: ProgressCallback | None = None) -> dict[str, Any]:
+                      progress: ProgressCallback | None = None, relay: Relay | None = None) -> dict[str, Any]:
         """Send one request and return its ``result``; raise ``AgentError`` for a JSON-RPC error.
 
         Transport failures surface as ``httpx2.HTTPError``."""
@@ -110,6 +148,12 @@ class Forwarder:
         request_id = self._next_id
         envelope = {PROTOCOL_VERSION_META_KEY: PROTOCOL_VERSION, CLIENT_CAPABILITIES_META_KEY: {},
                     CLIENT_INFO_META_KEY: CLIENT_INFO, **(meta or {})}
+        if relay is not None:
+            envelope[CLIENT_CAPABILITIES_META_KEY] = dict(relay.capabilities or {})
+            if relay.client_info:
+                envelope[CLIENT_INFO_META_KEY] = dict(relay.client_info)
+            if relay.log_level:
+                envelope[LOG_LEVEL_META_KEY] = relay.log_level
         if progress is not None:
             envelope["progressToken"] = _PROGRESS_TOKEN
         body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**params, "_meta": envelope}}
@@ -118,7 +162,7 @@ class Forwarder:
         response = await self._http.send(request, stream=True)
         try:
             if response.headers.get("content-type", "").startswith("text/event-stream"):
-                message = await _read_stream(response, request_id, progress)
+                message = await _read_stream(response, request_id, progress, relay.notify if relay else None)
             else:
                 message = _decode(await response.aread(), response)
         finally:
@@ -134,9 +178,17 @@ class Forwarder:
         return message["result"]
 
 
-async def _read_stream(response: httpx2.Response, request_id: int,
-                       progress: ProgressCallback | None) -> dict[str, Any]:
-    """Pass progress notifications on until the response to ``request_id`` arrives."""
+def as_result(result: dict[str, Any], model: type[Any]) -> Any:
+    """``result`` as ``model``, or as the ``InputRequiredResult`` it is (kept whole: its ``requestState``
+    is the agent's and must go back byte for byte)."""
+    if result.get("resultType") == "input_required":
+        return InputRequiredResult.model_validate(result)
+    return model.model_validate(result)
+
+
+async def _read_stream(response: httpx2.Response, request_id: int, progress: ProgressCallback | None,
+                       notify: NotificationCallback | None) -> dict[str, Any]:
+    """Pass notifications on until the response to ``request_id`` arrives."""
     async for event in httpx2.EventSource(response):
         if event.event != "message" or not event.data:
             continue  # keep-alive pings and priming events
@@ -147,6 +199,8 @@ async def _read_stream(response: httpx2.Response, request_id: int,
             update = message.get("params") or {}
             if update.get("progressToken") == _PROGRESS_TOKEN:
                 await progress(update.get("progress", 0), update.get("total"), update.get("message"))
+        elif isinstance(message.get("method"), str) and "id" not in message and notify is not None:
+            await notify(message["method"], message.get("params") or {})
     raise AgentError(0, "the agent closed the stream before answering", http_status=response.status_code)
 
 

@@ -6,6 +6,13 @@ manifest it was admitted on → the answer checked against the signed output sch
 both agents' logs, with signed provenance → learn reputation → return. Every failure after the pinned
 tool is known is recorded too.
 
+Every kind of MCP request the registry carries takes this path (``Call.kind``): a tool call, a resource
+read, a prompt get, a completion. The policy's input names the kind and the MCP method, so a policy can
+tell them apart; resources, prompts and completions have no pinned schema to check their arguments or
+answer against. An ``input_required`` answer (MCP 2026-07-28: the agent asks the client for input
+first) is not an outcome: it is recorded as such, teaches reputation nothing, and is handed back
+whole, its ``requestState`` untouched; the retry that carries the client's answers is a call of its own.
+
 Who is to blame — one rule: a failure counts against the target's reputation only when the target could
 have avoided it whatever the caller sent.
 
@@ -41,7 +48,7 @@ import anyio
 import httpx2
 import rfc8785
 from jsonschema.exceptions import best_match
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, InputRequiredResult
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
@@ -50,7 +57,7 @@ from mesh.client import RUN_META
 from mesh.manifest import MANIFEST_META, json_digest
 from mesh.registry import admission, store
 from mesh.registry.auth import Caller
-from mesh.registry.forward import AgentError
+from mesh.registry.forward import AgentError, Relay
 from mesh.registry.node import PinnedTool, Registry, now_ms
 from mesh.registry.policy import Decision
 from mesh.registry.problems import Problem
@@ -60,6 +67,40 @@ MAX_SAFE_INTEGER = 2**53 - 1  # beyond it RFC 8785 (and JavaScript) cannot hold 
 # HTTP statuses by which an agent refuses the request itself (its size or form): the caller's fault.
 CALLER_STATUSES = frozenset({400, 413, 414, 415, 422, 431})
 INVALID_PARAMS = -32602
+METHODS = {"tool": "tools/call", "resource": "resources/read", "prompt": "prompts/get",
+           "completion": "completion/complete"}
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one request through the registry asks of an agent.
+
+    ``name`` is the tool or prompt name, the resource URI, or what a completion completes (a prompt
+    name or a resource template URI); ``extra`` holds request params passed on as they are (a retry's
+    ``inputResponses`` and ``requestState``, a completion's ``ref``, ``argument`` and ``context``)."""
+
+    agent: str
+    name: str
+    kind: str = "tool"
+    arguments: dict[str, Any] | None = None
+    extra: Mapping[str, Any] | None = None
+
+    @property
+    def method(self) -> str:
+        return METHODS[self.kind]
+
+    @property
+    def label(self) -> str:
+        """How runs name what was called: the tool's name, else ``KIND:NAME``."""
+        return self.name if self.kind == "tool" else f"{self.kind}:{self.name}"
+
+    def params(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        params = dict(self.extra or {})
+        if self.kind == "resource":
+            params["uri"] = self.name
+        elif self.kind in ("tool", "prompt"):
+            params |= {"name": self.name, "arguments": arguments}
+        return params
 _REMEMBERED_DIGESTS = 8  # mismatching manifest digests remembered per agent as already rechecked
 
 
@@ -68,13 +109,16 @@ class Invocation:
     """A finished call: its run id (the caller-side record) and the target's answer."""
 
     run_id: str
-    result: CallToolResult
+    result: Any  # CallToolResult or InputRequiredResult for a tool; the wire dict for the other kinds
     target_run_id: str
     trace_id: str | None
 
     def to_json(self) -> dict[str, Any]:
+        result = self.result
+        if not isinstance(result, dict):
+            result = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return {"run_id": self.run_id, "target_run_id": self.target_run_id, "trace_id": self.trace_id,
-                "result": self.result.model_dump(by_alias=True, mode="json", exclude_none=True)}
+                "result": result}
 
 
 def resolve(registry: Registry, agent: str, tool: str) -> PinnedTool:
@@ -89,50 +133,72 @@ def resolve(registry: Registry, agent: str, tool: str) -> PinnedTool:
     return pinned
 
 
-def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool, arguments: dict[str, Any]) -> dict:
+def resolve_agent(registry: Registry, agent: str) -> None:
+    if agent not in registry.endpoints:
+        raise Problem("unknown-agent", f"no agent {agent!r} is registered")
+
+
+def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | None, arguments: dict[str, Any],
+                 call: Call | None = None) -> dict:
+    """The Rego input: ``target.tool`` is the tool (or prompt, resource URI...) named, ``kind`` and
+    ``method`` say which kind of request it is; an unpinned target has no annotations and needs no scope."""
     caller_reputation = registry.known_score(caller.agent) if caller.agent else None
+    agent = pinned.agent if pinned else call.agent
+    kind = call.kind if call else "tool"
     return {
+        "kind": kind, "method": METHODS[kind],
         "caller": {"id": caller.id, "kind": caller.kind, "scopes": caller.scopes, "reputation": caller_reputation},
-        "target": {"agent": pinned.agent, "tool": pinned.name, "annotations": pinned.annotations,
-                   "scopes": pinned.scopes, "reputation": registry.reputation(pinned.agent).score(),
-                   "probe": registry.probe_due(pinned.agent)},
+        "target": {"agent": agent, "tool": pinned.name if pinned else call.name, "kind": kind,
+                   "annotations": pinned.annotations if pinned else {}, "scopes": pinned.scopes if pinned else [],
+                   "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent)},
         "arguments": arguments,
     }
 
 
 async def invoke(registry: Registry, caller: Caller, agent: str, tool: str, arguments: dict[str, Any] | None,
                  *, parent_run_id: str | None = None, progress: Any = None,
-                 trace_context: Mapping[str, Any] | None = None) -> Invocation:
-    """Carry one call from ``caller`` to ``agent.tool``; raise a ``Problem`` for every refusal."""
+                 trace_context: Mapping[str, Any] | None = None, relay: Relay | None = None,
+                 extra: Mapping[str, Any] | None = None) -> Invocation:
+    """Carry one tool call from ``caller`` to ``agent.tool``; raise a ``Problem`` for every refusal."""
+    return await carry(registry, caller, Call(agent, tool, "tool", arguments, extra), parent_run_id=parent_run_id,
+                       progress=progress, trace_context=trace_context, relay=relay)
+
+
+async def carry(registry: Registry, caller: Caller, call: Call, *, parent_run_id: str | None = None,
+                progress: Any = None, trace_context: Mapping[str, Any] | None = None,
+                relay: Relay | None = None) -> Invocation:
+    """Carry one request of any kind (``Call``) from ``caller`` to its agent; a ``Problem`` for every refusal."""
     try:
-        return await _invoke(registry, caller, agent, tool, arguments, parent_run_id, progress, trace_context)
+        return await _carry(registry, caller, call, parent_run_id, progress, trace_context, relay)
     except Problem as problem:
         if "run_id" not in problem.extra:  # refused before it was recorded: a recorded run tells on its own
-            _tell_parent(registry, caller, parent_run_id, f"{agent}.{tool} refused: {problem}")
+            _tell_parent(registry, caller, parent_run_id, f"{call.agent}.{call.label} refused: {problem}")
         raise
 
 
-async def _invoke(registry: Registry, caller: Caller, agent: str, tool: str, arguments: dict[str, Any] | None,
-                  parent_run_id: str | None, progress: Any, trace_context: Mapping[str, Any] | None) -> Invocation:
-    arguments = arguments if arguments is not None else {}
+async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: str | None, progress: Any,
+                 trace_context: Mapping[str, Any] | None, relay: Relay | None) -> Invocation:
+    agent = call.agent
+    arguments = call.arguments if call.arguments is not None else {}
     if not isinstance(arguments, dict):
         raise Problem("bad-request", "arguments must be a JSON object")
     # Before anything is recorded: canonical JSON could not even digest them.
     check_arguments(arguments, registry.config.max_json_depth)
-    attributes = {"mesh.caller": caller.id, "mesh.agent": agent, "mesh.tool": tool}
+    attributes = {"mesh.caller": caller.id, "mesh.agent": agent, "mesh.tool": call.label}
     context = telemetry.extract_meta(trace_context)
     with telemetry.span("mesh.invoke", context=context, kind=SpanKind.SERVER, **attributes) as span:
         trace_id = _trace_id(span)
-        run = _Run(registry, caller, agent, tool, arguments, trace_id, parent_run_id)
-        pinned = resolve(registry, agent, tool)  # unknown or blocked: refused before anything is recorded
+        run = _Run(registry, caller, agent, call.label, arguments, trace_id, parent_run_id)
+        # Unknown or blocked: refused before anything is recorded.
+        pinned = resolve(registry, agent, call.name) if call.kind == "tool" else resolve_agent(registry, agent)
 
-        errors = sorted(pinned.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+        errors = sorted(pinned.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path)) if pinned else []
         if errors:
             detail = "; ".join(_describe(e) for e in errors[:5])
             await run.finish("invalid", Outcome("invalid", fault="caller"), error=detail)
-            raise Problem("invalid-arguments", f"{agent}.{tool}: {detail}", run_id=run.id)
+            raise Problem("invalid-arguments", f"{agent}.{call.label}: {detail}", run_id=run.id)
 
-        decision = registry.policy.evaluate(policy_input(registry, caller, pinned, arguments))
+        decision = registry.policy.evaluate(policy_input(registry, caller, pinned, arguments, call))
         run.decision = decision
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or decision.rule
@@ -140,13 +206,19 @@ async def _invoke(registry: Registry, caller: Caller, agent: str, tool: str, arg
             raise Problem("policy-denied", f"denied by rule {decision.rule!r}: {reasons}",
                           rule=decision.rule, run_id=run.id)
 
-        result = await _forward(registry, run, pinned, arguments, progress)
+        result = await _forward(registry, run, call, pinned, arguments, progress, relay)
+        if pinned is None:  # no pin to check the answer against (yet): the agent's word, recorded
+            await run.finish("ok", Outcome("ok", latency_ms=run.elapsed_ms()))
+            return Invocation(run.id, result, run.target_id, trace_id)
         await _check_manifest(registry, run, pinned, result)
+        if isinstance(result, InputRequiredResult):  # not an answer yet: the client is asked first
+            await run.finish("input_required", None)
+            return Invocation(run.id, result, run.target_id, trace_id)
         violation = _output_violation(pinned, result)
         if violation:
             await run.finish("invalid", Outcome("invalid", latency_ms=run.elapsed_ms()), error=violation)
-            raise Problem("invalid-output", f"{agent}.{tool} answered outside its signed output schema: {violation}",
-                          run_id=run.id)
+            raise Problem("invalid-output", f"{agent}.{call.name} answered outside its signed output schema: "
+                          f"{violation}", run_id=run.id)
         if result.is_error:  # the tool answered that it could not: counted apart from the agent failing
             await run.finish("error", Outcome("tool_error", latency_ms=run.elapsed_ms()), error=_text(result))
         else:
@@ -181,20 +253,24 @@ def _malformed(path: tuple[Any, ...], problem: str) -> Problem:
     return Problem("invalid-arguments", f"arguments/{where}: {problem}")
 
 
-async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments: dict[str, Any],
-                   progress: Any) -> CallToolResult:
+async def _forward(registry: Registry, run: _Run, call: Call, pinned: PinnedTool | None, arguments: dict[str, Any],
+                   progress: Any, relay: Relay | None) -> Any:
     assert registry.forwarder is not None
-    endpoint = registry.endpoints[pinned.agent]
-    registry.last_forwarded[pinned.agent] = time.monotonic()
+    endpoint = registry.endpoints[call.agent]
+    registry.last_forwarded[call.agent] = time.monotonic()
     timeout = registry.config.call_timeout
-    where = f"{pinned.agent}.{pinned.name}"
-    attributes = {"mesh.agent": pinned.agent, "mesh.tool": pinned.name, "url.full": endpoint}
+    where = f"{call.agent}.{call.label}"
+    attributes = {"mesh.agent": call.agent, "mesh.tool": call.label, "url.full": endpoint}
     try:
         with (_in_flight(registry, run), telemetry.span("mesh.forward", kind=SpanKind.CLIENT, **attributes),
               anyio.fail_after(timeout)):
             meta = telemetry.inject_meta({RUN_META: run.target_id})  # the agent's span continues this one
-            return await registry.forwarder.call_tool(endpoint, pinned.name, arguments, meta=meta, progress=progress,
-                                                      input_schema=pinned.wire.get("inputSchema"))
+            if pinned is not None:
+                return await registry.forwarder.call_tool(
+                    endpoint, pinned.name, arguments, meta=meta, progress=progress, relay=relay, extra=call.extra,
+                    input_schema=pinned.wire.get("inputSchema"))
+            return await registry.forwarder.request(endpoint, call.method, call.params(arguments), meta=meta,
+                                                    progress=progress, relay=relay)
     except TimeoutError as exc:
         await run.finish("timeout", Outcome("timeout", latency_ms=run.elapsed_ms()),
                          error=f"no answer within {timeout:g} s")
@@ -205,18 +281,18 @@ async def _forward(registry: Registry, run: _Run, pinned: PinnedTool, arguments:
         raise
     except AgentError as exc:
         if exc.http_status in CALLER_STATUSES or exc.code == INVALID_PARAMS:  # it refused the request itself
-            await run.finish("invalid", Outcome("invalid", fault="caller"), error=f"{pinned.agent} refused: {exc}")
+            await run.finish("invalid", Outcome("invalid", fault="caller"), error=f"{call.agent} refused: {exc}")
             kind = "payload-too-large" if exc.http_status == 413 else "invalid-arguments"
-            raise Problem(kind, f"{where} refused the request: {exc}", run_id=run.id) from exc
+            raise Problem(kind, f"{where} refused the request: {exc}", run_id=run.id, **exc.extra()) from exc
         await run.finish("error", Outcome("error", latency_ms=run.elapsed_ms()), error=str(exc))
-        raise Problem("target-error", f"{where} answered with an error: {exc}", run_id=run.id) from exc
+        raise Problem("target-error", f"{where} answered with an error: {exc}", run_id=run.id, **exc.extra()) from exc
     except ValidationError as exc:
         detail = f"its answer is not a tool result: {exc.errors()[0]['msg']}"
         await run.finish("invalid", Outcome("invalid", latency_ms=run.elapsed_ms()), error=detail)
         raise Problem("invalid-output", f"{where}: {detail}", run_id=run.id) from exc
     except httpx2.HTTPError as exc:
         await run.finish("unavailable", Outcome("unavailable"), error=str(exc) or type(exc).__name__)
-        raise Problem("target-unavailable", f"{pinned.agent} at {endpoint} is unreachable: {exc!r}",
+        raise Problem("target-unavailable", f"{call.agent} at {endpoint} is unreachable: {exc!r}",
                       run_id=run.id) from exc
 
 

@@ -1,0 +1,403 @@
+"""The registry's MCP faces: the whole mesh at ``/mcp`` and one agent at ``/agents/{name}/mcp``.
+
+``/agents/{name}/mcp`` is the agent as a virtual server: its tools (and resources, prompts, completions)
+under their own names, every request carried by ``proxy.carry`` (caller, policy, provenance,
+reputation). ``/mcp`` is the whole mesh: the registry's ``discover`` and ``invoke`` tools, every
+verified tool as ``AGENT__TOOL`` and every prompt as ``AGENT__PROMPT``; resource URIs keep their form
+and are routed to the agent that lists them.
+
+Both are one low-level ``mcp.server.Server`` each, answering both protocol versions:
+
+- **2026-07-28** (no session): each request is carried as it came, statelessly. The client's
+  capabilities and log level travel on in ``_meta``; the agent's progress and log notifications come
+  back on the request's stream; an ``input_required`` result goes back whole and the client's retry
+  (``inputResponses`` + ``requestState``, untouched) is carried like any request.
+- **2025-11-25** (a session): the registry bridges. The agent still answers the registry in 2026-07-28,
+  so its ``input_required`` result is turned into ``elicitation/create`` / ``sampling/createMessage``
+  / ``roots/list`` requests to the client over its session, and the request is sent again with the
+  answers and the ``requestState`` (what the SDK's client does in ``_input_required.py``). The log level
+  set by ``logging/setLevel`` is kept per session and asked of the agent on every request.
+
+The forward to the agent stays one POST (``forward.py``); a request the client cancels closes it.
+JSON-RPC errors of the agent reach the client with their code and data. The registry does not carry
+``resources/subscribe`` or list-changed notifications (an agent announces those only on a
+``subscriptions/listen`` stream the registry does not hold open), so it does not advertise them.
+
+How a client checks signatures through the registry: every listed tool (resource, prompt) keeps the
+agent's ``_meta["io.mcpmesh/signature"]`` and says in ``_meta["io.mcpmesh/jwks"]`` where the keys the
+registry trusts for that agent are (``/agents/NAME/jwks.json``). On ``/mcp`` the name was rewritten
+to ``AGENT__NAME``: put back ``_meta["io.mcpmesh/name"]`` as ``name``, then verify as the README says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.uri_template import UriTemplate
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from starlette.requests import Request
+
+from mesh.client import PROBLEM_META, RUN_META
+from mesh.registry import proxy
+from mesh.registry.auth import AuthProblem, Caller
+from mesh.registry.forward import Relay
+from mesh.registry.node import PinnedTool, Registry
+from mesh.registry.problems import Problem
+
+log = logging.getLogger(__name__)
+SEPARATOR = "__"
+AGENT_META = "io.mcpmesh/agent"
+NAME_META = "io.mcpmesh/name"
+JWKS_META = "io.mcpmesh/jwks"
+TARGET_RUN_META = "io.mcpmesh/target-run"
+TRACE_META = "io.mcpmesh/trace"
+RESOURCE_NOT_FOUND = -32002  # the spec's code for a resource no one serves
+MAX_INPUT_ROUNDS = 10  # as the SDK's client: a server that keeps asking is given up on
+_SESSION_LEVELS = 10_000  # log levels remembered per legacy session, at most
+_RESULTS = {"elicitation/create": types.ElicitResult, "sampling/createMessage": types.CreateMessageResult,
+            "roots/list": types.ListRootsResult}
+# Problems a client must fix in its request, as JSON-RPC errors when the request was not a tool call.
+_PROBLEM_CODES = {"invalid-arguments": types.INVALID_PARAMS, "unknown-tool": types.INVALID_PARAMS,
+                  "unknown-agent": types.INVALID_PARAMS, "bad-request": types.INVALID_PARAMS}
+
+
+def caller_of(registry: Registry, request: Request | None) -> Caller:
+    """The caller the gate identified (``gate.py``); without a request (stdio, in-process) the local user."""
+    if request is None:
+        return registry.identify(None, "127.0.0.1")
+    caller = getattr(request.state, "caller", None)
+    if caller is not None:
+        return caller
+    try:
+        return registry.identify(request.headers.get("authorization"), request.client.host if request.client else None)
+    except AuthProblem as exc:
+        raise Problem("unauthenticated", str(exc)) from exc
+
+
+def jwks_url(request: Request | None, agent: str) -> str:
+    """Where a client finds the keys the registry trusts for ``agent``."""
+    base = str(request.base_url).rstrip("/") if request is not None else ""
+    return f"{base}/agents/{agent}/jwks.json"
+
+
+class Front:
+    """Handlers shared by both faces; ``whole_mesh`` picks the face (names ``AGENT__NAME`` or as they are)."""
+
+    def __init__(self, registry: Registry, *, whole_mesh: bool):
+        self.registry = registry
+        self.whole_mesh = whole_mesh
+        self.session_levels: dict[str, str] = {}
+        self.resource_owners: dict[str, str] = {}  # URI -> agent, learnt from listings (``/mcp``)
+
+    # -- who and where ------------------------------------------------------------------------------
+
+    def agent_of(self, ctx: ServerRequestContext[Any, Any]) -> str:
+        """The one agent of ``/agents/{name}/mcp``."""
+        request = ctx.request
+        name = request.path_params.get("name", "") if isinstance(request, Request) else ""
+        if name not in self.registry.endpoints:
+            raise MCPError(types.INVALID_PARAMS, f"no agent {name[:80]!r} is registered")
+        return name
+
+    def split(self, ctx: ServerRequestContext[Any, Any], name: str) -> tuple[str, str]:
+        """(agent, name at the agent) for a name as the client sees it."""
+        if not self.whole_mesh:
+            return self.agent_of(ctx), name
+        agent, separator, own = name.partition(SEPARATOR)
+        if not separator:
+            raise MCPError(types.INVALID_PARAMS, f"{name[:80]!r} is not AGENT{SEPARATOR}NAME")
+        return agent, own
+
+    def agents(self, ctx: ServerRequestContext[Any, Any]) -> list[str]:
+        return sorted(self.registry.endpoints) if self.whole_mesh else [self.agent_of(ctx)]
+
+    def relay(self, ctx: ServerRequestContext[Any, Any]) -> Relay:
+        """The client, as the agent should know it: capabilities, log level, a way to send it notifications."""
+        capabilities = ctx.session.client_capabilities
+        meta = _wire_meta(ctx)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            level = meta.get(types.LOG_LEVEL_META_KEY)
+        else:  # a session: what logging/setLevel said, else everything (the 2025-11-25 default)
+            level = self.session_levels.get(_session_id(ctx) or "", "debug")
+
+        async def notify(method: str, params: dict[str, Any]) -> None:
+            if method == "notifications/message":
+                with anyio.CancelScope(shield=True):
+                    await ctx.session.send_notification(
+                        types.LoggingMessageNotification(params=types.LoggingMessageNotificationParams.model_validate(
+                            params)), related_request_id=ctx.request_id)
+
+        return Relay(capabilities=capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+                     if capabilities else {}, log_level=level, notify=notify)
+
+    async def carry(self, ctx: ServerRequestContext[Any, Any], call: proxy.Call) -> Any:
+        """One request through ``proxy.carry``; on a 2025-11-25 session, ``input_required`` is bridged."""
+        caller = self._caller(ctx)
+        relay = self.relay(ctx)
+        progress = None
+        if _wire_meta(ctx).get("progressToken") is not None:
+
+            async def progress(done: float, total: float | None, message: str | None) -> None:
+                await ctx.session.report_progress(done, total, message)
+
+        wire = dict(ctx.params or {})
+        extra = {key: wire[key] for key in ("inputResponses", "requestState") if key in wire}
+        for rounds in range(MAX_INPUT_ROUNDS + 1):
+            try:
+                outcome = await proxy.carry(self.registry, caller, _with_extra(call, extra), progress=progress,
+                                            trace_context=_wire_meta(ctx), relay=relay)
+            except Problem as problem:
+                return self._refusal(call, problem)
+            result = outcome.result
+            if not isinstance(result, types.InputRequiredResult) or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                return _stamped(result, outcome)
+            if rounds == MAX_INPUT_ROUNDS:
+                break
+            extra = {"inputResponses": await self._ask_client(ctx, result.input_requests or {}),
+                     **({"requestState": result.request_state} if result.request_state is not None else {})}
+        raise MCPError(types.INTERNAL_ERROR, f"{call.agent} kept asking for input past {MAX_INPUT_ROUNDS} rounds")
+
+    async def _ask_client(self, ctx: ServerRequestContext[Any, Any],
+                          requests: Mapping[str, Any]) -> dict[str, Any]:
+        """Ask the client (over its session) what the agent asked for; its answers, by the agent's keys."""
+        answers: dict[str, Any] = {}
+        related = ServerMessageMetadata(related_request_id=ctx.request_id)
+
+        async def ask(key: str, request: Any) -> None:
+            result = await ctx.session.send_request(request, _RESULTS[request.method], metadata=related)
+            answers[key] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+        async with anyio.create_task_group() as group:
+            for key, request in requests.items():
+                group.start_soon(ask, key, request)
+        return answers
+
+    def _caller(self, ctx: ServerRequestContext[Any, Any]) -> Caller:
+        try:
+            return caller_of(self.registry, ctx.request if isinstance(ctx.request, Request) else None)
+        except Problem as problem:
+            raise MCPError(types.INVALID_REQUEST, str(problem), problem.to_json()) from problem
+
+    @staticmethod
+    def _refusal(call: proxy.Call, problem: Problem) -> Any:
+        """A refusal as the client should hear it: the agent's own JSON-RPC error as it was; a tool call's
+        other refusals as a tool error (the model reads it); other requests' as a JSON-RPC error."""
+        error = problem.extra.get("jsonrpc_error")
+        if error is not None:
+            raise MCPError(error["code"], error["message"], error.get("data")) from problem
+        if call.kind == "tool":  # the problem in _meta lets a MeshClient raise the MeshError /v1/invoke would
+            meta = {PROBLEM_META: problem.to_json(), **({RUN_META: problem.extra["run_id"]}
+                                                         if "run_id" in problem.extra else {})}
+            return types.CallToolResult(content=[types.TextContent(type="text", text=str(problem))], is_error=True,
+                                        meta=meta)
+        raise MCPError(_PROBLEM_CODES.get(problem.kind, types.INTERNAL_ERROR), str(problem),
+                       problem.to_json()) from problem
+
+    # -- tools ----------------------------------------------------------------------------------------
+
+    def listed_tool(self, request: Request | None, pinned: PinnedTool) -> types.Tool:
+        """A pinned tool as this face lists it: the agent's signature kept, the JWKS named."""
+        wire = dict(pinned.wire)
+        meta = dict(wire.pop("_meta", None) or {})
+        meta[JWKS_META] = jwks_url(request, pinned.agent)
+        if self.whole_mesh:
+            meta |= {AGENT_META: pinned.agent, NAME_META: pinned.name}
+            wire["name"] = f"{pinned.agent}{SEPARATOR}{pinned.name}"
+        return types.Tool.model_validate({**wire, "_meta": meta})
+
+    async def list_tools(self, ctx: ServerRequestContext[Any, Any],
+                         params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        request = ctx.request if isinstance(ctx.request, Request) else None
+        agents = set(self.agents(ctx))
+        tools = [self.listed_tool(request, pinned) for (agent, _), pinned in sorted(self.registry.tools.items())
+                 if agent in agents and pinned.status == "verified"]
+        return types.ListToolsResult(tools=(_OWN_TOOLS if self.whole_mesh else []) + tools)
+
+    async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
+        if self.whole_mesh and params.name in _OWN_TOOL_NAMES:
+            return await self.own_tool(ctx, params.name, params.arguments or {})
+        agent, tool = self.split(ctx, params.name)
+        return await self.carry(ctx, proxy.Call(agent, tool, "tool", params.arguments or {}))
+
+    async def own_tool(self, ctx: ServerRequestContext[Any, Any], name: str, arguments: dict[str, Any]) -> Any:
+        """The registry's own tools on ``/mcp``: ``discover`` and ``invoke``."""
+        try:
+            if name == "discover":
+                hits = self.registry.discover(str(arguments.get("query", "")), k=int(arguments.get("k", 10)),
+                                              agent=arguments.get("agent"), read_only=arguments.get("read_only"))
+                return _structured({"result": hits})
+            if not (isinstance(arguments.get("agent"), str) and isinstance(arguments.get("tool"), str)):
+                raise Problem("bad-request", "invoke needs agent and tool (strings) and arguments (an object)")
+            outcome = await proxy.invoke(self.registry, self._caller(ctx), arguments["agent"], arguments["tool"],
+                                         arguments.get("arguments"), trace_context=_wire_meta(ctx))
+            return _structured(outcome.to_json())
+        except (Problem, ValueError, TypeError) as exc:
+            return types.CallToolResult(content=[types.TextContent(type="text", text=str(exc))], is_error=True)
+
+    # -- resources, prompts, completion -----------------------------------------------------------------
+
+    async def _gather(self, ctx: ServerRequestContext[Any, Any], method: str, key: str,
+                      params: types.PaginatedRequestParams | None) -> list[dict[str, Any]]:
+        """Every item of a list from each agent of this face, with the agent's signature kept and the JWKS
+        named (on ``/mcp``: every page of every agent, names rewritten; per agent: the page asked for)."""
+        assert self.registry.forwarder is not None
+        request = ctx.request if isinstance(ctx.request, Request) else None
+        items: list[dict[str, Any]] = []
+        for agent in self.agents(ctx):
+            cursor = None if self.whole_mesh else (params.cursor if params else None)
+            while True:
+                try:
+                    page = await self.registry.forwarder.request(self.registry.endpoints[agent], method,
+                                                                 {"cursor": cursor} if cursor else {})
+                except Exception as exc:  # an agent that cannot list is left out of the mesh's list
+                    if not self.whole_mesh:
+                        raise MCPError(types.INTERNAL_ERROR, f"{agent} could not list: {exc}") from exc
+                    log.warning("%s: %s failed: %s", agent, method, exc)
+                    break
+                for item in page.get(key, []):
+                    items.append(self._listed(request, agent, item, key))
+                cursor = page.get("nextCursor")
+                if not (self.whole_mesh and cursor):
+                    break
+        return items
+
+    def _listed(self, request: Request | None, agent: str, item: dict[str, Any], key: str) -> dict[str, Any]:
+        meta = {**(item.get("_meta") or {}), JWKS_META: jwks_url(request, agent)}
+        item = {**item, "_meta": meta}
+        if self.whole_mesh:
+            meta |= {AGENT_META: agent, NAME_META: item.get("name")}
+            if key == "prompts":
+                item["name"] = f"{agent}{SEPARATOR}{item['name']}"
+            elif key == "resources":
+                self.resource_owners[item["uri"]] = agent
+        return item
+
+    async def list_resources(self, ctx: ServerRequestContext[Any, Any],
+                             params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        return types.ListResourcesResult(resources=await self._gather(ctx, "resources/list", "resources", params))
+
+    async def list_resource_templates(self, ctx: ServerRequestContext[Any, Any],
+                                      params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
+        templates = await self._gather(ctx, "resources/templates/list", "resourceTemplates", params)
+        return types.ListResourceTemplatesResult(resource_templates=templates)
+
+    async def list_prompts(self, ctx: ServerRequestContext[Any, Any],
+                           params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=await self._gather(ctx, "prompts/list", "prompts", params))
+
+    async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
+        uri = str(params.uri)
+        agent = await self.resource_agent(ctx, uri) if self.whole_mesh else self.agent_of(ctx)
+        return await self.carry(ctx, proxy.Call(agent, uri, "resource"))
+
+    async def resource_agent(self, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
+        """Which agent serves ``uri`` on ``/mcp``: the one that listed it, else one whose template matches."""
+        if uri not in self.resource_owners:
+            await self._gather(ctx, "resources/list", "resources", None)
+        if uri in self.resource_owners:
+            return self.resource_owners[uri]
+        for template in await self._gather(ctx, "resources/templates/list", "resourceTemplates", None):
+            try:
+                if UriTemplate.parse(template["uriTemplate"]).match(uri) is not None:
+                    return template["_meta"][AGENT_META]
+            except ValueError:
+                continue
+        raise MCPError(RESOURCE_NOT_FOUND, f"no agent of this mesh serves {uri[:200]!r}", {"uri": uri})
+
+    async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
+        agent, prompt = self.split(ctx, params.name)
+        return await self.carry(ctx, proxy.Call(agent, prompt, "prompt", dict(params.arguments or {})))
+
+    async def complete(self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> Any:
+        wire = dict(ctx.params or {})
+        ref = dict(wire.get("ref") or {})
+        if ref.get("type") == "ref/prompt":
+            agent, ref["name"] = self.split(ctx, ref.get("name", ""))
+            target = ref["name"]
+        else:
+            target = ref.get("uri", "")
+            agent = await self.resource_agent(ctx, target) if self.whole_mesh else self.agent_of(ctx)
+        extra = {key: wire[key] for key in ("argument", "context") if key in wire}
+        return await self.carry(ctx, proxy.Call(agent, target, "completion", extra={**extra, "ref": ref}))
+
+    async def set_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
+        """2025-11-25 sessions: remember the level, asked of the agent on every later request."""
+        session = _session_id(ctx)
+        if session is not None:
+            if len(self.session_levels) >= _SESSION_LEVELS:
+                self.session_levels.clear()
+            self.session_levels[session] = params.level
+        return types.EmptyResult()
+
+    def server(self) -> Server[Any]:
+        name = "mcpmesh-registry" if self.whole_mesh else "mcpmesh-agent-via-registry"
+        instructions = ("Every verified tool of the mesh, as AGENT__TOOL; use discover to find tools by meaning "
+                        "and invoke to call one by agent and tool name.") if self.whole_mesh else None
+        server: Server[Any] = Server(
+            name, version="0.1.0", instructions=instructions,
+            on_list_tools=self.list_tools, on_call_tool=self.call_tool,
+            on_list_resources=self.list_resources, on_list_resource_templates=self.list_resource_templates,
+            on_read_resource=self.read_resource, on_list_prompts=self.list_prompts, on_get_prompt=self.get_prompt,
+            on_completion=self.complete)
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self.set_level)
+        return server
+
+
+def _with_extra(call: proxy.Call, extra: Mapping[str, Any]) -> proxy.Call:
+    if not extra:
+        return call
+    return proxy.Call(call.agent, call.name, call.kind, call.arguments, {**(call.extra or {}), **extra})
+
+
+def _stamped(result: Any, outcome: proxy.Invocation) -> Any:
+    """The agent's answer with the registry's run ids and trace; the agent's own ``serverInfo`` stamp is
+    dropped (the server this client talks to is the registry, which stamps its own)."""
+    if not isinstance(result, dict):
+        result = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    meta = {k: v for k, v in (result.get("_meta") or {}).items() if k != types.SERVER_INFO_META_KEY}
+    meta |= {RUN_META: outcome.run_id, TARGET_RUN_META: outcome.target_run_id}
+    if outcome.trace_id:
+        meta[TRACE_META] = outcome.trace_id
+    return {**result, "_meta": meta}
+
+
+def _structured(value: dict[str, Any]) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(value))],
+                                structured_content=value)
+
+
+def _wire_meta(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
+    """The request's ``_meta`` as the client sent it (wire keys: ``progressToken``, trace context...)."""
+    meta = (ctx.params or {}).get("_meta")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    request = ctx.request
+    return request.headers.get("mcp-session-id") if isinstance(request, Request) else None
+
+
+_OWN_TOOLS = [
+    types.Tool(name="discover", description="Find verified tools of the mesh by meaning, ranked by relevance "
+               "weighted by reputation.", input_schema={
+                   "type": "object", "required": ["query"], "properties": {
+                       "query": {"type": "string", "description": "what you want done, in words"},
+                       "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                       "agent": {"type": ["string", "null"], "default": None},
+                       "read_only": {"type": ["boolean", "null"], "default": None}}}),
+    types.Tool(name="invoke", description="Call a tool of another agent through the registry (checked against "
+               "schema and policy).", input_schema={
+                   "type": "object", "required": ["agent", "tool", "arguments"], "properties": {
+                       "agent": {"type": "string"}, "tool": {"type": "string"},
+                       "arguments": {"type": "object", "additionalProperties": True}}}),
+]
+_OWN_TOOL_NAMES = frozenset(tool.name for tool in _OWN_TOOLS)
