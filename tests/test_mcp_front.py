@@ -36,7 +36,26 @@ from pydantic import BaseModel
 
 from mesh import Agent
 
-agent = Agent("asker", description="Asks its client things.")
+
+
+class WithResources(Agent):
+    """Until agents declare resources and prompts themselves: one of each, added to the served server."""
+
+    def build_server(self, meta=None, **options):
+        server = super().build_server(meta, **options)
+
+        @server.resource("test://static-text", name="static_text")
+        def static_text() -> str:
+            return "static text"
+
+        @server.prompt(name="greeting")
+        def greeting(name: str) -> str:
+            return f"Hello {name}"
+
+        return server
+
+
+agent = WithResources("asker", description="Asks its client things.")
 
 
 class Name(BaseModel):
@@ -237,6 +256,23 @@ async def test_listed_tools_carry_signatures_a_client_verifies_itself(mesh: Mesh
             forged = {**wire, "description": "something else"}
             with pytest.raises(Exception):  # noqa: B017 - any refusal will do
                 verify_tool(forged, trust)
+
+
+@pytest.mark.parametrize("mode", VERSIONS)
+async def test_resources_and_prompts_take_the_call_path(mesh: Mesh, mode: str):
+    for url, prefix in [(f"{mesh.url}/agents/asker/mcp", ""), (f"{mesh.url}/mcp", "asker__")]:
+        async with Client(url, mode=mode) as client:
+            listed = (await client.list_resources()).resources
+            assert [r.uri for r in listed] == ["test://static-text"]
+            assert listed[0].meta["io.mcpmesh/jwks"].endswith("/agents/asker/jwks.json")
+            read = await client.read_resource("test://static-text")
+            assert read.contents[0].text == "static text"
+            assert [p.name for p in (await client.list_prompts()).prompts] == [f"{prefix}greeting"]
+            prompt = await client.get_prompt(f"{prefix}greeting", {"name": "Ada"})
+            assert prompt.messages[0].content.text == "Hello Ada"
+    runs = httpx.get(f"{mesh.url}/v1/runs", params={"agent": "asker", "limit": 50}).json()["runs"]
+    carried = {(run["tool"], run["status"], run["policy_decision"]) for run in runs if run["log"] == "caller"}
+    assert {("resource:test://static-text", "ok", "allow"), ("prompt:greeting", "ok", "allow")} <= carried
 
 
 async def test_an_unknown_agent_has_no_face(mesh: Mesh):

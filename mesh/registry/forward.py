@@ -68,6 +68,7 @@ PROTOCOL_VERSION = "2026-07-28"
 CLIENT_INFO = {"name": "mcpmesh-registry", "version": "0.1.0"}
 _HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
             MCP_PROTOCOL_VERSION_HEADER: PROTOCOL_VERSION}
+_NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}  # what Mcp-Name carries
 _PROGRESS_TOKEN = "mesh"  # one request per stream, so one token is enough to recognise its progress
 
 
@@ -157,8 +158,11 @@ class Forwarder:
         if progress is not None:
             envelope["progressToken"] = _PROGRESS_TOKEN
         body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**params, "_meta": envelope}}
+        routing = {MCP_METHOD_HEADER: method}
+        if isinstance(named := params.get(_NAMED_BY.get(method, "")), str):  # the header must match the body
+            routing[MCP_NAME_HEADER] = encode_header_value(named)
         request = self._http.build_request("POST", endpoint, content=json.dumps(body),
-                                           headers={**_HEADERS, MCP_METHOD_HEADER: method, **(headers or {})})
+                                           headers={**_HEADERS, **routing, **(headers or {})})
         response = await self._http.send(request, stream=True)
         try:
             if response.headers.get("content-type", "").startswith("text/event-stream"):

@@ -67,6 +67,7 @@ MAX_SAFE_INTEGER = 2**53 - 1  # beyond it RFC 8785 (and JavaScript) cannot hold 
 # HTTP statuses by which an agent refuses the request itself (its size or form): the caller's fault.
 CALLER_STATUSES = frozenset({400, 413, 414, 415, 422, 431})
 INVALID_PARAMS = -32602
+_READ = {"readOnlyHint": True, "destructiveHint": False}
 METHODS = {"tool": "tools/call", "resource": "resources/read", "prompt": "prompts/get",
            "completion": "completion/complete"}
 
@@ -141,7 +142,8 @@ def resolve_agent(registry: Registry, agent: str) -> None:
 def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | None, arguments: dict[str, Any],
                  call: Call | None = None) -> dict:
     """The Rego input: ``target.tool`` is the tool (or prompt, resource URI...) named, ``kind`` and
-    ``method`` say which kind of request it is; an unpinned target has no annotations and needs no scope."""
+    ``method`` say which kind of request it is. Reading a resource, getting a prompt and completing an
+    argument change nothing (MCP defines them as reads): they are annotated read-only, need no scope."""
     caller_reputation = registry.known_score(caller.agent) if caller.agent else None
     agent = pinned.agent if pinned else call.agent
     kind = call.kind if call else "tool"
@@ -149,7 +151,7 @@ def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | None, 
         "kind": kind, "method": METHODS[kind],
         "caller": {"id": caller.id, "kind": caller.kind, "scopes": caller.scopes, "reputation": caller_reputation},
         "target": {"agent": agent, "tool": pinned.name if pinned else call.name, "kind": kind,
-                   "annotations": pinned.annotations if pinned else {}, "scopes": pinned.scopes if pinned else [],
+                   "annotations": pinned.annotations if pinned else _READ, "scopes": pinned.scopes if pinned else [],
                    "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent)},
         "arguments": arguments,
     }
