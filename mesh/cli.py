@@ -236,8 +236,9 @@ def cmd_registry(args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     config = RegistryConfig.from_workspace(ws, host=args.host, port=args.port, strict=args.strict or None,
                                            trust_local_keys=args.trust_local_keys or None)
-    telemetry.configure_from_env("mesh-registry")
+    telemetry.configure_from_env("mesh-registry", scrape=True)  # /metrics, whatever the exporter
     registry = Registry.open(config)
+    telemetry.observe_reputation(registry.agent_scores)
     say(f"registry: HTTP API {config.base_url}/v1  MCP {config.base_url}/mcp  "
         f"({len(registry.endpoints)} agents known)")
     uvicorn.run(build_app(registry), host=config.host, port=config.port, log_level="warning")

@@ -388,3 +388,28 @@ def test_a_failing_agent_loses_reputation_until_the_policy_refuses_it_then_gets_
     probe = mesh.invoke("echo", "echo", {"text": "probe"})
     assert probe.status_code == 200, probe.text
     assert mesh.agent("echo")["reputation"]["score"] > after["score"]  # the probe's success counted
+
+
+def test_metrics_to_scrape_and_an_index_of_the_api(mesh: Mesh):
+    assert mesh.invoke("echo", "echo", {"text": "count me"}).status_code == 200
+    assert mesh.invoke("echo", "wipe", {}).status_code == 403
+    scraped = httpx.get(f"{mesh.url}/metrics")
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    lines = scraped.text.splitlines()
+
+    def value(name: str, **labels: str) -> float:
+        for line in lines:
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no {name} {labels} in /metrics")
+
+    assert value("mesh_invoke_calls_total", mesh_agent="echo", mesh_tool="echo", mesh_status="ok") >= 1
+    assert value("mesh_invoke_duration_milliseconds_count", mesh_agent="echo", mesh_tool="echo") >= 1
+    assert value("mesh_policy_decisions_total", mesh_agent="echo", mesh_decision="deny",
+                 mesh_rule="destructive_not_allowed") >= 1
+    assert 0 < value("mesh_reputation_score", mesh_agent="echo") <= 1
+
+    index = httpx.get(f"{mesh.url}/v1").json()
+    assert index["openapi"] == f"{mesh.url}/v1/openapi.json"
+    assert f"POST {mesh.url}/v1/invoke" in index["routes"]
+    assert httpx.get(index["openapi"]).status_code == 200

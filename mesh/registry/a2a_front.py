@@ -50,7 +50,8 @@ from mesh.card import (
 from mesh.client import RUN_META
 from mesh.names import is_valid_name
 from mesh.registry import proxy, store
-from mesh.registry.auth import AuthProblem, Caller, Forbidden, authorize
+from mesh.registry.auth import Caller
+from mesh.registry.gate import allowed
 from mesh.registry.node import Registry
 from mesh.registry.problems import Problem
 
@@ -95,7 +96,7 @@ class A2AFront:
 
         async def binding(request: Request) -> Response:
             try:
-                authorized(request, "invoke")
+                allowed(self.registry, request, "invoke")
                 self.registered(request.path_params["name"])
                 parent = request.headers.get("x-mesh-parent-run")
                 if parent is not None and not _is_uuid(parent):
@@ -109,7 +110,6 @@ class A2AFront:
 
     async def card_route(self, request: Request) -> JSONResponse:
         try:
-            authorized(request, "read")
             name = self.registered(request.path_params["name"])
             card = self.card(name, str(request.base_url).rstrip("/"))
         except Problem as problem:
@@ -205,20 +205,6 @@ class RegistryExecutor(ToolExecutor):
     def result_metadata(self, result: CallToolResult) -> dict[str, Any] | None:
         meta = result.meta or {}
         return {key: meta[key] for key in (RUN_META, TARGET_RUN_META, TRACE_META) if key in meta}
-
-
-def authorized(request: Request, action: str) -> Caller:
-    """The caller the gate identified, if it may do ``action``."""
-    caller = getattr(request.state, "caller", None)
-    if caller is None:
-        raise Problem("unauthenticated", "this route needs a caller")
-    try:
-        authorize(caller, action)
-    except AuthProblem as exc:
-        raise Problem("unauthenticated", str(exc)) from exc
-    except Forbidden as exc:
-        raise Problem("forbidden", str(exc)) from exc
-    return caller
 
 
 def _is_uuid(value: str) -> bool:

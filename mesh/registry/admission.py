@@ -1,9 +1,10 @@
 """Admitting an agent: verify its manifest, check its live tools one by one, pin their digests.
 
 A registration is refused unless the manifest's signature verifies under a key the registry trusts for
-that agent, and every tool the agent really lists carries a valid signature over exactly the schema the
-manifest pins. Later, ``recheck`` re-lists the tools: one whose live schema no longer matches its pinned
-digest is blocked ("changed after approval") until a newly signed manifest is admitted.
+that agent, every tool the agent really lists carries a valid signature over exactly the schema the
+manifest pins, and its A2A agent card verifies under the same keys and lists exactly those tools.
+Later, ``recheck`` re-lists the tools: one whose live schema no longer matches its pinned digest is
+blocked ("changed after approval") until a newly signed manifest is admitted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import anyio
 import httpx2
 
+from mesh import card
 from mesh.keys import TrustStore
 from mesh.manifest import SIGNATURE_META, Manifest, ManifestProblem, tool_digest, verify_tool
 from mesh.names import NAME_RULE, is_valid_name
@@ -69,6 +71,11 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
     if problems:
         _record_refusal(registry, name, endpoint, "; ".join(problems))
         raise Problem("registration-refused", "; ".join(problems))
+    try:  # its A2A card too: signed by a key trusted for it, naming it, its skills the signed tools
+        await card.fetch_verified_card(endpoint, trust, agent=name, tools=signed.values())
+    except card.CardProblem as exc:
+        _record_refusal(registry, name, endpoint, str(exc))
+        raise Problem("registration-refused", str(exc)) from exc
 
     pinned = []
     for tool in tools:

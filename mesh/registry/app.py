@@ -21,16 +21,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from mesh import telemetry
 from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.names import NAME_RULE, is_valid_name
 from mesh.registry import a2a_front, admission, proxy, store
-from mesh.registry.auth import AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.forward import Forwarder
-from mesh.registry.gate import Gate, parse_json
-from mesh.registry.mcp_front import Front, caller_of
+from mesh.registry.gate import Gate, allowed, parse_json
+from mesh.registry.mcp_front import Front
 from mesh.registry.node import Registry, run_json
 from mesh.registry.openapi import openapi_document
 from mesh.registry.problems import Problem
@@ -39,18 +39,6 @@ log = logging.getLogger(__name__)
 MAX_RUNS_PAGE = 1000
 MIN_RUN_PREFIX = 8
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def allowed(registry: Registry, request: Request, action: str, agent: str | None = None) -> Caller:
-    """The request's caller, if it may do ``action``; else an ``unauthenticated`` or ``forbidden`` Problem."""
-    caller = caller_of(registry, request)
-    try:
-        authorize(caller, action, agent)
-    except AuthProblem as exc:
-        raise Problem("unauthenticated", str(exc)) from exc
-    except Forbidden as exc:
-        raise Problem("forbidden", str(exc)) from exc
-    return caller
 
 
 async def read_json(registry: Registry, request: Request) -> dict[str, Any]:
@@ -151,8 +139,7 @@ def build_app(registry: Registry) -> Starlette:
     async def agent_jwks(request: Request) -> JSONResponse:
         """The keys this registry trusts for an agent now (with ``exp`` where a key's overlap ends) and the
         kids it holds revoked: what a client needs to check the signatures listed through the registry."""
-        allowed(registry, request, "read")
-        name = path_name(request)
+        name = path_name(request)  # public, like any JWKS: a client needs it to check signatures
         if name not in registry.endpoints:
             raise Problem("unknown-agent", f"no agent {name!r} is registered")
         trust = registry.cached_trust(name)
@@ -302,11 +289,29 @@ def build_app(registry: Registry) -> Starlette:
                 await registry.forwarder.aclose()
                 group.cancel_scope.cancel()
 
+    async def metrics(request: Request) -> Response:
+        """Calls, errors, latency histograms, policy decisions and reputation scores, for Prometheus."""
+        allowed(registry, request, "read")
+        body, content_type = telemetry.prometheus_text()
+        return Response(body, media_type=content_type)
+
+    async def index(request: Request) -> JSONResponse:
+        """What /v1 holds: links to the OpenAPI document and every route, for a person or a script exploring."""
+        base = str(request.base_url).rstrip("/")
+        document = openapi_document()
+        return JSONResponse({"name": "mcpmesh registry", "openapi": f"{base}/v1/openapi.json",
+                             "mcp": f"{base}/mcp", "metrics": f"{base}/metrics",
+                             "routes": {f"{method.upper()} {base}{path}": operation.get("summary", "")
+                                        for path, item in document["paths"].items()
+                                        for method, operation in item.items()}})
+
     routes = [
         Route("/healthz", health),
+        Route("/metrics", problem_json(metrics), methods=["GET"]),
         Route("/.well-known/jwks.json", jwks),
         # Its own router, so that an unknown path or method under /v1 is a problem (404, 405), not the MCP app's.
         Mount("/v1", routes=[
+            Route("/", index, methods=["GET"]),
             Route("/openapi.json", openapi),
             Route("/agents", problem_json(agents_or_register), methods=["GET", "POST"]),
             Route("/agents/{name}", problem_json(agent), methods=["GET"]),

@@ -17,10 +17,11 @@ import re
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mesh.registry.auth import ANONYMOUS, AuthProblem
+from mesh.registry.auth import ANONYMOUS, AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.node import Registry
 from mesh.registry.problems import Problem
 
@@ -31,6 +32,8 @@ _OPEN = [
     ("GET", re.compile(r"/healthz")),
     ("GET", re.compile(r"/\.well-known/[^/]+")),
     ("GET", re.compile(r"/agents/[^/]+/\.well-known/agent-card\.json")),  # cards are for discovery, like JWKS
+    ("GET", re.compile(r"/agents/[^/]+/jwks\.json")),  # the keys to check what the registry lists
+    ("GET", re.compile(r"/v1/?")),  # the index of the API
     ("GET", re.compile(r"/v1/openapi\.json")),
     ("POST", re.compile(r"/v1/agents")),
     ("POST", re.compile(r"/v1/agents/[^/]+/revocations")),
@@ -203,3 +206,29 @@ def parse_json(body: bytes, limit: int) -> Any:
     if not json_depth_ok(value, limit):
         raise Problem("bad-request", f"the request body is nested deeper than {limit} levels")
     return value
+
+
+def caller_of(registry: Registry, request: Request | None) -> Caller:
+    """The caller the gate identified; without a request (stdio, in-process) the local user."""
+    if request is None:
+        return registry.identify(None, "127.0.0.1")
+    caller = getattr(request.state, "caller", None)
+    if caller is not None:
+        return caller
+    try:
+        return registry.identify(request.headers.get("authorization"), request.client.host if request.client else None)
+    except AuthProblem as exc:
+        raise Problem("unauthenticated", str(exc)) from exc
+
+
+def allowed(registry: Registry, request: Request | None, action: str, agent: str | None = None) -> Caller:
+    """The request's caller, if it may do ``action`` (``auth.authorize``); else an ``unauthenticated`` or
+    ``forbidden`` Problem."""
+    caller = caller_of(registry, request)
+    try:
+        authorize(caller, action, agent)
+    except AuthProblem as exc:
+        raise Problem("unauthenticated", str(exc)) from exc
+    except Forbidden as exc:
+        raise Problem("forbidden", str(exc)) from exc
+    return caller

@@ -48,8 +48,9 @@ from starlette.requests import Request
 
 from mesh.client import PROBLEM_META, RUN_META
 from mesh.registry import proxy
-from mesh.registry.auth import AuthProblem, Caller
+from mesh.registry.auth import Caller
 from mesh.registry.forward import Relay
+from mesh.registry.gate import caller_of
 from mesh.registry.node import PinnedTool, Registry
 from mesh.registry.problems import Problem
 
@@ -68,19 +69,6 @@ _RESULTS = {"elicitation/create": types.ElicitResult, "sampling/createMessage": 
 # Problems a client must fix in its request, as JSON-RPC errors when the request was not a tool call.
 _PROBLEM_CODES = {"invalid-arguments": types.INVALID_PARAMS, "unknown-tool": types.INVALID_PARAMS,
                   "unknown-agent": types.INVALID_PARAMS, "bad-request": types.INVALID_PARAMS}
-
-
-def caller_of(registry: Registry, request: Request | None) -> Caller:
-    """The caller the gate identified (``gate.py``); without a request (stdio, in-process) the local user."""
-    if request is None:
-        return registry.identify(None, "127.0.0.1")
-    caller = getattr(request.state, "caller", None)
-    if caller is not None:
-        return caller
-    try:
-        return registry.identify(request.headers.get("authorization"), request.client.host if request.client else None)
-    except AuthProblem as exc:
-        raise Problem("unauthenticated", str(exc)) from exc
 
 
 def jwks_url(request: Request | None, agent: str) -> str:

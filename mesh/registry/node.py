@@ -419,6 +419,10 @@ class Registry:
         reputation = self.reputations.get((agent, tool)) or self.reputations.get((agent, ""))
         return reputation.score() if reputation else None
 
+    def agent_scores(self) -> list[tuple[str, float]]:
+        """Each registered agent's score (the gauge ``/metrics`` shows)."""
+        return [(agent, self.reputation(agent).score()) for agent in sorted(self.endpoints)]
+
     def reputation_json(self, agent: str, tool: str = "") -> dict[str, Any]:
         reputation = self.reputation(agent, tool)
         return {"score": round(reputation.score(), 4), **reputation.components()}
@@ -436,7 +440,7 @@ class Registry:
     def agent_json(self, record: store.AgentRecord, *, detail: bool = False) -> dict[str, Any]:
         tools = [
             {"name": t.name, "status": t.status, "description": t.wire.get("description", ""),
-             "annotations": t.annotations, "scopes": t.scopes,
+             "annotations": t.annotations, "scopes": t.scopes, "inputSchema": t.wire.get("inputSchema", {}),
              **({"pinned_digest": t.digest, "blocked_reason": t.blocked_reason} if detail else {})}
             for t in self.agent_tools(record.name)
         ]

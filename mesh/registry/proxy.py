@@ -418,7 +418,8 @@ class _Run:
             await anyio.to_thread.run_sync(write)  # a database server: wait off the event loop
         if outcome is not None:
             self.registry.learn(self.agent, self.tool, outcome)
-        telemetry.record_invoke(self.agent, self.tool, status, latency)
+        telemetry.record_invoke(self.agent, self.tool, status, latency,
+                                decision=common["policy_decision"], rule=common["policy_rule"])
 
     def _tool_digest(self) -> str | None:
         pinned = self.registry.tools.get((self.agent, self.tool))
