@@ -1,19 +1,36 @@
-"""Capability manifests and tool signatures.
+"""Capability manifests and descriptor signatures.
 
-A *manifest* states what an agent offers: its name, version, description and every tool as it appears
-on the wire in ``tools/list`` (plus the scopes a caller needs and the tool's digest). It is signed as a
-JWS in General JSON serialization over the RFC 8785 canonical JSON of that payload, one signature per
-key that is still valid, so verifiers keep working through a key rotation.
+A *manifest* states everything an agent puts in front of a model: its name, version, description and
+every tool, resource, resource template and prompt exactly as it appears on the wire in ``tools/list``,
+``resources/list``, ``resources/templates/list`` and ``prompts/list`` (without ``_meta``), each with the
+scopes a caller needs and its digest. It is signed as a JWS in General JSON serialization (typ
+``mcpmesh-manifest+jws``) over the RFC 8785 canonical JSON of that payload, one signature per key that
+is still valid, so verifiers keep working through a key rotation.
 
-Each listed tool also carries its own detached signature in ``_meta["io.mcpmesh/signature"]``: the
-payload is the canonical JSON of the tool exactly as listed, with ``_meta`` removed. A client needs only
-the tool list and the agent's JWKS to check it.
+The payload (format ``mcpmesh.manifest/v1``)::
+
+    {"format": "mcpmesh.manifest/v1", "agent": NAME, "version": ..., "description": ...,
+     "tools":             [{...tool as listed..., "scopes": [...], "digest": "sha256:..."}],
+     "resources":         [{...resource as listed..., "scopes": [...], "digest": ...}],   # only if any
+     "resourceTemplates": [{...template as listed..., "scopes": [...], "digest": ...}],   # only if any
+     "prompts":           [{...prompt as listed..., "scopes": [...], "digest": ...}]}     # only if any
+
+Each list is sorted by ``name``; names follow ``mesh.names`` and are unique within their list (a
+resource and a template may not share a name either). ``resources``, ``resourceTemplates`` and
+``prompts`` are left out when empty, so a tools-only agent signs exactly the payload it signed before
+they existed, and manifests written then still verify unchanged.
+
+Each listed descriptor also carries its own detached signature in ``_meta["io.mcpmesh/signature"]``: the
+payload is the canonical JSON of the descriptor exactly as listed, with ``_meta`` removed, and the JWS
+typ names its kind (``KINDS``), so a signed prompt cannot pass for a tool. A client needs only the list
+and the agent's JWKS to check it (``verify_descriptor``; ``verify_tool`` for tools).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +47,23 @@ MANIFEST_META = "io.mcpmesh/manifest"  # in each answer's _meta: the digest of t
 MANIFEST_TYP = "mcpmesh-manifest+jws"
 TOOL_TYP = "mcpmesh-tool+jws"
 FORMAT = "mcpmesh.manifest/v1"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of listed descriptor: where the manifest keeps it and how its signature is typed."""
+
+    name: str  # how messages name it: "tool 'x'", "prompt 'x'"
+    field: str  # its list in the manifest payload, as in the MCP list result
+    typ: str  # the ``typ`` of its detached JWS
+
+
+KINDS: dict[str, Kind] = {
+    "tool": Kind("tool", "tools", TOOL_TYP),
+    "resource": Kind("resource", "resources", "mcpmesh-resource+jws"),
+    "resource_template": Kind("resource template", "resourceTemplates", "mcpmesh-resource-template+jws"),
+    "prompt": Kind("prompt", "prompts", "mcpmesh-prompt+jws"),
+}
 
 
 class ManifestProblem(Exception):
@@ -50,15 +84,20 @@ def json_digest(value: Any) -> str:
     return sha256(canonical(value))
 
 
-def wire_tool(tool: Any) -> dict[str, Any]:
-    """A tool as ``tools/list`` puts it on the wire, without ``_meta``: the thing that is signed."""
-    if hasattr(tool, "model_dump"):
-        tool = tool.model_dump(by_alias=True, mode="json", exclude_none=True)
-    return {key: value for key, value in tool.items() if key != "_meta"}
+def wire_descriptor(descriptor: Any) -> dict[str, Any]:
+    """A descriptor (tool, resource, template, prompt) as its list puts it on the wire, without ``_meta``:
+    the thing that is signed."""
+    if hasattr(descriptor, "model_dump"):
+        descriptor = descriptor.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return {key: value for key, value in descriptor.items() if key != "_meta"}
 
 
-def tool_digest(tool: Any) -> str:
-    return json_digest(wire_tool(tool))
+def descriptor_digest(descriptor: Any) -> str:
+    return json_digest(wire_descriptor(descriptor))
+
+
+wire_tool = wire_descriptor
+tool_digest = descriptor_digest
 
 
 @dataclass(frozen=True)
@@ -72,20 +111,30 @@ class Manifest:
 
     @staticmethod
     def payload(
-        agent: str, version: str, description: str, tools: list[tuple[dict[str, Any], list[str]]]
+        agent: str,
+        version: str,
+        description: str,
+        tools: list[tuple[dict[str, Any], list[str]]],
+        *,
+        resources: Iterable[tuple[dict[str, Any], list[str]]] = (),
+        resource_templates: Iterable[tuple[dict[str, Any], list[str]]] = (),
+        prompts: Iterable[tuple[dict[str, Any], list[str]]] = (),
     ) -> dict[str, Any]:
-        """The manifest body for ``tools``, given as (wire tool, required scopes) pairs.
+        """The manifest body; each kind is given as (wire descriptor, required scopes) pairs.
 
-        Names are checked here too: whatever built the tools, nothing with a bad name gets signed.
+        Names are checked here too: whatever built the descriptors, nothing with a bad or repeated name
+        gets signed. Empty non-tool lists are left out (see the module docstring).
         """
         check_name(agent, "agent name")
-        for tool, _ in tools:
-            check_name(wire_tool(tool).get("name"), "tool name")
-        entries = [
-            {**wire_tool(tool), "scopes": sorted(scopes), "digest": tool_digest(tool)}
-            for tool, scopes in sorted(tools, key=lambda pair: wire_tool(pair[0])["name"])
-        ]
-        return {"format": FORMAT, "agent": agent, "version": version, "description": description, "tools": entries}
+        body: dict[str, Any] = {"format": FORMAT, "agent": agent, "version": version, "description": description}
+        given = {"tool": tools, "resource": resources, "resource_template": resource_templates, "prompt": prompts}
+        for kind, pairs in given.items():
+            entries = _entries(KINDS[kind], list(pairs))
+            if entries or kind == "tool":
+                body[KINDS[kind].field] = entries
+        resource_names = [e["name"] for field in ("resources", "resourceTemplates") for e in body.get(field, [])]
+        _refuse_repeats(resource_names, "resource or resource template")
+        return body
 
     @classmethod
     def sign(cls, payload: dict[str, Any], keys: list[SigningKey]) -> Manifest:
@@ -161,7 +210,23 @@ class Manifest:
 
     @property
     def tools(self) -> dict[str, dict[str, Any]]:
-        return {tool["name"]: tool for tool in self.body["tools"]}
+        return self.descriptors("tool")
+
+    @property
+    def resources(self) -> dict[str, dict[str, Any]]:
+        return self.descriptors("resource")
+
+    @property
+    def resource_templates(self) -> dict[str, dict[str, Any]]:
+        return self.descriptors("resource_template")
+
+    @property
+    def prompts(self) -> dict[str, dict[str, Any]]:
+        return self.descriptors("prompt")
+
+    def descriptors(self, kind: str) -> dict[str, dict[str, Any]]:
+        """The signed entries of one kind (a ``KINDS`` key) by name; empty for a manifest that has none."""
+        return {entry["name"]: entry for entry in self.body.get(KINDS[kind].field, [])}
 
     def kids(self) -> list[str]:
         return [json.loads(b64url_decode(s["protected"])).get("kid") for s in self.signatures]
@@ -182,10 +247,28 @@ class Manifest:
         body = self.body
         if body.get("format") != FORMAT:
             raise ManifestProblem(f"{source}: unknown manifest format {body.get('format')!r}")
-        for tool in body.get("tools", []):
-            if tool_digest(_without_manifest_fields(tool)) != tool.get("digest"):
-                raise ManifestProblem(f"{source}: tool {tool.get('name')!r}: digest does not match its schema")
+        for kind in KINDS.values():
+            for entry in body.get(kind.field, []):
+                if descriptor_digest(_without_manifest_fields(entry)) != entry.get("digest"):
+                    raise ManifestProblem(
+                        f"{source}: {kind.name} {entry.get('name')!r}: digest does not match its descriptor")
         return verified
+
+
+def _entries(kind: Kind, pairs: list[tuple[dict[str, Any], list[str]]]) -> list[dict[str, Any]]:
+    """Manifest entries of one kind, sorted by name, each name checked and unique."""
+    names = [check_name(wire_descriptor(descriptor).get("name"), f"{kind.name} name") for descriptor, _ in pairs]
+    _refuse_repeats(names, kind.name)
+    return [
+        {**wire_descriptor(descriptor), "scopes": sorted(scopes), "digest": descriptor_digest(descriptor)}
+        for descriptor, scopes in sorted(pairs, key=lambda pair: wire_descriptor(pair[0])["name"])
+    ]
+
+
+def _refuse_repeats(names: list[str], what: str) -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ManifestProblem(f"{what} names used more than once: {', '.join(repeated)}")
 
 
 def _body_problem(body: Any) -> str | None:
@@ -195,12 +278,15 @@ def _body_problem(body: Any) -> str | None:
         return "the payload is not a JSON object"
     if not is_valid_name(body.get("agent")):
         return f"the payload's agent {body.get('agent')!r} is not a valid agent name"
-    tools = body.get("tools")
-    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
-        return "the payload's tools are not a list of objects"
-    for tool in tools:
-        if not is_valid_name(tool.get("name")):
-            return f"the payload names a tool {tool.get('name')!r}, which is not a valid tool name"
+    for kind in KINDS.values():
+        if kind.field not in body and kind.field != "tools":
+            continue  # only tools are required: manifests from before resources and prompts have none
+        entries = body.get(kind.field)
+        if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+            return f"the payload's {kind.field} are not a list of objects"
+        for entry in entries:
+            if not is_valid_name(entry.get("name")):
+                return f"the payload names a {kind.name} {entry.get('name')!r}, which is not a valid {kind.name} name"
     return None
 
 
@@ -208,38 +294,51 @@ def _without_manifest_fields(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if key not in ("scopes", "digest")}
 
 
-def tool_signature(tool: Any, key: SigningKey, manifest_digest: str) -> dict[str, str]:
-    """The ``_meta["io.mcpmesh/signature"]`` value for one listed tool."""
-    body = canonical(wire_tool(tool))
+def descriptor_signature(kind: str, descriptor: Any, key: SigningKey, manifest_digest: str) -> dict[str, str]:
+    """The ``_meta["io.mcpmesh/signature"]`` value for one listed descriptor of ``kind`` (a ``KINDS`` key)."""
+    body = canonical(wire_descriptor(descriptor))
     return {
         "alg": ALG,
         "kid": key.kid,
         "digest": sha256(body),
-        "jws": detach(key.sign(body, TOOL_TYP)),
+        "jws": detach(key.sign(body, KINDS[kind].typ)),
         "manifest": manifest_digest,
     }
 
 
-def verify_tool(tool: Any, trust: TrustStore, *, now: float | None = None) -> dict[str, str]:
-    """Check a listed tool's own signature against ``trust``; return the signature block.
+def tool_signature(tool: Any, key: SigningKey, manifest_digest: str) -> dict[str, str]:
+    """The ``_meta["io.mcpmesh/signature"]`` value for one listed tool."""
+    return descriptor_signature("tool", tool, key, manifest_digest)
 
-    ``tool`` is the tool as received (model or wire dict, with its ``_meta``).
+
+def verify_descriptor(kind: str, descriptor: Any, trust: TrustStore, *, now: float | None = None) -> dict[str, str]:
+    """Check a listed descriptor's own signature against ``trust``; return the signature block.
+
+    ``descriptor`` is the tool, resource, resource template or prompt as received (model or wire dict,
+    with its ``_meta``); ``kind`` is what the caller listed (a ``KINDS`` key), and the signature's typ
+    must say the same.
     """
-    if hasattr(tool, "model_dump"):
-        tool = tool.model_dump(by_alias=True, mode="json", exclude_none=True)
-    name = tool.get("name")
-    block = (tool.get("_meta") or {}).get(SIGNATURE_META)
-    if not isinstance(block, dict) or "jws" not in block:
-        raise ManifestProblem(f"tool {name!r} carries no {SIGNATURE_META} in _meta")
-    body = canonical(wire_tool(tool))
+    what = KINDS[kind]
+    if hasattr(descriptor, "model_dump"):
+        descriptor = descriptor.model_dump(by_alias=True, mode="json", exclude_none=True)
+    name = descriptor.get("name")
+    block = (descriptor.get("_meta") or {}).get(SIGNATURE_META)
+    if not isinstance(block, dict) or not isinstance(block.get("jws"), str):
+        raise ManifestProblem(f"{what.name} {name!r} carries no {SIGNATURE_META} in _meta")
+    body = canonical(wire_descriptor(descriptor))
     if sha256(body) != block.get("digest"):
-        raise ManifestProblem(f"tool {name!r}: its schema does not match the signed digest")
+        raise ManifestProblem(f"{what.name} {name!r}: its schema does not match the signed digest")
     try:
         header = trust.verify_detached(block["jws"], body, now=now)
     except KeyProblem as exc:
-        raise ManifestProblem(f"tool {name!r}: {exc}") from exc
+        raise ManifestProblem(f"{what.name} {name!r}: {exc}") from exc
     except (ValueError, jws.JWSError) as exc:
-        raise ManifestProblem(f"tool {name!r}: malformed signature ({exc})") from exc
-    if header.get("kid") != block.get("kid") or header.get("typ") != TOOL_TYP:
-        raise ManifestProblem(f"tool {name!r}: signature header does not match its kid/typ")
+        raise ManifestProblem(f"{what.name} {name!r}: malformed signature ({exc})") from exc
+    if header.get("kid") != block.get("kid") or header.get("typ") != what.typ:
+        raise ManifestProblem(f"{what.name} {name!r}: signature header does not match its kid/typ")
     return block
+
+
+def verify_tool(tool: Any, trust: TrustStore, *, now: float | None = None) -> dict[str, str]:
+    """Check a listed tool's own signature against ``trust``; return the signature block."""
+    return verify_descriptor("tool", tool, trust, now=now)

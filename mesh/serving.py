@@ -1,9 +1,13 @@
-"""Running one agent: check its signed manifest, sign each listed tool, serve MCP, JWKS and its A2A card.
+"""Running one agent: check its signed manifest, sign each listed descriptor, serve MCP, JWKS and its card.
 
 ``SignedAgent`` is an agent ready to serve: the manifest it serves was checked against its live tools,
-and each tool's signature block is in its ``_meta``. It can be served over streamable HTTP (``/mcp``
-plus ``/.well-known/jwks.json``, ``/.well-known/agent-card.json``, the A2A JSON-RPC binding and
-``/healthz``) or over stdio for IDE clients.
+resources, templates and prompts, and each one's signature block is in its ``_meta``. It can be served
+over streamable HTTP (``/mcp`` plus ``/.well-known/jwks.json``, ``/.well-known/agent-card.json``, the A2A
+JSON-RPC binding and ``/healthz``) or over stdio for IDE clients.
+
+Over HTTP the agent speaks both protocol versions the SDK has: 2025-11-25 (sessions, server-to-client
+requests, SSE streams that resume from an in-memory event store) and 2026-07-28 (stateless requests,
+``server/discover``, ``input_required`` results); the SDK routes each request by its version.
 """
 
 from __future__ import annotations
@@ -11,16 +15,19 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
 import uvicorn
 from mcp.server import MCPServer
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import JSONRPCMessage
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -29,11 +36,12 @@ from starlette.routing import Mount, Route
 from mesh import a2a, card
 from mesh.agent import Agent, signature_meta
 from mesh.client import RUN_META, MeshClient, MeshError, incoming_run
-from mesh.manifest import MANIFEST_META, tool_signature
+from mesh.manifest import MANIFEST_META, descriptor_signature
 from mesh.signing import Identity, identity_for_serving
 from mesh.workspace import Workspace
 
 log = logging.getLogger("mesh.agent")
+RETRY_MS = 1000  # the SSE retry hint a 2025-11-25 client waits before resuming a stream the agent closed
 
 
 @dataclass
@@ -44,6 +52,7 @@ class SignedAgent:
     identity: Identity
     server: MCPServer
     wire_tools: list[dict[str, Any]]
+    descriptors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # kind -> as listed
 
     @classmethod
     async def prepare(
@@ -54,13 +63,15 @@ class SignedAgent:
         agent = ws.agent(name)
         if start:
             await agent.start(ws.agent_context(name))
-        wire_tools = await agent.describe()
+        listed = await agent.descriptors()
         signatures = {
-            tool["name"]: tool_signature(tool, identity.active, identity.manifest.digest) for tool in wire_tools
+            kind: {item["name"]: descriptor_signature(kind, item, identity.active, identity.manifest.digest)
+                   for item in items}
+            for kind, items in listed.items()
         }
         middleware = [call_middleware(identity.manifest.digest)]
         server = agent.build_server(signature_meta(signatures), middleware=middleware, **server_options)
-        return cls(agent, identity, server, wire_tools)
+        return cls(agent, identity, server, listed["tool"], listed)
 
     def card(self, base_url: str) -> dict[str, Any]:
         scopes = self.agent.scopes()
@@ -78,7 +89,8 @@ class SignedAgent:
         signed_card = self.card(base_url)
         jwks = self.identity.jwks
         mcp_app = self.server.streamable_http_app(
-            json_response=False, host=host, transport_security=_transport_security(host, base_url)
+            json_response=False, host=host, transport_security=_transport_security(host, base_url),
+            event_store=MemoryEventStore(), retry_interval=RETRY_MS,
         )
 
         async def jwks_route(request: Request) -> JSONResponse:
@@ -106,6 +118,36 @@ class SignedAgent:
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> Any:
         return await self.server.call_tool(name, arguments)
+
+
+class MemoryEventStore(EventStore):
+    """The SDK's event store interface, in memory and bounded: lets a 2025-11-25 client resume an SSE
+    stream (``Last-Event-ID``) after the agent or the network closed it, within one agent process."""
+
+    def __init__(self, max_events: int = 10_000):
+        self.max_events = max_events
+        self._events: OrderedDict[int, tuple[StreamId, JSONRPCMessage | None]] = OrderedDict()
+        self._next = 0
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        self._next += 1
+        self._events[self._next] = (stream_id, message)
+        while len(self._events) > self.max_events:
+            self._events.popitem(last=False)
+        return str(self._next)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        """Send the stream's events after ``last_event_id``; None if that event is unknown (or forgotten)."""
+        try:
+            stream_id = self._events[int(last_event_id)][0]
+        except (ValueError, KeyError):
+            return None
+        after = [(event_id, message) for event_id, (stream, message) in self._events.items()
+                 if stream == stream_id and event_id > int(last_event_id)]
+        for event_id, message in after:
+            if message is not None:  # None marks a priming event: nothing to replay
+                await send_callback(EventMessage(message, str(event_id)))
+        return stream_id
 
 
 def _transport_security(host: str, base_url: str) -> TransportSecuritySettings | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mesh.agent import Agent
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustStore
-from mesh.manifest import Manifest, ManifestProblem
+from mesh.manifest import KINDS, Manifest, ManifestProblem
 from mesh.workspace import Workspace
 
 
@@ -73,9 +73,14 @@ def holds_published_key(ws: Workspace, name: str) -> bool:
 
 
 async def manifest_payload(agent: Agent) -> dict[str, Any]:
-    tools = await agent.describe()
-    scopes = agent.scopes()
-    return Manifest.payload(agent.name, agent.version, agent.description, [(t, scopes[t["name"]]) for t in tools])
+    """What the agent serves, as the manifest signs it: every listed descriptor with its scopes."""
+    listed = await agent.descriptors()
+    scopes = agent.all_scopes()
+    pairs = {kind: [(item, scopes[kind].get(item["name"], [])) for item in items] for kind, items in listed.items()}
+    return Manifest.payload(
+        agent.name, agent.version, agent.description, pairs["tool"],
+        resources=pairs["resource"], resource_templates=pairs["resource_template"], prompts=pairs["prompt"],
+    )
 
 
 def _unchanged(path: Path, payload: dict[str, Any], keys: list[SigningKey]) -> bool:
@@ -162,9 +167,10 @@ def _load_matching(ws: Workspace, agent: Agent, path: Path, payload: dict[str, A
     differences = _payload_differences(manifest.body, payload)
     if differences:
         raise SigningProblem(
-            f"{agent.name}: the live tools differ from the signed manifest {path.relative_to(ws.root)}:\n  "
+            f"{agent.name}: the live tools, resources or prompts differ from the signed manifest "
+            f"{path.relative_to(ws.root)}:\n  "
             + "\n  ".join(differences)
-            + f"\nRun `mesh sign {agent.name}` to sign the new tools (or `mesh agent run --dev` while iterating)."
+            + f"\nRun `mesh sign {agent.name}` to sign what changed (or `mesh agent run --dev` while iterating)."
         )
     return manifest
 
@@ -174,18 +180,26 @@ def _payload_differences(signed: dict[str, Any], live: dict[str, Any]) -> list[s
     for field in ("agent", "version", "description"):
         if signed.get(field) != live.get(field):
             lines.append(f"{field} changed: {signed.get(field)!r} -> {live.get(field)!r}")
-    signed_tools = {t["name"]: t for t in signed.get("tools", [])}  # Manifest.from_json checked the shape
-    live_tools = {t["name"]: t for t in live.get("tools", [])}
-    for tool in sorted(set(signed_tools) | set(live_tools)):
-        if tool not in live_tools:
-            lines.append(f"tool {tool!r} is signed but no longer served")
-        elif tool not in signed_tools:
-            lines.append(f"tool {tool!r} is served but not signed")
-        elif signed_tools[tool].get("digest") != live_tools[tool]["digest"]:
-            lines.append(f"tool {tool!r} changed (schema, description or annotations)")
-        elif signed_tools[tool].get("scopes") != live_tools[tool]["scopes"]:
-            lines.append(f"tool {tool!r}: required scopes changed")
+    for kind in KINDS.values():
+        signed_entries = {e["name"]: e for e in signed.get(kind.field, [])}  # Manifest.from_json checked the shape
+        live_entries = {e["name"]: e for e in live.get(kind.field, [])}
+        for name in sorted(set(signed_entries) | set(live_entries)):
+            if name not in live_entries:
+                lines.append(f"{kind.name} {name!r} is signed but no longer served")
+            elif name not in signed_entries:
+                lines.append(f"{kind.name} {name!r} is served but not signed")
+            elif signed_entries[name].get("digest") != live_entries[name]["digest"]:
+                lines.append(f"{kind.name} {name!r} changed ({_what_changes(kind.field)})")
+            elif signed_entries[name].get("scopes") != live_entries[name]["scopes"]:
+                lines.append(f"{kind.name} {name!r}: required scopes changed")
     return lines
+
+
+def _what_changes(field: str) -> str:
+    return {
+        "tools": "schema, description or annotations",
+        "prompts": "arguments, title or description",
+    }.get(field, "URI, name, description, MIME type or annotations")
 
 
 def _verify(manifest: Manifest, jwks: dict[str, Any], source: Path) -> list[str]:
