@@ -310,6 +310,7 @@ def build_app(registry: Registry) -> Starlette:
         Route("/metrics", problem_json(metrics), methods=["GET"]),
         Route("/.well-known/jwks.json", jwks),
         # Its own router, so that an unknown path or method under /v1 is a problem (404, 405), not the MCP app's.
+        Route("/v1", index, methods=["GET"]),
         Mount("/v1", routes=[
             Route("/", index, methods=["GET"]),
             Route("/openapi.json", openapi),
