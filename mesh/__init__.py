@@ -1,7 +1,8 @@
-"""mcpmesh: a mesh of agents, each its own MCP server with signed tool schemas.
+"""mcpmesh: a mesh of agents, each its own MCP server with signed tools, resources and prompts.
 
-The small public API: ``Agent`` and ``ToolKit`` to write agents, ``AgentContext`` for their startup
-hooks, ``Workspace`` to read a workspace folder, and ``MeshClient`` to reach the mesh.
+The small public API: ``Agent`` and ``ToolKit`` to write agents (tools, resources, templates, prompts,
+completions), ``AgentContext`` for their startup hooks, ``Workspace`` to read a workspace folder, and
+``MeshClient`` to reach the mesh.
 """
 
 from mesh.agent import Agent, AgentContext, ToolKit
