@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -33,18 +34,23 @@ def test_mesh_up_runs_every_agent_reports_a_broken_one_and_stops_them_all(repo_w
     url = f"http://127.0.0.1:{port}"
     up = start(mesh_command("up", "--workspace", str(repo_workspace), "--port", str(port)))
 
-    def ready() -> bool:
-        try:
-            agents = {a["name"]: a["status"] for a in httpx.get(f"{url}/v1/agents").json()["agents"]}
-        except httpx.HTTPError:
-            return False
-        return all(agents.get(name) == "active" for name in ("librarian", "researcher", "sandbox"))
-
     deadline = time.monotonic() + 180
-    while not ready():
+    while "mcpmesh is up" not in up.output():  # said only once every agent is admitted or has failed
         assert time.monotonic() < deadline, up.output()
         assert up.popen.poll() is None, up.output()
         time.sleep(0.5)
+    report = up.output()
+    for name in ("librarian", "researcher", "sandbox"):
+        assert report.index(f"mesh: {name} admitted") < report.index("mcpmesh is up")
+    assert report.index("mesh: agent broken FAILED") < report.index("mcpmesh is up")
+    agents = {a["name"]: a["status"] for a in httpx.get(f"{url}/v1/agents").json()["agents"]}
+    assert all(agents.get(name) == "active" for name in ("librarian", "researcher", "sandbox"))
+    # Every URL it printed answers (the README's snippets among them).
+    printed = set(re.findall(r"http://127\.0\.0\.1:\d+[^\s\"']*", report))
+    assert f"{url}/mcp" in printed and len(printed) >= 4
+    for address in printed:
+        assert httpx.get(address, timeout=10).status_code < 500, address
+    assert '"type": "http"' in report  # the VS Code snippet
 
     called = run_mesh("call", "researcher.brief", "topic=signed tool schemas", "k=2", "--registry", url)
     assert called.returncode == 0, called.stderr

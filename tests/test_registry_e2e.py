@@ -246,7 +246,8 @@ async def test_agent_tokens_scopes_and_forgeries(mesh: Mesh):
             await researcher.invoke("sandbox", "call_operation", {"api": "petstore", "operation_id": "listPets"})
         assert denied.value.kind == "policy-denied" and denied.value.problem["rule"] == "missing_scope"
         runs = httpx.get(f"{mesh.url}/v1/runs", params={"caller": "agent:researcher", "log": "caller"}).json()["runs"]
-        assert any(r["agent"] == "sandbox" and r["policy_rule"] == "missing_scope" for r in runs)
+        denied = next(r for r in runs if r["agent"] == "sandbox" and r["policy_rule"] == "missing_scope")
+        assert denied["error"].count("missing_scope") == 1 and "lacks scope" in denied["error"]
         assert {r["caller"] for r in runs} == {"agent:researcher"} and {r["log"] for r in runs} == {"caller"}
         assert httpx.get(f"{mesh.url}/v1/runs", params={"log": "both"}).status_code == 400
 

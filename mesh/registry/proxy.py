@@ -203,9 +203,10 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
         decision = registry.policy.evaluate(policy_input(registry, caller, pinned, arguments, call))
         run.decision = decision
         if not decision.allow:
-            reasons = "; ".join(decision.reasons) or decision.rule
-            await run.finish("denied", Outcome("denied", fault="caller"), error=f"{decision.rule}: {reasons}")
-            raise Problem("policy-denied", f"denied by rule {decision.rule!r}: {reasons}",
+            reasons = "; ".join(decision.reasons) or decision.rule  # each reads "rule: why"
+            await run.finish("denied", Outcome("denied", fault="caller"), error=reasons)
+            why = "; ".join(reason.removeprefix(f"{decision.rule}: ") for reason in decision.reasons[:1])
+            raise Problem("policy-denied", f"denied by rule {decision.rule!r}: {why or reasons}",
                           rule=decision.rule, run_id=run.id)
 
         result = await _forward(registry, run, call, pinned, arguments, progress, relay)
