@@ -39,6 +39,7 @@ from mcp.types import (
     UnsubscribeRequestParams,
 )
 
+from mesh.client import MeshError
 from mesh.manifest import SCOPES_META, SIGNATURE_META
 from mesh.names import check_name
 
@@ -262,7 +263,8 @@ class Agent(ToolKit):
     def mesh(self) -> Any:
         """This agent's ``MeshClient``: call other agents through the registry (``await agent.mesh.invoke``)."""
         if self._mesh is None:
-            raise RuntimeError(f"{self.name} runs without a registry; start it with --registry URL or `mesh up`")
+            raise MeshError({"title": "No registry", "detail": f"{self.name} runs without a registry; start it "
+                                                                "with --registry URL or `mesh up`"})
         return self._mesh
 
     @mesh.setter
@@ -468,15 +470,16 @@ def _sdk_tool(spec: ToolSpec) -> Tool:
 
 
 def _errors_as_tool_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Let a tool reject bad input with a plain ``ValueError``: its message reaches the client as the
-    tool error (the SDK passes on only ``ToolError`` text and hides other exceptions)."""
+    """Let a tool's refusal reach its caller in words: a plain ``ValueError`` (bad input) and a
+    ``MeshError`` from its own ``agent.mesh.invoke`` (refused, unreachable, denied by policy) become the tool
+    error's text, since the SDK passes on only ``ToolError`` text and hides other exceptions."""
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await fn(*args, **kwargs)
-            except ValueError as exc:
+            except (ValueError, MeshError) as exc:
                 raise ToolError(str(exc)) from exc
 
         return run_async
@@ -485,7 +488,7 @@ def _errors_as_tool_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ValueError as exc:
+        except (ValueError, MeshError) as exc:
             raise ToolError(str(exc)) from exc
 
     return run

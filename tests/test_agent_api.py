@@ -175,3 +175,28 @@ def test_an_agent_whose_resources_changed_refuses_to_start_naming_them(hello_wor
     assert "resource 'today' changed" in refused.stderr
     assert "prompt 'summarise' is signed but no longer served" in refused.stderr
     assert "prompt 'summarize' is served but not signed" in refused.stderr
+
+
+async def test_a_refused_call_through_the_mesh_reaches_the_tools_caller_in_words():
+    from mesh.client import MeshError
+
+    agent = Agent("asker")
+
+    @agent.tool
+    async def ask_without_registry() -> str:
+        """Call another agent, with no registry to go through."""
+        return await agent.mesh.invoke("librarian", "search", {"query": "x"})
+
+    @agent.tool
+    async def ask_and_get_denied() -> str:
+        """A call the registry refuses."""
+        raise MeshError({"title": "Policy denied", "detail": "denied by rule 'missing_scope': agent:asker lacks "
+                                                             "scope 'docs:read'", "rule": "missing_scope"})
+
+    async with Client(agent.build_server()) as client:
+        alone = await client.call_tool("ask_without_registry", {})
+        assert alone.is_error and "asker runs without a registry" in alone.content[0].text
+        denied = await client.call_tool("ask_and_get_denied", {})
+        assert denied.is_error
+        assert denied.content[0].text.endswith("Policy denied: denied by rule 'missing_scope': agent:asker lacks "
+                                                "scope 'docs:read'")
