@@ -27,6 +27,7 @@ from mesh.names import NameProblem, check_name
 from mesh.registry.policy import PolicyError
 from mesh.signing import (
     SigningProblem,
+    code_differences,
     holds_published_key,
     resign_after_key_change,
     sign_agent,
@@ -97,11 +98,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not names:
             raise WorkspaceProblem(f"no manifests in {ws.manifests_dir} (run `mesh sign`)")
         targets = [(ws.manifest_path(n), ws.jwks_path(n)) for n in names]
+    changed = 0
     for manifest_path, jwks_path in targets:
         manifest = verify_manifest_file(manifest_path, jwks_path)
-        print(f"ok  {manifest_path}: {manifest.agent} {manifest.body.get('version')}, "
-              f"{len(manifest.tools)} tools, signed by {', '.join(k[:12] + '…' for k in manifest.kids())}")
-    return 0
+        signed = f"{len(manifest.tools)} tools, signed by {', '.join(k[:12] + '…' for k in manifest.kids())}"
+        # The signature holds; does the agent's code still serve what it signs?
+        differences = []
+        if (ws.agents_dir / f"{manifest.agent}.py").is_file():
+            differences = anyio.run(code_differences, ws, manifest)
+        if differences:
+            changed += 1
+            say(f"CHANGED {manifest_path}: agents/{manifest.agent}.py no longer serves what it signs:\n  "
+                + "\n  ".join(differences) + f"\n  (`mesh sign {manifest.agent}` signs what changed)")
+        else:
+            print(f"ok  {manifest_path}: {manifest.agent} {manifest.body.get('version')}, {signed}")
+    return 1 if changed else 0
 
 
 @command("keys")

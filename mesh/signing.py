@@ -136,12 +136,15 @@ async def identity_for_serving(ws: Workspace, name: str, *, strict: bool = False
 
     if holds_published_key(ws, name):
         ring = KeyRing.open(ws.keys_dir(name))
-        if dev:
-            publish(ws, agent, payload, ring, local=False)
+        note = None
+        if dev and publish(ws, agent, payload, ring, local=False):
+            tracked = [path.relative_to(ws.root) for path in (committed_path, ws.jwks_path(name))]
+            note = (f"{name}: --dev re-signed the tracked {tracked[0]} and {tracked[1]} with the published key; "
+                    "review and commit them, or restore them with git")
         manifest = _load_matching(ws, agent, committed_path, payload)
         jwks = read_jwks(ws.jwks_path(name)) or {}
         _verify(manifest, jwks, committed_path)
-        return Identity(name, "published", manifest, jwks, ring.signing_keys())
+        return Identity(name, "published", manifest, jwks, ring.signing_keys(), note)
 
     if strict:
         raise SigningProblem(
@@ -160,6 +163,11 @@ async def identity_for_serving(ws: Workspace, name: str, *, strict: bool = False
         f"local key {ring.active().kid[:12]}… ({local_path.relative_to(ws.root)})"
     )
     return Identity(name, "local", manifest, jwks, ring.signing_keys(), note)
+
+
+async def code_differences(ws: Workspace, manifest: Manifest) -> list[str]:
+    """What the agent's code serves now that its signed manifest does not say (empty when they agree)."""
+    return _payload_differences(manifest.body, await manifest_payload(ws.agent(manifest.agent)))
 
 
 def _load_matching(ws: Workspace, agent: Agent, path: Path, payload: dict[str, Any]) -> Manifest:

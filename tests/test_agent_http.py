@@ -86,8 +86,13 @@ def test_the_agent_refuses_to_serve_tools_that_differ_from_its_signed_manifest(h
     assert refused.returncode != 0
     assert "tool 'greet' changed" in refused.stderr and "mesh sign hello" in refused.stderr
     assert "Traceback" not in refused.stderr
+    # mesh verify tells the same truth: the signature holds, but the code no longer serves what it signs.
+    verified = run_mesh("verify", "--workspace", str(hello_workspace))
+    assert verified.returncode == 1 and "tool 'greet' changed" in verified.stderr, verified.stderr
 
-    base = agent_server(hello_workspace, "hello", "--dev")  # --dev re-signs for local iteration
+    base = agent_server(hello_workspace, "hello", "--dev")  # --dev re-signs for local iteration, and says so
+    log = Path(next(p for p in hello_workspace.parent.glob("process-*.log")))
+    assert "--dev re-signed the tracked manifests/hello.manifest.json and manifests/hello.jwks.json" in log.read_text()
     async def listed() -> list:
         async with Client(f"{base}/mcp", mode="legacy") as client:
             return (await client.list_tools()).tools
