@@ -414,3 +414,15 @@ def test_metrics_to_scrape_and_an_index_of_the_api(mesh: Mesh):
     assert index["openapi"] == f"{mesh.url}/v1/openapi.json"
     assert f"POST {mesh.url}/v1/invoke" in index["routes"]
     assert httpx.get(index["openapi"]).status_code == 200
+
+
+async def test_a_refusal_over_mcp_says_why_in_the_tool_error_and_logs_no_traceback(mesh: Mesh):
+    async with Client(f"{mesh.url}/mcp") as client:
+        unknown = await client.call_tool("invoke", {"agent": "echo", "tool": "nope", "arguments": {}})
+        assert unknown.is_error and "Unknown tool" in unknown.content[0].text and "nope" in unknown.content[0].text
+        denied = await client.call_tool("echo__wipe", {})
+        assert denied.is_error and denied.content[0].text.startswith("Policy denied: denied by rule "
+                                                                     "'destructive_not_allowed'")
+        problem = (denied.meta or {})["io.mcpmesh/problem"]
+        assert problem["rule"] == "destructive_not_allowed" and problem["run_id"]
+    assert "Traceback" not in mesh.processes["registry"].output()
