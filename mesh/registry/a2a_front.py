@@ -25,7 +25,6 @@ Tasks are kept in memory (the last thousand) per caller and agent: a caller sees
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 from a2a.auth.user import User
 from a2a.server.context import ServerCallContext
@@ -51,7 +50,7 @@ from mesh.client import RUN_META
 from mesh.names import is_valid_name
 from mesh.registry import proxy, store
 from mesh.registry.auth import Caller
-from mesh.registry.gate import allowed
+from mesh.registry.gate import allowed, is_run_id
 from mesh.registry.node import Registry
 from mesh.registry.problems import Problem
 
@@ -99,7 +98,7 @@ class A2AFront:
                 allowed(self.registry, request, "invoke")
                 self.registered(request.path_params["name"])
                 parent = request.headers.get("x-mesh-parent-run")
-                if parent is not None and not _is_uuid(parent):
+                if parent is not None and not is_run_id(parent):
                     raise Problem("bad-request", "x-mesh-parent-run must be a run id")
             except Problem as problem:
                 error = {"code": -32600, "message": str(problem), "data": problem.to_json()}
@@ -205,11 +204,3 @@ class RegistryExecutor(ToolExecutor):
     def result_metadata(self, result: CallToolResult) -> dict[str, Any] | None:
         meta = result.meta or {}
         return {key: meta[key] for key in (RUN_META, TARGET_RUN_META, TRACE_META) if key in meta}
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        UUID(value)
-    except ValueError:
-        return False
-    return True

@@ -29,7 +29,7 @@ from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.names import NAME_RULE, is_valid_name
 from mesh.registry import a2a_front, admission, proxy, store
 from mesh.registry.forward import Forwarder
-from mesh.registry.gate import Gate, allowed, parse_json
+from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
 from mesh.registry.node import Registry, run_json
 from mesh.registry.openapi import openapi_document
@@ -211,7 +211,7 @@ def build_app(registry: Registry) -> Starlette:
         if not (isinstance(agent_name, str) and isinstance(tool, str)):
             raise Problem("bad-request", "invoke needs agent and tool (strings) and arguments (an object)")
         parent = request.headers.get("x-mesh-parent-run")
-        if parent is not None and not _is_uuid(parent):
+        if parent is not None and not is_run_id(parent):
             raise Problem("bad-request", "x-mesh-parent-run must be a run id")
         outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"), parent_run_id=parent,
                                      trace_context=dict(request.headers))
@@ -246,7 +246,7 @@ def build_app(registry: Registry) -> Starlette:
         allowed(registry, request, "read")
         given = request.path_params["run_id"].lower()
         with registry.sessions.begin() as session:
-            if _is_uuid(given):
+            if is_run_id(given):
                 record = store.get_run(session, given)
             elif len(given) >= MIN_RUN_PREFIX:
                 found = store.runs_by_prefix(session, given)
@@ -341,13 +341,6 @@ def http_problem(request: Request, exc: Exception) -> JSONResponse:
                          "status": exc.status_code, "detail": f"{request.method} {request.url.path}: {exc.detail}"},
                         status_code=exc.status_code, headers=exc.headers, media_type="application/problem+json")
 
-
-def _is_uuid(value: str) -> bool:
-    try:
-        UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _remote(request: Request) -> str | None:

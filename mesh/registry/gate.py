@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from uuid import UUID
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -39,6 +40,15 @@ _OPEN = [
     ("POST", re.compile(r"/v1/agents/[^/]+/revocations")),
 ]
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+def is_run_id(value: str) -> bool:
+    """Is ``value`` a run id (a UUID)? Checked wherever one comes in: paths, x-mesh-parent-run."""
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def is_open(method: str, path: str) -> bool:
