@@ -38,24 +38,22 @@ from mesh import Agent
 
 
 
-class WithResources(Agent):
-    """Until agents declare resources and prompts themselves: one of each, added to the served server."""
-
-    def build_server(self, meta=None, **options):
-        server = super().build_server(meta, **options)
-
-        @server.resource("test://static-text", name="static_text")
-        def static_text() -> str:
-            return "static text"
-
-        @server.prompt(name="greeting")
-        def greeting(name: str) -> str:
-            return f"Hello {name}"
-
-        return server
+agent = Agent("asker", description="Asks its client things.")
 
 
-agent = WithResources("asker", description="Asks its client things.")
+@agent.resource("test://static-text", name="static_text")
+def static_text() -> str:
+    return "static text"
+
+
+@agent.resource("test://notes/{id}", name="note")
+def note(id: str) -> str:
+    return f"note {id}"
+
+
+@agent.prompt(name="greeting")
+def greeting(name: str) -> str:
+    return f"Hello {name}"
 
 
 class Name(BaseModel):

@@ -212,6 +212,37 @@ def test_replacing_and_blocking_tools(sessions: sessionmaker[Session]) -> None:
         assert store.list_tools(session, status="blocked") == [search]
 
 
+def described(kind: str, name: str, digest: str = "sha256:d1") -> store.DescriptorRecord:
+    wire = {"name": name, "uri": f"notes://{name}", "_meta": {"io.mcpmesh/signature": {"digest": digest}}}
+    return store.DescriptorRecord(kind=kind, name=name, wire=wire, scopes=["notes:read"], pinned_digest=digest,
+                                  status="verified", signed_by="kid-1")
+
+
+def test_resources_templates_and_prompts_are_pinned_replaced_and_blocked(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        admit(session)
+        # A resource and a prompt may share a name: each kind has its own names.
+        store.replace_descriptors(session, "librarian", [described("resource", "today"), described("prompt", "today"),
+                                                         described("resource_template", "day")])
+    with sessions() as session:
+        listed = store.list_descriptors(session, "librarian")
+        assert [(d.kind, d.name) for d in listed] == [("prompt", "today"), ("resource", "today"),
+                                                      ("resource_template", "day")]
+        assert (listed[1].wire["uri"], listed[1].scopes, listed[1].signed_by) == ("notes://today", ["notes:read"],
+                                                                                   "kid-1")
+    with sessions.begin() as session:  # re-admission: only the new list remains
+        store.replace_descriptors(session, "librarian", [described("prompt", "today", "sha256:d2")])
+        store.block_descriptor(session, "librarian", "prompt", "today", "changed after approval")
+        with pytest.raises(LookupError):
+            store.block_descriptor(session, "librarian", "resource", "today", "gone")
+    with sessions() as session:
+        [prompt] = store.list_descriptors(session)
+        assert (prompt.pinned_digest, prompt.status, prompt.blocked_reason) == (
+            "sha256:d2", "blocked", "changed after approval")
+    with pytest.raises(IntegrityError), sessions.begin() as session:  # only these three kinds
+        store.replace_descriptors(session, "librarian", [described("tool", "search")])
+
+
 def test_tools_belong_to_an_admitted_agent(sessions: sessionmaker[Session]) -> None:
     with pytest.raises(IntegrityError), sessions.begin() as session:
         store.replace_tools(session, "stranger", [tool("search")])

@@ -1,10 +1,11 @@
-"""Admitting an agent: verify its manifest, check its live tools one by one, pin their digests.
+"""Admitting an agent: verify its manifest, check what it lists one by one, pin their digests.
 
 A registration is refused unless the manifest's signature verifies under a key the registry trusts for
-that agent, every tool the agent really lists carries a valid signature over exactly the schema the
-manifest pins, and its A2A agent card verifies under the same keys and lists exactly those tools.
-Later, ``recheck`` re-lists the tools: one whose live schema no longer matches its pinned digest is
-blocked ("changed after approval") until a newly signed manifest is admitted.
+that agent, every tool, resource, resource template and prompt the agent really lists carries a valid
+signature (of its kind) over exactly the descriptor the manifest pins, everything the manifest pins is
+listed, and its A2A agent card verifies under the same keys and lists exactly those tools. Later,
+``recheck`` lists them again: one whose live form no longer matches its pinned digest is blocked
+("changed after approval") until a newly signed manifest is admitted.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import httpx2
 
 from mesh import card
 from mesh.keys import TrustStore
-from mesh.manifest import SIGNATURE_META, Manifest, ManifestProblem, tool_digest, verify_tool
+from mesh.manifest import KINDS, SIGNATURE_META, Manifest, ManifestProblem, descriptor_digest, verify_descriptor
 from mesh.names import NAME_RULE, is_valid_name
 from mesh.registry import store
 from mesh.registry.forward import AgentError
-from mesh.registry.node import PinnedTool, Registry
+from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry
 from mesh.registry.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,20 @@ CHANGED = "changed after approval: the live schema no longer matches its pinned,
 
 async def live_tools(registry: Registry, endpoint: str) -> list[dict[str, Any]]:
     """The agent's ``tools/list`` as wire dicts."""
+    return (await live_descriptors(registry, endpoint, ("tool",)))["tool"]
+
+
+async def live_descriptors(registry: Registry, endpoint: str,
+                           kinds: tuple[str, ...] = tuple(KINDS)) -> dict[str, list[dict[str, Any]]]:
+    """What the agent lists of each kind (a ``KINDS`` key), as wire dicts, every page."""
     assert registry.forwarder is not None
-    try:
-        return await registry.forwarder.list_tools(endpoint)
-    except (httpx2.HTTPError, AgentError) as exc:
-        raise Problem("target-unavailable", f"cannot list the tools at {endpoint}: {exc}") from exc
+    listed = {}
+    for kind in kinds:
+        try:
+            listed[kind] = await registry.forwarder.list_descriptors(endpoint, kind)
+        except (httpx2.HTTPError, AgentError) as exc:
+            raise Problem("target-unavailable", f"cannot list the {KINDS[kind].field} at {endpoint}: {exc}") from exc
+    return listed
 
 
 async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dict[str, Any],
@@ -65,9 +75,13 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
     if unchanged:
         return {"agent": name, "status": "unchanged"}
 
-    tools = await live_tools(registry, endpoint)
-    signed = manifest.tools
-    problems, signers = _check_live_tools(tools, signed, manifest.digest, trust)
+    listed = await live_descriptors(registry, endpoint)
+    tools, signed = listed["tool"], manifest.tools
+    problems, signers = [], {}
+    for kind, items in listed.items():
+        found, by = _check_live(kind, items, manifest.descriptors(kind), manifest.digest, trust)
+        problems += found
+        signers[kind] = by
     if problems:
         _record_refusal(registry, name, endpoint, "; ".join(problems))
         raise Problem("registration-refused", "; ".join(problems))
@@ -87,7 +101,13 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
             agent=name, name=tool["name"], title=wire.get("title"), description=wire.get("description", ""),
             input_schema=wire.get("inputSchema", {}), output_schema=wire.get("outputSchema"),
             annotations=wire.get("annotations"), scopes=entry["scopes"], pinned_digest=entry["digest"],
-            status="verified", blocked_reason=None, wire=wire, signed_by=signers[tool["name"]]))
+            status="verified", blocked_reason=None, wire=wire, signed_by=signers["tool"][tool["name"]]))
+    described = [
+        store.DescriptorRecord(agent=name, kind=kind, name=item["name"], wire=_signed_wire(item),
+                               scopes=manifest.descriptors(kind)[item["name"]]["scopes"],
+                               pinned_digest=manifest.descriptors(kind)[item["name"]]["digest"], status="verified",
+                               blocked_reason=None, signed_by=signers[kind][item["name"]])
+        for kind, items in listed.items() if kind != "tool" for item in items]
     body = manifest.body
     with registry.sessions.begin() as session:
         store.upsert_agent(session, name, endpoint=endpoint, manifest=json.dumps(manifest.to_json()),
@@ -95,44 +115,61 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
                            description=body.get("description", ""), status="active", flags=[])
         records = store.replace_tools(session, name, pinned)
         fresh = {(r.agent, r.name): PinnedTool.from_record(r) for r in records}
+        others = {(r.agent, r.kind, r.name): PinnedDescriptor.from_record(r)
+                  for r in store.replace_descriptors(session, name, described)}
     for key in [key for key in registry.tools if key[0] == name]:
         del registry.tools[key]
     registry.tools.update(fresh)
+    for key in [key for key in registry.descriptors if key[0] == name]:
+        del registry.descriptors[key]
+    registry.descriptors.update(others)
     registry.endpoints[name] = endpoint
     registry.manifest_digests[name] = manifest.digest
     registry.admitted_here.add(name)
     await registry.index_agent(name)
-    log.info("admitted %s at %s with %d tools", name, endpoint, len(pinned))
-    return {"agent": name, "status": "admitted", "tools": sorted(t.name for t in pinned),
-            "manifest_digest": manifest.digest}
+    log.info("admitted %s at %s with %d tools and %d other descriptors", name, endpoint, len(pinned),
+             len(described))
+    answer = {"agent": name, "status": "admitted", "tools": sorted(t.name for t in pinned),
+              "manifest_digest": manifest.digest}
+    for kind in ("resource", "resource_template", "prompt"):
+        if listed[kind]:
+            answer[KINDS[kind].field] = sorted(item["name"] for item in listed[kind])
+    return answer
 
 
-def _check_live_tools(tools: list[dict[str, Any]], signed: dict[str, dict[str, Any]], manifest_digest: str,
-                      trust: TrustStore) -> tuple[list[str], dict[str, str]]:
-    """What is wrong with the live tools, and the kid each good tool's signature was made with."""
+def _signed_wire(item: dict[str, Any]) -> dict[str, Any]:
+    """A listed descriptor as pinned: its wire form with only the agent's signature kept in ``_meta``,
+    so the registry can list it as signed."""
+    return {k: v for k, v in item.items() if k != "_meta"} | {"_meta": {SIGNATURE_META: item["_meta"][SIGNATURE_META]}}
+
+
+def _check_live(kind: str, items: list[dict[str, Any]], signed: dict[str, dict[str, Any]], manifest_digest: str,
+                trust: TrustStore) -> tuple[list[str], dict[str, str]]:
+    """What is wrong with the live descriptors of ``kind``, and the kid each good one's signature was made with."""
+    what = KINDS[kind].name
     problems, signers = [], {}
-    live_names = {tool["name"] for tool in tools}
-    for tool in tools:
-        name = tool["name"]
+    live_names = {item.get("name") for item in items}
+    for item in items:
+        name = item.get("name")
         if not is_valid_name(name):
-            problems.append(f"tool {name[:80]!r} has no valid name ({NAME_RULE})")
+            problems.append(f"{what} {str(name)[:80]!r} has no valid name ({NAME_RULE})")
             continue
         if name not in signed:
-            problems.append(f"tool {name!r} is served but not in the signed manifest")
+            problems.append(f"{what} {name!r} is served but not in the signed manifest")
             continue
         try:
-            block = verify_tool(tool, trust)
+            block = verify_descriptor(kind, item, trust)
         except ManifestProblem as exc:
             problems.append(str(exc))
             continue
         if block.get("manifest") != manifest_digest:
-            problems.append(f"tool {name!r} is signed for another manifest than the one registered")
+            problems.append(f"{what} {name!r} is signed for another manifest than the one registered")
         elif block["digest"] != signed[name]["digest"]:
-            problems.append(f"tool {name!r}: its live schema differs from the one the manifest pins")
+            problems.append(f"{what} {name!r}: its live form differs from the one the manifest pins")
         else:
             signers[name] = block["kid"]
     for name in sorted(set(signed) - live_names):
-        problems.append(f"tool {name!r} is in the manifest but the agent does not serve it")
+        problems.append(f"{what} {name!r} is in the manifest but the agent does not serve it")
     return problems, signers
 
 
@@ -143,13 +180,15 @@ def _record_refusal(registry: Registry, name: str, endpoint: str, reason: str) -
 
 
 async def recheck(registry: Registry, name: str) -> list[str] | None:
-    """Re-list ``name``'s tools; block every tool whose live form no longer matches its pin. Returns the
-    tools blocked now, or None when the agent could not be reached (it is then marked down)."""
+    """List ``name``'s tools, resources, templates and prompts again; block every one whose live form no
+    longer matches its pin. Returns what is blocked now (tools by name, the other kinds as ``KIND:NAME``),
+    or None when the agent could not be reached (it is then marked down)."""
     endpoint = registry.endpoints.get(name)
     if endpoint is None:
         raise Problem("unknown-agent", f"no agent {name!r} is registered")
     try:
-        tools = {t["name"]: t for t in await live_tools(registry, endpoint)}
+        listed = {kind: {item["name"]: item for item in items}
+                  for kind, items in (await live_descriptors(registry, endpoint)).items()}
     except Problem:
         with registry.sessions.begin() as session:
             store.set_agent_status(session, name, "down")
@@ -157,22 +196,29 @@ async def recheck(registry: Registry, name: str) -> list[str] | None:
     blocked = []
     with registry.sessions.begin() as session:
         for pinned in registry.agent_tools(name):
-            live = tools.get(pinned.name)
-            if pinned.status == "blocked":
-                continue
-            if live is None or tool_digest(live) != pinned.digest or SIGNATURE_META not in (live.get("_meta") or {}):
+            if pinned.status != "blocked" and _changed(listed["tool"].get(pinned.name), pinned.digest):
                 record = store.block_tool(session, name, pinned.name, CHANGED)
                 registry.tools[(name, pinned.name)] = PinnedTool.from_record(record)
                 blocked.append(pinned.name)
+        for described in registry.agent_descriptors(name):
+            if described.verified and _changed(listed[described.kind].get(described.name), described.digest):
+                record = store.block_descriptor(session, name, described.kind, described.name, CHANGED)
+                registry.descriptors[(name, described.kind, described.name)] = PinnedDescriptor.from_record(record)
+                blocked.append(f"{described.kind}:{described.name}")
         if store.get_agent(session, name).status == "down":
             store.set_agent_status(session, name, "active")
     if blocked:
-        flag = f"tools changed after approval: {', '.join(blocked)}"
+        flag = f"changed after approval: {', '.join(blocked)}"
         log.warning("%s: %s", name, flag)
         with registry.sessions.begin() as session:
             store.get_agent(session, name).flags = [flag]
         await registry.index_agent(name)
     return blocked
+
+
+def _changed(live: dict[str, Any] | None, digest: str) -> bool:
+    """Is a pinned descriptor gone, changed, or listed without its signature?"""
+    return live is None or descriptor_digest(live) != digest or SIGNATURE_META not in (live.get("_meta") or {})
 
 
 async def recheck_forever(registry: Registry) -> None:

@@ -44,6 +44,9 @@ from mcp.types import (
     PROTOCOL_VERSION_META_KEY,
     CallToolResult,
     InputRequiredResult,
+    Prompt,
+    Resource,
+    ResourceTemplate,
     Tool,
 )
 
@@ -70,6 +73,13 @@ _HEADERS = {"accept": "application/json, text/event-stream", "content-type": "ap
             MCP_PROTOCOL_VERSION_HEADER: PROTOCOL_VERSION}
 _NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}  # what Mcp-Name carries
 _PROGRESS_TOKEN = "mesh"  # one request per stream, so one token is enough to recognise its progress
+
+
+# How each kind of descriptor (``mesh.manifest.KINDS``) is listed: method, result key, the SDK's model.
+LISTS = {"tool": ("tools/list", "tools", Tool), "resource": ("resources/list", "resources", Resource),
+         "resource_template": ("resources/templates/list", "resourceTemplates", ResourceTemplate),
+         "prompt": ("prompts/list", "prompts", Prompt)}
+METHOD_NOT_FOUND = -32601
 
 
 class AgentError(Exception):
@@ -128,15 +138,26 @@ class Forwarder:
 
     async def list_tools(self, endpoint: str) -> list[dict[str, Any]]:
         """Every tool the agent lists, as wire dicts, following ``nextCursor`` to the last page."""
-        tools: list[dict[str, Any]] = []
+        return await self.list_descriptors(endpoint, "tool")
+
+    async def list_descriptors(self, endpoint: str, kind: str) -> list[dict[str, Any]]:
+        """Every descriptor of ``kind`` (a ``LISTS`` key) the agent lists, as wire dicts, following
+        ``nextCursor`` to the last page. A server without that list (method not found) lists none."""
+        method, key, model = LISTS[kind]
+        items: list[dict[str, Any]] = []
         params: dict[str, Any] = {}
         while True:
-            page = await self.request(endpoint, "tools/list", params)
+            try:
+                page = await self.request(endpoint, method, params)
+            except AgentError as exc:
+                if exc.code == METHOD_NOT_FOUND and kind != "tool":
+                    return items
+                raise
             # Normalised as the signer saw them: the SDK's own model, dumped as it goes on the wire.
-            tools.extend(Tool.model_validate(tool).model_dump(by_alias=True, mode="json", exclude_none=True)
-                         for tool in page.get("tools", []))
+            items.extend(model.model_validate(item).model_dump(by_alias=True, mode="json", exclude_none=True)
+                         for item in page.get(key, []))
             if not page.get("nextCursor"):
-                return tools
+                return items
             params = {"cursor": page["nextCursor"]}
 
     async def request(self, endpoint: str, method: str, params: dict[str, Any], *,

@@ -4,7 +4,8 @@
 under their own names, every request carried by ``proxy.carry`` (caller, policy, provenance,
 reputation). ``/mcp`` is the whole mesh: the registry's ``discover`` and ``invoke`` tools, every
 verified tool as ``AGENT__TOOL`` and every prompt as ``AGENT__PROMPT``; resource URIs keep their form
-and are routed to the agent that lists them.
+and are routed to the agent whose pinned resource or template covers them. Both faces list only what
+was admitted and is still verified (from memory, as pinned), never the agent's live lists.
 
 Both are one low-level ``mcp.server.Server`` each, answering both protocol versions:
 
@@ -42,7 +43,6 @@ from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
-from mcp.shared.uri_template import UriTemplate
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
@@ -84,7 +84,6 @@ class Front:
         self.registry = registry
         self.whole_mesh = whole_mesh
         self.session_levels: dict[str, str] = {}
-        self.resource_owners: dict[str, str] = {}  # URI -> agent, learnt from listings (``/mcp``)
 
     # -- who and where ------------------------------------------------------------------------------
 
@@ -233,73 +232,48 @@ class Front:
 
     # -- resources, prompts, completion -----------------------------------------------------------------
 
-    async def _gather(self, ctx: ServerRequestContext[Any, Any], method: str, key: str,
-                      params: types.PaginatedRequestParams | None) -> list[dict[str, Any]]:
-        """Every item of a list from each agent of this face, with the agent's signature kept and the JWKS
-        named (on ``/mcp``: every page of every agent, names rewritten; per agent: the page asked for)."""
-        assert self.registry.forwarder is not None
+    def _listed(self, ctx: ServerRequestContext[Any, Any], kind: str) -> list[dict[str, Any]]:
+        """The verified pinned descriptors of ``kind`` of each agent of this face, as admitted: the agent's
+        signature kept, the JWKS named; on ``/mcp`` prompts renamed ``AGENT__NAME``. Read from memory:
+        what was never admitted, or is blocked, is not listed."""
         request = ctx.request if isinstance(ctx.request, Request) else None
-        items: list[dict[str, Any]] = []
+        items = []
         for agent in self.agents(ctx):
-            cursor = None if self.whole_mesh else (params.cursor if params else None)
-            while True:
-                try:
-                    page = await self.registry.forwarder.request(self.registry.endpoints[agent], method,
-                                                                 {"cursor": cursor} if cursor else {})
-                except Exception as exc:  # an agent that cannot list is left out of the mesh's list
-                    if not self.whole_mesh:
-                        raise MCPError(types.INTERNAL_ERROR, f"{agent} could not list: {exc}") from exc
-                    log.warning("%s: %s failed: %s", agent, method, exc)
-                    break
-                for item in page.get(key, []):
-                    items.append(self._listed(request, agent, item, key))
-                cursor = page.get("nextCursor")
-                if not (self.whole_mesh and cursor):
-                    break
+            for described in self.registry.agent_descriptors(agent, kind):
+                if not described.verified:
+                    continue
+                item = dict(described.wire)
+                meta = {**(item.get("_meta") or {}), JWKS_META: jwks_url(request, agent)}
+                if self.whole_mesh:
+                    meta |= {AGENT_META: agent, NAME_META: described.name}
+                    if kind == "prompt":
+                        item["name"] = f"{agent}{SEPARATOR}{described.name}"
+                items.append({**item, "_meta": meta})
         return items
-
-    def _listed(self, request: Request | None, agent: str, item: dict[str, Any], key: str) -> dict[str, Any]:
-        meta = {**(item.get("_meta") or {}), JWKS_META: jwks_url(request, agent)}
-        item = {**item, "_meta": meta}
-        if self.whole_mesh:
-            meta |= {AGENT_META: agent, NAME_META: item.get("name")}
-            if key == "prompts":
-                item["name"] = f"{agent}{SEPARATOR}{item['name']}"
-            elif key == "resources":
-                self.resource_owners[item["uri"]] = agent
-        return item
 
     async def list_resources(self, ctx: ServerRequestContext[Any, Any],
                              params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
-        return types.ListResourcesResult(resources=await self._gather(ctx, "resources/list", "resources", params))
+        return types.ListResourcesResult(resources=self._listed(ctx, "resource"))
 
     async def list_resource_templates(self, ctx: ServerRequestContext[Any, Any],
                                       params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
-        templates = await self._gather(ctx, "resources/templates/list", "resourceTemplates", params)
-        return types.ListResourceTemplatesResult(resource_templates=templates)
+        return types.ListResourceTemplatesResult(resource_templates=self._listed(ctx, "resource_template"))
 
     async def list_prompts(self, ctx: ServerRequestContext[Any, Any],
                            params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=await self._gather(ctx, "prompts/list", "prompts", params))
+        return types.ListPromptsResult(prompts=self._listed(ctx, "prompt"))
 
     async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
         uri = str(params.uri)
-        agent = await self.resource_agent(ctx, uri) if self.whole_mesh else self.agent_of(ctx)
+        agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
         return await self.carry(ctx, proxy.Call(agent, uri, "resource"))
 
-    async def resource_agent(self, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
-        """Which agent serves ``uri`` on ``/mcp``: the one that listed it, else one whose template matches."""
-        if uri not in self.resource_owners:
-            await self._gather(ctx, "resources/list", "resources", None)
-        if uri in self.resource_owners:
-            return self.resource_owners[uri]
-        for template in await self._gather(ctx, "resources/templates/list", "resourceTemplates", None):
-            try:
-                if UriTemplate.parse(template["uriTemplate"]).match(uri) is not None:
-                    return template["_meta"][AGENT_META]
-            except ValueError:
-                continue
-        raise MCPError(RESOURCE_NOT_FOUND, f"no agent of this mesh serves {uri[:200]!r}", {"uri": uri})
+    def resource_agent(self, uri: str) -> str:
+        """Which agent serves ``uri`` on ``/mcp``: the one whose pinned resource or template covers it."""
+        agent = proxy.resource_owner(self.registry, uri)
+        if agent is None:
+            raise MCPError(RESOURCE_NOT_FOUND, f"no agent of this mesh serves {uri[:200]!r}", {"uri": uri})
+        return agent
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
         agent, prompt = self.split(ctx, params.name)
@@ -313,9 +287,16 @@ class Front:
             target = ref["name"]
         else:
             target = ref.get("uri", "")
-            agent = await self.resource_agent(ctx, target) if self.whole_mesh else self.agent_of(ctx)
+            agent = self._template_agent(target) if self.whole_mesh else self.agent_of(ctx)
         extra = {key: wire[key] for key in ("argument", "context") if key in wire}
         return await self.carry(ctx, proxy.Call(agent, target, "completion", extra={**extra, "ref": ref}))
+
+    def _template_agent(self, uri_template: str) -> str:
+        """Which agent pinned the resource template (or resource) a completion on ``/mcp`` names."""
+        for (agent, _, _), described in sorted(self.registry.descriptors.items()):
+            if uri_template in (described.wire.get("uriTemplate"), described.wire.get("uri")):
+                return agent
+        raise MCPError(types.INVALID_PARAMS, f"no agent of this mesh lists {uri_template[:200]!r}")
 
     async def set_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
         """2025-11-25 sessions: remember the level, asked of the agent on every later request."""

@@ -139,6 +139,32 @@ class PinnedTool:
         return self.wire.get("annotations") or {}
 
 
+@dataclass
+class PinnedDescriptor:
+    """A resource, resource template or prompt as admitted: its signed wire form and the digest it is pinned to.
+
+    Kept in memory like tools, so listing and serving them reads no database."""
+
+    agent: str
+    kind: str  # "resource", "resource_template" or "prompt" (``mesh.manifest.KINDS``)
+    name: str
+    wire: dict[str, Any]
+    scopes: list[str]
+    digest: str
+    status: str
+    blocked_reason: str | None
+    signed_by: str | None = None
+
+    @classmethod
+    def from_record(cls, record: store.DescriptorRecord) -> PinnedDescriptor:
+        return cls(record.agent, record.kind, record.name, record.wire, list(record.scopes), record.pinned_digest,
+                   record.status, record.blocked_reason, record.signed_by)
+
+    @property
+    def verified(self) -> bool:
+        return self.status == "verified"
+
+
 class Registry:
     """Everything a registry process knows; built by ``Registry.open(config)``."""
 
@@ -151,6 +177,7 @@ class Registry:
         self.provenance_jwks = provenance_jwks
         self.discovery = DiscoveryIndex()
         self.tools: dict[tuple[str, str], PinnedTool] = {}
+        self.descriptors: dict[tuple[str, str, str], PinnedDescriptor] = {}  # (agent, kind, name) -> pin
         self.endpoints: dict[str, str] = {}
         self.reputations: dict[tuple[str, str], Reputation] = {}
         self.admitted_here: set[str] = set()  # agents admitted by this process (not just loaded)
@@ -191,6 +218,9 @@ class Registry:
             records = store.list_tools(session)
             for record in records:
                 self.tools[(record.agent, record.name)] = PinnedTool.from_record(record)
+            for described in store.list_descriptors(session):
+                self.descriptors[(described.agent, described.kind, described.name)] = \
+                    PinnedDescriptor.from_record(described)
             for saved in store.list_reputation(session):
                 self.reputations[(saved.agent, saved.tool)] = Reputation.from_state(saved.state)
         self.discovery.upsert_many({agent: self.verified_wire(agent) for agent in self.endpoints})
@@ -346,8 +376,9 @@ class Registry:
         return created
 
     def block_unvouched(self, agent: str) -> list[str]:
-        """Block ``agent``'s tools whose signature, or whose manifest's every signature, rests on keys the
-        registry no longer trusts. The next registration is then checked in full."""
+        """Block ``agent``'s tools (resources, templates, prompts) whose signature, or whose manifest's every
+        signature, rests on keys the registry no longer trusts. The next registration is then checked in full.
+        Returns the tools' names, and the other kinds' as ``KIND:NAME``."""
         trust = self.cached_trust(agent)
         with self.sessions.begin() as session:
             record = store.get_agent(session, agent)
@@ -366,6 +397,13 @@ class Registry:
                     tool = store.block_tool(session, agent, pinned.name, f"its signature no longer holds: {reason}")
                     self.tools[(agent, pinned.name)] = PinnedTool.from_record(tool)
                     blocked.append(pinned.name)
+            for described in self.agent_descriptors(agent):
+                reason = manifest_problem or (trust.problem(described.signed_by) if described.signed_by else None)
+                if described.verified and reason:
+                    record = store.block_descriptor(session, agent, described.kind, described.name,
+                                                    f"its signature no longer holds: {reason}")
+                    self.descriptors[(agent, described.kind, described.name)] = PinnedDescriptor.from_record(record)
+                    blocked.append(f"{described.kind}:{described.name}")
         if blocked:  # the caller re-indexes discovery (``index_agent``)
             self.admitted_here.discard(agent)
             log.warning("%s: blocked %s (signing key no longer trusted)", agent, ", ".join(blocked))
@@ -436,6 +474,10 @@ class Registry:
 
     def agent_tools(self, agent: str) -> list[PinnedTool]:
         return sorted((t for (a, _), t in self.tools.items() if a == agent), key=lambda t: t.name)
+
+    def agent_descriptors(self, agent: str, kind: str | None = None) -> list[PinnedDescriptor]:
+        """``agent``'s pinned resources, templates and prompts (of one ``kind``, if given), by kind and name."""
+        return [d for (a, k, _), d in sorted(self.descriptors.items()) if a == agent and kind in (None, k)]
 
     def agent_json(self, record: store.AgentRecord, *, detail: bool = False) -> dict[str, Any]:
         tools = [

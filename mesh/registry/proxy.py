@@ -8,10 +8,13 @@ tool is known is recorded too.
 
 Every kind of MCP request the registry carries takes this path (``Call.kind``): a tool call, a resource
 read, a prompt get, a completion. The policy's input names the kind and the MCP method, so a policy can
-tell them apart; resources, prompts and completions have no pinned schema to check their arguments or
-answer against. An ``input_required`` answer (MCP 2026-07-28: the agent asks the client for input
-first) is not an outcome: it is recorded as such, teaches reputation nothing, and is handed back
-whole, its ``requestState`` untouched; the retry that carries the client's answers is a call of its own.
+tell them apart. Resources, prompts and what a completion completes are pinned at admission like tools
+(``PinnedDescriptor``): an unknown or blocked one is refused before anything is recorded, a resource URI
+counts as pinned when a pinned resource lists it or a pinned template matches it, and the manifest's
+scopes for it reach the policy. They have no schema to check their arguments or answer against. An
+``input_required`` answer (MCP 2026-07-28: the agent asks the client for input first) is not an outcome:
+it is recorded as such, teaches reputation nothing, and is handed back whole, its ``requestState``
+untouched; the retry that carries the client's answers is a call of its own.
 
 Who is to blame — one rule: a failure counts against the target's reputation only when the target could
 have avoided it whatever the caller sent.
@@ -35,6 +38,7 @@ have avoided it whatever the caller sent.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import uuid
@@ -48,6 +52,7 @@ import anyio
 import httpx2
 import rfc8785
 from jsonschema.exceptions import best_match
+from mcp.shared.uri_template import UriTemplate
 from mcp.types import CallToolResult, InputRequiredResult
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
@@ -58,7 +63,7 @@ from mesh.manifest import MANIFEST_META, json_digest
 from mesh.registry import admission, store
 from mesh.registry.auth import Caller
 from mesh.registry.forward import AgentError, Relay
-from mesh.registry.node import PinnedTool, Registry, now_ms
+from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry, now_ms
 from mesh.registry.policy import Decision
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome
@@ -67,6 +72,7 @@ MAX_SAFE_INTEGER = 2**53 - 1  # beyond it RFC 8785 (and JavaScript) cannot hold 
 # HTTP statuses by which an agent refuses the request itself (its size or form): the caller's fault.
 CALLER_STATUSES = frozenset({400, 413, 414, 415, 422, 431})
 INVALID_PARAMS = -32602
+RESOURCE_NOT_FOUND = -32002  # the spec's code for a resource no one serves
 _READ = {"readOnlyHint": True, "destructiveHint": False}
 METHODS = {"tool": "tools/call", "resource": "resources/read", "prompt": "prompts/get",
            "completion": "completion/complete"}
@@ -139,19 +145,85 @@ def resolve_agent(registry: Registry, agent: str) -> None:
         raise Problem("unknown-agent", f"no agent {agent!r} is registered")
 
 
-def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | None, arguments: dict[str, Any],
-                 call: Call | None = None) -> dict:
+@functools.lru_cache(maxsize=1024)
+def _template(uri_template: str) -> UriTemplate | None:
+    try:
+        return UriTemplate.parse(uri_template)
+    except ValueError:
+        return None
+
+
+def pinned_resource(registry: Registry, agent: str, uri: str) -> PinnedDescriptor | None:
+    """The pin a read of ``uri`` at ``agent`` stands on: the resource listing it, else a verified template
+    matching it, else a blocked one (so the refusal can say why); None when nothing pinned covers it."""
+    matching = None
+    for described in registry.agent_descriptors(agent, "resource"):
+        if described.wire.get("uri") == uri:
+            return described
+    for described in registry.agent_descriptors(agent, "resource_template"):
+        template = _template(described.wire.get("uriTemplate", ""))
+        if template is not None and template.match(uri) is not None:
+            if described.verified:
+                return described
+            matching = matching or described
+    return matching
+
+
+def resource_owner(registry: Registry, uri: str) -> str | None:
+    """Which agent's pins cover ``uri`` (the whole mesh's face routes reads by it): a listed resource
+    first, then a matching template."""
+    for (agent, kind, _), described in sorted(registry.descriptors.items()):
+        if kind == "resource" and described.wire.get("uri") == uri:
+            return agent
+    for agent in sorted(registry.endpoints):
+        if pinned_resource(registry, agent, uri) is not None:
+            return agent
+    return None
+
+
+def resolve_descriptor(registry: Registry, call: Call) -> PinnedDescriptor:
+    """The verified pin a resource read, prompt get or completion stands on; a ``Problem`` otherwise."""
+    resolve_agent(registry, call.agent)
+    described = None
+    if call.kind == "resource":
+        described = pinned_resource(registry, call.agent, call.name)
+        if described is None:
+            raise Problem("unknown-tool", f"agent {call.agent!r} lists no resource or template for {call.name!r}",
+                          jsonrpc_error={"code": RESOURCE_NOT_FOUND, "message": f"Resource not found: {call.name}",
+                                         "data": {"uri": call.name}})
+    elif call.kind == "prompt" or (call.kind == "completion" and (call.extra or {}).get("ref", {}).get("type")
+                                   == "ref/prompt"):
+        described = registry.descriptors.get((call.agent, "prompt", call.name))
+        if described is None:
+            raise Problem("unknown-tool", f"agent {call.agent!r} has no prompt {call.name!r}")
+    else:  # a completion of a resource template's argument: ``name`` is the template (or resource) URI
+        for candidate in registry.agent_descriptors(call.agent):
+            if call.name in (candidate.wire.get("uriTemplate"), candidate.wire.get("uri")):
+                described = candidate
+                break
+        if described is None:
+            raise Problem("unknown-tool", f"agent {call.agent!r} lists no resource template {call.name!r}")
+    if not described.verified:
+        raise Problem("tool-blocked", f"{call.agent}.{described.kind}:{described.name} is blocked: "
+                      f"{described.blocked_reason}")
+    return described
+
+
+def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | PinnedDescriptor | None,
+                 arguments: dict[str, Any], call: Call | None = None) -> dict:
     """The Rego input: ``target.tool`` is the tool (or prompt, resource URI...) named, ``kind`` and
-    ``method`` say which kind of request it is. Reading a resource, getting a prompt and completing an
-    argument change nothing (MCP defines them as reads): they are annotated read-only, need no scope."""
+    ``method`` say which kind of request it is, ``target.scopes`` what the signed manifest requires for it.
+    Reading a resource, getting a prompt and completing an argument change nothing (MCP defines them as
+    reads): they are annotated read-only."""
     caller_reputation = registry.known_score(caller.agent) if caller.agent else None
     agent = pinned.agent if pinned else call.agent
     kind = call.kind if call else "tool"
+    tool = isinstance(pinned, PinnedTool)
     return {
         "kind": kind, "method": METHODS[kind],
         "caller": {"id": caller.id, "kind": caller.kind, "scopes": caller.scopes, "reputation": caller_reputation},
-        "target": {"agent": agent, "tool": pinned.name if pinned else call.name, "kind": kind,
-                   "annotations": pinned.annotations if pinned else _READ, "scopes": pinned.scopes if pinned else [],
+        "target": {"agent": agent, "tool": pinned.name if tool else call.name, "kind": kind,
+                   "annotations": pinned.annotations if tool else _READ, "scopes": pinned.scopes if pinned else [],
                    "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent)},
         "arguments": arguments,
     }
@@ -192,7 +264,12 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
         trace_id = _trace_id(span)
         run = _Run(registry, caller, agent, call.label, arguments, trace_id, parent_run_id)
         # Unknown or blocked: refused before anything is recorded.
-        pinned = resolve(registry, agent, call.name) if call.kind == "tool" else resolve_agent(registry, agent)
+        pinned = described = None
+        if call.kind == "tool":
+            pinned = resolve(registry, agent, call.name)
+        else:
+            described = resolve_descriptor(registry, call)
+            run.pinned_digest = described.digest
 
         errors = sorted(pinned.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path)) if pinned else []
         if errors:
@@ -200,7 +277,7 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
             await run.finish("invalid", Outcome("invalid", fault="caller"), error=detail)
             raise Problem("invalid-arguments", f"{agent}.{call.label}: {detail}", run_id=run.id)
 
-        decision = registry.policy.evaluate(policy_input(registry, caller, pinned, arguments, call))
+        decision = registry.policy.evaluate(policy_input(registry, caller, pinned or described, arguments, call))
         run.decision = decision
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or decision.rule  # each reads "rule: why"
@@ -210,10 +287,10 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
                           rule=decision.rule, run_id=run.id)
 
         result = await _forward(registry, run, call, pinned, arguments, progress, relay)
-        if pinned is None:  # no pin to check the answer against (yet): the agent's word, recorded
+        await _check_manifest(registry, run, call, result)
+        if pinned is None:  # no schema to check the answer against: the agent's word, recorded
             await run.finish("ok", Outcome("ok", latency_ms=run.elapsed_ms()))
             return Invocation(run.id, result, run.target_id, trace_id)
-        await _check_manifest(registry, run, pinned, result)
         if isinstance(result, InputRequiredResult):  # not an answer yet: the client is asked first
             await run.finish("input_required", None)
             return Invocation(run.id, result, run.target_id, trace_id)
@@ -311,17 +388,19 @@ def _in_flight(registry: Registry, run: _Run) -> Iterator[None]:
         run.inner_failure = registry.inner_failures.pop(run.target_id, None)
 
 
-async def _check_manifest(registry: Registry, run: _Run, pinned: PinnedTool, result: CallToolResult) -> None:
+async def _check_manifest(registry: Registry, run: _Run, call: Call, result: Any) -> None:
     """Is the agent still serving the manifest it was admitted on? Each answer names its manifest digest.
 
-    Equal: one dict lookup and a string compare. Different (or missing: a restarted agent re-signed, or
-    an agent that does not say): re-list its tools now, once per agent at a time, and block the tools
-    whose live schema left its pin; a digest already rechecked since the last admission is not again.
-    If the called tool is now blocked, its answer is not delivered. An agent can lie about its digest:
-    the periodic recheck (``admission.recheck_forever``) stays the backstop."""
-    served = (result.meta or {}).get(MANIFEST_META)
-    agent = pinned.agent
-    if served == registry.manifest_digests.get(agent):
+    Equal: one dict lookup and a string compare. Different (or missing from a tool's answer: a restarted
+    agent re-signed, or an agent that does not say): list its tools, resources and prompts again now, once
+    per agent at a time, and block those whose live form left its pin; a digest already rechecked since
+    the last admission is not again. If what was called is now blocked, its answer is not delivered. An
+    agent can lie about its digest: the periodic recheck (``admission.recheck_forever``) stays the backstop.
+    Agents stamp only tool answers, so another kind's unstamped answer is left to that backstop."""
+    meta = result.get("_meta") if isinstance(result, dict) else result.meta
+    served = (meta or {}).get(MANIFEST_META)
+    agent = call.agent
+    if served == registry.manifest_digests.get(agent) or (served is None and call.kind != "tool"):
         return
     async with registry.recheck_locks.setdefault(agent, anyio.Lock()):
         admitted = registry.manifest_digests.get(agent)
@@ -332,11 +411,19 @@ async def _check_manifest(registry: Registry, run: _Run, pinned: PinnedTool, res
             if await admission.recheck(registry, agent) is not None:  # listed: this digest is checked
                 seen.add(served)
                 registry.rechecked[agent] = (admitted, seen)
-    now = registry.tools.get((agent, pinned.name))
-    if now is None or now.status != "verified":
-        reason = now.blocked_reason if now else "no longer served"
+    if call.kind == "tool":
+        now = registry.tools.get((agent, call.name))
+        reason = None if now is not None and now.status == "verified" else (
+            now.blocked_reason if now else "no longer served")
+    else:
+        try:
+            resolve_descriptor(registry, call)
+            reason = None
+        except Problem as problem:
+            reason = problem.detail
+    if reason is not None:
         await run.finish("blocked", Outcome("invalid", latency_ms=run.elapsed_ms()), error=reason)
-        raise Problem("tool-blocked", f"{agent}.{pinned.name} is blocked: {reason}", run_id=run.id)
+        raise Problem("tool-blocked", f"{agent}.{call.label} is blocked: {reason}", run_id=run.id)
 
 
 def _tell_parent(registry: Registry, caller: Caller, parent_run_id: str | None, failure: str) -> None:
@@ -377,6 +464,7 @@ class _Run:
         self.started_ms = now_ms()
         self.decision: Decision | None = None
         self.inner_failure: str | None = None  # set once forwarded: a call this one made that failed
+        self.pinned_digest: str | None = None  # of the resource, template or prompt it stands on, once known
 
     def elapsed_ms(self) -> float:
         return now_ms() - self.started_ms
@@ -423,6 +511,8 @@ class _Run:
                                 decision=common["policy_decision"], rule=common["policy_rule"])
 
     def _tool_digest(self) -> str | None:
+        if self.pinned_digest is not None:
+            return self.pinned_digest
         pinned = self.registry.tools.get((self.agent, self.tool))
         return pinned.digest if pinned else None
 

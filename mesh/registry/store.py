@@ -1,4 +1,5 @@
-"""The registry's state: admitted agents, their pinned tools, runs, policy decisions, reputation, keys.
+"""The registry's state: admitted agents, their pinned tools (resources, templates, prompts), runs, policy
+decisions, reputation, keys.
 
 SQLite under the workspace's ``.mesh/`` by default (WAL, so readers never wait on the writer);
 PostgreSQL when a URL says so, with several registry processes sharing it. The schema is owned by
@@ -143,6 +144,27 @@ class ToolRecord(Base):
     status: Mapped[str] = mapped_column(SafeString, default="verified")  # "verified" or "blocked"
     blocked_reason: Mapped[str | None] = mapped_column(SafeText)
     wire: Mapped[dict[str, Any]] = mapped_column(JSON)  # the signed tool exactly as in tools/list
+    signed_by: Mapped[str | None] = mapped_column(SafeString)  # kid of the key whose signature it was admitted on
+
+
+class DescriptorRecord(Base):
+    """A resource, resource template or prompt of an agent as admitted: its signed wire form, scopes and pin.
+
+    Tools keep their own table (their schemas are columns the call path compiles); the other kinds are
+    only listed and checked against their pin, so one table holds them, told apart by ``kind``
+    (a ``mesh.manifest.KINDS`` key other than "tool")."""
+
+    __tablename__ = "descriptors"
+    __table_args__ = (CheckConstraint("kind IN ('resource', 'resource_template', 'prompt')", name="kind"),)
+
+    agent: Mapped[str] = mapped_column(ForeignKey("agents.name", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    name: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    wire: Mapped[dict[str, Any]] = mapped_column(JSON)  # exactly as listed, with the agent's signature in _meta
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    pinned_digest: Mapped[str] = mapped_column(SafeString)
+    status: Mapped[str] = mapped_column(SafeString, default="verified")  # "verified" or "blocked"
+    blocked_reason: Mapped[str | None] = mapped_column(SafeText)
     signed_by: Mapped[str | None] = mapped_column(SafeString)  # kid of the key whose signature it was admitted on
 
 
@@ -399,6 +421,33 @@ def block_tool(session: Session, agent: str, name: str, reason: str) -> ToolReco
     tool.status = "blocked"
     tool.blocked_reason = reason
     return tool
+
+
+def replace_descriptors(session: Session, agent: str,
+                        descriptors: Iterable[DescriptorRecord]) -> list[DescriptorRecord]:
+    """Make ``descriptors`` the agent's whole list of resources, templates and prompts (as ``replace_tools``)."""
+    session.execute(delete(DescriptorRecord).where(DescriptorRecord.agent == agent))
+    records = list(descriptors)
+    for record in records:
+        record.agent = agent
+    session.add_all(records)
+    session.flush()
+    return records
+
+
+def list_descriptors(session: Session, agent: str | None = None) -> list[DescriptorRecord]:
+    query = select(DescriptorRecord).order_by(DescriptorRecord.agent, DescriptorRecord.kind, DescriptorRecord.name)
+    if agent is not None:
+        query = query.where(DescriptorRecord.agent == agent)
+    return list(session.scalars(query))
+
+
+def block_descriptor(session: Session, agent: str, kind: str, name: str, reason: str) -> DescriptorRecord:
+    """Stop a resource, template or prompt being listed or served (as ``block_tool``)."""
+    record = _require(session.get(DescriptorRecord, (agent, kind, name)), f"no {kind} {name!r} on agent {agent!r}")
+    record.status = "blocked"
+    record.blocked_reason = reason
+    return record
 
 
 # --- runs and policy decisions ------------------------------------------------------------------
