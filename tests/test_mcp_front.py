@@ -268,6 +268,12 @@ async def test_resources_and_prompts_take_the_call_path(mesh: Mesh, mode: str):
             assert [p.name for p in (await client.list_prompts()).prompts] == [f"{prefix}greeting"]
             prompt = await client.get_prompt(f"{prefix}greeting", {"name": "Ada"})
             assert prompt.messages[0].content.text == "Hello Ada"
+            assert (await client.read_resource("test://notes/7")).contents[0].text == "note 7"  # by its template
+            if mode == "legacy":  # a session may subscribe to what is pinned, and only to that
+                await client.subscribe_resource("test://static-text")
+                await client.unsubscribe_resource("test://static-text")
+                with pytest.raises(MCPError):
+                    await client.subscribe_resource("test://nothing-here")
     runs = httpx.get(f"{mesh.url}/v1/runs", params={"agent": "asker", "limit": 50}).json()["runs"]
     carried = {(run["tool"], run["status"], run["policy_decision"]) for run in runs if run["log"] == "caller"}
     assert {("resource:test://static-text", "ok", "allow"), ("prompt:greeting", "ok", "allow")} <= carried

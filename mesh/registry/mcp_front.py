@@ -20,9 +20,15 @@ Both are one low-level ``mcp.server.Server`` each, answering both protocol versi
   set by ``logging/setLevel`` is kept per session and asked of the agent on every request.
 
 The forward to the agent stays one POST (``forward.py``); a request the client cancels closes it.
-JSON-RPC errors of the agent reach the client with their code and data. The registry does not carry
-``resources/subscribe`` or list-changed notifications (an agent announces those only on a
-``subscriptions/listen`` stream the registry does not hold open), so it does not advertise them.
+JSON-RPC errors of the agent reach the client with their code and data. A 2025-11-25 session may
+``resources/subscribe`` to a pinned resource (the registry keeps the subscription), but updates and
+list-changed notifications are not relayed: an agent announces those only on a ``subscriptions/listen``
+stream the registry does not hold open. Each face keeps an event store (``MemoryEventStore``, as agents
+do), so a 2025-11-25 client can resume a stream the network closed (``Last-Event-ID``).
+
+Tools that ask their client through the session (``ctx.elicit``, ``ctx.session.create_message``) cannot
+be carried: the registry speaks 2026-07-28 to agents, which has no such back-channel. Tools that ask
+through resolvers (``Resolve(...)`` returning ``Elicit``/``Sample``) work on both versions.
 
 How a client checks signatures through the registry: every listed tool (resource, prompt) keeps the
 agent's ``_meta["io.mcpmesh/signature"]`` and says in ``_meta["io.mcpmesh/jwks"]`` where the keys the
@@ -53,6 +59,7 @@ from mesh.registry.forward import Relay
 from mesh.registry.gate import caller_of
 from mesh.registry.node import PinnedTool, Registry
 from mesh.registry.problems import Problem
+from mesh.serving import RETRY_MS, MemoryEventStore
 
 log = logging.getLogger(__name__)
 SEPARATOR = "__"
@@ -63,7 +70,7 @@ TARGET_RUN_META = "io.mcpmesh/target-run"
 TRACE_META = "io.mcpmesh/trace"
 RESOURCE_NOT_FOUND = -32002  # the spec's code for a resource no one serves
 MAX_INPUT_ROUNDS = 10  # as the SDK's client: a server that keeps asking is given up on
-_SESSION_LEVELS = 10_000  # log levels remembered per legacy session, at most
+_SESSION_LEVELS = 10_000  # log levels (and subscription sets) remembered per legacy session, at most
 _RESULTS = {"elicitation/create": types.ElicitResult, "sampling/createMessage": types.CreateMessageResult,
             "roots/list": types.ListRootsResult}
 # Problems a client must fix in its request, as JSON-RPC errors when the request was not a tool call.
@@ -84,6 +91,7 @@ class Front:
         self.registry = registry
         self.whole_mesh = whole_mesh
         self.session_levels: dict[str, str] = {}
+        self.subscriptions: dict[str, set[str]] = {}  # legacy session -> URIs it subscribed to
 
     # -- who and where ------------------------------------------------------------------------------
 
@@ -307,18 +315,47 @@ class Front:
             self.session_levels[session] = params.level
         return types.EmptyResult()
 
+    async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> Any:
+        """2025-11-25 sessions: subscribe to a resource this face serves (a pinned, verified one)."""
+        uri = str(params.uri)
+        agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
+        try:
+            proxy.resolve_descriptor(self.registry, proxy.Call(agent, uri, "resource"))
+        except Problem as problem:
+            self._refusal(proxy.Call(agent, uri, "resource"), problem)
+        if len(self.subscriptions) >= _SESSION_LEVELS:
+            self.subscriptions.clear()
+        self.subscriptions.setdefault(_session_id(ctx) or "", set()).add(uri)
+        return types.EmptyResult()
+
+    async def unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> Any:
+        self.subscriptions.get(_session_id(ctx) or "", set()).discard(str(params.uri))
+        return types.EmptyResult()
+
     def server(self) -> Server[Any]:
         name = "mcpmesh-registry" if self.whole_mesh else "mcpmesh-agent-via-registry"
         instructions = ("Every verified tool of the mesh, as AGENT__TOOL; use discover to find tools by meaning "
                         "and invoke to call one by agent and tool name.") if self.whole_mesh else None
-        server: Server[Any] = Server(
+        server: Server[Any] = _FrontServer(
             name, version="0.1.0", instructions=instructions,
             on_list_tools=self.list_tools, on_call_tool=self.call_tool,
             on_list_resources=self.list_resources, on_list_resource_templates=self.list_resource_templates,
             on_read_resource=self.read_resource, on_list_prompts=self.list_prompts, on_get_prompt=self.get_prompt,
             on_completion=self.complete)
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self.set_level)
+        server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, self.subscribe)
+        server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, self.unsubscribe)
         return server
+
+
+class _FrontServer(Server[Any]):
+    """The SDK's low-level server whose HTTP app keeps an event store unless told otherwise, so streams
+    through the registry are resumable on 2025-11-25 as they are at the agent."""
+
+    def streamable_http_app(self, **options: Any) -> Any:
+        options.setdefault("event_store", MemoryEventStore())
+        options.setdefault("retry_interval", RETRY_MS)
+        return super().streamable_http_app(**options)
 
 
 def _with_extra(call: proxy.Call, extra: Mapping[str, Any]) -> proxy.Call:
