@@ -34,8 +34,7 @@ from mesh.manifest import Manifest
 from mesh.registry.a2a_front import PROXY_EXTENSION
 from mesh.registry.auth import issue_token
 
-from .conftest import copy_repo_workspace
-from .test_registry_e2e import ECHO_AGENT, Mesh
+from .test_registry_e2e import ECHO, Mesh, running_mesh
 
 SHOUT_AGENT = '''
 from mesh import Agent
@@ -53,17 +52,9 @@ def shout(text: str) -> str:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """This repository's workspace plus `echo` (five tools) and `shout` (one text tool), all running."""
-    workspace = copy_repo_workspace(tmp_path_factory.mktemp("a2a") / "ws")
-    (workspace / "agents" / "echo.py").write_text(ECHO_AGENT.format(description="Return the text unchanged."))
-    (workspace / "agents" / "shout.py").write_text(SHOUT_AGENT)
-    network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
-    try:
-        network.start_registry()
-        for name in ("librarian", "researcher", "echo", "shout"):
-            network.start_agent(name)
+    with running_mesh(tmp_path_factory, "a2a", ("librarian", "researcher", "echo", "shout"),
+                      sources={"echo": ECHO, "shout": SHOUT_AGENT}) as network:
         yield network
-    finally:
-        network.close()
 
 
 def agent_base(mesh: Mesh, name: str) -> str:

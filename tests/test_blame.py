@@ -17,8 +17,7 @@ import pytest
 from mesh.registry import proxy
 from mesh.registry.auth import Caller
 
-from .conftest import copy_repo_workspace
-from .test_registry_e2e import Mesh, agent_client
+from .test_registry_e2e import Mesh, agent_client, running_mesh
 
 TARGET_AGENT = '''
 from mcp.shared.exceptions import MCPError
@@ -58,20 +57,11 @@ MIN_REPUTATION = 0.3  # registry/registry.toml [policy]
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    workspace = copy_repo_workspace(tmp_path_factory.mktemp("blame") / "ws")
-    (workspace / "agents" / "target.py").write_text(TARGET_AGENT)
-    config = workspace / "registry" / "registry.toml"
-    text = config.read_text()
-    assert f"min_reputation = {MIN_REPUTATION}" in text
-    config.write_text(text.replace("[registry]", f"[registry]\nmax_body_bytes = {BODY_LIMIT}"))
-    network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
-    try:
-        network.start_registry()
-        for name in ("librarian", "researcher", "target"):
-            network.start_agent(name)
+    with running_mesh(tmp_path_factory, "blame", ("librarian", "researcher", "target"),
+                      sources={"target": TARGET_AGENT},
+                      settings={"registry": f"max_body_bytes = {BODY_LIMIT}"}) as network:
+        assert f"min_reputation = {MIN_REPUTATION}" in (network.workspace / "registry" / "registry.toml").read_text()
         yield network
-    finally:
-        network.close()
 
 
 def reputation(mesh: Mesh, name: str) -> dict:

@@ -20,24 +20,16 @@ from mesh.registry import proxy
 from mesh.registry.problems import Problem
 
 from .conftest import Process, copy_repo_workspace, free_port, mesh_command
-from .test_registry_e2e import ECHO_AGENT, Mesh, wait_until
+from .test_registry_e2e import ECHO, ECHO_AGENT, Mesh, running_mesh, wait_until
 
 
 @pytest.fixture
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """The `echo` agent beside a registry whose periodic recheck is an hour away: it cannot be what
     catches the change."""
-    workspace = copy_repo_workspace(tmp_path_factory.mktemp("changed") / "ws")
-    (workspace / "agents" / "echo.py").write_text(ECHO_AGENT.format(description="Return the text unchanged."))
-    config = workspace / "registry" / "registry.toml"
-    config.write_text(config.read_text().replace("[registry]", "[registry]\nrecheck_interval = 3600.0"))
-    network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
-    try:
-        network.start_registry()
-        network.start_agent("echo")
+    with running_mesh(tmp_path_factory, "changed", ("echo",), sources={"echo": ECHO},
+                      settings={"registry": "recheck_interval = 3600.0"}) as network:
         yield network
-    finally:
-        network.close()
 
 
 async def test_the_first_call_after_a_silent_change_is_refused(mesh: Mesh):

@@ -21,8 +21,7 @@ from mcp.shared.exceptions import MCPError
 from mesh.keys import TrustStore
 from mesh.manifest import verify_tool
 
-from .conftest import copy_repo_workspace
-from .test_registry_e2e import Mesh
+from .test_registry_e2e import Mesh, running_mesh
 
 ASKER = '''
 from typing import Annotated
@@ -137,17 +136,9 @@ VERSIONS = ["legacy", "2026-07-28"]
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    workspace = copy_repo_workspace(tmp_path_factory.mktemp("front") / "ws")
-    (workspace / "agents" / "asker.py").write_text(ASKER)
-    (workspace / "agents" / "relay.py").write_text(RELAY)
-    network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
-    try:
-        network.start_registry()
-        for name in ("asker", "relay"):
-            network.start_agent(name)
+    sources = {"asker": ASKER, "relay": RELAY}
+    with running_mesh(tmp_path_factory, "front", ("asker", "relay"), sources=sources) as network:
         yield network
-    finally:
-        network.close()
 
 
 def urls(mesh: Mesh, agent: str, tool: str) -> list[tuple[str, str]]:

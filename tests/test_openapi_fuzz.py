@@ -25,8 +25,7 @@ from mesh.keys import KeyRing, SigningKey, b64url
 from mesh.registry.auth import issue_token
 from mesh.registry.openapi import openapi_document
 
-from .conftest import copy_repo_workspace
-from .test_registry_e2e import ECHO_AGENT, Mesh
+from .test_registry_e2e import ECHO, Mesh, running_mesh
 
 CHECKS = [
     schemathesis.checks.not_a_server_error,
@@ -103,18 +102,10 @@ class Known:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """The repository's workspace with the `echo` agent admitted beside the registry."""
-    workspace = copy_repo_workspace(tmp_path_factory.mktemp("fuzz") / "ws")
-    (workspace / "agents" / "echo.py").write_text(ECHO_AGENT.format(description="Return the text unchanged."))
-    config = workspace / "registry" / "registry.toml"
-    config.write_text(config.read_text().replace("call_timeout = 30.0", "call_timeout = 2.0"))
-    network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
-    try:
-        network.start_registry()
-        network.start_agent("echo")
+    with running_mesh(tmp_path_factory, "fuzz", ("echo",), sources={"echo": ECHO},
+                      settings={"registry": "call_timeout = 2.0"}) as network:
         assert network.invoke("echo", "echo", {"text": "a run to read"}).status_code == 200
         yield network
-    finally:
-        network.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -116,23 +118,43 @@ class Mesh:
             self.stop(name)
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """This repository's workspace (fresh-clone state) plus an `echo` test agent, all running."""
-    workspace = copy_repo_workspace(tmp_path_factory.mktemp("mesh") / "ws")
-    (workspace / "agents" / "echo.py").write_text(ECHO_AGENT.format(description="Return the text unchanged."))
+ECHO = ECHO_AGENT.format(description="Return the text unchanged.")
+
+
+@contextmanager
+def running_mesh(tmp_path_factory: pytest.TempPathFactory, label: str, agents: Sequence[str], *,
+                 sources: Mapping[str, str] | None = None, settings: Mapping[str, str] | None = None) -> Iterator[Mesh]:
+    """This repository's workspace (fresh-clone state) with extra agent ``sources`` (name -> module text)
+    and registry.toml ``settings`` (table -> lines, each replacing the file's line for that key), then a
+    registry and ``agents`` running; every process is stopped at the end."""
+    workspace = copy_repo_workspace(tmp_path_factory.mktemp(label) / "ws")
+    for name, source in (sources or {}).items():
+        (workspace / "agents" / f"{name}.py").write_text(source)
     config = workspace / "registry" / "registry.toml"
-    config.write_text(config.read_text().replace("call_timeout = 30.0", "call_timeout = 3.0")
-                      .replace("[grants]", '[grants]\necho = ["docs:read"]')
-                      .replace("[registry]", "[registry]\nprobe_interval = 2.0"))
+    text = config.read_text()
+    for table, lines in (settings or {}).items():
+        for line in filter(None, (line.strip() for line in lines.splitlines())):
+            key = line.partition("=")[0].strip()
+            text = re.sub(rf"(?m)^{re.escape(key)}\s*=.*\n?", "", text)
+            text = text.replace(f"[{table}]\n", f"[{table}]\n{line}\n", 1)
+    config.write_text(text)
     network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
     try:
         network.start_registry()
-        for name in ("librarian", "researcher", "sandbox", "echo"):
+        for name in agents:
             network.start_agent(name)
         yield network
     finally:
         network.close()
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    """This repository's workspace plus an `echo` test agent, all running."""
+    settings = {"registry": "call_timeout = 3.0\nprobe_interval = 2.0", "grants": 'echo = ["docs:read"]'}
+    with running_mesh(tmp_path_factory, "mesh", ("librarian", "researcher", "sandbox", "echo"), sources={"echo": ECHO},
+                      settings=settings) as network:
+        yield network
 
 
 def agent_client(mesh: Mesh, name: str) -> MeshClient:

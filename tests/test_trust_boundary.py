@@ -17,22 +17,15 @@ import pytest
 from mesh.keys import KeyRing, b64url
 from mesh.registry.auth import issue_token
 
-from .conftest import copy_repo_workspace, run_mesh
-from .test_registry_e2e import ECHO_AGENT, Mesh, wait_until
+from .conftest import run_mesh
+from .test_registry_e2e import ECHO, Mesh, running_mesh, wait_until
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """The repository's workspace with only the `echo` agent running beside the registry."""
-    workspace = copy_repo_workspace(tmp_path_factory.mktemp("trust") / "ws")
-    (workspace / "agents" / "echo.py").write_text(ECHO_AGENT.format(description="Return the text unchanged."))
-    network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
-    try:
-        network.start_registry()
-        network.start_agent("echo")
+    with running_mesh(tmp_path_factory, "trust", ("echo",), sources={"echo": ECHO}) as network:
         yield network
-    finally:
-        network.close()
 
 
 def echo_ring(mesh: Mesh) -> KeyRing:
