@@ -176,6 +176,10 @@ async def test_resources_templates_and_prompts_are_pinned_and_a_changed_prompt_i
     notes.start_agent("notes", "--dev", register=False)
     blocked = httpx.post(f"{notes.url}/v1/agents/notes/recheck", json={}).json()["blocked"]
     assert blocked == ["prompt:greeting"]  # the tool, resources and template are as pinned
+    pinned = {(d["kind"], d["name"]): d for d in notes.agent("notes")["descriptors"]}
+    assert pinned[("prompt", "greeting")]["status"] == "blocked"
+    assert pinned[("resource_template", "day")]["uriTemplate"] == "notes://day/{day}"
+    assert {d["status"] for key, d in pinned.items() if key != ("prompt", "greeting")} == {"verified"}
     for face, name in [(url, "greeting"), (f"{notes.url}/mcp", "notes__greeting")]:
         async with Client(face, mode="legacy") as client:
             assert [p.name for p in (await client.list_prompts()).prompts] == []

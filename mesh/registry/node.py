@@ -497,6 +497,12 @@ class Registry:
             document["keys"] = record.jwks
             document["tool_reputation"] = {t.name: self.reputation_json(record.name, t.name)
                                            for t in self.agent_tools(record.name)}
+            document["descriptors"] = [  # its resources, resource templates and prompts, as pinned
+                {"kind": d.kind, "name": d.name, "status": d.status, "description": d.wire.get("description", ""),
+                 "scopes": d.scopes, "pinned_digest": d.digest, "blocked_reason": d.blocked_reason,
+                 **({"uri": d.wire["uri"]} if "uri" in d.wire else {}),
+                 **({"uriTemplate": d.wire["uriTemplate"]} if "uriTemplate" in d.wire else {})}
+                for d in self.agent_descriptors(record.name)]
         return document
 
 
