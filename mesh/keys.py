@@ -295,8 +295,9 @@ class KeyRing:
         return {"keys": keys, "revoked": revoked, "rotations": rotations, "revocations": list(self.revocations)}
 
 
-def _parse_compact(token: Any) -> tuple[dict[str, Any], bytes]:
-    """The protected header and payload bytes of a compact JWS, unverified; KeyProblem if malformed."""
+def unverified_jws(token: Any) -> tuple[dict[str, Any], bytes]:
+    """The protected header and payload bytes of a compact JWS, unverified (to pick the key that checks it,
+    or to read a claim that changes nothing); KeyProblem if malformed."""
     if not isinstance(token, str):
         raise KeyProblem(f"a compact JWS must be a string, not {type(token).__name__}")
     parts = token.split(".")
@@ -321,7 +322,7 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 def _statement_claims(statement: Any) -> dict[str, Any]:
     """A statement's claims, unverified (KeyProblem if it has none)."""
-    return _json_object(_parse_compact(statement)[1], "its payload")
+    return _json_object(unverified_jws(statement)[1], "its payload")
 
 
 def _is_time(value: Any) -> bool:
@@ -382,7 +383,7 @@ class _Rotation:
 def _rotation(statement: Any, where: str) -> _Rotation:
     """Read a rotation statement's shape; KeyProblem naming ``where`` it is if anything is off."""
     try:
-        header, payload = _parse_compact(statement)
+        header, payload = unverified_jws(statement)
         claims = _json_object(payload, "its payload")
     except KeyProblem as exc:
         raise KeyProblem(f"{where} is malformed: {exc}") from exc
@@ -531,7 +532,7 @@ class TrustStore:
 
     def verify_compact(self, token: str, *, expected_typ: str | None = None, now: float | None = None) -> bytes:
         """Verify a compact JWS (attached payload) and return its payload bytes."""
-        header, _ = _parse_compact(token)
+        header, _ = unverified_jws(token)
         kid = header.get("kid")
         if header.get("alg") != ALG:
             raise KeyProblem(f"signature uses alg {header.get('alg')!r}, only {ALG} is accepted")
@@ -584,7 +585,7 @@ class TrustStore:
             raise KeyProblem("expected a detached JWS (empty payload part)")
         attached = f"{protected}.{b64url(payload)}.{signature}"
         self.verify_compact(attached, now=now)
-        return _parse_compact(attached)[0]
+        return unverified_jws(attached)[0]
 
     def verify_revocation(self, statement: str, agent: str, now: float | None = None) -> str:
         """Check a revocation statement for ``agent``; return the kid it revokes.
@@ -594,7 +595,7 @@ class TrustStore:
         """
         now = time.time() if now is None else now
         try:
-            header, payload = _parse_compact(statement)
+            header, payload = unverified_jws(statement)
             claims = _json_object(payload, "its payload")
         except KeyProblem as exc:
             raise KeyProblem(f"revocation statement is malformed: {exc}") from exc
@@ -623,7 +624,7 @@ def _general_entry(entry: Any, payload: bytes) -> tuple[str, dict[str, Any]]:
         raise KeyProblem("a signature is malformed (not an object with protected and signature strings)")
     token = f"{entry['protected']}.{b64url(payload)}.{entry['signature']}"
     try:
-        header, _ = _parse_compact(token)
+        header, _ = unverified_jws(token)
     except KeyProblem as exc:
         raise KeyProblem(f"a signature is malformed: {exc}") from exc
     return token, header

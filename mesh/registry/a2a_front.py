@@ -55,8 +55,6 @@ from mesh.registry.node import Registry
 from mesh.registry.problems import Problem
 
 PROXY_EXTENSION = "https://mcpmesh.dev/a2a/extensions/registry-proxy/v1"
-TARGET_RUN_META = "io.mcpmesh/target-run"
-TRACE_META = "io.mcpmesh/trace"
 A2A_PATH = "/agents/{name}/a2a"
 CARD_ROUTE = "/agents/{name}" + CARD_PATH
 # What a2a-sdk's handler is told of the bindings here: no streaming, no push notifications (the cards
@@ -196,11 +194,8 @@ class RegistryExecutor(ToolExecutor):
         if not isinstance(outcome.result, CallToolResult):  # e.g. the tool asked the caller for input over MCP
             raise ToolCallFailed(f"{state['agent']}.{tool} answered with a request this A2A binding cannot relay "
                                  f"(run {outcome.run_id}); call it over MCP", {"run_id": outcome.run_id})
-        meta = {**(outcome.result.meta or {}), RUN_META: outcome.run_id, TARGET_RUN_META: outcome.target_run_id}
-        if outcome.trace_id:
-            meta[TRACE_META] = outcome.trace_id
-        return outcome.result.model_copy(update={"meta": meta})
+        return outcome.result.model_copy(update={"meta": {**(outcome.result.meta or {}), **outcome.stamp()}})
 
     def result_metadata(self, result: CallToolResult) -> dict[str, Any] | None:
         meta = result.meta or {}
-        return {key: meta[key] for key in (RUN_META, TARGET_RUN_META, TRACE_META) if key in meta}
+        return {key: meta[key] for key in (RUN_META, proxy.TARGET_RUN_META, proxy.TRACE_META) if key in meta}

@@ -298,11 +298,10 @@ def build_app(registry: Registry) -> Starlette:
     async def index(request: Request) -> JSONResponse:
         """What /v1 holds: links to the OpenAPI document and every route, for a person or a script exploring."""
         base = str(request.base_url).rstrip("/")
-        document = openapi_document()
         return JSONResponse({"name": "mcpmesh registry", "openapi": f"{base}/v1/openapi.json",
                              "mcp": f"{base}/mcp", "metrics": f"{base}/metrics",
                              "routes": {f"{method.upper()} {base}{path}": operation.get("summary", "")
-                                        for path, item in document["paths"].items()
+                                        for path, item in api_document["paths"].items()
                                         for method, operation in item.items()}})
 
     routes = [

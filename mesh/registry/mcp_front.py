@@ -66,9 +66,6 @@ SEPARATOR = "__"
 AGENT_META = "io.mcpmesh/agent"
 NAME_META = "io.mcpmesh/name"
 JWKS_META = "io.mcpmesh/jwks"
-TARGET_RUN_META = "io.mcpmesh/target-run"
-TRACE_META = "io.mcpmesh/trace"
-RESOURCE_NOT_FOUND = -32002  # the spec's code for a resource no one serves
 MAX_INPUT_ROUNDS = 10  # as the SDK's client: a server that keeps asking is given up on
 _SESSION_LEVELS = 10_000  # log levels (and subscription sets) remembered per legacy session, at most
 _RESULTS = {"elicitation/create": types.ElicitResult, "sampling/createMessage": types.CreateMessageResult,
@@ -280,7 +277,7 @@ class Front:
         """Which agent serves ``uri`` on ``/mcp``: the one whose pinned resource or template covers it."""
         agent = proxy.resource_owner(self.registry, uri)
         if agent is None:
-            raise MCPError(RESOURCE_NOT_FOUND, f"no agent of this mesh serves {uri[:200]!r}", {"uri": uri})
+            raise MCPError(proxy.RESOURCE_NOT_FOUND, f"no agent of this mesh serves {uri[:200]!r}", {"uri": uri})
         return agent
 
     async def get_prompt(self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
@@ -370,10 +367,7 @@ def _stamped(result: Any, outcome: proxy.Invocation) -> Any:
     if not isinstance(result, dict):
         result = result.model_dump(by_alias=True, mode="json", exclude_none=True)
     meta = {k: v for k, v in (result.get("_meta") or {}).items() if k != types.SERVER_INFO_META_KEY}
-    meta |= {RUN_META: outcome.run_id, TARGET_RUN_META: outcome.target_run_id}
-    if outcome.trace_id:
-        meta[TRACE_META] = outcome.trace_id
-    return {**result, "_meta": meta}
+    return {**result, "_meta": meta | outcome.stamp()}
 
 
 def _structured(value: dict[str, Any]) -> types.CallToolResult:

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 from sqlalchemy.orm import Session, sessionmaker
 
-from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, b64url_decode, check_kid
+from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
 from mesh.manifest import Manifest, ManifestProblem, canonical
 from mesh.names import NameProblem, check_name
 from mesh.registry import store
@@ -109,7 +109,8 @@ class Offer:
 
 
 def _signer(statement: str) -> str:
-    return json.loads(b64url_decode(statement.split(".")[0]))["kid"]
+    """The kid that signed a statement already verified."""
+    return unverified_jws(statement)[0]["kid"]
 
 
 @dataclass
@@ -348,8 +349,8 @@ class Registry:
         revoked. A statement about a key already refused proves nothing new and needs no check."""
         trust = self.trust_for(agent)  # fresh: the agent's published JWKS may have revoked the key already
         try:
-            claimed = json.loads(b64url_decode(statement.split(".")[1])).get("kid")
-        except (ValueError, IndexError, AttributeError):
+            claimed = json.loads(unverified_jws(statement)[1]).get("kid")
+        except (KeyProblem, ValueError, AttributeError):
             claimed = None
         if isinstance(claimed, str) and claimed in trust.revoked:
             return claimed, False

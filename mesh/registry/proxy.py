@@ -73,6 +73,8 @@ MAX_SAFE_INTEGER = 2**53 - 1  # beyond it RFC 8785 (and JavaScript) cannot hold 
 CALLER_STATUSES = frozenset({400, 413, 414, 415, 422, 431})
 INVALID_PARAMS = -32602
 RESOURCE_NOT_FOUND = -32002  # the spec's code for a resource no one serves
+TARGET_RUN_META = "io.mcpmesh/target-run"  # beside RUN_META in an answer's _meta: the target-side record
+TRACE_META = "io.mcpmesh/trace"
 _READ = {"readOnlyHint": True, "destructiveHint": False}
 METHODS = {"tool": "tools/call", "resource": "resources/read", "prompt": "prompts/get",
            "completion": "completion/complete"}
@@ -108,6 +110,8 @@ class Call:
         elif self.kind in ("tool", "prompt"):
             params |= {"name": self.name, "arguments": arguments}
         return params
+
+
 _REMEMBERED_DIGESTS = 8  # mismatching manifest digests remembered per agent as already rechecked
 
 
@@ -119,6 +123,13 @@ class Invocation:
     result: Any  # CallToolResult or InputRequiredResult for a tool; the wire dict for the other kinds
     target_run_id: str
     trace_id: str | None
+
+    def stamp(self) -> dict[str, str]:
+        """The registry's ids for this call, as every front adds them to the answer's ``_meta``."""
+        meta = {RUN_META: self.run_id, TARGET_RUN_META: self.target_run_id}
+        if self.trace_id:
+            meta[TRACE_META] = self.trace_id
+        return meta
 
     def to_json(self) -> dict[str, Any]:
         result = self.result
