@@ -22,13 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
+from weakref import WeakSet
 
 import jsonschema
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.prompts import Prompt
 from mcp.server.mcpserver.tools import Tool
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from mcp.shared.uri_template import UriTemplate
 from mcp.types import (
     Annotations,
@@ -258,6 +259,7 @@ class Agent(ToolKit):
         self.mounts: list[ToolKit | str] = []
         self.startup_hooks: list[Callable[[AgentContext], Any]] = []
         self._mesh: Any = None
+        self._servers: WeakSet[AgentServer] = WeakSet()  # the servers built for this agent, to notify
 
     @property
     def mesh(self) -> Any:
@@ -270,6 +272,13 @@ class Agent(ToolKit):
     @mesh.setter
     def mesh(self, client: Any) -> None:
         self._mesh = client
+
+    async def resource_updated(self, uri: str) -> None:
+        """Tell the clients that follow resource ``uri`` that it changed: 2026-07-28 clients listening for
+        it (``subscriptions/listen``) and 2025-11-25 sessions subscribed to it (``resources/subscribe``).
+        They read it again if they care; the registry passes it on to its own clients the same way."""
+        for server in list(self._servers):
+            await server.resource_updated(uri)
 
     def mount(self, kit: ToolKit | str) -> None:
         """Add a tool kit's tools; a name is resolved against the workspace's ``tools/`` when loaded."""
@@ -354,6 +363,7 @@ class Agent(ToolKit):
         handler = self.all_completions()
         if handler is not None:
             server.completion()(handler)
+        self._servers.add(server)
         return server
 
     async def describe(self) -> list[dict[str, Any]]:
@@ -372,26 +382,41 @@ class AgentServer(MCPServer):
     API for (``logging/setLevel``, ``resources/(un)subscribe``; the 2026-07-28 wire never routes them)."""
 
     def __init__(self, *args: Any, listed_meta: dict[str, dict[str, dict[str, Any]]] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+        self.bus = InMemorySubscriptionBus()  # what subscriptions/listen streams read (2026-07-28)
+        super().__init__(*args, subscriptions=self.bus, **kwargs)
         self.listed_meta = listed_meta or {}
-        self.log_levels: WeakKeyDictionary[Any, str] = WeakKeyDictionary()  # session -> level it asked for
-        self.subscriptions: WeakKeyDictionary[Any, set[str]] = WeakKeyDictionary()  # session -> URIs
+        self.log_levels: dict[str, str] = {}  # 2025-11-25 session id -> the level it asked for
+        # 2025-11-25 session id -> (a handle on the session that outlives the request, URIs it follows)
+        self.subscribers: dict[str, tuple[Any, set[str]]] = {}
         lowlevel = self._lowlevel_server
         lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
         lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, self._subscribe)
         lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
 
     async def _set_level(self, ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
-        self.log_levels[ctx.session] = params.level
+        _bounded_put(self.log_levels, _session_of(ctx), params.level)
         return EmptyResult()
 
     async def _subscribe(self, ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
-        self.subscriptions.setdefault(ctx.session, set()).add(str(params.uri))
+        session = _session_of(ctx)
+        _, uris = self.subscribers.get(session, (None, set()))
+        _bounded_put(self.subscribers, session, (ctx.session, uris | {str(params.uri)}))
         return EmptyResult()
 
     async def _unsubscribe(self, ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
-        self.subscriptions.get(ctx.session, set()).discard(str(params.uri))
+        self.subscribers.get(_session_of(ctx), (None, set()))[1].discard(str(params.uri))
         return EmptyResult()
+
+    async def resource_updated(self, uri: str) -> None:
+        """``Agent.resource_updated`` for this server: its listen streams and its subscribed sessions (on each
+        session's own stream; a session that cannot be reached any more is forgotten)."""
+        await self.bus.publish(ResourceUpdated(uri=uri))
+        for session, (handle, uris) in list(self.subscribers.items()):
+            if uri in uris:
+                try:
+                    await handle.send_resource_updated(uri)
+                except Exception:
+                    self.subscribers.pop(session, None)
 
     def _with_meta(self, kind: str, listed: list[Any]) -> list[Any]:
         extra = self.listed_meta.get(kind, {})
@@ -439,6 +464,23 @@ def _check_input_schema(schema: Any) -> None:
         validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"input_schema is not a valid JSON Schema: {exc.message}") from exc
+
+
+_SESSIONS = 10_000  # 2025-11-25 sessions whose level and subscriptions an agent keeps, at most
+
+
+def _session_of(ctx: Any) -> str:
+    """The request's 2025-11-25 session id ("" without one, e.g. on stdio: one client, one session)."""
+    request = getattr(ctx, "request", None)
+    headers = getattr(request, "headers", None)
+    return (headers.get("mcp-session-id") if headers is not None else None) or ""
+
+
+def _bounded_put(table: dict[str, Any], key: str, value: Any) -> None:
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > _SESSIONS:
+        table.pop(next(iter(table)))
 
 
 class _SchemaTool(Tool):

@@ -21,13 +21,16 @@ way it returns ``{"run_id", "result": CallToolResult JSON, ...}`` and raises ``M
 from __future__ import annotations
 
 import time
+import uuid
 from contextvars import ContextVar
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import anyio
 import httpx
 import httpx2
 import mcp_types as types
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from mesh import telemetry
@@ -73,6 +76,7 @@ class MeshClient:
         self._token: tuple[str, float] | None = None
         self._timeout = timeout
         self._mcp: Any = None  # a Forwarder, made for the first call that relays
+        self._session_keys: WeakKeyDictionary[Any, str] = WeakKeyDictionary()  # a caller's session -> its key here
 
     async def __aenter__(self) -> MeshClient:
         return self
@@ -127,7 +131,14 @@ class MeshClient:
                                                                "arguments": arguments or {}})
 
     async def _invoke_relayed(self, agent: str, tool: str, arguments: dict[str, Any], context: Any) -> dict[str, Any]:
-        from mesh.registry.forward import AgentError, Forwarder, Relay
+        from mesh.registry.forward import (
+            AgentError,
+            ClientLink,
+            Forwarder,
+            Relay,
+            session_asker,
+            session_notifier,
+        )
 
         if self._mcp is None:
             self._mcp = Forwarder()
@@ -145,8 +156,15 @@ class MeshClient:
         async def progress(done: float, total: float | None, message: str | None) -> None:
             await context.report_progress(done, total, message)
 
+        # A client on a 2025-11-25 session cannot take an input_required answer: the registry is then
+        # reached in a session too, and the called agent's questions are put to that client as they come.
+        legacy = request.protocol_version not in MODERN_PROTOCOL_VERSIONS
         relay = Relay(capabilities=capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
-                      if capabilities else {}, log_level=incoming.get(types.LOG_LEVEL_META_KEY), notify=notify)
+                      if capabilities else {}, log_level=incoming.get(types.LOG_LEVEL_META_KEY), notify=notify,
+                      session=ClientLink(self._session_keys.setdefault(session, uuid.uuid4().hex),
+                                         ask=session_asker(session, None), notify=session_notifier(session))
+                      if legacy else None,
+                      ask=session_asker(session, request.request_id) if legacy else None)
         extra: dict[str, Any] = {}
         if context.input_responses:
             extra["inputResponses"] = {key: _wire(answer) for key, answer in context.input_responses.items()}

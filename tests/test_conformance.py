@@ -88,13 +88,6 @@ def test_every_server_scenario_passes(everything: str, tmp_path: Path, suite: st
     assert sum(counts["SUCCESS"] for counts in results.values()) > len(results)  # checks ran, not just skips
 
 
-# The fixtures' 2025-11-25 tools that ask the client over the session (``ctx.elicit``,
-# ``ctx.session.create_message``): the registry speaks 2026-07-28 to agents, which has no back-channel for
-# a server-initiated request, so the agent refuses them (-32600). Carrying them would need a 2025-11-25
-# session from the registry to the agent. Tools asking through resolvers work through the registry on
-# both versions (tests/test_mcp_front.py), and so do the 2026-07-28 input-required scenarios.
-BACK_CHANNEL = {"tools-call-elicitation": 1, "tools-call-sampling": 1, "elicitation-sep1034-defaults": 1,
-                "elicitation-sep1330-enums": 1}
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +127,5 @@ def test_every_server_scenario_passes_through_the_registry(through_registry: str
     """The same suite against the agent as the registry carries it: every request through the call path."""
     results = run_conformance(through_registry, spec_version, suite=suite, output=tmp_path / "results")
     assert len(results) >= at_least, sorted(results)
-    expected = BACK_CHANNEL if spec_version == "2025-11-25" else {}
-    assert failures(results) == expected
-    assert sum(counts["SUCCESS"] for counts in results.values()) > len(results) - len(expected)
+    assert failures(results) == {}
+    assert sum(counts["SUCCESS"] for counts in results.values()) > len(results)

@@ -17,6 +17,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
 
 from mesh.keys import TrustStore
 from mesh.manifest import verify_tool
@@ -30,6 +31,7 @@ import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.resolve import Elicit, Resolve, Sample
 from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
 from mcp.types import CreateMessageResult, SamplingMessage, TextContent
 from pydantic import BaseModel
 
@@ -101,6 +103,39 @@ async def wait(seconds: float) -> str:
     """Wait, so the caller can cancel."""
     await anyio.sleep(seconds)
     return "done"
+
+
+@agent.tool(read_only=True)
+async def greet_in_session(ctx: Context) -> str:
+    """Ask the client over its session, in the middle of the call (2025-11-25 only)."""
+    answer = await ctx.elicit("What is your name?", Name)
+    return f"hello {answer.data.name}"
+
+
+@agent.tool(read_only=True)
+async def colour_in_session(ctx: Context) -> str:
+    """Ask the client's model over the session's own stream (no related request: 2025-11-25 only)."""
+    answer = await ctx.session.create_message(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text="Say a colour"))],
+        max_tokens=20)
+    return answer.content.text
+
+
+@agent.tool(read_only=True)
+async def resumed(ctx: Context) -> str:
+    """Close the call's stream half-way (SSE polling): the caller resumes it and still gets the answer."""
+    await ctx.info("before")
+    await ctx.close_sse_stream()
+    await anyio.sleep(0.2)
+    await ctx.info("after")
+    return "resumed"
+
+
+@agent.tool(read_only=True)
+async def touch(uri: str) -> str:
+    """Say that a resource changed, to whoever follows it."""
+    await agent.resource_updated(uri)
+    return "touched"
 '''
 
 RELAY = '''
@@ -300,3 +335,102 @@ async def test_a_chain_passes_logs_to_the_top(mesh: Mesh, mode: str):
         result = await client.call_tool("chatty_via_mesh", {})
         assert result.content[0].text == "relayed: talked"
     assert logs == ["info 0", "info 1"]
+
+
+async def test_a_session_tool_asks_the_client_in_the_middle_of_the_call(mesh: Mesh):
+    """2025-11-25 tools that use the session itself (``ctx.elicit``, ``ctx.session.create_message`` on the
+    session's own stream): the registry holds a session with the agent and puts the questions to the client."""
+    for url, name in urls(mesh, "asker", "greet_in_session"):
+        async with Client(url, mode="legacy", elicitation_callback=on_elicit) as client:
+            result = await client.call_tool(name, {})
+            assert not result.is_error, result
+            assert result.structured_content == {"result": "hello Ada"}
+    for url, name in urls(mesh, "asker", "colour_in_session"):
+        async with Client(url, mode="legacy", sampling_callback=on_sample) as client:
+            result = await client.call_tool(name, {})
+            assert not result.is_error, result
+            assert result.structured_content == {"result": "teal"}
+
+
+async def test_a_stream_the_agent_closes_is_resumed(mesh: Mesh):
+    logs: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    async with Client(f"{mesh.url}/agents/asker/mcp", mode="legacy", logging_callback=on_log) as client:
+        result = await client.call_tool("resumed", {})
+        assert result.structured_content == {"result": "resumed"}
+    assert logs == ["before", "after"]
+
+
+async def test_resource_updates_reach_a_subscribed_session(mesh: Mesh):
+    updates: list[str] = []
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(str(message.params.uri))
+
+    async with Client(f"{mesh.url}/agents/asker/mcp", mode="legacy", message_handler=on_message) as client:
+        await client.subscribe_resource("test://static-text")
+        await client.call_tool("touch", {"uri": "test://notes/1"})  # not followed: not told
+        await client.call_tool("touch", {"uri": "test://static-text"})
+        with anyio.fail_after(10):
+            while not updates:
+                await anyio.sleep(0.05)
+        await client.unsubscribe_resource("test://static-text")
+        await client.call_tool("touch", {"uri": "test://static-text"})
+        await anyio.sleep(0.3)
+    assert updates == ["test://static-text"]
+
+
+async def test_resource_updates_reach_a_listening_stream(mesh: Mesh):
+    for url in (f"{mesh.url}/agents/asker/mcp", f"{mesh.url}/mcp"):
+        async with Client(url, mode="2026-07-28") as client:
+            async with client.listen(resource_subscriptions=["test://static-text"]) as subscription:
+                seen: list[object] = []
+
+                async def read() -> None:
+                    async for event in subscription:
+                        seen.append(event)
+                        return
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(read)
+                    with anyio.fail_after(10):
+                        while not seen:  # the registry's own watch on the agent opens a moment after the ack
+                            await client.call_tool("touch" if url.endswith("asker/mcp") else "asker__touch",
+                                                   {"uri": "test://static-text"})
+                            await anyio.sleep(0.2)
+            assert seen[0] == ResourceUpdated(uri="test://static-text"), url
+
+
+async def test_list_changes_reach_sessions_and_listening_streams(mesh: Mesh):
+    """The registry's lists change when it admits, re-admits or blocks: both kinds of client hear of it.
+    (Last in this module: it revokes the relay agent's key, which blocks the relay's tools.)"""
+    heard: list[str] = []
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            heard.append("session")
+
+    async with Client(f"{mesh.url}/mcp", mode="legacy", message_handler=on_message) as legacy, \
+            Client(f"{mesh.url}/mcp", mode="2026-07-28") as modern:
+        await legacy.list_tools()  # the face now knows the session
+        async with modern.listen(tools_list_changed=True) as subscription:
+            async with anyio.create_task_group() as group:
+
+                async def read() -> None:
+                    async for event in subscription:
+                        if isinstance(event, ToolsListChanged):
+                            heard.append("stream")
+                            return
+
+                group.start_soon(read)
+                kid = httpx.get(f"{mesh.url}/agents/relay/jwks.json").json()["keys"][0]["kid"]
+                revoked = httpx.post(f"{mesh.url}/v1/agents/relay/keys/{kid}/revoke", json={"reason": "test"})
+                assert revoked.status_code < 300, revoked.text
+                with anyio.fail_after(10):
+                    while sorted(set(heard)) != ["session", "stream"]:
+                        await anyio.sleep(0.05)
+        assert not [tool for tool in (await legacy.list_tools()).tools if tool.name.startswith("relay__")]

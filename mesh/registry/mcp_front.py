@@ -13,22 +13,22 @@ Both are one low-level ``mcp.server.Server`` each, answering both protocol versi
   capabilities and log level travel on in ``_meta``; the agent's progress and log notifications come
   back on the request's stream; an ``input_required`` result goes back whole and the client's retry
   (``inputResponses`` + ``requestState``, untouched) is carried like any request.
-- **2025-11-25** (a session): the registry bridges. The agent still answers the registry in 2026-07-28,
-  so its ``input_required`` result is turned into ``elicitation/create`` / ``sampling/createMessage``
-  / ``roots/list`` requests to the client over its session, and the request is sent again with the
-  answers and the ``requestState`` (what the SDK's client does in ``_input_required.py``). The log level
-  set by ``logging/setLevel`` is kept per session and asked of the agent on every request.
+- **2025-11-25** (a session): the registry holds a 2025-11-25 session of its own with the agent for
+  each client session (``forward.py``), so what the agent asks in the middle of a call
+  (``ctx.elicit``, ``ctx.session.create_message``, ``roots/list``) is put to the client over its
+  session, on the call's stream or the session's own, and the answer goes back in the agent's session.
+  The level set by ``logging/setLevel`` is set in that session too, and kept here so that log messages
+  below it never reach the client. A tool that answers ``input_required`` anyway (one that relays
+  another agent's question, see ``MeshClient.invoke``) is bridged: its questions become requests to
+  the client and the request is sent again, statelessly, with the answers and the ``requestState``.
 
-The forward to the agent stays one POST (``forward.py``); a request the client cancels closes it.
-JSON-RPC errors of the agent reach the client with their code and data. A 2025-11-25 session may
-``resources/subscribe`` to a pinned resource (the registry keeps the subscription), but updates and
-list-changed notifications are not relayed: an agent announces those only on a ``subscriptions/listen``
-stream the registry does not hold open. Each face keeps an event store (``MemoryEventStore``, as agents
-do), so a 2025-11-25 client can resume a stream the network closed (``Last-Event-ID``).
-
-Tools that ask their client through the session (``ctx.elicit``, ``ctx.session.create_message``) cannot
-be carried: the registry speaks 2026-07-28 to agents, which has no such back-channel. Tools that ask
-through resolvers (``Resolve(...)`` returning ``Elicit``/``Sample``) work on both versions.
+The forward to the agent stays one POST (``forward.py``); a request the client cancels closes it (and,
+in a session, is cancelled with ``notifications/cancelled``). JSON-RPC errors of the agent reach the
+client with their code and data. A 2025-11-25 session may ``resources/subscribe`` to a pinned resource;
+the subscription is made in the registry's session with the agent, whose updates come back on that
+session's own stream and go on to the client's. Each face keeps an event store (``MemoryEventStore``,
+as agents do), so a 2025-11-25 client can resume a stream the network closed (``Last-Event-ID``), and
+the registry resumes an agent's stream the same way.
 
 How a client checks signatures through the registry: every listed tool (resource, prompt) keeps the
 agent's ``_meta["io.mcpmesh/signature"]`` and says in ``_meta["io.mcpmesh/jwks"]`` where the keys the
@@ -41,12 +41,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import Any, get_args
 
 import anyio
+import httpx2
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -55,21 +59,29 @@ from starlette.requests import Request
 from mesh.client import PROBLEM_META, RUN_META
 from mesh.registry import proxy
 from mesh.registry.auth import Caller
-from mesh.registry.forward import Relay
+from mesh.registry.forward import (
+    CLIENT_REQUESTS,
+    AgentError,
+    ClientLink,
+    NotificationCallback,
+    Relay,
+    session_asker,
+    session_notifier,
+)
 from mesh.registry.gate import caller_of
 from mesh.registry.node import PinnedTool, Registry
+from mesh.registry.notifications import Notices
 from mesh.registry.problems import Problem
 from mesh.serving import RETRY_MS, MemoryEventStore
 
 log = logging.getLogger(__name__)
+_LOG_LEVELS = get_args(types.LoggingLevel)  # severity ascending
 SEPARATOR = "__"
 AGENT_META = "io.mcpmesh/agent"
 NAME_META = "io.mcpmesh/name"
 JWKS_META = "io.mcpmesh/jwks"
 MAX_INPUT_ROUNDS = 10  # as the SDK's client: a server that keeps asking is given up on
 _SESSION_LEVELS = 10_000  # log levels (and subscription sets) remembered per legacy session, at most
-_RESULTS = {"elicitation/create": types.ElicitResult, "sampling/createMessage": types.CreateMessageResult,
-            "roots/list": types.ListRootsResult}
 # Problems a client must fix in its request, as JSON-RPC errors when the request was not a tool call.
 _PROBLEM_CODES = {"invalid-arguments": types.INVALID_PARAMS, "unknown-tool": types.INVALID_PARAMS,
                   "unknown-agent": types.INVALID_PARAMS, "bad-request": types.INVALID_PARAMS}
@@ -88,7 +100,8 @@ class Front:
         self.registry = registry
         self.whole_mesh = whole_mesh
         self.session_levels: dict[str, str] = {}
-        self.subscriptions: dict[str, set[str]] = {}  # legacy session -> URIs it subscribed to
+        self.notices = Notices(registry)
+        self.listen_handler = ListenHandler(self.notices.bus)
 
     # -- who and where ------------------------------------------------------------------------------
 
@@ -113,23 +126,39 @@ class Front:
         return sorted(self.registry.endpoints) if self.whole_mesh else [self.agent_of(ctx)]
 
     def relay(self, ctx: ServerRequestContext[Any, Any]) -> Relay:
-        """The client, as the agent should know it: capabilities, log level, a way to send it notifications."""
+        """The client, as the agent should know it: capabilities, log level, a way to send it notifications;
+        on a 2025-11-25 session, the session, and ways to ask it what the agent asks."""
         capabilities = ctx.session.client_capabilities
-        meta = _wire_meta(ctx)
+        wire_capabilities = (capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+                             if capabilities else {})
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            level = meta.get(types.LOG_LEVEL_META_KEY)
-        else:  # a session: what logging/setLevel said, else everything (the 2025-11-25 default)
-            level = self.session_levels.get(_session_id(ctx) or "", "debug")
+            return Relay(capabilities=wire_capabilities, log_level=_wire_meta(ctx).get(types.LOG_LEVEL_META_KEY),
+                         notify=session_notifier(ctx.session, ctx.request_id))
+        session = _session_id(ctx) or ""
+        client_info = ctx.session.client_params.client_info if ctx.session.client_params else None
+        link = self._link(ctx)
+        return Relay(capabilities=wire_capabilities, log_level=self.session_levels.get(session),
+                     notify=self._at_level(session, session_notifier(ctx.session, ctx.request_id)),
+                     client_info=client_info.model_dump(by_alias=True, mode="json", exclude_none=True)
+                     if client_info else None, session=link, ask=session_asker(ctx.session, ctx.request_id))
 
-        async def notify(method: str, params: dict[str, Any]) -> None:
-            if method == "notifications/message":
-                with anyio.CancelScope(shield=True):
-                    await ctx.session.send_notification(
-                        types.LoggingMessageNotification(params=types.LoggingMessageNotificationParams.model_validate(
-                            params)), related_request_id=ctx.request_id)
+    def _link(self, ctx: ServerRequestContext[Any, Any]) -> ClientLink:
+        """The client's 2025-11-25 session, outside this request; the face remembers it to tell it of changes."""
+        session = _session_id(ctx) or ""
+        link = ClientLink(session, ask=session_asker(ctx.session, None),
+                          notify=self._at_level(session, session_notifier(ctx.session)))
+        self.notices.seen(link)
+        return link
 
-        return Relay(capabilities=capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
-                     if capabilities else {}, log_level=level, notify=notify)
+    def _at_level(self, session: str, notify: NotificationCallback) -> NotificationCallback:
+        """``notify``, keeping back log messages below the level the client set for its session (whether
+        or not the agent filters by it too)."""
+
+        async def at_level(method: str, params: dict[str, Any]) -> None:
+            if method != "notifications/message" or _at_least(params.get("level"), self.session_levels.get(session)):
+                await notify(method, params)
+
+        return at_level
 
     async def carry(self, ctx: ServerRequestContext[Any, Any], call: proxy.Call) -> Any:
         """One request through ``proxy.carry``; on a 2025-11-25 session, ``input_required`` is bridged."""
@@ -156,6 +185,7 @@ class Front:
                 break
             extra = {"inputResponses": await self._ask_client(ctx, result.input_requests or {}),
                      **({"requestState": result.request_state} if result.request_state is not None else {})}
+            relay = replace(relay, session=None)  # a retry that carries requestState is a 2026-07-28 request
         raise MCPError(types.INTERNAL_ERROR, f"{call.agent} kept asking for input past {MAX_INPUT_ROUNDS} rounds")
 
     async def _ask_client(self, ctx: ServerRequestContext[Any, Any],
@@ -165,7 +195,7 @@ class Front:
         related = ServerMessageMetadata(related_request_id=ctx.request_id)
 
         async def ask(key: str, request: Any) -> None:
-            result = await ctx.session.send_request(request, _RESULTS[request.method], metadata=related)
+            result = await ctx.session.send_request(request, CLIENT_REQUESTS[request.method][1], metadata=related)
             answers[key] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
         async with anyio.create_task_group() as group:
@@ -209,6 +239,8 @@ class Front:
     async def list_tools(self, ctx: ServerRequestContext[Any, Any],
                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         request = ctx.request if isinstance(ctx.request, Request) else None
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            self._link(ctx)
         agents = set(self.agents(ctx))
         tools = [self.listed_tool(request, pinned) for (agent, _), pinned in sorted(self.registry.tools.items())
                  if agent in agents and pinned.status == "verified"]
@@ -242,6 +274,8 @@ class Front:
         signature kept, the JWKS named; on ``/mcp`` prompts renamed ``AGENT__NAME``. Read from memory:
         what was never admitted, or is blocked, is not listed."""
         request = ctx.request if isinstance(ctx.request, Request) else None
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            self._link(ctx)
         items = []
         for agent in self.agents(ctx):
             for described in self.registry.agent_descriptors(agent, kind):
@@ -313,21 +347,52 @@ class Front:
         return types.EmptyResult()
 
     async def subscribe(self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> Any:
-        """2025-11-25 sessions: subscribe to a resource this face serves (a pinned, verified one)."""
-        uri = str(params.uri)
-        agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
-        try:
-            proxy.resolve_descriptor(self.registry, proxy.Call(agent, uri, "resource"))
-        except Problem as problem:
-            self._refusal(proxy.Call(agent, uri, "resource"), problem)
-        if len(self.subscriptions) >= _SESSION_LEVELS:
-            self.subscriptions.clear()
-        self.subscriptions.setdefault(_session_id(ctx) or "", set()).add(uri)
+        """2025-11-25 sessions: subscribe to a resource this face serves (a pinned, verified one), in the
+        registry's session with the agent, so the agent's updates reach the client."""
+        await self._subscription(ctx, str(params.uri), "resources/subscribe")
         return types.EmptyResult()
 
     async def unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> Any:
-        self.subscriptions.get(_session_id(ctx) or "", set()).discard(str(params.uri))
+        await self._subscription(ctx, str(params.uri), "resources/unsubscribe")
         return types.EmptyResult()
+
+    async def _subscription(self, ctx: ServerRequestContext[Any, Any], uri: str, method: str) -> None:
+        self._caller(ctx)
+        agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
+        call = proxy.Call(agent, uri, "resource")
+        try:
+            proxy.resolve_descriptor(self.registry, call)
+        except Problem as problem:
+            self._refusal(call, problem)
+        try:
+            await self.registry.forwarder.request(self.registry.endpoints[agent], method, {"uri": uri},
+                                                  relay=self.relay(ctx))
+        except AgentError as exc:
+            raise MCPError(exc.code or types.INTERNAL_ERROR, exc.message, exc.data) from exc
+        except httpx2.HTTPError as exc:
+            raise MCPError(types.INTERNAL_ERROR, f"{agent} is unreachable: {exc!r}") from exc
+
+    async def listen(self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams) -> Any:
+        """2026-07-28: a ``subscriptions/listen`` stream. List changes come from the registry; updates of
+        the resources asked for (pinned, verified ones of this face; others never fire) from the agents,
+        watched for as long as the stream is open."""
+        self._caller(ctx)
+        watched: dict[str, list[str]] = {}
+        for uri in params.notifications.resource_subscriptions or []:
+            agent = proxy.resource_owner(self.registry, uri) if self.whole_mesh else self.agent_of(ctx)
+            try:
+                if agent is not None:
+                    proxy.resolve_descriptor(self.registry, proxy.Call(agent, uri, "resource"))
+                    watched.setdefault(agent, []).append(uri)
+            except Problem:
+                continue
+        for agent, uris in watched.items():
+            self.notices.watches.add(agent, uris)
+        try:
+            return await self.listen_handler(ctx, params)
+        finally:
+            for agent, uris in watched.items():
+                self.notices.watches.remove(agent, uris)
 
     def server(self) -> Server[Any]:
         name = "mcpmesh-registry" if self.whole_mesh else "mcpmesh-agent-via-registry"
@@ -338,7 +403,7 @@ class Front:
             on_list_tools=self.list_tools, on_call_tool=self.call_tool,
             on_list_resources=self.list_resources, on_list_resource_templates=self.list_resource_templates,
             on_read_resource=self.read_resource, on_list_prompts=self.list_prompts, on_get_prompt=self.get_prompt,
-            on_completion=self.complete)
+            on_completion=self.complete, on_subscriptions_listen=self.listen)
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self.set_level)
         server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, self.subscribe)
         server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, self.unsubscribe)
@@ -347,7 +412,14 @@ class Front:
 
 class _FrontServer(Server[Any]):
     """The SDK's low-level server whose HTTP app keeps an event store unless told otherwise, so streams
-    through the registry are resumable on 2025-11-25 as they are at the agent."""
+    through the registry are resumable on 2025-11-25 as they are at the agent; and which tells 2025-11-25
+    clients that its lists change (``notifications.Notices`` says so when they do)."""
+
+    def create_initialization_options(self, notification_options: NotificationOptions | None = None,
+                                      *args: Any, **kwargs: Any) -> Any:
+        changes = notification_options or NotificationOptions(prompts_changed=True, resources_changed=True,
+                                                               tools_changed=True)
+        return super().create_initialization_options(changes, *args, **kwargs)
 
     def streamable_http_app(self, **options: Any) -> Any:
         options.setdefault("event_store", MemoryEventStore())
@@ -379,6 +451,13 @@ def _wire_meta(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
     """The request's ``_meta`` as the client sent it (wire keys: ``progressToken``, trace context...)."""
     meta = (ctx.params or {}).get("_meta")
     return meta if isinstance(meta, dict) else {}
+
+
+def _at_least(level: Any, threshold: str | None) -> bool:
+    """Whether a log message at ``level`` passes a client's ``logging/setLevel`` (None: every level)."""
+    if threshold is None:
+        return True
+    return level in _LOG_LEVELS and _LOG_LEVELS.index(level) >= _LOG_LEVELS.index(threshold)
 
 
 def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:

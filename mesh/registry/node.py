@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -180,6 +181,7 @@ class Registry:
         self.tools: dict[tuple[str, str], PinnedTool] = {}
         self.descriptors: dict[tuple[str, str, str], PinnedDescriptor] = {}  # (agent, kind, name) -> pin
         self.endpoints: dict[str, str] = {}
+        self.change_listeners: list[Callable[[str], Awaitable[None]]] = []  # told each agent whose pins changed
         self.reputations: dict[tuple[str, str], Reputation] = {}
         self.admitted_here: set[str] = set()  # agents admitted by this process (not just loaded)
         self.forwarder: Forwarder | None = None  # set while the app runs
@@ -230,8 +232,11 @@ class Registry:
         return [t.wire for (a, _), t in self.tools.items() if a == agent and t.status == "verified"]
 
     async def index_agent(self, agent: str) -> None:
-        """Make discovery show exactly ``agent``'s verified tools; embedding and Faiss run off the loop."""
+        """Make discovery show exactly ``agent``'s verified tools (embedding and Faiss run off the loop),
+        then tell whoever listens for changes (the MCP faces, which tell their clients)."""
         await anyio.to_thread.run_sync(self.discovery.upsert, agent, self.verified_wire(agent))
+        for listener in list(self.change_listeners):
+            await listener(agent)
 
     # -- trust ------------------------------------------------------------------------------------------
 
