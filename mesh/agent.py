@@ -19,9 +19,9 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 from weakref import WeakSet
 
 import jsonschema
@@ -34,11 +34,13 @@ from mcp.shared.uri_template import UriTemplate
 from mcp.types import (
     Annotations,
     EmptyResult,
+    LoggingLevel,
     SetLevelRequestParams,
     SubscribeRequestParams,
     ToolAnnotations,
     UnsubscribeRequestParams,
 )
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mesh.client import MeshError
 from mesh.manifest import SCOPES_META, SIGNATURE_META
@@ -389,9 +391,18 @@ class AgentServer(MCPServer):
         # 2025-11-25 session id -> (a handle on the session that outlives the request, URIs it follows)
         self.subscribers: dict[str, tuple[Any, set[str]]] = {}
         lowlevel = self._lowlevel_server
+        lowlevel.middleware.append(self._at_session_level)
         lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
         lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, self._subscribe)
         lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
+
+    async def _at_session_level(self, ctx: Any, call_next: Any) -> Any:
+        """On a 2025-11-25 session that set a log level, the request's tools log at that level or above
+        (the SDK sends every level there and leaves filtering to the server)."""
+        level = self.log_levels.get(_session_of(ctx)) if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS else None
+        if level is None:
+            return await call_next(ctx)
+        return await call_next(replace(ctx, session=_LevelledSession(ctx.session, level)))
 
     async def _set_level(self, ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
         _bounded_put(self.log_levels, _session_of(ctx), params.level)
@@ -466,6 +477,22 @@ def _check_input_schema(schema: Any) -> None:
         raise ValueError(f"input_schema is not a valid JSON Schema: {exc.message}") from exc
 
 
+class _LevelledSession:
+    """A request's session that drops log messages below ``level``; everything else is the session's."""
+
+    def __init__(self, session: Any, level: str):
+        self._session = session
+        self._allowed = LOG_LEVELS[LOG_LEVELS.index(level):] if level in LOG_LEVELS else LOG_LEVELS
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    async def send_log_message(self, level: str, *args: Any, **kwargs: Any) -> None:
+        if level in self._allowed:
+            await self._session.send_log_message(level, *args, **kwargs)
+
+
+LOG_LEVELS = get_args(LoggingLevel)  # severity ascending
 _SESSIONS = 10_000  # 2025-11-25 sessions whose level and subscriptions an agent keeps, at most
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import httpx
+import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.server.mcpserver import Context
 from mcp.types import Completion, PromptReference
 
 from mesh import Agent, ToolKit
@@ -200,3 +203,44 @@ async def test_a_refused_call_through_the_mesh_reaches_the_tools_caller_in_words
         assert denied.is_error
         assert denied.content[0].text.endswith("Policy denied: denied by rule 'missing_scope': agent:asker lacks "
                                                 "scope 'docs:read'")
+
+
+async def test_a_session_logs_at_the_level_it_set_and_followers_hear_of_updates():
+    """2025-11-25: ``logging/setLevel`` holds for the session's later calls; ``Agent.resource_updated``
+    reaches a session subscribed to that resource, and only for it."""
+    agent = Agent("levels")
+
+    @agent.resource("notes://today")
+    def today() -> str:
+        return "milk"
+
+    @agent.tool(read_only=True)
+    async def chatty(ctx: Context) -> str:
+        """Log at two levels, then say that today's notes changed."""
+        await ctx.debug("debug")
+        await ctx.info("info")
+        await agent.resource_updated("notes://today")
+        await agent.resource_updated("notes://other")
+        return "ok"
+
+    logs: list[str] = []
+    updates: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(str(message.params.uri))
+
+    async with Client(agent.build_server(), mode="legacy", logging_callback=on_log,
+                      message_handler=on_message) as client:
+        await client.call_tool("chatty", {})
+        await client.set_logging_level("info")
+        await client.subscribe_resource("notes://today")
+        await client.call_tool("chatty", {})
+        with anyio.fail_after(5):
+            while not updates:
+                await anyio.sleep(0.01)
+    assert logs == ["debug", "info", "info"]
+    assert updates == ["notes://today"]
