@@ -1,12 +1,13 @@
 """A tools/call straight to an agent vs the same call through the registry, from one run.
 
-    python bench/bench_registry.py [--calls 500] [--concurrency 8]
+    python bench/bench_registry.py [--calls 500] [--concurrency 8 32]
 
 Starts a registry and the `researcher` agent of this repository as real processes on 127.0.0.1, then
 calls `text_stats` (a tool that does almost no work) with the official MCP client: directly at the
 agent's `/mcp`; through a bare relay that only copies requests and answers (``relay_floor.py``: what one
 more HTTP hop in Python costs before any check); as `researcher__text_stats` at the registry's `/mcp`,
-and as `text_stats` at its per-agent endpoint `/agents/researcher/mcp` (authenticate, pinned tool,
+as `text_stats` at its per-agent endpoint `/agents/researcher/mcp`, and as a script calls it,
+``POST /v1/invoke`` (each: authenticate, pinned tool,
 schema, Rego policy, forward on a kept-alive connection, output schema, two run records with signed
 provenance, reputation). For each path it also prints the CPU milliseconds per call spent by the process
 in the middle (the relay's, the registry's), read from /proc. Then calls per second through one registry
@@ -46,6 +47,20 @@ async def sequential(url: str, tool: str, calls: int) -> list[float]:
             result = await client.call_tool(tool, ARGUMENTS)
             samples.append((time.perf_counter() - began) * 1000)
             assert not result.is_error, result
+    return samples
+
+
+async def sequential_invoke(registry: str, calls: int) -> list[float]:
+    """The same call as a script makes it: ``POST /v1/invoke`` on one kept-alive connection."""
+    samples = []
+    body = {"agent": "researcher", "tool": "text_stats", "arguments": ARGUMENTS}
+    async with httpx.AsyncClient() as http:
+        for _ in range(30):
+            (await http.post(f"{registry}/v1/invoke", json=body)).raise_for_status()
+        for _ in range(calls):
+            began = time.perf_counter()
+            (await http.post(f"{registry}/v1/invoke", json=body)).raise_for_status()
+            samples.append((time.perf_counter() - began) * 1000)
     return samples
 
 
@@ -100,7 +115,8 @@ def serves(url: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32],
+                        help="concurrent clients for the throughput figures, one run each")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--discovery-sizes", type=int, nargs="*", default=[10_000, 100_000],
                         help="synthetic tool counts for the discovery figures (none: skip them)")
@@ -129,7 +145,8 @@ def main() -> None:
         paths = [("direct to the agent", f"{agent}/mcp", "text_stats", None),
                  ("through a bare relay", f"http://127.0.0.1:{relay_port}/mcp", "text_stats", relay_pid),
                  ("registry /mcp", f"{registry}/mcp", "researcher__text_stats", registry_pid),
-                 ("registry /agents/researcher/mcp", f"{registry}/agents/researcher/mcp", "text_stats", registry_pid)]
+                 ("registry /agents/researcher/mcp", f"{registry}/agents/researcher/mcp", "text_stats", registry_pid),
+                 ("registry POST /v1/invoke", f"{registry}/mcp", None, registry_pid)]
         print(f"tools/call, {args.calls} sequential calls, official MCP client, streamable HTTP on loopback")
         d50 = d99 = None
         for label, url, tool, pid in paths:
@@ -137,21 +154,22 @@ def main() -> None:
                 print(f"  {label:32s} not served by this registry")
                 continue
             before = cpu_ms(pid) if pid else 0.0
-            samples = anyio.run(sequential, url, tool, args.calls)
+            samples = (anyio.run(sequential, url, tool, args.calls) if tool is not None
+                       else anyio.run(sequential_invoke, registry, args.calls))
             cpu = f"{(cpu_ms(pid) - before) / (args.calls + 30):5.2f} ms cpu/call" if pid else ""
             p50, p99 = statistics.median(samples), percentile(samples, 0.99)
             d50, d99 = d50 or p50, d99 or p99
             print(f"  {label:32s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   ratio to direct: "
                   f"p50 {p50 / d50:4.2f}x  p99 {p99 / d99:4.2f}x   {cpu}")
-        mcp_rate = anyio.run(throughput_mcp, f"{registry}/mcp", "researcher__text_stats", args.concurrency,
-                             args.seconds)
-        http_rate = anyio.run(throughput_http, registry, args.concurrency, args.seconds)
-        direct_rate = anyio.run(throughput_mcp, f"{agent}/mcp", "text_stats",
-                                args.concurrency, args.seconds)
-        print(f"throughput with {args.concurrency} concurrent clients, {args.seconds:g} s each")
-        print(f"  direct to the agent (MCP)        {direct_rate:8.0f} calls/s")
-        print(f"  through one registry (MCP)       {mcp_rate:8.0f} calls/s")
-        print(f"  through one registry (/v1/invoke) {http_rate:7.0f} calls/s")
+        for clients in args.concurrency:
+            mcp_rate = anyio.run(throughput_mcp, f"{registry}/mcp", "researcher__text_stats", clients, args.seconds)
+            http_rate = anyio.run(throughput_http, registry, clients, args.seconds)
+            direct_rate = anyio.run(throughput_mcp, f"{agent}/mcp", "text_stats", clients, args.seconds)
+            print(f"throughput with {clients} concurrent clients, {args.seconds:g} s each")
+            print(f"  direct to the agent (MCP)        {direct_rate:8.0f} calls/s")
+            for label, rate in (("through one registry (MCP)       ", mcp_rate),
+                                ("through one registry (/v1/invoke)", http_rate)):
+                print(f"  {label} {rate:7.0f} calls/s   {rate / direct_rate:4.2f} of direct")
     finally:
         for process in reversed(processes):
             os.killpg(process.pid, signal.SIGTERM)
