@@ -3,7 +3,7 @@
 At startup it loads every spec in the workspace's ``docs/openapi/`` (or the paths listed in
 ``[agents.sandbox] specs = [...]`` of ``registry/registry.toml``, relative to the workspace). Each spec
 becomes an API named after its file; calls are validated against the spec and answered with its
-examples or with deterministic generated data (see ``mesh.openapi_mock``).
+examples or with deterministic generated data (see ``mesh.sandbox.openapi_mock``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from mesh import Agent, AgentContext
-from mesh.openapi_mock import MockAPI
+from mesh.sandbox.openapi_mock import MockAPI
 
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 

@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from mesh.openapi_mock import MockAPI, OpenAPIError
+from mesh.sandbox.openapi_mock import MockAPI, OpenAPIError
 
 ROOT = Path(__file__).resolve().parents[1]
 PETSTORE = ROOT / "docs" / "openapi" / "petstore.yaml"
