@@ -251,9 +251,9 @@ async def test_connected_mode_needs_a_credential_and_an_approval(mesh: Mesh, rea
     refused = problem(create(mesh, body), 403, "approval-required")
     assert "mesh approve researcher tracker" in refused
     emulated = create(mesh, {"required_services": ["tracker"]}).json()
-    assert "approve it first" in problem(httpx.patch(sandbox_url(mesh, emulated), json={"mode": "connected", "secret_ref":
-                                                                                 body["secret_ref"]}), 403,
-                                 "approval-required")
+    to_connected = httpx.patch(sandbox_url(mesh, emulated), json={"mode": "connected",
+                                                                  "secret_ref": body["secret_ref"]})
+    assert "approve it first" in problem(to_connected, 403, "approval-required")
     assert not real_tracker.seen  # nothing was sent anywhere
 
     approved = run_mesh("approve", "researcher", "tracker", "--note", "test account", "--registry", mesh.url)

@@ -368,7 +368,7 @@ class SandboxHost:
     """The services of each sandbox, per (id, revision, configuration): the agent's only state.
 
     Bounded (least recently used sandboxes go first) and forgetful by design: a sandbox past its
-    ``expires_at`` is dropped, and so is an older revision of one seen again.
+    ``expires_at`` is dropped and refused, and an older revision of one seen again is dropped.
     """
 
     def __init__(self, specs: dict[str, Path], capacity: int = 128, clock: Any = time.time):
@@ -384,9 +384,11 @@ class SandboxHost:
 
     def services(self, ref: SandboxRef) -> dict[str, Service]:
         """The services of ``ref``, made (from the seed data) the first time its revision is seen."""
+        if ref.expires_at <= self.clock():
+            self.forget(ref.id)
+            raise OpenAPIError(f"sandbox {ref.id} has expired")
         digest = hashlib.sha256(ref.model_dump_json(include={"mode", "services", "required_services"}).encode())
         key = (ref.id, ref.revision, digest.hexdigest())
-        now = self.clock()
         with self._lock:
             for other in [k for k in self._sandboxes if k[0] == ref.id and k != key]:
                 del self._sandboxes[other]  # a reset or a change: the old state goes
@@ -396,8 +398,6 @@ class SandboxHost:
             self._sandboxes.move_to_end(key)
             while len(self._sandboxes) > self.capacity:
                 self._sandboxes.popitem(last=False)
-        if ref.expires_at <= now:
-            self.forget(ref.id)
         return found
 
     def forget(self, sandbox_id: str) -> None:
