@@ -7,18 +7,21 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mesh.keys import KeyRing
+from mesh.registry import store
 from mesh.registry.auth import issue_token
 
 from .conftest import free_port, run_mesh
@@ -278,3 +281,27 @@ async def test_connected_mode_needs_a_credential_and_an_approval(mesh: Mesh, rea
         again = await client.call_tool("tracker__listProjects", {})
         assert again.is_error and again.content[0].text.startswith("Approval required")
     assert len(real_tracker.seen) == 1
+
+
+async def test_an_expired_sandbox_is_removed_refuses_calls_and_keeps_its_runs(mesh: Mesh) -> None:
+    sandbox = create(mesh, {"required_services": ["petstore"], "ttl_seconds": 1}).json()
+    async with Client(sandbox["mcp"]) as client:
+        assert (await client.call_tool("petstore__listPets", {})).structured_content["status"] == 200
+    # The sweep the registry runs every few seconds, run here on its database with the sandbox's end as "now".
+    engine = store.connect(f"sqlite:///{mesh.workspace / '.mesh' / 'registry.db'}")
+    try:
+        with store.session_factory(engine).begin() as session:
+            store.expire_sandboxes(session, datetime.fromisoformat(sandbox["expires_at"]))
+    finally:
+        engine.dispose()
+    expired = httpx.get(sandbox_url(mesh, sandbox)).json()
+    assert (expired["status"], expired["removed_at"] is not None) == ("expired", True)
+    assert sandbox["id"] not in [s["id"] for s in httpx.get(f"{mesh.url}/v1/sandboxes").json()["sandboxes"]]
+    async with Client(sandbox["mcp"]) as client:
+        with pytest.raises(MCPError, match="is expired"):
+            await client.list_tools()
+        with pytest.raises(MCPError, match="is expired"):
+            await client.call_tool("petstore__listPets", {})
+    problem(httpx.get(sandbox_url(mesh, sandbox, "state")), 410, "sandbox-expired")
+    runs = httpx.get(sandbox_url(mesh, sandbox, "runs")).json()["runs"]
+    assert len(runs) == 1 and httpx.get(f"{mesh.url}/v1/runs/{runs[0]['run_id']}").json()["provenance"]
