@@ -20,9 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from mesh.client import MeshClient, MeshError
 from mesh.keys import KeyRing
 from mesh.registry import store
 from mesh.registry.auth import issue_token
+from mesh.sandbox.client import SandboxClient
 
 from .conftest import free_port, run_mesh
 from .test_registry_e2e import Mesh, running_mesh
@@ -74,7 +76,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     os.environ[SECRET_VARIABLE] = SECRET  # the agent processes inherit it; nothing else reads it
     try:
         with running_mesh(tmp_path_factory, "sandboxes", ("sandbox", "researcher"), settings={
-                "grants": 'researcher = ["docs:read", "sandbox:call"]',
+                "grants": 'researcher = ["docs:read", "sandbox:call", "sandbox:read"]',
                 "policy": 'allow_destructive = ["sandbox.sandbox_connected_call"]'}) as network:
             yield network
     finally:
@@ -305,3 +307,31 @@ async def test_an_expired_sandbox_is_removed_refuses_calls_and_keeps_its_runs(me
     problem(httpx.get(sandbox_url(mesh, sandbox, "state")), 410, "sandbox-expired")
     runs = httpx.get(sandbox_url(mesh, sandbox, "runs")).json()["runs"]
     assert len(runs) == 1 and httpx.get(f"{mesh.url}/v1/runs/{runs[0]['run_id']}").json()["provenance"]
+
+
+async def test_an_agent_uses_its_sandbox_with_the_sandbox_client_and_the_policy_decides(mesh: Mesh) -> None:
+    def key(agent: str) -> Any:
+        return KeyRing.open(mesh.workspace / ".mesh" / "keys" / agent).active()
+
+    async with MeshClient(mesh.url, agent="researcher", key=key("researcher")) as researcher:
+        sandbox = await SandboxClient.create(researcher, "researcher", ["tracker"],
+                                             services={"tracker": {"credentials": ["tok"]}}, ttl_seconds=300)
+        assert sandbox.sandbox["created_by"] == "agent:researcher"
+        assert "tracker__createTask" in {tool.name for tool in await sandbox.tools()}
+        answer = await sandbox.call("tracker__createProject", {"body": {"name": "Web", "key": "WEB"},
+                                                               "headers": TOKEN}, attempt="t1")
+        assert answer["status"] == 201 and answer["run_id"]
+        assert [p["key"] for p in (await sandbox.state())["tracker"]["/projects"]] == ["WEB"]
+        assert (await sandbox.reset())["revision"] == 2
+        assert (await sandbox.state())["tracker"] == {}
+
+    # An agent without scope sandbox:call (no grant) is refused by the policy; the attempt is still recorded.
+    async with MeshClient(mesh.url, agent="sandbox", key=key("sandbox")) as other:
+        with pytest.raises(MeshError) as refused:
+            await SandboxClient(other, sandbox.sandbox).call("tracker__getHealth", {})
+        assert refused.value.kind == "policy-denied" and "sandbox:call" in str(refused.value)
+    runs = httpx.get(sandbox_url(mesh, sandbox.sandbox, "runs")).json()["runs"]
+    assert [(r["caller"], r["status"], r["attempt"]) for r in runs] == [
+        ("agent:researcher", "ok", "t1"), ("agent:sandbox", "policy-denied", None)]
+    denied = httpx.get(f"{mesh.url}/v1/runs/{runs[1]['run_id']}").json()
+    assert (denied["status"], denied["policy_rule"]) == ("denied", "missing_scope")
