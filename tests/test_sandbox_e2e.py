@@ -200,7 +200,7 @@ async def test_mock_mode_fixed_responses_and_injected_failures(mesh: Mesh) -> No
         "responses": [{"operation_id": "getPet", "status": 200, "body": {"id": 7, "name": "Fixed", "species": "dog"},
                        "when": {"petId": 7}}],
         "failures": {"rate": 1.0, "status": 429, "operations": ["listPets"], "retry_after": 3}}}}).json()
-    async with Client(sandbox["mcp"]) as client:
+    async with Client(sandbox["mcp"], mode="legacy") as client:  # a 2025-11-25 session works as well
         created = (await client.call_tool("petstore__createPet", {"body": {"name": "Tom", "species": "cat"}}))
         pet_id = created.structured_content["body"]["id"]
         again = await client.call_tool("petstore__getPet", {"petId": pet_id})
@@ -335,3 +335,23 @@ async def test_an_agent_uses_its_sandbox_with_the_sandbox_client_and_the_policy_
         ("agent:researcher", "ok", "t1"), ("agent:sandbox", "policy-denied", None)]
     denied = httpx.get(f"{mesh.url}/v1/runs/{runs[1]['run_id']}").json()
     assert (denied["status"], denied["policy_rule"]) == ("denied", "missing_scope")
+
+
+def test_the_sandbox_commands(mesh: Mesh, tmp_path) -> None:
+    config = tmp_path / "sandbox.json"
+    config.write_text(json.dumps({"services": {"petstore": {"failures": {"latency_ms": 5}}}, "description": "cli"}))
+    made = run_mesh("sandbox", "create", "researcher", "petstore", "--mode", "mock", "--ttl", "120", "--config",
+                    str(config), "--registry", mesh.url)
+    assert made.returncode == 0, made.stderr
+    sandbox = json.loads(made.stdout)
+    assert (sandbox["mode"], sandbox["ttl_seconds"], sandbox["description"]) == ("mock", 120, "cli")
+    listed = run_mesh("sandbox", "ls", "--agent", "researcher", "--registry", mesh.url)
+    assert sandbox["id"] in listed.stdout and "petstore" in listed.stdout
+    reset = run_mesh("sandbox", "reset", "researcher", sandbox["id"], "--registry", mesh.url)
+    assert json.loads(reset.stdout)["revision"] == 2
+    removed = run_mesh("sandbox", "rm", "researcher", sandbox["id"], "--registry", mesh.url)
+    assert json.loads(removed.stdout)["status"] == "deleted"
+    again = run_mesh("sandbox", "reset", "researcher", sandbox["id"], "--registry", mesh.url)
+    assert again.returncode == 1 and again.stderr.strip().startswith("mesh: the registry refused: Sandbox expired")
+    nowhere = run_mesh("sandbox", "create", "researcher", "nowhere", "--registry", mesh.url)
+    assert nowhere.returncode == 1 and "no spec 'nowhere'" in nowhere.stderr and "Traceback" not in nowhere.stderr
