@@ -333,7 +333,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_approve(args: argparse.Namespace) -> int:
     from mesh.sandbox import commands
 
-    return commands.approve(registry_url(args), args.agent, args.service, args.note)
+    return commands.approve(registry_url(args), args.agent, args.service, args.note, args.base_url)
 
 
 @command("sandbox")
@@ -450,6 +450,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("approve", parents=[client], help="operator: let AGENT's connected sandboxes reach SERVICE")
     p.add_argument("agent", metavar="AGENT")
     p.add_argument("service", metavar="SERVICE", help="an OpenAPI spec of the workspace, by name")
+    p.add_argument("--base-url", default=None, help="the real endpoint it may reach (default: the spec's server)")
     p.add_argument("--note", default=None, help="why, kept with the approval and in the audit log")
     sandbox = sub.add_parser("sandbox", help="list, create, show, reset or remove sandboxes")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)

@@ -254,16 +254,19 @@ async def test_connected_mode_needs_a_credential_and_an_approval(mesh: Mesh, rea
     assert "env:MESH_SECRET_" in problem(create(mesh, {**body, "secret_ref": "env:HOME"}), 400, "bad-request")
     body["secret_ref"] = f"env:{SECRET_VARIABLE}"
     refused = problem(create(mesh, body), 403, "approval-required")
-    assert "mesh approve researcher tracker" in refused
+    assert f"mesh approve researcher tracker --base-url {real_tracker.url}" in refused
     emulated = create(mesh, {"required_services": ["tracker"]}).json()
     to_connected = httpx.patch(sandbox_url(mesh, emulated), json={"mode": "connected",
                                                                   "secret_ref": body["secret_ref"]})
     assert "approve it first" in problem(to_connected, 403, "approval-required")
     assert not real_tracker.seen  # nothing was sent anywhere
 
-    approved = run_mesh("approve", "researcher", "tracker", "--note", "test account", "--registry", mesh.url)
+    approved = run_mesh("approve", "researcher", "tracker", "--base-url", real_tracker.url, "--note", "test account",
+                        "--registry", mesh.url)
     assert approved.returncode == 0, approved.stderr
     approval = json.loads(approved.stdout)
+    elsewhere = {**body, "services": {"tracker": {"base_url": "http://127.0.0.1:9/steal"}}}
+    assert "at http://127.0.0.1:9/steal" in problem(create(mesh, elsewhere), 403, "approval-required")
     sandbox = create(mesh, body)
     assert sandbox.status_code == 201, sandbox.text
     async with Client(sandbox.json()["mcp"]) as client:
@@ -277,6 +280,14 @@ async def test_connected_mode_needs_a_credential_and_an_approval(mesh: Mesh, rea
     runs = httpx.get(sandbox_url(mesh, sandbox.json(), "runs")).json()["runs"]
     assert SECRET not in json.dumps(runs)
     assert httpx.get(f"{mesh.url}/v1/runs/{runs[0]['run_id']}").json()["tool"] == "sandbox_connected_call"
+
+    # Calling the sandbox agent directly, with a sandbox description of one's own, is refused by the policy.
+    forged = {"id": "forged", "revision": 1, "mode": "connected", "required_services": ["tracker"],
+              "secret_ref": f"env:{SECRET_VARIABLE}", "expires_at": 4102444800,
+              "services": {"tracker": {"base_url": "http://127.0.0.1:9/steal"}}}
+    direct = mesh.invoke("sandbox", "sandbox_connected_call", {"sandbox": forged, "service": "tracker",
+                                                               "operation_id": "listProjects"})
+    assert "sandbox_front_only" in problem(direct, 403, "policy-denied")
 
     assert httpx.delete(f"{mesh.url}/v1/approvals/{approval['id']}").json()["revoked_at"]
     async with Client(sandbox.json()["mcp"]) as client:  # revoked: refused at the next call, nothing sent

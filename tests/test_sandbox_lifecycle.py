@@ -168,3 +168,16 @@ def test_other_agents_approvals_and_unknown_ones(sandboxes: Sandboxes) -> None:
         sandboxes.revoke_approval(OPERATOR, "no-such-approval")
     assert kind(refused) == "unknown-approval"
 
+
+
+def test_an_approval_names_the_endpoint_the_credential_may_go_to(sandboxes: Sandboxes) -> None:
+    sandboxes.approve(OPERATOR, {"agent": "researcher", "service": "tracker", "base_url": "https://tracker.test/v2"})
+    body = {"required_services": ["tracker"], "mode": "connected", "secret_ref": SECRET_REF}
+    record = sandboxes.create(OPERATOR, "researcher", body)
+    endpoints = sandboxes.check_callable(record)
+    assert endpoints == {"tracker": "https://tracker.test/v2"}
+    assert sandboxes.ref(record, endpoints)["services"] == {"tracker": {"base_url": "https://tracker.test/v2"}}
+    with pytest.raises(Problem) as refused:
+        sandboxes.create(OPERATOR, "researcher", {**body, "services": {"tracker": {"base_url": "https://evil.test"}}})
+    assert kind(refused) == "approval-required"
+    assert "mesh approve researcher tracker --base-url https://evil.test" in refused.value.detail

@@ -348,6 +348,7 @@ class ApprovalRecord(Base):
     approved_by: Mapped[str] = mapped_column(SafeString)
     approved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     note: Mapped[str | None] = mapped_column(SafeText)
+    base_url: Mapped[str | None] = mapped_column(SafeString)  # the endpoint approved; None: the spec's server
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

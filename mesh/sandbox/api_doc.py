@@ -88,6 +88,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "approved_by": {"type": "string"},
             "approved_at": {"type": "string", "format": "date-time"},
             "note": _nullable("string"),
+            "base_url": _nullable("string", description="the endpoint approved; null: the spec's first server"),
             "revoked_at": _nullable("string", format="date-time"),
         },
         ["id", "agent", "service", "scope", "approved_by", "approved_at", "revoked_at"],
@@ -182,7 +183,9 @@ def sandbox_paths() -> dict[str, Any]:
                 "An operator approves an agent's connected sandboxes for a service",
                 _created(_responses(_ref("Approval"), "approved", *write, s403="the caller lacks registry:admin")),
                 body=_json_body(_object({"agent": {"type": "string"}, "service": {"type": "string"},
-                                         "scope": {"type": "string", "default": "sandbox:connected"},
+                                         "scope": {"const": "sandbox:connected"},
+                                         "base_url": {"type": "string", "description": "the real endpoint "
+                                                      "(default: the spec's first server)"},
                                          "note": {"type": "string"}}, ["agent", "service"])),
                 operation_id="approve"),
         },

@@ -30,9 +30,11 @@ def request(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
     return response.json()
 
 
-def approve(registry: str, agent: str, service: str, note: str | None) -> int:
-    """An operator approves ``agent``'s connected sandboxes for ``service``; prints the approval."""
-    body = {"agent": check_name(agent, "agent name"), "service": service, **({"note": note} if note else {})}
+def approve(registry: str, agent: str, service: str, note: str | None, base_url: str | None = None) -> int:
+    """An operator approves ``agent``'s connected sandboxes for ``service`` (at ``base_url``, else the spec's
+    server); prints the approval."""
+    body = {"agent": check_name(agent, "agent name"), "service": service, **({"note": note} if note else {}),
+            **({"base_url": base_url} if base_url else {})}
     print(json.dumps(request("POST", f"{registry}/v1/approvals", body), indent=2))
     return 0
 

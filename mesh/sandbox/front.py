@@ -4,13 +4,16 @@
 ``tools/call`` is carried like any call through the registry — ``proxy.carry`` via the agent front's
 ``carry`` (caller, the sandbox agent's pinned tool, schema, policy, forward, provenance, reputation) — to
 the ``sandbox`` agent's ``sandbox_call`` (or ``sandbox_connected_call``), with the sandbox's description
-as an argument. Each attempt, refused or answered, is then kept as a ``sandbox_runs`` row linked to the
-registry's run. A caller may label its attempts: ``_meta["io.mcpmesh/attempt"]`` on the request.
+as an argument. The caller is marked as coming through here (``FRONT_SCOPE``): the shipped policy refuses
+those tools to a direct call, whose sandbox description nobody checked. Each attempt, refused or
+answered, is then kept as a ``sandbox_runs`` row linked to the registry's run. A caller may label its
+attempts: ``_meta["io.mcpmesh/attempt"]`` on the request.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -22,6 +25,7 @@ from starlette.requests import Request
 
 from mesh.client import PROBLEM_META, RUN_META
 from mesh.registry import proxy, store
+from mesh.registry.auth import Caller
 from mesh.registry.gate import caller_of
 from mesh.registry.mcp_front import Front
 from mesh.registry.node import Registry
@@ -34,48 +38,65 @@ ATTEMPT_META = "io.mcpmesh/attempt"
 MAX_KEPT_ANSWER = 64_000  # characters of an answer kept in sandbox_runs; a longer one is kept as a digest note
 
 
+FRONT_SCOPE = "registry:sandbox-front"
+
+
+def through_front(caller: Caller) -> Caller:
+    """The caller as the sandbox front carries its calls: marked, so the policy can refuse the sandbox
+    agent's ``sandbox_*`` tools to anyone calling them directly (with a sandbox description of their own,
+    which nobody checked: ``registry/policies/sandbox.rego``)."""
+    return replace(caller, scopes=[*caller.scopes, FRONT_SCOPE])
+
+
+class _Carrier(Front):
+    """The agent face's ``carry`` (refusals, progress, a 2025-11-25 session's questions), for the marked caller."""
+
+    def _caller(self, ctx: ServerRequestContext[Any, Any]) -> Caller:
+        return through_front(super()._caller(ctx))
+
+
 class SandboxFront:
     """The MCP handlers of every sandbox's virtual server."""
 
     def __init__(self, registry: Registry, sandboxes: Sandboxes):
         self.registry = registry
         self.sandboxes = sandboxes
-        self.front = Front(registry, whole_mesh=False)  # its ``carry`` is the agent face's, refusals and all
+        self.front = _Carrier(registry, whole_mesh=False)
 
-    def _sandbox(self, ctx: ServerRequestContext[Any, Any]) -> store.SandboxRecord:
+    async def _sandbox(self, ctx: ServerRequestContext[Any, Any]) -> tuple[store.SandboxRecord, dict[str, MockAPI]]:
+        """The active sandbox this request is for, and its services' specs; a JSON-RPC error otherwise."""
         request = ctx.request if isinstance(ctx.request, Request) else None
         params = request.path_params if request is not None else {}
         try:
-            return self.sandboxes.active(params.get("name", ""), params.get("sandbox_id", ""))
+            record = await anyio.to_thread.run_sync(self.sandboxes.active, params.get("name", ""),
+                                                    params.get("sandbox_id", ""))
+            return record, {name: self.sandboxes.catalog.api(name) for name in record.required_services}
         except Problem as problem:
             raise MCPError(types.INVALID_PARAMS, str(problem), problem.to_json()) from problem
 
-    def _apis(self, record: store.SandboxRecord) -> dict[str, MockAPI]:
-        return {name: self.sandboxes.catalog.api(name) for name in record.required_services}
-
     async def list_tools(self, ctx: ServerRequestContext[Any, Any],
                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        record = self._sandbox(ctx)
-        tools = [tool for name, api in self._apis(record).items() for tool in operation_tools(api, name, record.mode)]
-        return types.ListToolsResult(tools=tools)
+        record, apis = await self._sandbox(ctx)
+        return types.ListToolsResult(tools=[tool for name, api in apis.items()
+                                            for tool in operation_tools(api, name, record.mode)])
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
-        record = self._sandbox(ctx)
-        found = find_operation(self._apis(record), params.name)
+        record, apis = await self._sandbox(ctx)
+        found = find_operation(apis, params.name)
         if found is None:
             return _error(f"sandbox {record.id} has no tool {params.name!r} (tools/list names them)")
         service, op = found
         try:
             arguments = split_arguments(op, params.arguments or {})
-            self.sandboxes.check_callable(record)
+            endpoints = await anyio.to_thread.run_sync(self.sandboxes.check_callable, record)
         except ValueError as exc:
             return _error(str(exc))
         except Problem as problem:
             return _error(str(problem), problem.to_json())
         tool = "sandbox_connected_call" if record.mode == "connected" else "sandbox_call"
         call = proxy.Call(SANDBOX_AGENT, tool, "tool",
-                          {"sandbox": self.sandboxes.ref(record), "service": service, "operation_id": op.operation_id,
-                           **arguments})
+                          {"sandbox": self.sandboxes.ref(record, endpoints), "service": service,
+                           "operation_id": op.operation_id, **arguments})
         result = await self.front.carry(ctx, call)
         meta = (ctx.params or {}).get("_meta") or {}
         attempt = meta.get(ATTEMPT_META) if isinstance(meta, dict) else None

@@ -10,7 +10,8 @@ seconds) keeps its row and its runs but answers no call.
 Connected mode is the one way out of the machine, so it asks for two things before it is allowed, at
 creation, at every change, and again at every call: the sandbox names its credential (``secret_ref``,
 ``env:MESH_SECRET_NAME``, read by the sandbox agent) and an operator approved each of its services for
-the agent (``mesh approve AGENT SERVICE``: an ``approvals`` row with scope ``sandbox:connected``).
+the agent at the endpoint it reaches (``mesh approve AGENT SERVICE [--base-url URL]``: an ``approvals``
+row with scope ``sandbox:connected``), so the credential goes nowhere the operator did not say.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from mesh.registry import store
 from mesh.registry.auth import Caller
@@ -91,7 +92,8 @@ class Sandboxes:
         self._check_services(request.required_services, request.services)
         now = self.clock()
         with self.registry.sessions.begin() as session:
-            self._check_connected(session, agent, request.mode, request.required_services, request.secret_ref)
+            self._check_connected(session, agent, request.mode, request.required_services, request.secret_ref,
+                                  request.services)
             record = store.SandboxRecord(
                 agent=agent, mode=request.mode, required_services=request.required_services,
                 services=_services_json(request.services), secret_ref=request.secret_ref,
@@ -136,7 +138,7 @@ class Sandboxes:
                 name: ServiceConfig.model_validate(config) for name, config in record.services.items()}
             secret_ref = patch.secret_ref if "secret_ref" in given else record.secret_ref
             self._check_services(required, services)
-            self._check_connected(session, agent, mode, required, secret_ref)
+            self._check_connected(session, agent, mode, required, secret_ref, services)
             changed = (required != record.required_services or mode != record.mode
                        or _services_json(services) != record.services)
             record.required_services, record.mode, record.services = list(required), mode, _services_json(services)
@@ -179,17 +181,25 @@ class Sandboxes:
         if record.status == "active" and record.expires_at <= self.clock():
             record.status, record.removed_at = "expired", self.clock()
 
-    def ref(self, record: store.SandboxRecord) -> dict[str, Any]:
-        """The sandbox as the sandbox agent needs it with each call (``SandboxRef``)."""
+    def ref(self, record: store.SandboxRecord, endpoints: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """The sandbox as the sandbox agent needs it with each call (``SandboxRef``); a connected sandbox's
+        services carry the endpoint their approval names (``endpoints``, from ``check_callable``)."""
+        services = {name: dict(config) for name, config in record.services.items()}
+        for name, url in (endpoints or {}).items():
+            if url is not None:
+                services.setdefault(name, {})["base_url"] = url
         return SandboxRef(id=record.id, revision=record.revision, mode=record.mode,  # type: ignore[arg-type]
-                          required_services=record.required_services, services=record.services,
+                          required_services=record.required_services, services=services,
                           secret_ref=record.secret_ref,
                           expires_at=record.expires_at.timestamp()).model_dump(mode="json", exclude_defaults=True)
 
-    def check_callable(self, record: store.SandboxRecord) -> None:
-        """Before every call: a connected sandbox still has its credential named and its approvals."""
+    def check_callable(self, record: store.SandboxRecord) -> dict[str, str | None]:
+        """Before every call: a connected sandbox still has its credential named and its approvals.
+        Returns each service's approved endpoint (None: the spec's server); {} for other modes."""
         with self.registry.sessions.begin() as session:
-            self._check_connected(session, record.agent, record.mode, record.required_services, record.secret_ref)
+            services = {name: ServiceConfig.model_validate(config) for name, config in record.services.items()}
+            return self._check_connected(session, record.agent, record.mode, record.required_services,
+                                         record.secret_ref, services)
 
     def _check_services(self, required: list[str], services: dict[str, ServiceConfig]) -> None:
         unknown = sorted(set(services) - set(required))
@@ -214,18 +224,28 @@ class Sandboxes:
                     raise Problem("bad-request", f"services.{name}.seed: {collection!r} is not a collection path "
                                                  "(e.g. '/pets')")
 
-    def _check_connected(self, session: Any, agent: str, mode: str, services: list[str],
-                         secret_ref: str | None) -> None:
+    def _check_connected(self, session: Any, agent: str, mode: str, required: list[str], secret_ref: str | None,
+                         services: dict[str, ServiceConfig]) -> dict[str, str | None]:
+        """For connected mode: the credential is named, and each service is approved for ``agent`` at the
+        endpoint the sandbox would reach (an approval names it, else the spec's own server). Returns each
+        service's approved endpoint."""
         if mode != "connected":
-            return
+            return {}
         if not secret_ref:
             raise Problem("bad-request", "a connected sandbox must name its credential: secret_ref "
                                          "env:MESH_SECRET_NAME (an environment variable of the sandbox agent)")
-        approved = {a.service for a in store.list_approvals(session, agent, scope=CONNECTED_SCOPE)}
-        missing = [name for name in services if name not in approved]
-        if missing:
-            raise Problem("approval-required", f"connected mode reaches the real {missing[0]!r}: an operator must "
-                                               f"approve it first (mesh approve {agent} {missing[0]})")
+        approvals = store.list_approvals(session, agent, scope=CONNECTED_SCOPE)
+        endpoints: dict[str, str | None] = {}
+        for name in required:
+            wanted = services[name].base_url if name in services else None
+            matching = [a for a in approvals if a.service == name and (wanted is None or a.base_url == wanted)]
+            if not matching:
+                where = f" at {wanted}" if wanted else ""
+                option = f" --base-url {wanted}" if wanted else ""
+                raise Problem("approval-required", f"connected mode reaches the real {name!r}{where}: an operator "
+                                                   f"must approve it first (mesh approve {agent} {name}{option})")
+            endpoints[name] = matching[0].base_url
+        return endpoints
 
     # -- runs ------------------------------------------------------------------------------------------
 
@@ -246,10 +266,12 @@ class Sandboxes:
         self.catalog.api(request.service)
         with self.registry.sessions.begin() as session:
             record = store.ApprovalRecord(agent=request.agent, service=request.service, scope=request.scope,
-                                          approved_by=caller.id, approved_at=self.clock(), note=request.note)
+                                          approved_by=caller.id, approved_at=self.clock(), note=request.note,
+                                          base_url=request.base_url)
             store.add_approval(session, record)
             store.audit(session, actor=caller.id, action="approve", subject=request.agent, outcome="done",
-                        detail=f"{request.scope} for {request.service}" + (f": {request.note}" if request.note else ""))
+                        detail=f"{request.scope} for {request.service} at {request.base_url or 'its spec server'}"
+                        + (f": {request.note}" if request.note else ""))
             return record
 
     def approvals(self, agent: str | None = None, *, revoked: bool = False) -> list[store.ApprovalRecord]:
@@ -269,14 +291,18 @@ class Sandboxes:
 
 
 class ApprovalRequest(BaseModel):
-    """The body of ``POST /v1/approvals``."""
+    """The body of ``POST /v1/approvals``: which agent may reach which service, where (``base_url``; the
+    spec's first server when absent) — a sandbox cannot send the credential anywhere else."""
 
     model_config = {"extra": "forbid"}
 
-    agent: str
-    service: str
-    scope: str = CONNECTED_SCOPE
-    note: str | None = None
+    agent: str = Field(max_length=64)
+    service: str = Field(max_length=200)
+    scope: Literal["sandbox:connected"] = CONNECTED_SCOPE
+    base_url: str | None = None
+    note: str | None = Field(None, max_length=2000)
+
+    _http_only = field_validator("base_url")(ServiceConfig._http_only.__func__)  # type: ignore[attr-defined]
 
 
 def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
@@ -319,5 +345,6 @@ def approval_json(record: store.ApprovalRecord) -> dict[str, Any]:
     return {
         "id": record.id, "agent": record.agent, "service": record.service, "scope": record.scope,
         "approved_by": record.approved_by, "approved_at": record.approved_at.isoformat(), "note": record.note,
+        "base_url": record.base_url,
         "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
     }

@@ -22,7 +22,7 @@ from mesh.registry import proxy
 from mesh.registry.gate import allowed, parse_json
 from mesh.registry.node import Registry
 from mesh.registry.problems import Problem
-from mesh.sandbox.front import SandboxFront
+from mesh.sandbox.front import SandboxFront, through_front
 from mesh.sandbox.lifecycle import (
     SANDBOX_AGENT,
     Sandboxes,
@@ -139,7 +139,7 @@ class SandboxRoutes:
         caller = allowed(self.registry, request, "read")
         record = await anyio.to_thread.run_sync(self.sandboxes.active, _agent(request),
                                                 request.path_params["sandbox_id"])
-        outcome = await proxy.invoke(self.registry, caller, SANDBOX_AGENT, "sandbox_state",
+        outcome = await proxy.invoke(self.registry, through_front(caller), SANDBOX_AGENT, "sandbox_state",
                                      {"sandbox": self.sandboxes.ref(record)}, trace_context=dict(request.headers))
         result = outcome.result
         if result.is_error or result.structured_content is None:

@@ -77,6 +77,7 @@ def upgrade() -> None:
         sa.Column("approved_by", sa.String(), nullable=False),
         sa.Column("approved_at", utc(), nullable=False),
         sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("base_url", sa.String(), nullable=True),
         sa.Column("revoked_at", utc(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_approvals")),
     )
