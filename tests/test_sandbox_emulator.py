@@ -181,3 +181,21 @@ def test_a_service_configuration_is_checked(host: SandboxHost) -> None:
         ServiceConfig.model_validate({"base_url": "file:///etc/passwd"})
     with pytest.raises(OpenAPIError, match="no spec 'nowhere'"):
         host.services(sandbox(names=("nowhere",)))
+
+
+def test_no_attempt_in_mock_or_emulated_mode_opens_a_socket(host: SandboxHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a sandbox service tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    for mode in ("mock", "emulated"):
+        ref = sandbox(mode=mode, services={"tracker": {"credentials": ["tok"], "base_url": "https://tracker.test"}})
+        service = host.service(ref, "tracker")
+        for operation in service.api.operations():
+            service.answer(operation.operation_id, {p.name: "prj_aaaaaaaa" for p in operation.parameters
+                                                    if p.location == "path"}, headers=TOKEN)
+        service.answer("createProject", body={"name": "Web", "key": "WEB"}, headers=TOKEN)
