@@ -7,6 +7,8 @@ How the parts fit:
   failure injection, credentials, pagination); ``connected`` the one path to a real endpoint
 - ``lifecycle``  the registry's records: create, change, reset, delete, expire; approvals
 - ``tools``, ``front``, ``routes`` the registry's faces: each sandbox as an MCP server, and ``/v1``
+  (``api_doc`` their OpenAPI description); ``commands`` ``mesh sandbox`` and ``mesh approve``
+- ``client``     ``SandboxClient``: all of the below from Python, as an agent (its token) or the local user
 
 The interface, for a learning loop or a script (everything goes through the registry; ``A`` is the
 agent the sandbox is for, ``REG`` the registry's URL):
@@ -23,6 +25,9 @@ agent the sandbox is for, ``REG`` the registry's URL):
    ``GET .../sandboxes/ID/runs`` (every attempt with its arguments, answer and registry ``run_id``).
 4. ``POST .../sandboxes/ID/reset`` starts again from the seed data (runs stay); ``PATCH`` changes it;
    ``DELETE`` removes it; a sandbox past its TTL is removed by the registry.
+
+An agent calling a sandbox needs scopes ``sandbox:call`` (and ``sandbox:read`` for the state) in
+``[grants]``; the local user holds them all. Connected mode also needs ``secret_ref`` and ``mesh approve``.
 
 ``docs/sandboxes.md`` says the same at length, with the connected mode and its approvals.
 """
