@@ -6,6 +6,7 @@ the top) and what to run while it serves (``running``: the MCP session manager a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,7 @@ from mesh.sandbox.lifecycle import (
     sandbox_run_json,
 )
 
+log = logging.getLogger(__name__)
 SWEEP_INTERVAL = 5.0  # seconds between expiry sweeps
 MAX_RUNS_PAGE = 1000
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -57,7 +59,9 @@ class SandboxRoutes:
         """Expired sandboxes are removed (marked expired; their runs stay) without anyone asking."""
         while True:
             await anyio.sleep(interval)
-            await anyio.to_thread.run_sync(self.sandboxes.expire_due)
+            expired = await anyio.to_thread.run_sync(self.sandboxes.expire_due)
+            if expired:
+                log.info("sandboxes expired: %s", ", ".join(expired))
 
     def mcp_routes(self) -> list[BaseRoute]:
         return [Route("/agents/{name}/sandboxes/{sandbox_id}/mcp", StreamableHTTPASGIApp(self.server.session_manager))]
