@@ -3,20 +3,26 @@
 At startup it loads every spec in the workspace's ``docs/openapi/`` (or the paths listed in
 ``[agents.sandbox] specs = [...]`` of ``registry/registry.toml``, relative to the workspace). Each spec
 becomes an API named after its file; calls are validated against the spec and answered with its
-examples or with deterministic generated data (see ``mesh.openapi_mock``).
+examples or with deterministic generated data (see ``mesh.sandbox.openapi_mock``).
+
+It also runs the services of the registry's sandboxes (``mesh.sandbox``): the registry sends the
+sandbox's description with every call (``sandbox_call``, ``sandbox_state``, ``sandbox_connected_call``),
+and this agent keeps each sandbox's emulated state in memory, per revision. Agents reach those tools
+through the registry's sandbox front (``/agents/NAME/sandboxes/ID/mcp``), not directly.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+import anyio
 from pydantic import BaseModel
 
 from mesh import Agent, AgentContext
-from mesh.openapi_mock import MockAPI
-
-SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+from mesh.sandbox import connected
+from mesh.sandbox.config import SandboxRef, workspace_specs
+from mesh.sandbox.emulator import SandboxHost
+from mesh.sandbox.openapi_mock import MockAPI
 
 agent = Agent(
     "sandbox",
@@ -26,6 +32,7 @@ agent = Agent(
 )
 
 _apis: dict[str, MockAPI] = {}
+_host = SandboxHost({})
 
 
 class ApiSummary(BaseModel):
@@ -46,24 +53,11 @@ class OperationSummary(BaseModel):
 @agent.on_startup
 def load_specs(ctx: AgentContext) -> None:
     """Load the specs once; a broken spec stops the agent with the file named, rather than hiding it."""
-    paths = _spec_paths(ctx.workspace, ctx.settings.get("specs"))
-    apis: dict[str, MockAPI] = {}
-    for path in paths:
-        api = MockAPI.from_file(path)
-        if api.name in apis:
-            raise ValueError(f"two specs would both be called {api.name!r}: rename one of them ({path})")
-        apis[api.name] = api
+    specs = workspace_specs(ctx.workspace, ctx.settings.get("specs"))
+    apis = {name: MockAPI.from_file(path) for name, path in specs.items()}
     _apis.clear()
     _apis.update(apis)
-
-
-def _spec_paths(workspace: Path, listed: Any) -> list[Path]:
-    if listed is None:
-        folder = workspace / "docs" / "openapi"
-        return sorted(p for p in folder.glob("*") if p.suffix.lower() in SPEC_SUFFIXES) if folder.is_dir() else []
-    if not isinstance(listed, list) or not all(isinstance(item, str) for item in listed):
-        raise ValueError("settings 'specs' must be a list of paths relative to the workspace")
-    return [workspace / item for item in listed]
+    _host.specs = specs
 
 
 def _api(name: str) -> MockAPI:
@@ -119,3 +113,56 @@ def call_operation(
     for the same call. Resources created with POST are remembered, so a later GET returns them.
     """
     return _api(api).call(operation_id, path_params, query, body).to_dict()
+
+
+# -- the registry's sandboxes ----------------------------------------------------------------------
+
+
+@agent.tool(read_only=False, destructive=False, idempotent=False, open_world=False, scopes=["sandbox:call"])
+async def sandbox_call(
+    sandbox: SandboxRef,
+    service: str,
+    operation_id: str,
+    path_params: dict[str, Any] | None = None,
+    query: dict[str, Any] | None = None,
+    body: dict[str, Any] | list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Call an operation of a sandbox's service (mock or emulated) and get {status, headers, body}.
+
+    Answers as the API would, errors included (401 without an accepted credential, 404 for what does not
+    exist, 422/400 naming a bad field, injected 429s); an emulated service remembers what was created,
+    changed and deleted until the sandbox is reset. Nothing leaves the machine.
+    """
+    if sandbox.mode == "connected":
+        raise ValueError("a connected sandbox is called through sandbox_connected_call")
+    target = _host.service(sandbox, service)
+    delay = target.latency(operation_id)
+    if delay:
+        await anyio.sleep(delay)
+    return target.answer(operation_id, path_params, query, body, headers).to_dict()
+
+
+@agent.tool(read_only=True, idempotent=True, open_world=False, scopes=["sandbox:read"])
+def sandbox_state(sandbox: SandboxRef) -> dict[str, Any]:
+    """What a sandbox's emulated services hold now: {service: {collection path: [records]}}."""
+    return _host.state(sandbox)
+
+
+@agent.tool(read_only=False, destructive=True, idempotent=False, open_world=True, scopes=["sandbox:connected"])
+async def sandbox_connected_call(
+    sandbox: SandboxRef,
+    service: str,
+    operation_id: str,
+    path_params: dict[str, Any] | None = None,
+    query: dict[str, Any] | None = None,
+    body: dict[str, Any] | list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Call an operation of a connected sandbox's service at its real endpoint, with the credential the
+    sandbox names (never returned); the arguments are checked against the spec first."""
+    if sandbox.mode != "connected":
+        raise ValueError(f"sandbox {sandbox.id} is {sandbox.mode}, not connected")
+    answer = await connected.send(_host.service(sandbox, service), sandbox.secret_ref, operation_id, path_params,
+                                  query, body, headers)
+    return answer.to_dict()

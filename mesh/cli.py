@@ -25,6 +25,7 @@ from mesh.keys import DEFAULT_OVERLAP_SECONDS, KID_PATTERN, KeyProblem, KeyRing,
 from mesh.manifest import ManifestProblem
 from mesh.names import NameProblem, check_name
 from mesh.registry.policy import PolicyError
+from mesh.sandbox.commands import CommandProblem
 from mesh.signing import (
     SigningProblem,
     code_differences,
@@ -41,7 +42,7 @@ class RegistryProblem(Exception):
 
 
 USER_ERRORS = (WorkspaceProblem, SigningProblem, ManifestProblem, KeyProblem, PolicyError, NameProblem,
-               RegistryProblem)
+               RegistryProblem, CommandProblem)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -328,6 +329,27 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return print_runs(registry_url(args), args.limit, args.agent, log=None if args.both_logs else "caller")
 
 
+@command("approve")
+def cmd_approve(args: argparse.Namespace) -> int:
+    from mesh.sandbox import commands
+
+    return commands.approve(registry_url(args), args.agent, args.service, args.note, args.base_url)
+
+
+@command("sandbox")
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from mesh.sandbox import commands
+
+    url = registry_url(args)
+    if args.sandbox_command == "create":
+        return commands.create(url, args.agent, args.services, args.mode, args.ttl, args.config)
+    if args.sandbox_command in ("show", "reset", "rm"):
+        method, action = {"show": ("GET", ""), "reset": ("POST", "/reset"), "rm": ("DELETE", "")}[
+            args.sandbox_command]
+        return commands.show(url, method, args.agent, args.sandbox_id, action)
+    return commands.listing(url, args.agent, args.removed)
+
+
 # -- argument parsing ---------------------------------------------------------------------------------
 
 
@@ -424,6 +446,28 @@ def parser() -> argparse.ArgumentParser:
     verify = runs_sub.add_parser("verify", parents=[late_client],
                                  help="check a run's provenance against the registry's published key")
     verify.add_argument("run_id", metavar="ID", help="the run's id, or its first 8 characters or more")
+
+    p = sub.add_parser("approve", parents=[client], help="operator: let AGENT's connected sandboxes reach SERVICE")
+    p.add_argument("agent", metavar="AGENT")
+    p.add_argument("service", metavar="SERVICE", help="an OpenAPI spec of the workspace, by name")
+    p.add_argument("--base-url", default=None, help="the real endpoint it may reach (default: the spec's server)")
+    p.add_argument("--note", default=None, help="why, kept with the approval and in the audit log")
+    sandbox = sub.add_parser("sandbox", help="list, create, show, reset or remove sandboxes")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    p = sandbox_sub.add_parser("ls", parents=[client], help="active sandboxes (--removed: expired, deleted too)")
+    p.add_argument("--agent", default=None, help="only this agent's")
+    p.add_argument("--removed", action="store_true")
+    p = sandbox_sub.add_parser("create", parents=[client], help="a sandbox for AGENT with the named services")
+    p.add_argument("agent", metavar="AGENT")
+    p.add_argument("services", nargs="+", metavar="SERVICE")
+    p.add_argument("--mode", choices=["mock", "emulated", "connected"], default="emulated")
+    p.add_argument("--ttl", type=int, default=3600, help="seconds it lives (default 3600)")
+    p.add_argument("--config", default=None, help="a JSON file with the rest of the body (services, secret_ref)")
+    for name, text in (("show", "one sandbox"), ("reset", "start its services again from their seed data"),
+                       ("rm", "remove it (its runs stay)")):
+        p = sandbox_sub.add_parser(name, parents=[client], help=text)
+        p.add_argument("agent", metavar="AGENT")
+        p.add_argument("sandbox_id", metavar="ID")
     return top
 
 

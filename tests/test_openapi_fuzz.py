@@ -35,10 +35,10 @@ CHECKS = [
     schemathesis.checks.response_headers_conformance,
 ]
 # A 5xx is a server error, except the gateway statuses by which the registry relays a target agent's
-# failure (502 unreachable or wrong answer, 504 too slow) on the three routes that call an agent.
+# failure (502 unreachable or wrong answer, 504 too slow) on the four routes that call an agent.
 GATEWAY = ["2xx", "3xx", "4xx", "502", "504"]
 CONFIG = schemathesis.Config.from_dict({"operations": [{
-    "include-operation-id": ["invoke", "register", "recheckAgent"],
+    "include-operation-id": ["invoke", "register", "recheckAgent", "getSandboxState"],
     "checks": {"not_a_server_error": {"expected-statuses": GATEWAY}},
 }]})
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
@@ -94,6 +94,15 @@ class Known:
         if path == "/v1/runs/{run_id}":
             return st.fixed_dictionaries({"path_parameters": st.fixed_dictionaries(
                 {"run_id": st.sampled_from(self.run_ids)})})
+        if path == "/v1/agents/{name}/sandboxes" and method == "POST":
+            # Real services, so that modes, TTLs and configurations are judged, not just the spec names.
+            body = st.fixed_dictionaries(
+                {"required_services": st.lists(st.sampled_from(["petstore", "tracker"]), min_size=1, max_size=2,
+                                               unique=True)},
+                optional={"mode": st.sampled_from(["mock", "emulated", "connected", "live"]),
+                          "ttl_seconds": st.integers(), "services": JSON_OBJECTS, "secret_ref": st.text(),
+                          "description": st.text()})
+            return st.fixed_dictionaries({"path_parameters": st.just({"name": "echo"}), "body": body})
         if "{name}" in path:
             return st.just({"path_parameters": {"name": "echo"}})
         return None
@@ -130,7 +139,10 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
     assert set(document["paths"]) == {
         "/healthz", "/.well-known/jwks.json", "/v1/openapi.json", "/v1/agents", "/v1/agents/{name}",
         "/v1/agents/{name}/recheck", "/v1/agents/{name}/revocations", "/v1/agents/{name}/keys/{kid}/revoke",
-        "/v1/discover", "/v1/invoke", "/v1/runs", "/v1/runs/{run_id}"}
+        "/v1/discover", "/v1/invoke", "/v1/runs", "/v1/runs/{run_id}", "/v1/agents/{name}/sandboxes",
+        "/v1/agents/{name}/sandboxes/{sandbox_id}", "/v1/agents/{name}/sandboxes/{sandbox_id}/reset",
+        "/v1/agents/{name}/sandboxes/{sandbox_id}/runs", "/v1/agents/{name}/sandboxes/{sandbox_id}/state",
+        "/v1/sandboxes", "/v1/approvals", "/v1/approvals/{approval_id}"}
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
     assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "504"}
@@ -157,7 +169,8 @@ IDS = [f"{method} {path}" for path, method in OPERATIONS]
 def test_only_the_routes_that_call_an_agent_may_answer_a_gateway_error(api: schemathesis.BaseSchema):
     for path, method in OPERATIONS:
         allowed = api.config.checks_config_for(operation=api[path][method]).not_a_server_error.expected_statuses
-        calls_an_agent = {("POST", "/v1/invoke"), ("POST", "/v1/agents"), ("POST", "/v1/agents/{name}/recheck")}
+        calls_an_agent = {("POST", "/v1/invoke"), ("POST", "/v1/agents"), ("POST", "/v1/agents/{name}/recheck"),
+                          ("GET", "/v1/agents/{name}/sandboxes/{sandbox_id}/state")}
         assert ("502" in allowed) == ((method, path) in calls_an_agent), path
 
 

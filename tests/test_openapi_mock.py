@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from mesh.openapi_mock import MockAPI, OpenAPIError
+from mesh.sandbox.openapi_mock import MockAPI, OpenAPIError
 
 ROOT = Path(__file__).resolve().parents[1]
 PETSTORE = ROOT / "docs" / "openapi" / "petstore.yaml"
@@ -374,13 +374,18 @@ async def _start_sandbox(workspace: Path, settings: dict[str, Any]) -> Any:
 
 def test_sandbox_tools_declare_their_annotations_and_scopes() -> None:
     tools = _sandbox_tools()
-    assert sorted(tools) == ["call_operation", "describe_operation", "list_apis", "list_operations"]
-    for name in ("list_apis", "list_operations", "describe_operation"):
+    assert sorted(tools) == ["call_operation", "describe_operation", "list_apis", "list_operations", "sandbox_call",
+                             "sandbox_connected_call", "sandbox_state"]
+    for name in ("list_apis", "list_operations", "describe_operation", "sandbox_state"):
         assert tools[name].annotations.read_only_hint is True
         assert tools[name].scopes == ("sandbox:read",)
     call = tools["call_operation"].annotations
     assert (call.read_only_hint, call.idempotent_hint, call.open_world_hint) == (False, False, False)
     assert tools["call_operation"].scopes == ("sandbox:call",)
+    assert tools["sandbox_call"].scopes == ("sandbox:call",)
+    assert tools["sandbox_call"].annotations.destructive_hint is False
+    connected = tools["sandbox_connected_call"].annotations  # leaves the machine: the policy must allow it
+    assert (connected.destructive_hint, connected.open_world_hint) == (True, True)
 
 
 async def test_sandbox_serves_the_workspace_specs_over_mcp() -> None:
@@ -389,7 +394,7 @@ async def test_sandbox_serves_the_workspace_specs_over_mcp() -> None:
     agent = await _start_sandbox(ROOT, {})
     async with Client(agent.build_server()) as client:
         apis = await client.call_tool("list_apis", {})
-        assert [api["name"] for api in apis.structured_content["result"]] == ["petstore"]
+        assert [api["name"] for api in apis.structured_content["result"]] == ["petstore", "tracker"]
         created = await client.call_tool(
             "call_operation",
             {"api": "petstore", "operation_id": "createPet", "body": {"name": "Rex", "species": "dog"}},

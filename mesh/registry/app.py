@@ -34,6 +34,7 @@ from mesh.registry.mcp_front import Front
 from mesh.registry.node import Registry, run_json
 from mesh.registry.openapi import openapi_document
 from mesh.registry.problems import Problem
+from mesh.sandbox.routes import SandboxRoutes
 
 log = logging.getLogger(__name__)
 MAX_RUNS_PAGE = 1000
@@ -88,6 +89,7 @@ def build_app(registry: Registry) -> Starlette:
     agent_mcp = Front(registry, whole_mesh=False).server()
     agent_mcp.streamable_http_app(json_response=False, host=registry.config.host, transport_security=unchecked)
     agent_mcp_app = StreamableHTTPASGIApp(agent_mcp.session_manager)
+    sandboxes = SandboxRoutes(registry)  # /v1/agents/{name}/sandboxes..., /v1/approvals, each sandbox's MCP
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools)})
@@ -276,7 +278,7 @@ def build_app(registry: Registry) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette):
         async with (anyio.create_task_group() as group, mesh_mcp.session_manager.run(),
-                    agent_mcp.session_manager.run()):
+                    agent_mcp.session_manager.run(), sandboxes.running()):
             registry.forwarder = Forwarder()
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
@@ -322,10 +324,12 @@ def build_app(registry: Registry) -> Starlette:
             Route("/invoke", problem_json(invoke), methods=["POST"]),
             Route("/runs", problem_json(runs), methods=["GET"]),
             Route("/runs/{run_id}", problem_json(run), methods=["GET"]),
+            *sandboxes.api_routes(),
         ]),
         # One agent through the registry, as a virtual server, with the keys to check what it lists.
         Route("/agents/{name}/mcp", agent_mcp_app),
         Route("/agents/{name}/jwks.json", problem_json(agent_jwks), methods=["GET"]),
+        *sandboxes.mcp_routes(),  # /agents/{name}/sandboxes/{id}/mcp
         *a2a_front.routes(registry),  # /agents/{name}/a2a and its card
         Mount("/", app=mcp_app),
     ]

@@ -146,7 +146,8 @@ class Forbidden(Exception):
 
 
 def authorize(caller: Caller, action: str, agent: str | None = None) -> None:
-    """May ``caller`` do ``action`` (``read``, ``invoke``, ``recheck``, ``admin``)? Raises AuthProblem for a
+    """May ``caller`` do ``action`` (``read``, ``invoke``, ``recheck``, ``admin``, ``sandbox`` — create, change,
+    reset or delete ``agent``'s sandboxes —, ``approve``)? Raises AuthProblem for a
     caller nobody vouched for, Forbidden for one that lacks the right. Roles per tenant slot in here."""
     if caller.kind == "anonymous":
         raise AuthProblem("this route needs a caller: an agent's bearer token, or the local user on loopback")
@@ -155,5 +156,9 @@ def authorize(caller: Caller, action: str, agent: str | None = None) -> None:
     if action == "recheck" and (caller.is_admin or (agent is not None and caller.agent == agent)):
         return
     if action == "admin" and caller.is_admin:
+        return
+    if action == "sandbox" and (caller.is_admin or (agent is not None and caller.agent == agent)):
+        return  # an agent manages its own sandboxes; an operator anyone's
+    if action == "approve" and caller.is_admin:
         return
     raise Forbidden(f"{caller.id} may not {action}{f' {agent}' if agent else ''}: it needs scope 'registry:admin'")

@@ -398,6 +398,9 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                                "the run's id, or a unique prefix of 8 or more characters")],
             operation_id="getRun")},
     }
+    from mesh.sandbox import api_doc  # its routes, written beside them; it builds on the helpers above
+
+    paths |= api_doc.sandbox_paths()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -409,7 +412,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": SCHEMAS | api_doc.SCHEMAS,
             "securitySchemes": {
                 "agentToken": {
                     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",

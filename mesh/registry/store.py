@@ -278,6 +278,80 @@ class AuditRecord(Base):
     remote: Mapped[str | None] = mapped_column(SafeString)  # the client address
 
 
+class SandboxRecord(Base):
+    """A sandbox an agent practises in: which services (OpenAPI specs of the workspace), how they answer
+    (``mode``: mock, emulated or connected), their per-service configuration, and until when it lives.
+
+    ``revision`` grows on every reset or change of what the services are: the sandbox agent keeps the
+    emulated state per revision, so a new revision starts from the seed data. A removed sandbox (expired
+    or deleted) keeps its row, so its runs still name it; ``status`` says which."""
+
+    __tablename__ = "sandboxes"
+    __table_args__ = (
+        CheckConstraint("mode IN ('mock', 'emulated', 'connected')", name="mode"),
+        CheckConstraint("status IN ('active', 'expired', 'deleted')", name="status"),
+        Index("ix_sandboxes_agent_status", "agent", "status"),
+        Index("ix_sandboxes_status_expires_at", "status", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    agent: Mapped[str] = mapped_column(SafeString)  # the agent it is for
+    mode: Mapped[str] = mapped_column(SafeString)
+    required_services: Mapped[list[str]] = mapped_column(JSON)
+    services: Mapped[dict[str, Any]] = mapped_column(JSON)  # service -> its configuration
+    secret_ref: Mapped[str | None] = mapped_column(SafeString)  # where a connected sandbox's credential is
+    description: Mapped[str] = mapped_column(SafeText, default="")
+    ttl_seconds: Mapped[int]
+    revision: Mapped[int] = mapped_column(default=1)
+    status: Mapped[str] = mapped_column(SafeString, default="active")
+    created_by: Mapped[str] = mapped_column(SafeString)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SandboxRunRecord(Base):
+    """One attempt at a sandbox's tool: what was asked, what the service answered, and the registry run
+    that carried it (``run_id``: its provenance is there). Kept through resets and after removal."""
+
+    __tablename__ = "sandbox_runs"
+    __table_args__ = (Index("ix_sandbox_runs_sandbox_id_id", "sandbox_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id"))
+    revision: Mapped[int]
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), index=True)  # None: refused before a run
+    caller: Mapped[str] = mapped_column(SafeString)
+    service: Mapped[str] = mapped_column(SafeString)
+    operation_id: Mapped[str] = mapped_column(SafeString)
+    attempt: Mapped[str | None] = mapped_column(SafeString)  # the caller's label for a try (``_meta``)
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(SafeString)  # the run's: "ok", "error", "denied", ...
+    http_status: Mapped[int | None]  # what the service answered, when it did
+    answer: Mapped[Any | None] = mapped_column(NullableJSON)  # {status, headers, body}
+    error: Mapped[str | None] = mapped_column(SafeText)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApprovalRecord(Base):
+    """An operator's yes to something that leaves the machine: for now, an agent's sandbox calling a
+    service's real endpoint (``scope`` "sandbox:connected"). Revoking keeps the record."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_agent_service", "agent", "service"),)
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    agent: Mapped[str] = mapped_column(SafeString)
+    service: Mapped[str] = mapped_column(SafeString)
+    scope: Mapped[str] = mapped_column(SafeString)
+    approved_by: Mapped[str] = mapped_column(SafeString)
+    approved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    note: Mapped[str | None] = mapped_column(SafeText)
+    base_url: Mapped[str | None] = mapped_column(SafeString)  # the endpoint approved; None: the spec's server
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 # --- engines and schema -------------------------------------------------------------------------
 
 
@@ -640,6 +714,79 @@ def list_audit(session: Session, *, subject: str | None = None, limit: int = 100
     query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
     if subject is not None:
         query = query.where(AuditRecord.subject == subject)
+    return list(session.scalars(query))
+
+
+# --- sandboxes and approvals --------------------------------------------------------------------
+
+
+def add_sandbox(session: Session, record: SandboxRecord) -> SandboxRecord:
+    session.add(record)
+    session.flush()
+    return record
+
+
+def get_sandbox(session: Session, sandbox_id: str) -> SandboxRecord | None:
+    return session.get(SandboxRecord, sandbox_id)
+
+
+def list_sandboxes(session: Session, agent: str | None = None, *, removed: bool = False) -> list[SandboxRecord]:
+    """Sandboxes, newest first; only the active ones unless ``removed``."""
+    query = select(SandboxRecord).order_by(SandboxRecord.created_at.desc(), SandboxRecord.id)
+    if agent is not None:
+        query = query.where(SandboxRecord.agent == agent)
+    if not removed:
+        query = query.where(SandboxRecord.status == "active")
+    return list(session.scalars(query))
+
+
+def expire_sandboxes(session: Session, now: datetime) -> list[str]:
+    """Mark every active sandbox whose time is up as expired; returns their ids."""
+    due = list(session.scalars(select(SandboxRecord).where(SandboxRecord.status == "active",
+                                                           SandboxRecord.expires_at <= now)))
+    for record in due:
+        record.status = "expired"
+        record.removed_at = now
+    return [record.id for record in due]
+
+
+def record_sandbox_run(session: Session, run: SandboxRunRecord) -> SandboxRunRecord:
+    session.add(run)
+    session.flush()
+    return run
+
+
+def list_sandbox_runs(session: Session, sandbox_id: str, *, limit: int = 100,
+                      after: int | None = None) -> list[SandboxRunRecord]:
+    """A sandbox's attempts in the order they were made (all revisions); ``after`` an id, a page at a time."""
+    query = select(SandboxRunRecord).where(SandboxRunRecord.sandbox_id == sandbox_id)
+    if after is not None:
+        query = query.where(SandboxRunRecord.id > after)
+    return list(session.scalars(query.order_by(SandboxRunRecord.id).limit(limit)))
+
+
+def add_approval(session: Session, record: ApprovalRecord) -> ApprovalRecord:
+    session.add(record)
+    session.flush()
+    return record
+
+
+def get_approval(session: Session, approval_id: str) -> ApprovalRecord | None:
+    return session.get(ApprovalRecord, approval_id)
+
+
+def list_approvals(session: Session, agent: str | None = None, *, service: str | None = None,
+                   scope: str | None = None, revoked: bool = False) -> list[ApprovalRecord]:
+    """Approvals, oldest first; only standing ones unless ``revoked``."""
+    query = select(ApprovalRecord).order_by(ApprovalRecord.approved_at, ApprovalRecord.id)
+    if agent is not None:
+        query = query.where(ApprovalRecord.agent == agent)
+    if service is not None:
+        query = query.where(ApprovalRecord.service == service)
+    if scope is not None:
+        query = query.where(ApprovalRecord.scope == scope)
+    if not revoked:
+        query = query.where(ApprovalRecord.revoked_at.is_(None))
     return list(session.scalars(query))
 
 

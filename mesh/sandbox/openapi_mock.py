@@ -88,6 +88,9 @@ class Operation:
     body_content_type: str | None
     responses: dict[str, dict[str, Any]]
     deprecated: bool = False
+    # Security requirements, the operation's own or else the document's: alternatives, each naming the
+    # schemes that must all be satisfied; an empty alternative makes credentials optional.
+    security: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ class MockAPI:
             body_content_type=content_type,
             responses=responses,
             deprecated=bool(raw.get("deprecated")),
+            security=_requirements(raw.get("security", self.doc.data.get("security"))),
         )
 
     def operations(self) -> list[Operation]:
@@ -921,6 +925,12 @@ def _field(where: str, path: Iterable[Any]) -> str:
 def _seeded(*parts: Any) -> random.Random:
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _requirements(security: Any) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(security, list):
+        return ()
+    return tuple(tuple(alternative) for alternative in security if isinstance(alternative, dict))
 
 
 def _derived_id(method: str, path: str) -> str:
