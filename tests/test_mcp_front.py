@@ -384,25 +384,24 @@ async def test_resource_updates_reach_a_subscribed_session(mesh: Mesh):
     assert updates == ["test://static-text"]
 
 
+async def first_event(subscription: object, seen: list[object]) -> None:
+    async for event in subscription:
+        seen.append(event)
+        return
+
+
 async def test_resource_updates_reach_a_listening_stream(mesh: Mesh):
-    for url in (f"{mesh.url}/agents/asker/mcp", f"{mesh.url}/mcp"):
-        async with Client(url, mode="2026-07-28") as client:
-            async with client.listen(resource_subscriptions=["test://static-text"]) as subscription:
-                seen: list[object] = []
-
-                async def read() -> None:
-                    async for event in subscription:
-                        seen.append(event)
-                        return
-
-                async with anyio.create_task_group() as group:
-                    group.start_soon(read)
-                    with anyio.fail_after(10):
-                        while not seen:  # the registry's own watch on the agent opens a moment after the ack
-                            await client.call_tool("touch" if url.endswith("asker/mcp") else "asker__touch",
-                                                   {"uri": "test://static-text"})
-                            await anyio.sleep(0.2)
-            assert seen[0] == ResourceUpdated(uri="test://static-text"), url
+    for url, touch in ((f"{mesh.url}/agents/asker/mcp", "touch"), (f"{mesh.url}/mcp", "asker__touch")):
+        seen: list[object] = []
+        async with Client(url, mode="2026-07-28") as client, \
+                client.listen(resource_subscriptions=["test://static-text"]) as subscription, \
+                anyio.create_task_group() as group:
+            group.start_soon(first_event, subscription, seen)
+            with anyio.fail_after(10):
+                while not seen:  # the registry's own watch on the agent opens a moment after the ack
+                    await client.call_tool(touch, {"uri": "test://static-text"})
+                    await anyio.sleep(0.2)
+        assert seen[0] == ResourceUpdated(uri="test://static-text"), url
 
 
 async def test_list_changes_reach_sessions_and_listening_streams(mesh: Mesh):
@@ -417,20 +416,19 @@ async def test_list_changes_reach_sessions_and_listening_streams(mesh: Mesh):
     async with Client(f"{mesh.url}/mcp", mode="legacy", message_handler=on_message) as legacy, \
             Client(f"{mesh.url}/mcp", mode="2026-07-28") as modern:
         await legacy.list_tools()  # the face now knows the session
-        async with modern.listen(tools_list_changed=True) as subscription:
-            async with anyio.create_task_group() as group:
+        async with modern.listen(tools_list_changed=True) as subscription, anyio.create_task_group() as group:
 
-                async def read() -> None:
-                    async for event in subscription:
-                        if isinstance(event, ToolsListChanged):
-                            heard.append("stream")
-                            return
+            async def read() -> None:
+                async for event in subscription:
+                    if isinstance(event, ToolsListChanged):
+                        heard.append("stream")
+                        return
 
-                group.start_soon(read)
-                kid = httpx.get(f"{mesh.url}/agents/relay/jwks.json").json()["keys"][0]["kid"]
-                revoked = httpx.post(f"{mesh.url}/v1/agents/relay/keys/{kid}/revoke", json={"reason": "test"})
-                assert revoked.status_code < 300, revoked.text
-                with anyio.fail_after(10):
-                    while sorted(set(heard)) != ["session", "stream"]:
-                        await anyio.sleep(0.05)
+            group.start_soon(read)
+            kid = httpx.get(f"{mesh.url}/agents/relay/jwks.json").json()["keys"][0]["kid"]
+            revoked = httpx.post(f"{mesh.url}/v1/agents/relay/keys/{kid}/revoke", json={"reason": "test"})
+            assert revoked.status_code < 300, revoked.text
+            with anyio.fail_after(10):
+                while sorted(set(heard)) != ["session", "stream"]:
+                    await anyio.sleep(0.05)
         assert not [tool for tool in (await legacy.list_tools()).tools if tool.name.startswith("relay__")]
