@@ -92,13 +92,14 @@ class ContextBudgeter:
         kinds: Sequence[str] | None = None,
         fields: Fields = None,
         k: int = 50,
-        min_score: float = 0.0,
+        min_score: float | None = None,
         where: Callable[[Record], bool] | None = None,
     ) -> Context:
         """Context for ``task``: the relevant records of ``kinds``, projected onto ``fields``, within the budget.
 
         ``fields`` is a list of field paths for every kind, or a mapping from kind to field paths;
-        a kind it does not name is projected onto its ``DEFAULT_FIELDS``.
+        a kind it does not name is projected onto its ``DEFAULT_FIELDS``. ``min_score`` (cosine
+        similarity, -1 to 1) drops weak matches; without it the ``k`` nearest compete for the budget.
         """
         if budget_tokens < 0:
             raise ValueError("budget_tokens must not be negative")
@@ -113,7 +114,7 @@ class ContextBudgeter:
         paths: Mapping[str, Sequence[str]],
         *,
         budget_tokens: int,
-        min_score: float = 0.0,
+        min_score: float | None = None,
         where: Callable[[Record], bool] | None = None,
     ) -> Context:
         """The packing step of ``build``, for hits a caller already has (best first)."""
@@ -132,7 +133,7 @@ class ContextBudgeter:
             projected, dropped = project(data, paths[hit.kind])
             block = render(title, projected)
             tokens = self.counter.count(block)
-            if hit.score < min_score:
+            if min_score is not None and hit.score < min_score:
                 left_out.append(LeftOut(hit.id, hit.kind, hit.score, "min_score", tokens))
                 continue
             if where is not None and not where(record):
