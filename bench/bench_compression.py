@@ -14,9 +14,11 @@ handful of agents and tools, recurring errors).
 2. Tokens (o200k_base) of what a prompt would carry: JSON, the compact rendering of the whole record,
    the rendering projected onto the kind's default fields, and — for contrast — the compressed frame
    as base64, the only way bytes could enter a prompt.
-3. Retrieval at 10k and 100k records: ``RecordStore.search`` (embed the task, Faiss, merge kinds) and
+3. (within 2) Learning sessions of about 500 tokens, projected; briefs against their blueprint's role.
+4. One task's whole context, the 20 nearest records: as JSON, and as the budgeter renders them.
+5. How many optimization examples fit in 20,000 tokens, as JSON and through the budgeter.
+6. Retrieval at 10k and 100k records: ``RecordStore.search`` (embed the task, Faiss, merge kinds) and
    ``ContextBudgeter.build`` (that, plus decoding, projecting, rendering and counting k=50 records).
-4. How many optimization examples fit in 20,000 tokens, as JSON and through the budgeter.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import zstandard
 
 from mesh import embedding
 from mesh.knowledge import (
+    KINDS,
     AgentDefinition,
     Attempt,
     Blueprint,
@@ -339,7 +342,7 @@ def percentiles(samples: list[float]) -> str:
 
 
 def bench_retrieval(generator: Generator, sizes: list[int]) -> None:
-    print(f"3. Retrieval ({QUERIES} single queries, mixed kinds, wordllama 256-d + Faiss; HNSW above 20k a kind)")
+    print(f"6. Retrieval ({QUERIES} single queries, mixed kinds, wordllama 256-d + Faiss; HNSW above 20k a kind)")
     embedding.embed(["warm up"])
     counter = default_counter()
     for n in sizes:
@@ -383,14 +386,44 @@ def bench_retrieval(generator: Generator, sizes: list[int]) -> None:
             f" (vector 1,024 B of it)"
         )
         print(
-            f"    search k=10          {percentiles(search_s)}  the source record in the top 10: {found / QUERIES:.2f}"
+            f"    search k=10          {percentiles(search_s)}  a record holding the task's text"
+            f" ranked first {first / QUERIES:.2f}, in the top 10 {found / QUERIES:.2f}"
         )
         print(f"    build 2,000 tokens   {percentiles(build_s)}  (k=50: decode, project, render, count)")
 
 
+def bench_context(generator: Generator) -> None:
+    """A whole prompt context: the 20 records nearest a task, as JSON and as the budgeter renders them."""
+    counter = default_counter()
+    records = generator.mixed(2000)
+    print(f"4. One task's context: the 20 nearest of 2,000 mixed records ({counter.name}, mean of 50 tasks)")
+    with tempfile.TemporaryDirectory() as folder:
+        store = RecordStore.open(folder)
+        store.put_many(records)
+        budgeter = ContextBudgeter(store, counter=counter)
+        rows: dict[str, list[int]] = {"indented JSON": [], "compact JSON": [], "budgeter, all fields": []}
+        rows["budgeter, default fields"] = []
+        everything = {kind: list(type_.model_fields) for kind, type_ in KINDS.items()}
+        for record in records[:50]:
+            task = record.search_text()[:200]
+            hits = store.search(task, k=20)
+            found = store.get_many([hit.id for hit in hits])
+            rows["indented JSON"].append(
+                counter.count("\n".join(json.dumps(dump_record(found[h.id]), indent=2) for h in hits))
+            )
+            rows["compact JSON"].append(counter.count("\n".join(compact_json(found[h.id]).decode() for h in hits)))
+            full = budgeter.build(task, fields=everything, budget_tokens=10**6, k=20)
+            rows["budgeter, all fields"].append(full.used_tokens)
+            rows["budgeter, default fields"].append(budgeter.build(task, budget_tokens=10**6, k=20).used_tokens)
+        store.close()
+    before = statistics.mean(rows["indented JSON"])
+    for label, counts in rows.items():
+        print(f"    {label:<26} {statistics.mean(counts):6.0f} tokens  {before / statistics.mean(counts):4.2f}x fewer")
+
+
 def bench_demos(generator: Generator) -> None:
     counter = default_counter()
-    print(f"4. Optimization examples in {BUDGET:,} tokens ({counter.name})")
+    print(f"5. Optimization examples in {BUDGET:,} tokens ({counter.name})")
     examples = [generator.optimization_example() for _ in range(3000)]
     with tempfile.TemporaryDirectory() as folder:
         store = RecordStore.open(folder)
@@ -430,6 +463,7 @@ def main(argv: list[str]) -> None:
     generator = Generator(sentences)
     bench_bytes(generator)
     bench_tokens(generator)
+    bench_context(generator)
     bench_demos(generator)
     bench_retrieval(generator, sizes)
 
