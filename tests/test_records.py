@@ -330,3 +330,49 @@ def test_records_refuse_values_msgpack_or_json_would_change():
         LearningSession(agent="a", skill="s", score_before=float("nan"))
     with pytest.raises(ValueError):
         OptimizationExample(program="p", inputs={"x": float("inf")}, outputs={})
+
+
+# -- the store's vectors ----------------------------------------------------------------------------
+
+
+def test_vectors_survive_a_restart_and_a_new_model_re_embeds(tmp_path):
+    path = tmp_path / "r.sqlite3"
+    sessions = varied_sessions(20, seed=6)
+    store = store_at(path)
+    ids = store.put_many(sessions)
+    before = store.search(sessions[3].search_text(), k=1)
+    store.close()
+
+    calls: list[int] = []
+
+    def counting_embed(texts):
+        calls.append(len(texts))
+        return fake_embed(texts)
+
+    same = RecordStore(path, embed=counting_embed, dimension=16, model_name="fake-16")
+    assert calls == [] and same.search_vector(fake_embed([sessions[3].search_text()])[0], k=1) == before
+    same.close()
+    changed = RecordStore(path, embed=counting_embed, dimension=16, model_name="fake-16-v2")
+    assert calls == [len(ids)]  # every record embedded again, once
+    assert changed.search(sessions[3].search_text(), k=1)[0].id == ids[3]
+    changed.close()
+
+
+def test_deleted_records_are_gone_from_search_and_reads(tmp_path):
+    store = store_at(tmp_path / "r.sqlite3")
+    sessions = varied_sessions(5, seed=8)
+    ids = store.put_many(sessions)
+    assert store.delete([ids[0], 10**6]) == 1
+    assert ids[0] not in {hit.id for hit in store.search(sessions[0].search_text(), k=5)}
+    assert store.get_many(ids).keys() == set(ids[1:])
+    with pytest.raises(KeyError):
+        store.get(ids[0])
+    store.close()
+
+
+def test_an_embedding_of_the_wrong_shape_writes_nothing(tmp_path):
+    store = RecordStore(tmp_path / "r.sqlite3", embed=fake_embed, dimension=32, model_name="fake")
+    with pytest.raises(ValueError, match="shape"):
+        store.put(varied_sessions(1)[0])
+    assert store.count() == 0
+    store.close()

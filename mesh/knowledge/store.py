@@ -148,7 +148,9 @@ class RecordStore:
         """Store records in one transaction, embedding them in one batch; returns their ids in order."""
         if not records:
             return []
-        vectors = self._embed([record.search_text() for record in records])
+        vectors = np.asarray(self._embed([record.search_text() for record in records]), np.float32)
+        if vectors.shape != (len(records), self._dimension):
+            raise ValueError(f"embed() gave shape {vectors.shape} for {len(records)} records of {self._dimension}-d")
         now = time.time()
         with self._lock:
             with _Transaction(self._conn):
