@@ -226,11 +226,13 @@ class RecordStore:
         return self.search_vector(self._embed([query])[0], k=k, kinds=kinds)
 
     def search_vector(self, vector: np.ndarray, *, k: int = 10, kinds: Sequence[str] | None = None) -> list[Hit]:
+        with self._lock:
+            indexes = dict(self._indexes)  # put_many may add a kind's index meanwhile
         hits: list[Hit] = []
-        for kind in kinds or sorted(self._indexes):
+        for kind in kinds or sorted(indexes):
             if kind not in KINDS:
                 raise LookupError(f"unknown record kind {kind!r}")
-            index = self._indexes.get(kind)
+            index = indexes.get(kind)
             if index is not None and len(index):
                 hits.extend(Hit(id_, kind, score) for id_, score in index.search(vector, k))
         hits.sort(key=lambda hit: -hit.score)
