@@ -224,6 +224,23 @@ def test_unknown_fields_and_kinds_are_refused(budgeter):
         budgeter.build("x", kinds=["recipe"], budget_tokens=10)
     with pytest.raises(TypeError):
         budgeter.build("x", fields="skill", budget_tokens=10)
+    with pytest.raises(ValueError, match="field colour"):
+        budgeter.build(
+            "x", kinds=["learning_session", "agent_definition"], fields=["skill", "colour"], budget_tokens=10
+        )
+    with pytest.raises(ValueError, match="agent_definition"):
+        budgeter.build("x", kinds=["learning_session", "agent_definition"], fields=["skill"], budget_tokens=10)
+    with pytest.raises(LookupError, match="recipe"):
+        budgeter.build("x", fields={"recipe": ["name"]}, budget_tokens=10)
+
+
+def test_a_list_of_fields_applies_to_each_kind_what_it_has(store, budgeter):
+    context = budgeter.build(
+        "tomatoes", kinds=["learning_session", "agent_definition"], fields=["skill", "name"], budget_tokens=5000
+    )
+    fields = {item.kind: item.fields for item in context.included}
+    assert fields == {"learning_session": ["skill"], "agent_definition": ["name"]}
+    assert "\nname: ux_designer" in context.text
 
 
 # -- token counting ---------------------------------------------------------------------------------

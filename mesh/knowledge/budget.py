@@ -104,7 +104,7 @@ class ContextBudgeter:
         if budget_tokens < 0:
             raise ValueError("budget_tokens must not be negative")
         kinds = list(kinds or KINDS)
-        paths = {kind: self._fields(kind, fields) for kind in kinds}
+        paths = self._paths(kinds, fields)
         hits = self.store.search(task, k=k, kinds=kinds)
         return self.assemble(hits, paths, budget_tokens=budget_tokens, min_score=min_score, where=where)
 
@@ -161,20 +161,29 @@ class ContextBudgeter:
         return Context(text, used, budget_tokens, self.counter.name, included, left_out)
 
     @staticmethod
-    def _fields(kind: str, fields: Fields) -> list[str]:
-        cls = record_class(kind)
-        if fields is None:
-            chosen = list(cls.DEFAULT_FIELDS)
-        elif isinstance(fields, Mapping):
-            chosen = list(fields.get(kind, cls.DEFAULT_FIELDS))
-        elif isinstance(fields, str):
+    def _paths(kinds: Sequence[str], fields: Fields) -> dict[str, list[str]]:
+        """Field paths per kind. A plain list applies to each kind the paths that name its fields; a path
+        naming no kind's field, or a kind left with no path, is an error (a typo would otherwise pass)."""
+        if isinstance(fields, str):
             raise TypeError("fields is a list of field paths, not one string")
-        else:
-            chosen = [path for path in fields if path.split(".")[0] in cls.model_fields]
-            if not chosen:
-                raise ValueError(f"none of the fields {list(fields)} belongs to {kind} records")
-            return chosen
-        unknown = [path for path in chosen if path.split(".")[0] not in cls.model_fields]
+        classes = {kind: record_class(kind) for kind in kinds}
+        if fields is None or isinstance(fields, Mapping):
+            fields = fields or {}
+            strange = set(fields) - set(KINDS)
+            if strange:
+                raise LookupError(f"unknown record kind {', '.join(sorted(strange))}")
+            paths = {kind: list(fields.get(kind, cls.DEFAULT_FIELDS)) for kind, cls in classes.items()}
+            for kind, chosen in paths.items():
+                unknown = [path for path in chosen if path.split(".")[0] not in classes[kind].model_fields]
+                if unknown:
+                    raise ValueError(f"{kind} records have no field {', '.join(unknown)}")
+            return paths
+        fields = list(fields)
+        paths = {kind: [p for p in fields if p.split(".")[0] in cls.model_fields] for kind, cls in classes.items()}
+        unknown = [path for path in fields if not any(path in chosen for chosen in paths.values())]
         if unknown:
-            raise ValueError(f"{kind} records have no field {', '.join(unknown)}")
-        return chosen
+            raise ValueError(f"no {' or '.join(kinds)} record has a field {', '.join(unknown)}")
+        empty = [kind for kind, chosen in paths.items() if not chosen]
+        if empty:
+            raise ValueError(f"none of {fields} is a field of {', '.join(empty)} records: pass kinds= or a mapping")
+        return paths
