@@ -97,8 +97,8 @@ class ContextBudgeter:
     ) -> Context:
         """Context for ``task``: the relevant records of ``kinds``, projected onto ``fields``, within the budget.
 
-        ``fields`` is a list of field paths for every kind, or a mapping from kind to field paths;
-        a kind it does not name is projected onto its ``DEFAULT_FIELDS``. ``min_score`` (cosine
+        ``fields`` maps a kind to field paths (a kind it does not name gets its ``DEFAULT_FIELDS``), or
+        is a plain list of paths of which each kind takes those naming its fields. ``min_score`` (cosine
         similarity, -1 to 1) drops weak matches; without it the ``k`` nearest compete for the budget.
         """
         if budget_tokens < 0:
