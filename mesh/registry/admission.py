@@ -129,6 +129,8 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
     await registry.index_agent(name)
     log.info("admitted %s at %s with %d tools and %d other descriptors", name, endpoint, len(pinned),
              len(described))
+    registry.audit(f"agent:{name}", "register", name, "admitted", f"endpoint {endpoint}",
+                   data={"manifest_digest": manifest.digest, "tools": sorted(t.name for t in pinned)})
     answer = {"agent": name, "status": "admitted", "tools": sorted(t.name for t in pinned),
               "manifest_digest": manifest.digest}
     for kind in ("resource", "resource_template", "prompt"):

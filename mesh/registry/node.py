@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
 from mesh.manifest import Manifest, ManifestProblem, canonical
 from mesh.names import NameProblem, check_name
-from mesh.registry import store
+from mesh.registry import audit, store
 from mesh.registry.auth import ANONYMOUS, AuthProblem, Caller, claimed_agent, token_expiry, verify_token
 from mesh.registry.config import RegistryConfig
 from mesh.registry.discovery import DiscoveryIndex
@@ -345,6 +345,9 @@ class Registry:
                 exp = datetime.fromtimestamp(key.exp, UTC) if key.exp else None
                 store.trust_key(session, kid, agent=agent, jwk=key.jwk,
                                 source="rotation" if kid in offer.learned else "workspace", exp=exp)
+                audit.append(session, actor=f"agent:{agent}", action="trust-key", subject=agent,
+                             outcome="learned" if kid in offer.learned else "end-set",
+                             data={"kid": kid, "exp": key.exp})
         for kid, (signer, statement) in offer.revocations.items():
             self.revoke(agent, kid, by=f"key:{signer}", statement=statement)
         self.forget_trust(agent)
@@ -375,8 +378,8 @@ class Registry:
         with self.sessions.begin() as session:
             _, created = store.revoke_key(session, agent, kid, by=by, statement=statement, reason=reason)
             if created:
-                store.audit(session, actor=by, action="revoke-key", subject=agent, outcome="done",
-                            detail=f"kid {kid}" + (f": {reason}" if reason else ""))
+                audit.append(session, actor=by, action="revoke-key", subject=agent, outcome="done",
+                             detail=f"kid {kid}" + (f": {reason}" if reason else ""), data={"kid": kid})
         self.forget_trust(agent)
         self.block_unvouched(agent)
         return created
@@ -416,10 +419,11 @@ class Registry:
         return blocked
 
     def audit(self, actor: str, action: str, subject: str, outcome: str, detail: str | None = None,
-              remote: str | None = None) -> None:
+              remote: str | None = None, data: dict[str, Any] | None = None) -> None:
+        """Append to the hash-chained audit log (``audit.py``) in a transaction of its own."""
         with self.sessions.begin() as session:
-            store.audit(session, actor=actor, action=action, subject=subject[:200], outcome=outcome,
-                        detail=detail, remote=remote)
+            audit.append(session, actor=actor, action=action, subject=subject[:200], outcome=outcome,
+                         detail=detail, remote=remote, data=data)
 
     def discover(self, query: str, *, k: int = 10, agent: str | None = None,
                  read_only: bool | None = None) -> list[dict[str, Any]]:
