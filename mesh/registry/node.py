@@ -7,6 +7,7 @@ compiled validators, reputations) is also kept in memory and reloaded from the d
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from mesh.names import NameProblem, check_name
 from mesh.registry import audit, store
 from mesh.registry.auth import ANONYMOUS, AuthProblem, Caller, claimed_agent, token_expiry, verify_token
 from mesh.registry.config import RegistryConfig
+from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
 from mesh.registry.forward import Forwarder
 from mesh.registry.policy import PolicyEngine
@@ -474,6 +476,15 @@ class Registry:
     def reputation_json(self, agent: str, tool: str = "") -> dict[str, Any]:
         reputation = self.reputation(agent, tool)
         return {"score": round(reputation.score(), 4), **reputation.components()}
+
+    # -- credentials ----------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def credentials(self) -> Credentials:
+        """Credentials by reference (``credentials.py``): ``registry.credentials.resolve(ref, agent=..., system=...)``
+        hands a value to a sandbox or a call when the credential's scope and the policy allow it."""
+        return Credentials.open(self.config.workspace, self.sessions, policy=self.policy,
+                                reputation=lambda agent: self.reputation(agent).score(), scopes=self.caller_scopes)
 
     # -- provenance -----------------------------------------------------------------------------------------
 
