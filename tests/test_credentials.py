@@ -38,7 +38,6 @@ from mesh.registry.credentials import (
     CredentialRefused,
     Credentials,
     LocalBackend,
-    Secret,
     UnknownCredential,
     VaultBackend,
 )
@@ -149,7 +148,7 @@ def test_the_policy_decides_whether_a_credential_is_attached(tmp_path: Path, ses
     credentials.set("gh", "ghp_1", agent="*", system="github", by="user:ada")
     credentials.set("aws", "AKIA_1", agent="*", system="aws", by="user:ada")
     assert credentials.resolve("gh", agent="builder", system="github").reveal() == "ghp_1"
-    with pytest.raises(CredentialRefused, match="credential_not_allowed: credential aws for builder.aws is not in"):
+    with pytest.raises(CredentialRefused, match=r"credential_not_allowed: credential aws for builder\.aws is not in"):
         credentials.resolve("aws", agent="builder", system="aws")
     shunned = Credentials(sessions, credentials.backend, policy=PolicyEngine(folder), reputation=lambda agent: 0.1)
     with pytest.raises(CredentialRefused, match="low_reputation"):
@@ -157,7 +156,7 @@ def test_the_policy_decides_whether_a_credential_is_attached(tmp_path: Path, ses
     # On a tool call: the call's own input, with the credential added as input.credentials.
     call = credentials.policy_input(credentials.info("gh"), "builder") | {"arguments": {"repo": "x"}}
     call["target"] = {**call["target"], "agent": "deployer"}
-    with pytest.raises(CredentialRefused, match="credential gh for deployer.github is not in allow_credentials"):
+    with pytest.raises(CredentialRefused, match=r"credential gh for deployer\.github is not in allow_credentials"):
         credentials.resolve("gh", agent="deployer", system="github", policy_input=call)
     with sessions() as session:
         denied = [e for e in store.list_audit(session, action="credential-resolve") if e.outcome == "deny"]
@@ -176,8 +175,9 @@ class VaultDouble:
         self.requests: list[tuple[str, str]] = []
 
     def send(self, request: Any, **kwargs: Any) -> Any:
-        import requests
         from urllib.parse import parse_qs, urlsplit
+
+        import requests
 
         url = urlsplit(request.url)
         self.requests.append((request.method, url.path))
