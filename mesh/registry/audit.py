@@ -311,6 +311,7 @@ def verify_database(sessions: sessionmaker[Session], jwks: dict[str, Any]) -> Ve
 MAX_PAGE = 1000
 JSON_LINES = "application/jsonl"
 ENTRY_LINE = '{"type": "entry"'  # how every entry line of an export begins
+_WHOLE = re.compile(r"[0-9]{1,15}")
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -318,7 +319,9 @@ def _time(value: str | None, name: str) -> datetime | None:
         return None
     try:
         instant = datetime.fromisoformat(value)
-    except ValueError as exc:
+        if instant.tzinfo is not None:
+            instant.astimezone(UTC)  # a time near year 1 or 9999 may have no UTC instant
+    except (ValueError, OverflowError) as exc:
         raise Problem("bad-request", f"{name} must be an ISO 8601 time such as 2026-11-30T12:00:00Z, "
                                      f"not {value[:40]!r}") from exc
     if instant.tzinfo is None:
@@ -329,7 +332,7 @@ def _time(value: str | None, name: str) -> datetime | None:
 def _positive(value: str | None, name: str, default: int | None, upper: int | None = None) -> int | None:
     if value is None:
         return default
-    if not value.isdigit() or int(value) < 1 or (upper is not None and int(value) > upper):
+    if not _WHOLE.fullmatch(value) or int(value) < 1 or (upper is not None and int(value) > upper):
         bound = f" and at most {upper}" if upper else ""
         raise Problem("bad-request", f"{name} must be a whole number of at least 1{bound}, not {value[:20]!r}")
     return int(value)

@@ -192,6 +192,33 @@ SCHEMAS: dict[str, dict[str, Any]] = {
          "status": {"enum": ["revoked", "already revoked"]}},
         ["agent", "kid", "status"],
     ),
+    "AuditEntry": _object(
+        {
+            "seq": {"type": "integer", "minimum": 1, "description": "the entry's position in the chain"},
+            "at": {"type": "string", "format": "date-time"},
+            "actor": {"type": "string", "description": "who: agent:NAME, user:..., unauthenticated"},
+            "action": {"type": "string", "description": "policy-decision, register, revoke-key, trust-key, "
+                                                        "credential-set, credential-resolve, ..."},
+            "subject": {"type": "string"},
+            "outcome": {"type": "string"},
+            "detail": _nullable("string"),
+            "remote": _nullable("string"),
+            "data": {"type": ["object", "null"], "description": "e.g. a policy decision's input (arguments whose "
+                                                               "names say secret are redacted), rule and reasons"},
+            "prev": {"type": "string", "description": "hash of the entry before (sha256:000... for the first)"},
+            "hash": {"type": "string", "description": "sha256: of the RFC 8785 JSON of every field above"},
+        },
+        ["seq", "at", "actor", "action", "subject", "outcome", "detail", "remote", "data", "prev", "hash"],
+    ),
+    "AuditCheckpoint": _object(
+        {
+            "seq": {"type": "integer"}, "hash": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
+            "kid": {"type": "string"},
+            "jws": {"type": "string", "description": "compact JWS (typ mcpmesh-audit-checkpoint+jws) over "
+                                                     "{seq, hash, at}, by a key of /.well-known/jwks.json"},
+        },
+        ["seq", "hash", "at", "kid", "jws"],
+    ),
     "Invocation": _object(
         {
             "agent": {"type": "string"},
@@ -283,6 +310,10 @@ def _operation(summary: str, responses: dict[str, Any], *, description: str | No
         operation["security"] = security
     operation["responses"] = responses
     return operation
+
+
+AUDIT_PAGE = _object({"entries": _list(_ref("AuditEntry")), "next_cursor": _nullable("string")},
+                     ["entries", "next_cursor"])
 
 
 def openapi_document(version: str = "1") -> dict[str, Any]:
@@ -390,6 +421,41 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                 _param("log", "query", {"enum": ["caller", "target"]}, "one side of each call"),
             ],
             operation_id="listRuns")},
+        "/v1/audit": {"get": _operation(
+            "The audit log, newest first: filtered, paged by cursor, or as JSON lines",
+            _responses(AUDIT_PAGE, "a page of entries", *read, 400, 403,
+                       s403="the caller lacks scope audit:read (or registry:admin)")
+            | {"200": {"description": "a page of entries, or with format=jsonl every match as JSON lines, oldest "
+                                      "first", "content": {"application/json": {"schema": AUDIT_PAGE},
+                                                           "application/jsonl": {"schema": {"type": "string"}}}}},
+            parameters=[
+                _param("actor", "query", {"type": "string"}, "entries by this actor (agent:NAME, user:...)"),
+                _param("action", "query", {"type": "string"}, "e.g. policy-decision, register, revoke-key"),
+                _param("subject", "query", {"type": "string"}, "what the entry is about: an agent, AGENT.TOOL, a "
+                                                               "secret_ref"),
+                _param("since", "query", {"type": "string", "format": "date-time"}, "entries at or after this "
+                                                                                    "time (with its offset)"),
+                _param("until", "query", {"type": "string", "format": "date-time"}, "entries before this time"),
+                _param("cursor", "query", {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                       "next_cursor of the previous page, as is"),
+                _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                       "page size (no limit with format=jsonl)"),
+                _param("format", "query", {"enum": ["json", "jsonl"]}, "jsonl: every match as JSON lines"),
+            ],
+            operation_id="listAudit")},
+        "/v1/audit/export": {"get": _operation(
+            "The whole audit log in chain order as JSON lines, with its signed checkpoints",
+            {"200": {"description": "one JSON object a line: {type: entry, ...AuditEntry} in chain order, each "
+                                    "{type: checkpoint, ...AuditCheckpoint} after the entry it covers; check it "
+                                    "with `mesh audit verify --file F --jwks URL`",
+                     "content": {"application/jsonl": {"schema": {"type": "string"}}}},
+             **{str(s): _problem(s) for s in read}, "403": _problem(403, "the caller lacks scope audit:read")},
+            operation_id="exportAudit")},
+        "/v1/audit/checkpoints": {"get": _operation(
+            "The audit log's signed checkpoints, oldest first",
+            _responses(_object({"checkpoints": _list(_ref("AuditCheckpoint"))}, ["checkpoints"]), "the checkpoints",
+                       *read, 403, s403="the caller lacks scope audit:read (or registry:admin)"),
+            operation_id="listAuditCheckpoints")},
         "/v1/runs/{run_id}": {"get": _operation(
             "One run with its provenance JWS and the runs linked to it",
             _responses(_ref("RunDetail"), "the run", *read, 400, 404, s404="no such run",
