@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,3 +130,45 @@ def test_an_export_verifies_against_the_published_jwks_and_an_edit_does_not(mesh
     assert caught.returncode == 1 and "its content does not match its hash (edited)" in caught.stderr
     missing = run_mesh("audit", "verify", "--file", str(export))
     assert missing.returncode == 1 and "needs the registry's JWKS" in missing.stderr
+
+
+def test_credentials_are_administered_over_http_and_their_values_never_come_back(mesh: Mesh):
+    planted, rotated = "PLANTED-" + secrets.token_urlsafe(20), "ROTATED-" + secrets.token_urlsafe(20)
+    url = f"{mesh.url}/v1/secrets"
+    answers = []
+
+    def send(method: str, path: str, **kwargs: object) -> httpx.Response:
+        answer = httpx.request(method, f"{url}{path}", **kwargs)
+        answers.append(answer.text)
+        return answer
+
+    stored = send("PUT", "/warehouse", json={"value": planted, "agent": "keeper", "system": "warehouse-db"})
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["version"] == 1 and "value" not in stored.json()
+    again = send("PUT", "/warehouse", json={"value": planted, "agent": "keeper", "system": "warehouse-db"})
+    assert again.status_code == 409 and "exists" in again.json()["detail"]
+    assert send("POST", "/warehouse/rotate", json={"value": rotated}).json()["previous_version"] == 1
+    listed = send("GET", "").json()["secrets"]
+    assert [(s["ref"], s["version"], s["previous_version"]) for s in listed] == [("warehouse", 2, 1)]
+    assert send("POST", "/warehouse/cutover", json={}).json()["previous_version"] is None
+    for method, path, body, status in (("POST", "/nothing/rotate", {"value": "x"}, 404),
+                                       ("PUT", "/bad..ref!", {"value": "x", "agent": "a", "system": "s"}, 400),
+                                       ("PUT", "/other", {"value": "", "agent": "a", "system": "s"}, 400),
+                                       ("PUT", "/other", {"value": planted, "agent": "no such/agent", "system": "s"},
+                                        400)):
+        refused = send(method, path, json=body)
+        assert refused.status_code == status and refused.headers["content-type"] == "application/problem+json"
+    token = issue_token("keeper", KeyRing.open(mesh.workspace / ".mesh" / "keys" / "keeper").active())
+    forbidden = send("GET", "", headers={"authorization": f"Bearer {token}"})
+    assert forbidden.status_code == 403 and "secrets:admin" in forbidden.json()["detail"]
+    assert send("DELETE", "/warehouse").status_code == 204
+    assert send("GET", "").json()["secrets"] == []
+    resolutions = entries(mesh, subject="warehouse")["entries"]
+    assert [e["action"] for e in resolutions][::-1] == ["credential-set", "credential-rotate", "credential-cutover",
+                                                          "credential-remove"]
+    database = mesh.workspace / ".mesh" / "registry.db"
+    files = b"".join(path.read_bytes() for path in database.parent.glob("registry.db*"))
+    logs = "".join(process.output() for process in mesh.processes.values())
+    for value in (planted, rotated):
+        assert value not in "".join(answers) and value not in logs
+        assert value.encode() not in files

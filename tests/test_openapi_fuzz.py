@@ -131,7 +131,8 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
         "/healthz", "/.well-known/jwks.json", "/v1/openapi.json", "/v1/agents", "/v1/agents/{name}",
         "/v1/agents/{name}/recheck", "/v1/agents/{name}/revocations", "/v1/agents/{name}/keys/{kid}/revoke",
         "/v1/discover", "/v1/invoke", "/v1/runs", "/v1/runs/{run_id}",
-        "/v1/audit", "/v1/audit/export", "/v1/audit/checkpoints"}
+        "/v1/audit", "/v1/audit/export", "/v1/audit/checkpoints", "/v1/secrets", "/v1/secrets/{ref}",
+        "/v1/secrets/{ref}/rotate", "/v1/secrets/{ref}/cutover"}
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
     assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "504"}

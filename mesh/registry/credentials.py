@@ -67,6 +67,16 @@ class UnknownCredential(CredentialProblem):
     kind = "unknown-credential"
 
 
+class CredentialExists(CredentialProblem):
+    kind = "credential-exists"
+
+
+class CredentialUnavailable(CredentialProblem):
+    """The backend cannot give or keep a value: Vault unreachable or refusing, a key that does not open it."""
+
+    kind = "credential-unavailable"
+
+
 class CredentialRefused(CredentialProblem):
     """The credential's scope or the policy does not let it go where it was asked for."""
 
@@ -147,12 +157,12 @@ class LocalCipher:
                         handle.write(base64.urlsafe_b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
             mode = stat.S_IMODE(self.path.stat().st_mode)
             if mode & 0o077:
-                raise CredentialProblem(f"{self.path} is open to others (mode {mode:04o}); `chmod 600` it first")
+                raise CredentialUnavailable(f"{self.path} is open to others (mode {mode:04o}); `chmod 600` it first")
             try:
                 key = base64.urlsafe_b64decode(self.path.read_text().strip())
                 self._aead = AESGCM(key)
             except (ValueError, OSError) as exc:
-                raise CredentialProblem(f"{self.path} does not hold a 256-bit key") from exc
+                raise CredentialUnavailable(f"{self.path} does not hold a 256-bit key") from exc
         return self._aead
 
     def encrypt(self, value: str, bound_to: bytes) -> str:
@@ -167,7 +177,7 @@ class LocalCipher:
             raw = base64.urlsafe_b64decode(body)
             return self._key().decrypt(raw[:12], raw[12:], bound_to).decode()
         except (InvalidTag, ValueError) as exc:
-            raise CredentialProblem(f"{what} does not decrypt: another key made it, or it was altered") from exc
+            raise CredentialUnavailable(f"{what} does not decrypt: another key made it, or it was altered") from exc
 
 
 class LocalBackend:
@@ -224,7 +234,7 @@ class VaultBackend:
         try:
             return call()
         except Exception as exc:  # hvac.exceptions.VaultError, requests' errors: named, never quoted
-            raise CredentialProblem(f"vault refused to {what} credential {ref!r} at {self.mount}/"
+            raise CredentialUnavailable(f"vault refused to {what} credential {ref!r} at {self.mount}/"
                                     f"{self.path(org, ref)}: {type(exc).__name__}") from None
 
     def store(self, org: str, ref: str, version: int, value: str) -> dict[str, Any]:
@@ -347,7 +357,7 @@ class Credentials:
         try:
             with self.sessions.begin() as session:
                 if session.get(CredentialRecord, (self.org, ref)) is not None:
-                    raise CredentialProblem(f"credential {ref!r} exists; `mesh secrets rotate {ref}` changes it")
+                    raise CredentialExists(f"credential {ref!r} exists; `mesh secrets rotate {ref}` changes it")
                 record = CredentialRecord(org_id=self.org, ref=ref, agent=agent, system=system,
                                           backend=self.backend.name, version=1, previous_version=None,
                                           description=description, created_by=by, created_at=utcnow())
@@ -357,7 +367,7 @@ class Credentials:
                 self._audit(session, by, "credential-set", record)
                 return CredentialInfo.of(record)
         except IntegrityError as exc:
-            raise CredentialProblem(f"credential {ref!r} was stored meanwhile; try again") from exc
+            raise CredentialExists(f"credential {ref!r} was stored meanwhile; try again") from exc
 
     def rotate(self, ref: str, value: str, *, by: str, cutover: bool = False) -> CredentialInfo:
         """A new current version; the one it replaces stays resolvable (``previous=True``) until ``cutover``.
@@ -482,6 +492,82 @@ class Credentials:
         return Secret(self.backend.load(self.org, ref, row), ref, version)
 
 
+# -- HTTP: /v1/secrets (action secrets:admin) ----------------------------------------------------------------
+
+
+def routes(registry: Any) -> list[Any]:
+    """Administering credentials over HTTP, to mount under ``/v1``: list (no values), store, rotate, cut
+    over, remove. No route ever answers with a value: only ``resolve`` gives one out, in process."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from mesh.registry.gate import allowed, parse_json
+    from mesh.registry.problems import Problem
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        body = parse_json(await request.body(), registry.config.max_json_depth)
+        if not isinstance(body, dict):
+            raise Problem("bad-request", "the request body must be a JSON object")
+        return body
+
+    def text(body: dict[str, Any], name: str, default: str | None = None) -> str:
+        value = body.get(name, default)
+        if not isinstance(value, str):
+            raise Problem("bad-request", f"{name} must be a string" + ("" if default is not None else
+                                                                        " (it is required)"))
+        return value
+
+    def answered(handler: Any) -> Any:
+        async def wrapped(request: Request) -> Response:
+            try:
+                caller = allowed(registry, request, "secrets:admin")
+                return await handler(request, caller.id)
+            except CredentialProblem as problem:
+                return Problem(problem.kind, str(problem)).response()
+            except Problem as problem:
+                return problem.response()
+
+        wrapped.__doc__ = handler.__doc__
+        return wrapped
+
+    async def listing(request: Request, by: str) -> Response:
+        """Every credential with its scope and versions; never a value."""
+        return JSONResponse({"secrets": [info.to_json() for info in registry.credentials.list()]})
+
+    async def store_new(request: Request, by: str) -> Response:
+        """Store a new credential: value, agent ('*': any), system, description."""
+        body = await body_of(request)
+        info = registry.credentials.set(request.path_params["ref"], text(body, "value"), agent=text(body, "agent"),
+                                        system=text(body, "system"), by=by,
+                                        description=text(body, "description", ""))
+        return JSONResponse(info.to_json(), status_code=201)
+
+    async def remove(request: Request, by: str) -> Response:
+        """Remove a credential and every version of it."""
+        registry.credentials.remove(request.path_params["ref"], by=by)
+        return Response(status_code=204)
+
+    async def rotate(request: Request, by: str) -> Response:
+        """A new version; the previous stays until the cutover (``cutover: true`` does it at once)."""
+        body = await body_of(request)
+        cutover = body.get("cutover", False)
+        if not isinstance(cutover, bool):
+            raise Problem("bad-request", "cutover must be true or false")
+        info = registry.credentials.rotate(request.path_params["ref"], text(body, "value"), by=by, cutover=cutover)
+        return JSONResponse(info.to_json())
+
+    async def cutover(request: Request, by: str) -> Response:
+        """Destroy the version kept since the last rotation."""
+        return JSONResponse(registry.credentials.cutover(request.path_params["ref"], by=by).to_json())
+
+    return [Route("/secrets", answered(listing), methods=["GET"]),
+            Route("/secrets/{ref}", answered(store_new), methods=["PUT"]),
+            Route("/secrets/{ref}", answered(remove), methods=["DELETE"]),
+            Route("/secrets/{ref}/rotate", answered(rotate), methods=["POST"]),
+            Route("/secrets/{ref}/cutover", answered(cutover), methods=["POST"])]
+
+
 # -- the command line: mesh secrets set | ls | rotate | cutover | rm --------------------------------------
 
 
@@ -533,5 +619,5 @@ def command(workspace: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["CredentialInfo", "CredentialProblem", "CredentialRefused", "Credentials", "LocalBackend", "Secret",
-           "UnknownCredential", "VaultBackend", "backend_for"]
+__all__ = ["CredentialExists", "CredentialInfo", "CredentialProblem", "CredentialRefused", "CredentialUnavailable",
+           "Credentials", "LocalBackend", "Secret", "UnknownCredential", "VaultBackend", "backend_for"]

@@ -219,6 +219,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         ["seq", "hash", "at", "kid", "jws"],
     ),
+    "Credential": _object(
+        {
+            "ref": {"type": "string", "description": "the secret_ref that names it"},
+            "org": {"type": "string"}, "agent": {"type": "string", "description": "an agent name, or * for any"},
+            "system": {"type": "string"}, "backend": {"enum": ["local", "vault"]},
+            "version": {"type": "integer"},
+            "previous_version": _nullable("integer", description="kept since the last rotation, until cutover"),
+            "description": {"type": "string"}, "created_by": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"}, "rotated_at": _nullable("string"),
+        },
+        ["ref", "org", "agent", "system", "backend", "version", "previous_version", "description", "created_by",
+         "created_at", "rotated_at"],
+        description="A credential by reference: everything but its value (no route ever answers with one).",
+    ),
     "Invocation": _object(
         {
             "agent": {"type": "string"},
@@ -254,6 +268,7 @@ PROBLEMS = {
     415: "the request body is not application/json",
     421: "the Host header is not one this registry answers for (DNS rebinding)",
     502: "the target agent is unreachable, answered with an error, or answered outside its output schema",
+    503: "a service the registry depends on is unavailable",
     504: "the target agent did not answer within call_timeout",
 }
 GATE = (403, 421)  # any route
@@ -312,6 +327,10 @@ def _operation(summary: str, responses: dict[str, Any], *, description: str | No
     return operation
 
 
+SECRETS_ADMIN = "the caller lacks scope secrets:admin (or registry:admin)"
+BACKEND_DOWN = "the credential backend cannot keep or give the value (Vault unreachable, a key that does not open it)"
+SECRET_REF = _param("ref", "path", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+                    "the secret_ref")
 AUDIT_PAGE = _object({"entries": _list(_ref("AuditEntry")), "next_cursor": _nullable("string")},
                      ["entries", "next_cursor"])
 
@@ -456,6 +475,46 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
             _responses(_object({"checkpoints": _list(_ref("AuditCheckpoint"))}, ["checkpoints"]), "the checkpoints",
                        *read, 403, s403="the caller lacks scope audit:read (or registry:admin)"),
             operation_id="listAuditCheckpoints")},
+        "/v1/secrets": {"get": _operation(
+            "Credentials by reference, with their scope and versions (never a value)",
+            _responses(_object({"secrets": _list(_ref("Credential"))}, ["secrets"]), "the credentials", *read, 403,
+                       s403=SECRETS_ADMIN),
+            operation_id="listSecrets")},
+        "/v1/secrets/{ref}": {
+            "put": _operation(
+                "Store a new credential (its first version)",
+                {"201": {"description": "stored", "content": {"application/json": {"schema": _ref("Credential")}}},
+                 **{code: response for code, response in _responses(
+                     _ref("Credential"), "", *write, 403, 404, 409, 503, s403=SECRETS_ADMIN,
+                     s404="no such route (a ref with characters a path cannot hold)",
+                     s409="a credential of that ref exists (rotate it)", s503=BACKEND_DOWN).items() if code != "200"}},
+                parameters=[SECRET_REF],
+                body=_json_body(_object({"value": {"type": "string", "minLength": 1, "writeOnly": True},
+                                         "agent": {"type": "string"}, "system": {"type": "string"},
+                                         "description": {"type": "string"}}, ["value", "agent", "system"])),
+                operation_id="storeSecret"),
+            "delete": _operation(
+                "Remove a credential and every version of it",
+                {"204": {"description": "removed"},
+                 **{str(code): _problem(code, special) for code, special in (
+                     (400, None), (401, None), (403, SECRETS_ADMIN), (404, "no such credential"), (421, None),
+                     (503, BACKEND_DOWN))}},
+                parameters=[SECRET_REF], operation_id="removeSecret"),
+        },
+        "/v1/secrets/{ref}/rotate": {"post": _operation(
+            "A new version; the previous one stays (resolvable on request) until the cutover",
+            _responses(_ref("Credential"), "rotated", *write, 403, 404, 503, s403=SECRETS_ADMIN,
+                       s404="no such credential", s503=BACKEND_DOWN),
+            parameters=[SECRET_REF],
+            body=_json_body(_object({"value": {"type": "string", "minLength": 1, "writeOnly": True},
+                                     "cutover": {"type": "boolean", "default": False}}, ["value"])),
+            operation_id="rotateSecret")},
+        "/v1/secrets/{ref}/cutover": {"post": _operation(
+            "Destroy the version kept since the last rotation",
+            _responses(_ref("Credential"), "only the current version remains", *write, 403, 404, 503,
+                       s403=SECRETS_ADMIN, s404="no such credential", s503=BACKEND_DOWN),
+            parameters=[SECRET_REF], body=_json_body(_object({}), "an empty object"),
+            operation_id="cutoverSecret")},
         "/v1/runs/{run_id}": {"get": _operation(
             "One run with its provenance JWS and the runs linked to it",
             _responses(_ref("RunDetail"), "the run", *read, 400, 404, s404="no such run",

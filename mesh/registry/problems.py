@@ -23,6 +23,9 @@ STATUS = {
     "unknown-agent": 404,
     "unknown-tool": 404,
     "unknown-run": 404,
+    "unknown-credential": 404,
+    "credential-refused": 403,
+    "credential-exists": 409,
     "tool-blocked": 409,
     "payload-too-large": 413,
     "unsupported-media-type": 415,
@@ -31,6 +34,7 @@ STATUS = {
     "invalid-output": 502,
     "target-unavailable": 502,
     "target-timeout": 504,
+    "credential-unavailable": 503,
 }
 
 
