@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
@@ -77,6 +77,12 @@ def entry_json(record: store.AuditRecord) -> dict[str, Any]:
             "data": record.data, "prev": record.prev_hash, "hash": record.hash}
 
 
+# Built once: appends are on the call path, and a statement built per call costs more than it runs.
+_ADVANCE = update(_head).where(_head.c.id == 1).values(seq=_head.c.seq + 1).returning(_head.c.seq, _head.c.hash)
+_INSERT = insert(_events)
+_MOVE_HEAD = update(_head).where(_head.c.id == 1).values(hash=bindparam("new_hash"))
+
+
 def append(executor: Session | Connection, *, actor: str, action: str, subject: str, outcome: str,
            detail: str | None = None, remote: str | None = None, data: dict[str, Any] | None = None,
            at: datetime | None = None) -> dict[str, Any]:
@@ -85,18 +91,18 @@ def append(executor: Session | Connection, *, actor: str, action: str, subject: 
     The head is updated first: on PostgreSQL that locks its row until the transaction ends, on SQLite
     the statement takes the database's write lock; either way the next writer waits and links to this
     entry. Keep the transaction short after this call: every other writer of the log waits for it."""
-    seq, prev = executor.execute(
-        update(_head).where(_head.c.id == 1).values(seq=_head.c.seq + 1).returning(_head.c.seq, _head.c.hash)
-    ).one()
+    seq, prev = executor.execute(_ADVANCE).one()
     at = (at or datetime.now(UTC)).astimezone(UTC)
+    # ``data`` as the JSON column gives it back (tuples become lists, keys strings), so the hash holds on read.
+    stored = json.loads(json.dumps(data, allow_nan=False)) if data is not None else None
     entry = {"seq": seq, "at": at.isoformat(), "actor": _safe(actor), "action": _safe(action),
              "subject": _safe(subject), "outcome": _safe(outcome), "detail": _safe(detail), "remote": _safe(remote),
-             "data": json.loads(canonical(data)) if data is not None else None, "prev": prev}
+             "data": stored, "prev": prev}
     entry["hash"] = entry_hash(entry)
-    executor.execute(insert(_events).values(
-        seq=seq, at=at, actor=actor, action=action, subject=subject, outcome=outcome, detail=detail,
-        remote=remote, data=entry["data"], prev_hash=prev, hash=entry["hash"]))
-    executor.execute(update(_head).where(_head.c.id == 1).values(hash=entry["hash"]))
+    executor.execute(_INSERT, {"seq": seq, "at": at, "actor": actor, "action": action, "subject": subject,
+                               "outcome": outcome, "detail": detail, "remote": remote, "data": stored,
+                               "prev_hash": prev, "hash": entry["hash"]})
+    executor.execute(_MOVE_HEAD, {"new_hash": entry["hash"]})
     return entry
 
 
