@@ -350,3 +350,22 @@ def test_a_planted_secret_is_never_in_a_log_a_table_an_audit_entry_or_an_error(
         assert value not in "\n".join(seen)
         assert value not in stored
         assert value.encode() not in files
+
+
+def test_the_backend_is_chosen_by_registry_toml_or_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("hvac")
+    from mesh.registry.credentials import CredentialUnavailable, backend_for
+
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    assert isinstance(backend_for(workspace), LocalBackend)
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+    monkeypatch.setenv("MESH_SECRETS_BACKEND", "vault")
+    with pytest.raises(CredentialUnavailable, match="needs \\[secrets\\] url"):
+        backend_for(workspace)
+    config = workspace.root / "registry" / "registry.toml"
+    config.write_text(config.read_text() + '\n[secrets]\nurl = "http://vault.test:8200"\nmount = "kv"\n')
+    chosen = backend_for(workspace)
+    assert isinstance(chosen, VaultBackend) and chosen.mount == "kv" and chosen.prefix == "mcpmesh"
+    monkeypatch.setenv("MESH_SECRETS_BACKEND", "s3")
+    with pytest.raises(CredentialUnavailable, match="must be 'local' or 'vault'"):
+        backend_for(workspace)

@@ -218,10 +218,10 @@ class VaultBackend:
         try:
             import hvac
         except ImportError as exc:
-            raise CredentialProblem("the vault backend needs hvac: pip install 'mcpmesh[vault]'") from exc
+            raise CredentialUnavailable("the vault backend needs hvac: pip install 'mcpmesh[vault]'") from exc
         url = settings.get("url") or os.environ.get("VAULT_ADDR")
         if not url:
-            raise CredentialProblem("the vault backend needs [secrets] url in registry.toml, or VAULT_ADDR")
+            raise CredentialUnavailable("the vault backend needs [secrets] url in registry.toml, or VAULT_ADDR")
         client = hvac.Client(url=url, token=os.environ.get("VAULT_TOKEN"), namespace=settings.get("namespace"))
         return cls(client, mount=settings.get("mount", "secret"), prefix=settings.get("prefix", "mcpmesh"))
 
@@ -271,7 +271,7 @@ def backend_for(workspace: Any) -> Backend:
         return LocalBackend(workspace.state_dir / KEY_FILE)
     if chosen == "vault":
         return VaultBackend.from_settings(settings)
-    raise CredentialProblem(f"[secrets] backend must be 'local' or 'vault', not {str(chosen)[:40]!r}")
+    raise CredentialUnavailable(f"[secrets] backend must be 'local' or 'vault', not {str(chosen)[:40]!r}")
 
 
 # -- the store ----------------------------------------------------------------------------------------
