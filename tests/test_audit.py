@@ -271,3 +271,27 @@ def test_a_decisions_input_is_kept_with_arguments_that_name_secrets_redacted(ses
                                                    "Authorization": "[redacted]"}
     assert entry["data"]["input"]["target"] == {"agent": "b", "tool": "login"}
     assert "hunter2" not in json.dumps(entry) and "k-123" not in json.dumps(entry)
+
+
+def test_key_changes_are_audited(tmp_path: Path):
+    from mesh.registry.auth import issue_token
+    from mesh.registry.config import RegistryConfig
+    from mesh.registry.node import Registry
+    from mesh.workspace import Workspace
+
+    from .conftest import copy_repo_workspace
+
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    ring = KeyRing.open(workspace.state_dir / "keys" / "echo", create=True)
+    old = ring.active()
+    (workspace.manifests_dir / "echo.jwks.json").write_text(json.dumps(ring.public_jwks()))
+    ring.rotate(overlap_seconds=600)
+    registry = Registry.open(RegistryConfig.from_workspace(workspace))
+    registry.authenticate_registration("echo", issue_token("echo", ring.active()), ring.public_jwks())
+    registry.revoke("echo", old.kid, by="user:local", reason="laptop lost")
+    with registry.sessions() as session:
+        changes = [(e.action, e.outcome, e.data["kid"]) for e in store.list_audit(session, subject="echo",
+                                                                                  oldest_first=True)]
+    assert changes == [("trust-key", "learned", ring.active().kid), ("trust-key", "end-set", old.kid),
+                       ("revoke-key", "done", old.kid)]
+    assert audit.verify_database(registry.sessions, registry.provenance_jwks).ok
