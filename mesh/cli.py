@@ -350,6 +350,29 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return commands.listing(url, args.agent, args.removed)
 
 
+@command("audit")
+def cmd_audit(args: argparse.Namespace) -> int:
+    from mesh.registry import audit
+
+    ws = Workspace(args.workspace)
+    try:
+        if args.audit_command == "verify":
+            return audit.command_verify(ws, file=args.file, jwks=args.jwks, registry_url=args.registry)
+        return audit.command_export(ws, output=args.output, registry_url=args.registry)
+    except audit.AuditCommandProblem as exc:
+        raise RegistryProblem(str(exc)) from exc
+
+
+@command("secrets")
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from mesh.registry import credentials
+
+    try:
+        return credentials.command(Workspace(args.workspace), args)
+    except credentials.CredentialProblem as exc:
+        raise RegistryProblem(str(exc)) from exc
+
+
 # -- argument parsing ---------------------------------------------------------------------------------
 
 
@@ -468,6 +491,39 @@ def parser() -> argparse.ArgumentParser:
         p = sandbox_sub.add_parser(name, parents=[client], help=text)
         p.add_argument("agent", metavar="AGENT")
         p.add_argument("sandbox_id", metavar="ID")
+
+
+    audit = sub.add_parser("audit", help="verify or export the registry's hash-chained audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    p = audit_sub.add_parser("verify", parents=[common],
+                             help="check the chain and its signed checkpoints (an export, a registry, or the "
+                                  "workspace's database)")
+    p.add_argument("--file", default=None, help="an export (JSON lines, `mesh audit export`) to check")
+    p.add_argument("--jwks", default=None, help="the registry's JWKS, a file or URL (default: the registry's "
+                                                "/.well-known/jwks.json, or the workspace's registry key)")
+    p.add_argument("--registry", default=None, help="check a running registry's export (URL)")
+    p = audit_sub.add_parser("export", parents=[common], help="write the log as JSON lines, with its checkpoints")
+    p.add_argument("--output", "-o", default=None, help="file to write (default: standard output)")
+    p.add_argument("--registry", default=None, help="export from a running registry (URL) instead of the database")
+
+    secrets = sub.add_parser("secrets", help="credentials stored by reference (secret_ref): set, list, rotate")
+    secrets_sub = secrets.add_subparsers(dest="secrets_command", required=True)
+    p = secrets_sub.add_parser("set", parents=[common], help="store a new credential (value read from stdin)")
+    p.add_argument("ref", help="the secret_ref that names it")
+    p.add_argument("--agent", required=True, help="the agent it may be attached for ('*': any agent)")
+    p.add_argument("--system", required=True, help="the target system it opens (e.g. github, warehouse-db)")
+    p.add_argument("--description", default="", help="what it is, for people")
+    p.add_argument("--from-env", default=None, metavar="VAR", help="read the value from this environment variable")
+    secrets_sub.add_parser("ls", parents=[common], help="the credentials, their scope and versions (no values)")
+    p = secrets_sub.add_parser("rotate", parents=[common],
+                               help="store a new version (value from stdin); the previous stays until cutover")
+    p.add_argument("ref", help="the secret_ref")
+    p.add_argument("--from-env", default=None, metavar="VAR", help="read the value from this environment variable")
+    p.add_argument("--cutover", action="store_true", help="destroy the previous version at once")
+    p = secrets_sub.add_parser("cutover", parents=[common], help="destroy the version kept since the last rotation")
+    p.add_argument("ref", help="the secret_ref")
+    p = secrets_sub.add_parser("rm", parents=[common], help="remove a credential and every version of it")
+    p.add_argument("ref", help="the secret_ref")
     return top
 
 

@@ -142,7 +142,9 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
         "/v1/discover", "/v1/invoke", "/v1/runs", "/v1/runs/{run_id}", "/v1/agents/{name}/sandboxes",
         "/v1/agents/{name}/sandboxes/{sandbox_id}", "/v1/agents/{name}/sandboxes/{sandbox_id}/reset",
         "/v1/agents/{name}/sandboxes/{sandbox_id}/runs", "/v1/agents/{name}/sandboxes/{sandbox_id}/state",
-        "/v1/sandboxes", "/v1/approvals", "/v1/approvals/{approval_id}"}
+        "/v1/sandboxes", "/v1/approvals", "/v1/approvals/{approval_id}",
+        "/v1/audit", "/v1/audit/export", "/v1/audit/checkpoints", "/v1/secrets", "/v1/secrets/{ref}",
+        "/v1/secrets/{ref}/rotate", "/v1/secrets/{ref}/cutover"}
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
     assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "504"}

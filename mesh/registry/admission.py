@@ -21,7 +21,7 @@ from mesh import card
 from mesh.keys import TrustStore
 from mesh.manifest import KINDS, SIGNATURE_META, Manifest, ManifestProblem, descriptor_digest, verify_descriptor
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import store
+from mesh.registry import audit, store
 from mesh.registry.forward import AgentError
 from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry
 from mesh.registry.problems import Problem
@@ -117,6 +117,9 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
         fresh = {(r.agent, r.name): PinnedTool.from_record(r) for r in records}
         others = {(r.agent, r.kind, r.name): PinnedDescriptor.from_record(r)
                   for r in store.replace_descriptors(session, name, described)}
+        audit.append(session, actor=f"agent:{name}", action="register", subject=name, outcome="admitted",
+                     detail=f"endpoint {endpoint}",
+                     data={"manifest_digest": manifest.digest, "tools": sorted(t.name for t in pinned)})
     for key in [key for key in registry.tools if key[0] == name]:
         del registry.tools[key]
     registry.tools.update(fresh)

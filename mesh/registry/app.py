@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from mesh import telemetry
 from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import a2a_front, admission, proxy, store
+from mesh.registry import a2a_front, admission, audit, credentials, proxy, store
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -284,10 +284,12 @@ def build_app(registry: Registry) -> Starlette:
             group.start_soon(save_reputations_forever, registry)
             if registry.embedded_database:
                 group.start_soon(checkpoint_forever, registry)
+            group.start_soon(audit.checkpoint_forever, registry)  # signed checkpoints of the audit log
             try:
                 yield
             finally:
                 registry.save_reputations()
+                audit.checkpoint(registry.sessions, registry.provenance_key)  # the log's last entries, signed
                 await registry.forwarder.aclose()
                 group.cancel_scope.cancel()
 
@@ -325,6 +327,8 @@ def build_app(registry: Registry) -> Starlette:
             Route("/runs", problem_json(runs), methods=["GET"]),
             Route("/runs/{run_id}", problem_json(run), methods=["GET"]),
             *sandboxes.api_routes(),
+            *audit.routes(registry),  # /audit, /audit/export, /audit/checkpoints
+            *credentials.routes(registry),  # /secrets, /secrets/{ref}, .../rotate, .../cutover
         ]),
         # One agent through the registry, as a virtual server, with the keys to check what it lists.
         Route("/agents/{name}/mcp", agent_mcp_app),

@@ -26,6 +26,11 @@ AUDIENCE = "mcpmesh-registry"
 MAX_LIFETIME = 300  # seconds; longer-lived tokens are refused
 CLOCK_SKEW = 30  # seconds a token's iat may lie ahead of the registry's clock
 ADMIN_SCOPES = frozenset({"*", "registry:admin"})
+# Actions on the registry that a scope of their own grants (besides the admin scopes).
+ACTION_SCOPES = {
+    "audit:read": "audit:read",  # read and export the audit log
+    "secrets:admin": "secrets:admin",  # store, rotate and remove credentials (never read their values)
+}
 
 
 class AuthProblem(Exception):
@@ -147,8 +152,8 @@ class Forbidden(Exception):
 
 def authorize(caller: Caller, action: str, agent: str | None = None) -> None:
     """May ``caller`` do ``action`` (``read``, ``invoke``, ``recheck``, ``admin``, ``sandbox`` — create, change,
-    reset or delete ``agent``'s sandboxes —, ``approve``)? Raises AuthProblem for a
-    caller nobody vouched for, Forbidden for one that lacks the right. Roles per tenant slot in here."""
+    reset or delete ``agent``'s sandboxes —, ``approve``, or one of ``ACTION_SCOPES``)? Raises AuthProblem
+    for a caller nobody vouched for, Forbidden for one that lacks the right. Roles per tenant slot in here."""
     if caller.kind == "anonymous":
         raise AuthProblem("this route needs a caller: an agent's bearer token, or the local user on loopback")
     if action in ("read", "invoke"):
@@ -161,4 +166,7 @@ def authorize(caller: Caller, action: str, agent: str | None = None) -> None:
         return  # an agent manages its own sandboxes; an operator anyone's
     if action == "approve" and caller.is_admin:
         return
-    raise Forbidden(f"{caller.id} may not {action}{f' {agent}' if agent else ''}: it needs scope 'registry:admin'")
+    if action in ACTION_SCOPES and (caller.is_admin or ACTION_SCOPES[action] in caller.scopes):
+        return
+    needed = f"'{ACTION_SCOPES[action]}' or 'registry:admin'" if action in ACTION_SCOPES else "'registry:admin'"
+    raise Forbidden(f"{caller.id} may not {action}{f' {agent}' if agent else ''}: it needs scope {needed}")

@@ -7,6 +7,7 @@ compiled validators, reputations) is also kept in memory and reloaded from the d
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -23,9 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
 from mesh.manifest import Manifest, ManifestProblem, canonical
 from mesh.names import NameProblem, check_name
-from mesh.registry import store
+from mesh.registry import audit, store
 from mesh.registry.auth import ANONYMOUS, AuthProblem, Caller, claimed_agent, token_expiry, verify_token
 from mesh.registry.config import RegistryConfig
+from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
 from mesh.registry.forward import Forwarder
 from mesh.registry.policy import PolicyEngine
@@ -345,6 +347,9 @@ class Registry:
                 exp = datetime.fromtimestamp(key.exp, UTC) if key.exp else None
                 store.trust_key(session, kid, agent=agent, jwk=key.jwk,
                                 source="rotation" if kid in offer.learned else "workspace", exp=exp)
+                audit.append(session, actor=f"agent:{agent}", action="trust-key", subject=agent,
+                             outcome="learned" if kid in offer.learned else "end-set",
+                             data={"kid": kid, "exp": key.exp})
         for kid, (signer, statement) in offer.revocations.items():
             self.revoke(agent, kid, by=f"key:{signer}", statement=statement)
         self.forget_trust(agent)
@@ -375,8 +380,8 @@ class Registry:
         with self.sessions.begin() as session:
             _, created = store.revoke_key(session, agent, kid, by=by, statement=statement, reason=reason)
             if created:
-                store.audit(session, actor=by, action="revoke-key", subject=agent, outcome="done",
-                            detail=f"kid {kid}" + (f": {reason}" if reason else ""))
+                audit.append(session, actor=by, action="revoke-key", subject=agent, outcome="done",
+                             detail=f"kid {kid}" + (f": {reason}" if reason else ""), data={"kid": kid})
         self.forget_trust(agent)
         self.block_unvouched(agent)
         return created
@@ -416,10 +421,11 @@ class Registry:
         return blocked
 
     def audit(self, actor: str, action: str, subject: str, outcome: str, detail: str | None = None,
-              remote: str | None = None) -> None:
+              remote: str | None = None, data: dict[str, Any] | None = None) -> None:
+        """Append to the hash-chained audit log (``audit.py``) in a transaction of its own."""
         with self.sessions.begin() as session:
-            store.audit(session, actor=actor, action=action, subject=subject[:200], outcome=outcome,
-                        detail=detail, remote=remote)
+            audit.append(session, actor=actor, action=action, subject=subject[:200], outcome=outcome,
+                         detail=detail, remote=remote, data=data)
 
     def discover(self, query: str, *, k: int = 10, agent: str | None = None,
                  read_only: bool | None = None) -> list[dict[str, Any]]:
@@ -470,6 +476,15 @@ class Registry:
     def reputation_json(self, agent: str, tool: str = "") -> dict[str, Any]:
         reputation = self.reputation(agent, tool)
         return {"score": round(reputation.score(), 4), **reputation.components()}
+
+    # -- credentials ----------------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def credentials(self) -> Credentials:
+        """Credentials by reference (``credentials.py``): ``registry.credentials.resolve(ref, agent=..., system=...)``
+        hands a value to a sandbox or a call when the credential's scope and the policy allow it."""
+        return Credentials.open(self.config.workspace, self.sessions, policy=self.policy,
+                                reputation=lambda agent: self.reputation(agent).score(), scopes=self.caller_scopes)
 
     # -- provenance -----------------------------------------------------------------------------------------
 

@@ -192,6 +192,47 @@ SCHEMAS: dict[str, dict[str, Any]] = {
          "status": {"enum": ["revoked", "already revoked"]}},
         ["agent", "kid", "status"],
     ),
+    "AuditEntry": _object(
+        {
+            "seq": {"type": "integer", "minimum": 1, "description": "the entry's position in the chain"},
+            "at": {"type": "string", "format": "date-time"},
+            "actor": {"type": "string", "description": "who: agent:NAME, user:..., unauthenticated"},
+            "action": {"type": "string", "description": "policy-decision, register, revoke-key, trust-key, "
+                                                        "credential-set, credential-resolve, ..."},
+            "subject": {"type": "string"},
+            "outcome": {"type": "string"},
+            "detail": _nullable("string"),
+            "remote": _nullable("string"),
+            "data": {"type": ["object", "null"], "description": "e.g. a policy decision's input (arguments whose "
+                                                               "names say secret are redacted), rule and reasons"},
+            "prev": {"type": "string", "description": "hash of the entry before (sha256:000... for the first)"},
+            "hash": {"type": "string", "description": "sha256: of the RFC 8785 JSON of every field above"},
+        },
+        ["seq", "at", "actor", "action", "subject", "outcome", "detail", "remote", "data", "prev", "hash"],
+    ),
+    "AuditCheckpoint": _object(
+        {
+            "seq": {"type": "integer"}, "hash": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
+            "kid": {"type": "string"},
+            "jws": {"type": "string", "description": "compact JWS (typ mcpmesh-audit-checkpoint+jws) over "
+                                                     "{seq, hash, at}, by a key of /.well-known/jwks.json"},
+        },
+        ["seq", "hash", "at", "kid", "jws"],
+    ),
+    "Credential": _object(
+        {
+            "ref": {"type": "string", "description": "the secret_ref that names it"},
+            "org": {"type": "string"}, "agent": {"type": "string", "description": "an agent name, or * for any"},
+            "system": {"type": "string"}, "backend": {"enum": ["local", "vault"]},
+            "version": {"type": "integer"},
+            "previous_version": _nullable("integer", description="kept since the last rotation, until cutover"),
+            "description": {"type": "string"}, "created_by": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"}, "rotated_at": _nullable("string"),
+        },
+        ["ref", "org", "agent", "system", "backend", "version", "previous_version", "description", "created_by",
+         "created_at", "rotated_at"],
+        description="A credential by reference: everything but its value (no route ever answers with one).",
+    ),
     "Invocation": _object(
         {
             "agent": {"type": "string"},
@@ -227,6 +268,7 @@ PROBLEMS = {
     415: "the request body is not application/json",
     421: "the Host header is not one this registry answers for (DNS rebinding)",
     502: "the target agent is unreachable, answered with an error, or answered outside its output schema",
+    503: "a service the registry depends on is unavailable",
     504: "the target agent did not answer within call_timeout",
 }
 GATE = (403, 421)  # any route
@@ -283,6 +325,14 @@ def _operation(summary: str, responses: dict[str, Any], *, description: str | No
         operation["security"] = security
     operation["responses"] = responses
     return operation
+
+
+SECRETS_ADMIN = "the caller lacks scope secrets:admin (or registry:admin)"
+BACKEND_DOWN = "the credential backend cannot keep or give the value (Vault unreachable, a key that does not open it)"
+SECRET_REF = _param("ref", "path", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+                    "the secret_ref")
+AUDIT_PAGE = _object({"entries": _list(_ref("AuditEntry")), "next_cursor": _nullable("string")},
+                     ["entries", "next_cursor"])
 
 
 def openapi_document(version: str = "1") -> dict[str, Any]:
@@ -390,6 +440,81 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                 _param("log", "query", {"enum": ["caller", "target"]}, "one side of each call"),
             ],
             operation_id="listRuns")},
+        "/v1/audit": {"get": _operation(
+            "The audit log, newest first: filtered, paged by cursor, or as JSON lines",
+            _responses(AUDIT_PAGE, "a page of entries", *read, 400, 403,
+                       s403="the caller lacks scope audit:read (or registry:admin)")
+            | {"200": {"description": "a page of entries, or with format=jsonl every match as JSON lines, oldest "
+                                      "first", "content": {"application/json": {"schema": AUDIT_PAGE},
+                                                           "application/jsonl": {"schema": {"type": "string"}}}}},
+            parameters=[
+                _param("actor", "query", {"type": "string"}, "entries by this actor (agent:NAME, user:...)"),
+                _param("action", "query", {"type": "string"}, "e.g. policy-decision, register, revoke-key"),
+                _param("subject", "query", {"type": "string"}, "what the entry is about: an agent, AGENT.TOOL, a "
+                                                               "secret_ref"),
+                _param("since", "query", {"type": "string", "format": "date-time"}, "entries at or after this "
+                                                                                    "time (with its offset)"),
+                _param("until", "query", {"type": "string", "format": "date-time"}, "entries before this time"),
+                _param("cursor", "query", {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                       "next_cursor of the previous page, as is"),
+                _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                       "page size (no limit with format=jsonl)"),
+                _param("format", "query", {"enum": ["json", "jsonl"]}, "jsonl: every match as JSON lines"),
+            ],
+            operation_id="listAudit")},
+        "/v1/audit/export": {"get": _operation(
+            "The whole audit log in chain order as JSON lines, with its signed checkpoints",
+            {"200": {"description": "one JSON object a line: {type: entry, ...AuditEntry} in chain order, each "
+                                    "{type: checkpoint, ...AuditCheckpoint} after the entry it covers; check it "
+                                    "with `mesh audit verify --file F --jwks URL`",
+                     "content": {"application/jsonl": {"schema": {"type": "string"}}}},
+             **{str(s): _problem(s) for s in read}, "403": _problem(403, "the caller lacks scope audit:read")},
+            operation_id="exportAudit")},
+        "/v1/audit/checkpoints": {"get": _operation(
+            "The audit log's signed checkpoints, oldest first",
+            _responses(_object({"checkpoints": _list(_ref("AuditCheckpoint"))}, ["checkpoints"]), "the checkpoints",
+                       *read, 403, s403="the caller lacks scope audit:read (or registry:admin)"),
+            operation_id="listAuditCheckpoints")},
+        "/v1/secrets": {"get": _operation(
+            "Credentials by reference, with their scope and versions (never a value)",
+            _responses(_object({"secrets": _list(_ref("Credential"))}, ["secrets"]), "the credentials", *read, 403,
+                       s403=SECRETS_ADMIN),
+            operation_id="listSecrets")},
+        "/v1/secrets/{ref}": {
+            "put": _operation(
+                "Store a new credential (its first version)",
+                {"201": {"description": "stored", "content": {"application/json": {"schema": _ref("Credential")}}},
+                 **{code: response for code, response in _responses(
+                     _ref("Credential"), "", *write, 403, 404, 409, 503, s403=SECRETS_ADMIN,
+                     s404="no such route (a ref with characters a path cannot hold)",
+                     s409="a credential of that ref exists (rotate it)", s503=BACKEND_DOWN).items() if code != "200"}},
+                parameters=[SECRET_REF],
+                body=_json_body(_object({"value": {"type": "string", "minLength": 1, "writeOnly": True},
+                                         "agent": {"type": "string"}, "system": {"type": "string"},
+                                         "description": {"type": "string"}}, ["value", "agent", "system"])),
+                operation_id="storeSecret"),
+            "delete": _operation(
+                "Remove a credential and every version of it",
+                {"204": {"description": "removed"},
+                 **{str(code): _problem(code, special) for code, special in (
+                     (400, None), (401, None), (403, SECRETS_ADMIN), (404, "no such credential"), (421, None),
+                     (503, BACKEND_DOWN))}},
+                parameters=[SECRET_REF], operation_id="removeSecret"),
+        },
+        "/v1/secrets/{ref}/rotate": {"post": _operation(
+            "A new version; the previous one stays (resolvable on request) until the cutover",
+            _responses(_ref("Credential"), "rotated", *write, 403, 404, 503, s403=SECRETS_ADMIN,
+                       s404="no such credential", s503=BACKEND_DOWN),
+            parameters=[SECRET_REF],
+            body=_json_body(_object({"value": {"type": "string", "minLength": 1, "writeOnly": True},
+                                     "cutover": {"type": "boolean", "default": False}}, ["value"])),
+            operation_id="rotateSecret")},
+        "/v1/secrets/{ref}/cutover": {"post": _operation(
+            "Destroy the version kept since the last rotation",
+            _responses(_ref("Credential"), "only the current version remains", *write, 403, 404, 503,
+                       s403=SECRETS_ADMIN, s404="no such credential", s503=BACKEND_DOWN),
+            parameters=[SECRET_REF], body=_json_body(_object({}), "an empty object"),
+            operation_id="cutoverSecret")},
         "/v1/runs/{run_id}": {"get": _operation(
             "One run with its provenance JWS and the runs linked to it",
             _responses(_ref("RunDetail"), "the run", *read, 400, 404, s404="no such run",

@@ -27,6 +27,9 @@ STATUS = {
     "unknown-approval": 404,
     "approval-required": 403,
     "sandbox-expired": 410,
+    "unknown-credential": 404,
+    "credential-refused": 403,
+    "credential-exists": 409,
     "tool-blocked": 409,
     "payload-too-large": 413,
     "unsupported-media-type": 415,
@@ -35,6 +38,7 @@ STATUS = {
     "invalid-output": 502,
     "target-unavailable": 502,
     "target-timeout": 504,
+    "credential-unavailable": 503,
 }
 
 

@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from mesh import telemetry
 from mesh.client import RUN_META
 from mesh.manifest import MANIFEST_META, json_digest
-from mesh.registry import admission, store
+from mesh.registry import admission, audit, store
 from mesh.registry.auth import Caller
 from mesh.registry.forward import AgentError, Relay
 from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry, now_ms
@@ -221,11 +221,13 @@ def resolve_descriptor(registry: Registry, call: Call) -> PinnedDescriptor:
 
 
 def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | PinnedDescriptor | None,
-                 arguments: dict[str, Any], call: Call | None = None) -> dict:
+                 arguments: dict[str, Any], call: Call | None = None,
+                 credentials: list[dict[str, Any]] | None = None) -> dict:
     """The Rego input: ``target.tool`` is the tool (or prompt, resource URI...) named, ``kind`` and
     ``method`` say which kind of request it is, ``target.scopes`` what the signed manifest requires for it.
     Reading a resource, getting a prompt and completing an argument change nothing (MCP defines them as
-    reads): they are annotated read-only."""
+    reads): they are annotated read-only. ``credentials`` (``credentials.Credentials.policy_field``) names
+    the credentials a call would carry, by reference: the policy decides whether they may be attached."""
     caller_reputation = registry.known_score(caller.agent) if caller.agent else None
     agent = pinned.agent if pinned else call.agent
     kind = call.kind if call else "tool"
@@ -237,6 +239,7 @@ def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | Pinned
                    "annotations": pinned.annotations if tool else _READ, "scopes": pinned.scopes if pinned else [],
                    "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent)},
         "arguments": arguments,
+        **({"credentials": credentials} if credentials is not None else {}),
     }
 
 
@@ -288,7 +291,8 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
             await run.finish("invalid", Outcome("invalid", fault="caller"), error=detail)
             raise Problem("invalid-arguments", f"{agent}.{call.label}: {detail}", run_id=run.id)
 
-        decision = registry.policy.evaluate(policy_input(registry, caller, pinned or described, arguments, call))
+        run.policy_input = policy_input(registry, caller, pinned or described, arguments, call)
+        decision = registry.policy.evaluate(run.policy_input)
         run.decision = decision
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or decision.rule  # each reads "rule: why"
@@ -474,6 +478,7 @@ class _Run:
         self.started_at = datetime.now(UTC)
         self.started_ms = now_ms()
         self.decision: Decision | None = None
+        self.policy_input: dict[str, Any] | None = None  # what the decision was taken on (audited, redacted)
         self.inner_failure: str | None = None  # set once forwarded: a call this one made that failed
         self.pinned_digest: str | None = None  # of the resource, template or prompt it stands on, once known
 
@@ -511,6 +516,11 @@ class _Run:
         def write() -> None:
             with self.registry.engine.begin() as connection:
                 store.record_call(connection, runs, recorded)
+                if decision is not None:  # last: appending holds the audit log's lock until the commit
+                    audit.record_decision(connection, caller=self.caller.id, subject=f"{self.agent}.{self.tool}",
+                                          allow=decision.allow, rule=decision.rule, reasons=decision.reasons,
+                                          policy_input=self.policy_input, input_digest=decision.input_digest,
+                                          run_id=self.id)
 
         if self.registry.embedded_database:
             write()  # an SQLite commit in WAL mode takes tens of µs: less than a hop to a thread

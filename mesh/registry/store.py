@@ -29,6 +29,7 @@ from sqlalchemy import (
     Double,
     Engine,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     MetaData,
     String,
@@ -263,19 +264,91 @@ class RevocationRecord(Base):
 
 
 class AuditRecord(Base):
-    """Something that happened at the registry's trust boundary: a registration refused, a key revoked."""
+    """One entry of the registry's audit log: something decided at its trust boundary.
+
+    The log is a hash chain (``audit.py``): ``seq`` numbers the entries 1, 2, 3... without gaps, and
+    ``hash`` covers the entry's canonical content and ``prev_hash``, the hash of the entry before it. An
+    entry is appended only through ``audit.append`` and never changed: on both backends a trigger refuses
+    UPDATE and DELETE (migration 0007). Tenancy will add an ``org_id`` column (each organisation's own
+    chain, or one chain whose entries name their organisation: the hash then covers it)."""
 
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_at", "at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(unique=True)  # the position in the chain, from 1
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor: Mapped[str] = mapped_column(SafeString)  # who asked: a caller id, or "unauthenticated"
-    action: Mapped[str] = mapped_column(SafeString)  # e.g. "register", "revoke-key"
+    action: Mapped[str] = mapped_column(SafeString)  # e.g. "register", "revoke-key", "policy-decision"
     subject: Mapped[str] = mapped_column(SafeString)  # what it was about, e.g. the agent's name
-    outcome: Mapped[str] = mapped_column(SafeString)  # "refused", "done", ...
+    outcome: Mapped[str] = mapped_column(SafeString)  # "refused", "done", "allow", "deny", ...
     detail: Mapped[str | None] = mapped_column(SafeText)
     remote: Mapped[str | None] = mapped_column(SafeString)  # the client address
+    data: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)  # e.g. a decision's input, minus secrets
+    prev_hash: Mapped[str] = mapped_column(SafeString)
+    hash: Mapped[str] = mapped_column(SafeString)
+
+
+class AuditHeadRecord(Base):
+    """The chain's last entry (one row, id 1): appends lock it, so two writers never fork the chain."""
+
+    __tablename__ = "audit_head"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int]
+    hash: Mapped[str] = mapped_column(SafeString)
+
+
+class AuditCheckpointRecord(Base):
+    """The chain's head at ``seq``, signed by the registry's provenance key (a compact JWS in ``jws``)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    hash: Mapped[str] = mapped_column(SafeString)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kid: Mapped[str] = mapped_column(SafeString)
+    jws: Mapped[str] = mapped_column(SafeText)
+
+
+class CredentialRecord(Base):
+    """A credential for a target system, named by its ``secret_ref``; the value lives in a backend
+    (``credentials.py``), never here in the clear.
+
+    Scoped to an organisation (``org_id``: "default" until tenancy), the agent it may be attached for
+    ("*": any) and the target system. ``version`` is current; ``previous_version``, when set, is kept
+    (resolvable on request) until a cutover destroys it."""
+
+    __tablename__ = "credentials"
+
+    org_id: Mapped[str] = mapped_column(SafeString, primary_key=True, default="default")
+    ref: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    agent: Mapped[str] = mapped_column(SafeString)
+    system: Mapped[str] = mapped_column(SafeString)
+    backend: Mapped[str] = mapped_column(SafeString)  # "local" or "vault"
+    version: Mapped[int]
+    previous_version: Mapped[int | None]
+    description: Mapped[str] = mapped_column(SafeText, default="")
+    created_by: Mapped[str] = mapped_column(SafeString)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CredentialVersionRecord(Base):
+    """One version of a credential: its ciphertext (local backend) or its version in Vault."""
+
+    __tablename__ = "credential_versions"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id", "ref"], ["credentials.org_id", "credentials.ref"], ondelete="CASCADE"),
+    )
+
+    org_id: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    ref: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    ciphertext: Mapped[str | None] = mapped_column(SafeText)  # local backend: AES-GCM, bound to org, ref, version
+    vault_version: Mapped[int | None]  # vault backend: the KV v2 version holding it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class SandboxRecord(Base):
@@ -701,19 +774,36 @@ def list_revocations(session: Session, agent: str | None = None) -> list[Revocat
 
 def audit(
     session: Session, *, actor: str, action: str, subject: str, outcome: str, detail: str | None = None,
-    remote: str | None = None,
+    remote: str | None = None, data: dict[str, Any] | None = None,
 ) -> AuditRecord:
-    """Keep one event of the trust boundary (refusals, revocations); never secrets, only what was decided."""
-    record = AuditRecord(at=utcnow(), actor=actor, action=action, subject=subject, outcome=outcome,
-                         detail=detail, remote=remote)
-    session.add(record)
-    return record
+    """Append one event of the trust boundary to the hash-chained log (``audit.append``); never secrets,
+    only what was decided."""
+    from mesh.registry.audit import append  # the chain's rules live there; it builds on this module
+
+    entry = append(session, actor=actor, action=action, subject=subject, outcome=outcome, detail=detail,
+                   remote=remote, data=data)
+    return _require(session.scalar(select(AuditRecord).where(AuditRecord.seq == entry["seq"])), "appended entry")
 
 
-def list_audit(session: Session, *, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
-    query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
-    if subject is not None:
-        query = query.where(AuditRecord.subject == subject)
+def list_audit(
+    session: Session, *, subject: str | None = None, actor: str | None = None, action: str | None = None,
+    since: datetime | None = None, until: datetime | None = None, before_seq: int | None = None,
+    after_seq: int | None = None, limit: int | None = 100, oldest_first: bool = False,
+) -> list[AuditRecord]:
+    """Audit entries, newest first (or in chain order), filtered; ``before_seq``/``after_seq`` page by position."""
+    order = AuditRecord.seq.asc() if oldest_first else AuditRecord.seq.desc()
+    query = select(AuditRecord).order_by(order).limit(limit)
+    for column, value in ((AuditRecord.subject, subject), (AuditRecord.actor, actor), (AuditRecord.action, action)):
+        if value is not None:
+            query = query.where(column == value)
+    if since is not None:
+        query = query.where(AuditRecord.at >= since)
+    if until is not None:
+        query = query.where(AuditRecord.at < until)
+    if before_seq is not None:
+        query = query.where(AuditRecord.seq < before_seq)
+    if after_seq is not None:
+        query = query.where(AuditRecord.seq > after_seq)
     return list(session.scalars(query))
 
 

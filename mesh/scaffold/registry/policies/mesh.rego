@@ -12,13 +12,18 @@
 #                "scopes": ["notes:read", ...],      # scopes the tool requires
 #                "reputation": 0.0-1.0,
 #                "probe": bool},                     # a trial call past low_reputation, at most one a while
-#     "arguments": {...}
-#   }
+#     "arguments": {...},
+#     "credentials": [{"ref": "gh-token", "system": "github", "agent": "builder" | "*", "org": "default"}]
+#   }                                                  # present when a call or sandbox would carry credentials
 #
 # Data, the [policy] table of registry/registry.toml:
 #   min_reputation     deny a target scored below this (default 0.3)
 #   allow_destructive  ["agent.tool", "agent.*", ...] destructive tools that may be called anyway
 #   allow_anonymous    let callers that are neither an agent nor a user through (default false)
+#   allow_credentials  ["agent.system", "agent.*", ...] where credentials may be attached (default: wherever
+#                      the credential's own scope says)
+#   allow_credentials  ["agent.system", "agent.*", ...] where credentials may be attached (default: wherever
+#                      the credential's own scope says)
 #
 # Output: data.mesh.authz.decision = {"allow": bool, "deny": [{"rule": name, "reason": text}, ...]}.
 # Any policy file may add `deny contains {"rule": ..., "reason": ...} if ...` to this package.
@@ -111,4 +116,52 @@ deny contains {"rule": "low_reputation", "reason": sprintf("%s reputation %v is 
 	is_number(input.target.reputation)
 	input.target.reputation < min_reputation
 	not input.target.probe == true
+}
+
+# --- credential_not_allowed: a credential (by its secret_ref) goes only to the agent and target system it is
+# stored for; when [policy] allow_credentials is set, only to the agent.system pairs it lists as well.
+
+credential_for_target(credential) if credential.agent == input.target.agent
+
+credential_for_target(credential) if credential.agent == "*"
+
+credential_listed(_) if not data.allow_credentials
+
+credential_listed(credential) if sprintf("%s.%s", [input.target.agent, credential.system]) in data.allow_credentials
+
+credential_listed(_) if sprintf("%s.*", [input.target.agent]) in data.allow_credentials
+
+deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %v is not for agent %v", [credential.ref, input.target.agent])} if {
+	some credential in input.credentials
+	not credential_for_target(credential)
+}
+
+deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %v for %v.%v is not in allow_credentials", [credential.ref, input.target.agent, credential.system])} if {
+	some credential in input.credentials
+	credential_for_target(credential)
+	not credential_listed(credential)
+}
+
+# --- credential_not_allowed: a credential (by its secret_ref) goes only to the agent and target system it is
+# stored for; when [policy] allow_credentials is set, only to the agent.system pairs it lists as well.
+
+credential_for_target(credential) if credential.agent == input.target.agent
+
+credential_for_target(credential) if credential.agent == "*"
+
+credential_listed(_) if not data.allow_credentials
+
+credential_listed(credential) if sprintf("%s.%s", [input.target.agent, credential.system]) in data.allow_credentials
+
+credential_listed(_) if sprintf("%s.*", [input.target.agent]) in data.allow_credentials
+
+deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %v is not for agent %v", [credential.ref, input.target.agent])} if {
+	some credential in input.credentials
+	not credential_for_target(credential)
+}
+
+deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %v for %v.%v is not in allow_credentials", [credential.ref, input.target.agent, credential.system])} if {
+	some credential in input.credentials
+	credential_for_target(credential)
+	not credential_listed(credential)
 }

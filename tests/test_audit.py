@@ -1,0 +1,297 @@
+"""The audit log: a hash chain with signed checkpoints that catches every quiet edit.
+
+On SQLite and, when ``MESH_TEST_DATABASE_URL`` names one, on PostgreSQL (``test_store``'s fixtures):
+appends from many threads never fork the chain; the database refuses UPDATE and DELETE; an entry edited,
+deleted, inserted or reordered, in the database or in an export, is found by ``verify``, and so is a
+forged checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from mesh.keys import KeyRing
+from mesh.registry import audit, store
+
+from . import test_store
+
+# The store's fixtures: an empty database on SQLite and (when configured) on PostgreSQL, migrated.
+database_url, engine, sessions = test_store.database_url, test_store.engine, test_store.sessions
+
+
+@pytest.fixture
+def ring(tmp_path: Path) -> KeyRing:
+    return KeyRing.open(tmp_path / "registry-key", create=True)
+
+
+def fill(sessions: sessionmaker[Session], count: int, start: int = 0) -> None:
+    for number in range(start, start + count):
+        with sessions.begin() as session:
+            store.audit(session, actor=f"agent:a{number % 3}", action=("register", "revoke-key")[number % 2],
+                        subject=f"agent{number % 4}", outcome="done", detail=f"event {number}",
+                        data={"n": number, "nested": {"x": [1, 2.5, "three"]}})
+
+
+def exported(sessions: sessionmaker[Session]) -> list[dict]:
+    with sessions() as session:
+        entries, checkpoints, _ = audit.read_chain(session)
+    return [json.loads(line) for line in audit.export_lines(entries, checkpoints)]
+
+
+def check(lines: list[dict], ring: KeyRing) -> audit.Verification:
+    return audit.verify_lines([json.dumps(line) for line in lines], ring.public_jwks())
+
+
+def tamper(engine: Engine, statement: str) -> None:
+    """What someone with the database's owner rights can still do: switch the triggers off, then edit."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
+            connection.execute(text(statement))
+            connection.execute(text("ALTER TABLE audit_events ENABLE TRIGGER USER"))
+        else:
+            connection.execute(text("DROP TRIGGER audit_events_no_update"))
+            connection.execute(text("DROP TRIGGER audit_events_no_delete"))
+            connection.execute(text(statement))
+
+
+def test_a_chain_with_checkpoints_verifies_from_the_database_and_from_an_export(
+        sessions: sessionmaker[Session], ring: KeyRing):
+    assert audit.checkpoint(sessions, ring.active()) is None  # nothing to sign yet
+    fill(sessions, 5)
+    first = audit.checkpoint(sessions, ring.active())
+    assert first is not None and first["seq"] == 5
+    assert audit.checkpoint(sessions, ring.active()) is None  # the head did not move
+    fill(sessions, 3, start=5)
+    report = audit.verify_database(sessions, ring.public_jwks())
+    assert report.ok, report.problems
+    assert (report.entries, report.checkpoints, report.anchored) == (8, 1, 5)
+    assert "the last 3 entries are not yet covered" in report.summary()
+    audit.checkpoint(sessions, ring.active())
+    lines = exported(sessions)
+    assert [line["type"] for line in lines] == ["entry"] * 5 + ["checkpoint"] + ["entry"] * 3 + ["checkpoint"]
+    assert lines[0]["prev"] == audit.GENESIS and lines[1]["prev"] == lines[0]["hash"]
+    report = check(lines, ring)
+    assert report.ok and report.anchored == 8, report.problems
+
+
+def test_the_database_refuses_to_change_or_delete_entries(sessions: sessionmaker[Session], engine: Engine):
+    fill(sessions, 2)
+    for statement in ("UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 1",
+                      "DELETE FROM audit_events WHERE seq = 2"):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+            connection.execute(text(statement))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM audit_events")).scalar() == 2
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+            connection.execute(text("TRUNCATE audit_events"))
+
+
+@pytest.mark.parametrize("edit, found", [
+    ("UPDATE audit_events SET detail = 'nothing happened' WHERE seq = 3", "entry 3: its content does not match"),
+    ("DELETE FROM audit_events WHERE seq = 3", "has seq 4"),
+    ("UPDATE audit_events SET seq = seq + 100 WHERE seq = 2", "has seq 3"),  # moved to the end: reordered
+    ("DELETE FROM audit_events WHERE seq = 6", "the database's head says entry 6"),  # cut from the end
+])
+def test_an_edit_in_the_database_is_found(sessions: sessionmaker[Session], engine: Engine, ring: KeyRing,
+                                          edit: str, found: str):
+    fill(sessions, 6)
+    assert audit.verify_database(sessions, ring.public_jwks()).ok
+    tamper(engine, edit)
+    report = audit.verify_database(sessions, ring.public_jwks())
+    assert not report.ok
+    assert any(found in problem for problem in report.problems), report.problems
+
+
+def test_an_entry_rewritten_with_its_hash_and_every_later_one_is_caught_by_the_checkpoint(
+        sessions: sessionmaker[Session], ring: KeyRing):
+    fill(sessions, 4)
+    audit.checkpoint(sessions, ring.active())
+    lines = exported(sessions)
+    entries = [line for line in lines if line["type"] == "entry"]
+    entries[1]["detail"] = "nothing happened"  # rewrite entry 2, then re-link the chain after it
+    for before, entry in itertools.pairwise(entries):
+        if entry["seq"] > 2:
+            entry["prev"] = before["hash"]
+        if entry["seq"] >= 2:
+            entry["hash"] = audit.entry_hash(entry)
+    report = check(lines, ring)
+    assert report.problems == ["checkpoint at entry 4: the signed hash differs from the chain's "
+                               "(entries up to 4 changed)"]
+
+
+def _entries(lines: list[dict]) -> list[dict]:
+    return [line for line in lines if line["type"] == "entry"]
+
+
+@pytest.mark.parametrize("change, found", [
+    ("edit", "entry 2: its content does not match its hash (edited)"),
+    ("delete", "entry at position 2 has seq 3"),
+    ("insert", "entry at position 4 has seq 3"),
+    ("reorder", "entry at position 2 has seq 3"),
+    ("forge-checkpoint", "its signature does not verify"),
+    ("alter-checkpoint", "its record differs from what was signed"),
+    ("cut-tail", "the log has no entry 5"),
+])
+def test_an_edit_of_an_export_is_found(sessions: sessionmaker[Session], ring: KeyRing, tmp_path: Path,
+                                       change: str, found: str):
+    fill(sessions, 5)
+    audit.checkpoint(sessions, ring.active())
+    lines = exported(sessions)
+    assert check(lines, ring).ok
+    entries = _entries(lines)
+    if change == "edit":
+        entries[1]["outcome"] = "refused"
+    elif change == "delete":
+        lines.remove(entries[1])
+    elif change == "insert":  # a made-up entry, hashed correctly and linked after entry 2
+        forged = {**entries[1], "seq": 3, "detail": "made up", "prev": entries[1]["hash"]}
+        forged["hash"] = audit.entry_hash(forged)
+        lines.insert(lines.index(entries[1]) + 1, forged)
+    elif change == "reorder":
+        first, second = lines.index(entries[1]), lines.index(entries[2])
+        lines[first], lines[second] = lines[second], lines[first]
+    elif change == "forge-checkpoint":  # a checkpoint over a rewritten chain, signed by a key of one's own
+        other = KeyRing.open(tmp_path / "forger", create=True).active()
+        forged = audit.checkpoint(sessions, other)  # nothing new to sign: forge one by hand
+        assert forged is None
+        claims = {"seq": 5, "hash": entries[4]["hash"], "at": "2026-11-30T12:00:00+00:00"}
+        jws = other.sign(audit.canonical(claims), audit.CHECKPOINT_TYP)
+        lines[-1] = {"type": "checkpoint", **claims, "kid": ring.active().kid, "jws": jws}
+    elif change == "alter-checkpoint":
+        lines[-1]["hash"] = entries[3]["hash"]
+    elif change == "cut-tail":
+        lines.remove(entries[4])
+    report = check(lines, ring)
+    assert not report.ok
+    assert any(found in problem for problem in report.problems), report.problems
+
+
+@pytest.mark.parametrize("writers", [4])
+def test_concurrent_writers_never_fork_the_chain(sessions: sessionmaker[Session], ring: KeyRing, writers: int):
+    per_writer = 25
+    errors: list[BaseException] = []
+    start = threading.Barrier(writers)
+
+    def write(number: int) -> None:
+        try:
+            for index in range(per_writer):
+                start.wait()  # every round, all writers append at once
+                with sessions.begin() as session:
+                    audit.append(session, actor=f"agent:w{number}", action="test", subject=f"w{number}",
+                                 outcome="done", data={"i": index})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    audit.checkpoint(sessions, ring.active())
+    report = audit.verify_database(sessions, ring.public_jwks())
+    assert report.ok, report.problems[:5]
+    assert report.entries == writers * per_writer == report.anchored
+    with sessions() as session:
+        actors = [e.actor for e in store.list_audit(session, limit=None, oldest_first=True)]
+    assert all(len(set(actors[i:i + writers])) == writers for i in range(0, len(actors), writers))  # in rounds
+
+
+def test_a_rolled_back_append_leaves_no_gap(sessions: sessionmaker[Session], ring: KeyRing):
+    fill(sessions, 1)
+    with pytest.raises(RuntimeError), sessions.begin() as session:
+        audit.append(session, actor="x", action="test", subject="s", outcome="done")
+        raise RuntimeError("the transaction fails after the append")
+    fill(sessions, 1, start=1)
+    report = audit.verify_database(sessions, ring.public_jwks())
+    assert report.ok and report.entries == 2, report.problems
+
+
+def test_entries_written_before_the_chain_are_chained_by_the_migration(database_url: str, ring: KeyRing):
+    engine = store.connect(database_url)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(store.MIGRATIONS))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0003")
+        with engine.begin() as connection:
+            for number in range(3):
+                connection.execute(text(
+                    "INSERT INTO audit_events (at, actor, action, subject, outcome, detail) "
+                    "VALUES (:at, 'unauthenticated', 'register', 'echo', 'refused', :detail)"),
+                    {"at": f"2026-01-0{number + 1} 10:00:00.123456", "detail": f"old {number}"})
+        store.migrate(engine)
+        sessions = store.session_factory(engine)
+        fill(sessions, 2)
+        report = audit.verify_database(sessions, ring.public_jwks())
+        assert report.ok and report.entries == 5, report.problems
+        with sessions() as session:
+            assert [e.detail for e in store.list_audit(session, oldest_first=True)][:3] == ["old 0", "old 1", "old 2"]
+    finally:
+        engine.dispose()
+
+
+def test_listing_filters_and_pages(sessions: sessionmaker[Session]):
+    fill(sessions, 12)
+    with sessions() as session:
+        revocations = store.list_audit(session, action="revoke-key", limit=4)
+        assert [e.seq for e in revocations] == [12, 10, 8, 6]
+        older = store.list_audit(session, action="revoke-key", before_seq=6, limit=4)
+        assert [e.seq for e in older] == [4, 2]
+        assert {e.actor for e in store.list_audit(session, actor="agent:a0")} == {"agent:a0"}
+        assert [e.seq for e in store.list_audit(session, subject="agent1")] == [10, 6, 2]
+
+
+def test_a_decisions_input_is_kept_with_arguments_that_name_secrets_redacted(sessions: sessionmaker[Session]):
+    policy_input = {"caller": {"id": "agent:a"}, "target": {"agent": "b", "tool": "login"},
+                    "arguments": {"user": "ada", "password": "hunter2", "options": [{"api_key": "k-123"}],
+                                  "Authorization": "Bearer x"}}
+    with sessions.begin() as session:
+        audit.record_decision(session, caller="agent:a", subject="b.login", allow=False, rule="missing_scope",
+                              reasons=["missing_scope: no"], policy_input=policy_input, input_digest="sha256:d",
+                              run_id="r1")
+    with sessions() as session:
+        entry = audit.entry_json(store.list_audit(session)[0])
+    assert entry["action"] == "policy-decision" and entry["outcome"] == "deny"
+    assert entry["data"]["input"]["arguments"] == {"user": "ada", "password": "[redacted]",
+                                                   "options": [{"api_key": "[redacted]"}],
+                                                   "Authorization": "[redacted]"}
+    assert entry["data"]["input"]["target"] == {"agent": "b", "tool": "login"}
+    assert "hunter2" not in json.dumps(entry) and "k-123" not in json.dumps(entry)
+
+
+def test_key_changes_are_audited(tmp_path: Path):
+    from mesh.registry.auth import issue_token
+    from mesh.registry.config import RegistryConfig
+    from mesh.registry.node import Registry
+    from mesh.workspace import Workspace
+
+    from .conftest import copy_repo_workspace
+
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    ring = KeyRing.open(workspace.state_dir / "keys" / "echo", create=True)
+    old = ring.active()
+    (workspace.manifests_dir / "echo.jwks.json").write_text(json.dumps(ring.public_jwks()))
+    ring.rotate(overlap_seconds=600)
+    registry = Registry.open(RegistryConfig.from_workspace(workspace))
+    registry.authenticate_registration("echo", issue_token("echo", ring.active()), ring.public_jwks())
+    registry.revoke("echo", old.kid, by="user:local", reason="laptop lost")
+    with registry.sessions() as session:
+        changes = [(e.action, e.outcome, e.data["kid"]) for e in store.list_audit(session, subject="echo",
+                                                                                  oldest_first=True)]
+    assert changes == [("trust-key", "learned", ring.active().kid), ("trust-key", "end-set", old.kid),
+                       ("revoke-key", "done", old.kid)]
+    assert audit.verify_database(registry.sessions, registry.provenance_jwks).ok
