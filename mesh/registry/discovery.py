@@ -1,31 +1,47 @@
-"""Discovery: find the mesh's verified tools by what they do, ranked by relevance and reputation.
+"""Discovery: find the mesh's verified tools by what they do, ranked by words, meaning and reputation.
 
-Each tool is embedded once (``mesh.embedding``) from the text "agent tool name title description",
-with snake_case / camelCase names split into words so that ``search_passages`` reads like the query
-"search passages". Queries are embedded the same way and matched by cosine similarity (*relevance*).
+Two rankers look at every query, and their rankings are fused:
 
-The ranking formula, with ``reputation`` in [0, 1] (0.5 when unknown)::
+- **lexical** — BM25 (``mesh.registry.lexical``) over the tool's name (split at snake/camel/kebab case
+  *and* kept whole, weight 3), title (2), description (1), its agent's name (2) and description (0.5),
+  and its parameter names (1). It finds what meaning averages away: product and proper names
+  (``context7``, ``bbc``, ``Ant Design``), rare words, and CJK text through character bigrams.
+- **semantic** — cosine similarity of embeddings (``mesh.embedding.MULTILINGUAL`` by default, a
+  multilingual sentence encoder shipped inside its wheel) of "agent tool-name title description"; it
+  finds tools described in other words, or in another language.
 
-    score = max(relevance, 0) * (0.5 + 0.5 * reputation)
+Fusion is reciprocal rank fusion: each ranker contributes its best ``DEPTH`` tools, and a tool's fused
+relevance is ``sum over rankers of 1 / (RRF_K + rank)``, divided by its largest possible value, so
+1.0 means "first for both" and a tool found by one ranker alone can still rank high. Ranks, not raw
+scores, are fused because BM25 and cosine live on unrelated scales. Then reputation (``[0, 1]``, the
+prior's score when nobody has called the tool) weighs in as before::
 
-so reputation can at most halve a tool's score: it reorders tools of similar relevance, and a tool
-overtakes another only if it is more than half as relevant. Tools with no positive relevance (cosine
-<= 0, unrelated) are not results, and a query with no known word returns nothing.
+    score = relevance * (0.5 + 0.5 * reputation)
+
+so reputation reorders tools of similar relevance and at most halves a score. Every hit says why it
+ranked (``Hit.to_json()["why"]``): its lexical and semantic ranks (None when that ranker did not
+return it), its cosine similarity, the fused relevance, its reputation, and which need it answers.
+
+**Several needs in one query.** A long, task-like query ("find the train, then check the weather there
+and book a hotel") is split into needs (``needs``): at sentence and clause punctuation and at
+sequencing words ("then", "and then", "after that", 然后, 并且, ...), and at "and" when both sides are
+at least three words long. Each need is ranked on its own (both rankers, fused) next to the whole
+query, and a tool's relevance is its best over them, which interleaves the needs' rankings: every
+need's first tool ties with the whole query's first, then the seconds, and so on. At most
+``MAX_NEEDS`` needs, embedded in one batch.
 
 How filters stay exact without scanning 100k vectors:
 
 - ``read_only`` — the vectors live in two Faiss indexes (``VectorIndex``), one for tools annotated
-  ``readOnlyHint: true`` and one for the rest; a filtered search asks one, an unfiltered one asks both.
+  ``readOnlyHint: true`` and one for the rest, and the lexical index keeps the same split as a group;
+  a filtered search asks one partition, an unfiltered one both.
 - ``agent`` — each agent's vectors are also kept as one small matrix, so a search within an agent is
-  an exact dot product over its own tools (microseconds for hundreds of tools) rather than a hope that
-  they show up in a global over-fetch.
-- blocked tools (unverified, or rug-pulled) are taken out of the Faiss indexes, so they cannot appear.
-
-A global search over-fetches ``max(4k, 40)`` candidates by relevance and re-ranks them by score.
+  an exact dot product over its own tools, and the lexical search is restricted to its tool ids.
+- blocked tools (unverified, or rug-pulled) are taken out of both indexes, so they cannot appear.
 
 Ids are ints, stable for an (agent, tool) pair while that tool stays registered; re-registering an
-unchanged tool re-embeds nothing and touches no index. ``VectorIndex`` removes by marking positions
-dead and compacts by itself, so incremental changes never rebuild the whole index.
+unchanged tool re-embeds nothing and touches no index. Both indexes update one tool at a time (dead
+positions, compacted once a quarter is dead), so admissions never rebuild anything at 100k tools.
 """
 
 from __future__ import annotations
@@ -39,17 +55,34 @@ from typing import Any
 import numpy as np
 
 from mesh import embedding
+from mesh.registry import lexical
+from mesh.registry.reputation import UNKNOWN_SCORE
 from mesh.vectors import VectorIndex
 
 Reputation = Callable[[str, str], float | None]
 """``reputation(agent, tool)`` in [0, 1], or None when nothing is known yet."""
 
-UNKNOWN_REPUTATION = 0.5
-OVERFETCH = 4
-MIN_FETCH = 40
+RANKERS = ("lexical", "semantic")
+UNKNOWN_REPUTATION = UNKNOWN_SCORE
+RRF_K = 60
+DEPTH = 50
+"""How many tools each ranker contributes to the fusion, per need."""
+MAX_NEEDS = 4
+MAX_EMBEDDED_CHARS = 1000
+"""Descriptions beyond this are cut before embedding: the head says what a tool does, and an average
+over pages of usage notes says less."""
+
+NAME_WEIGHT, TITLE_WEIGHT, DESCRIPTION_WEIGHT = 3.0, 2.0, 1.0
+AGENT_NAME_WEIGHT, AGENT_DESCRIPTION_WEIGHT, PARAMETER_WEIGHT = 2.0, 0.5, 1.0
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[\s_\-./:]+")
+_CLAUSES = re.compile(
+    r"[.;!?。；！？\n]+(?:\s|$)|[,，、]\s*|\s*\b(?:and then|then|after that|afterwards|finally|next|also)\b\s*"
+    r"|然后|并且|接着|之后|最后|同时|以及",
+    re.IGNORECASE,
+)
+_AND = re.compile(r"\s+(?:and|&)\s+", re.IGNORECASE)
 
 
 def name_words(name: str) -> str:
@@ -64,13 +97,51 @@ def score(relevance: float, reputation: float) -> float:
 
 def tool_text(agent: str, tool: Mapping[str, Any]) -> str:
     """The text a tool is embedded from: its agent, its name in words, its title and description."""
-    parts = [name_words(agent), name_words(tool["name"]), tool.get("title") or "", tool.get("description") or ""]
+    description = (tool.get("description") or "")[:MAX_EMBEDDED_CHARS]
+    parts = [name_words(agent), name_words(tool["name"]), tool.get("title") or "", description]
     return " ".join(part.strip() for part in parts if part and part.strip())
+
+
+def parameter_names(tool: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names of a tool's top-level input parameters."""
+    properties = (tool.get("inputSchema") or {}).get("properties")
+    return tuple(name for name in properties if isinstance(name, str)) if isinstance(properties, dict) else ()
+
+
+def needs(query: str) -> list[str]:
+    """The separate needs of a task-like query; a plain query is one need (itself).
+
+    Split at clause punctuation and sequencing words, then at "and" where both sides have at least three
+    words; a piece with fewer than two search terms joins its neighbour. See the module docstring.
+    """
+    pieces: list[str] = []
+    for clause in _CLAUSES.split(query):
+        parts = _AND.split(clause)
+        if len(parts) > 1 and all(len(part.split()) >= 3 for part in parts):
+            pieces.extend(parts)
+        else:
+            pieces.append(clause)
+    merged: list[str] = []
+    for piece in (piece.strip() for piece in pieces):
+        if not piece:
+            continue
+        if merged and (len(lexical.terms(merged[-1])) < 2 or len(lexical.terms(piece)) < 2):
+            merged[-1] = f"{merged[-1]} {piece}"
+        else:
+            merged.append(piece)
+    if len(merged) <= 1:
+        return [query.strip()] if query.strip() else []
+    return merged[:MAX_NEEDS]
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result; ``to_json()`` is what ``GET /v1/discover`` and the ``discover`` tool return."""
+    """One search result; ``to_json()`` is what ``GET /v1/discover`` and the ``discover`` tool return.
+
+    ``relevance`` is the fused relevance in [0, 1]; ``lexical_rank`` / ``semantic_rank`` are the tool's
+    1-based ranks in each ranker for the need it answers (None: not among that ranker's candidates),
+    ``similarity`` its cosine to that need, and ``need`` the need (None when the query was one need).
+    """
 
     agent: str
     tool: str
@@ -80,6 +151,11 @@ class Hit:
     reputation: float
     score: float
     annotations: dict[str, Any] = field(default_factory=dict)
+    lexical_rank: int | None = None
+    semantic_rank: int | None = None
+    similarity: float | None = None
+    need: str | None = None
+    reputation_known: bool = False
 
     def to_json(self) -> dict[str, Any]:
         result: dict[str, Any] = {"agent": self.agent, "tool": self.tool}
@@ -91,6 +167,15 @@ class Hit:
             relevance=round(self.relevance, 6),
             reputation=round(self.reputation, 6),
             annotations=dict(self.annotations),
+            why={
+                "lexical_rank": self.lexical_rank,
+                "semantic_rank": self.semantic_rank,
+                "similarity": None if self.similarity is None else round(self.similarity, 6),
+                "fused": round(self.relevance, 6),
+                "reputation": round(self.reputation, 6),
+                "reputation_known": self.reputation_known,
+                "need": self.need,
+            },
         )
         return result
 
@@ -103,11 +188,30 @@ class _Tool:
     title: str | None
     description: str
     annotations: dict[str, Any]
-    text: str
+    text: str  # what is embedded
+    parameters: tuple[str, ...]
+    agent_description: str
 
     @property
     def read_only(self) -> bool:
         return self.annotations.get("readOnlyHint") is True
+
+    @property
+    def lexical_key(self) -> tuple[Any, ...]:
+        return (self.name, self.title, self.description, self.parameters, self.agent_description)
+
+    def bag(self) -> dict[str, float]:
+        """The tool's lexical document, weighted by field (see the module docstring)."""
+        return lexical.document(
+            [
+                (lexical.name_terms(self.name), NAME_WEIGHT),
+                (lexical.terms(self.title or ""), TITLE_WEIGHT),
+                (lexical.terms(self.description), DESCRIPTION_WEIGHT),
+                (lexical.name_terms(self.agent), AGENT_NAME_WEIGHT),
+                (lexical.terms(self.agent_description), AGENT_DESCRIPTION_WEIGHT),
+                ([term for name in self.parameters for term in lexical.name_terms(name)], PARAMETER_WEIGHT),
+            ]
+        )
 
 
 @dataclass
@@ -125,16 +229,42 @@ class _Agent:
         return self.vectors[self.rows[id_]]
 
 
-class DiscoveryIndex:
-    """Semantic search over the mesh's verified tools; see the module docstring for the ranking.
+@dataclass
+class _Reason:
+    """Why a tool is a candidate for one need: its fused relevance and the ranks behind it."""
 
-    Meant for the registry's event loop; a lock still makes a bulk load in a worker thread safe.
+    relevance: float
+    lexical_rank: int | None
+    semantic_rank: int | None
+    similarity: float | None
+    need: str | None
+
+
+class DiscoveryIndex:
+    """Hybrid (lexical + semantic) search over the mesh's verified tools; see the module docstring.
+
+    ``rankers`` picks which rankings are fused (both by default; one alone is what the benchmark
+    compares against) and ``embedder`` the sentence embedding. Meant for the registry's event loop; a
+    lock still makes a bulk load in a worker thread safe.
     """
 
-    def __init__(self, *, index_factory: Callable[[int], VectorIndex] = VectorIndex) -> None:
-        self._dimension = embedding.dimension()
+    def __init__(
+        self,
+        *,
+        index_factory: Callable[[int], VectorIndex] = VectorIndex,
+        embedder: embedding.Embedder = embedding.MULTILINGUAL,
+        rankers: Iterable[str] = RANKERS,
+        split_needs: bool = True,
+    ) -> None:
+        self.rankers = tuple(rankers)
+        if not self.rankers or set(self.rankers) - set(RANKERS):
+            raise ValueError(f"rankers must be a non-empty subset of {RANKERS}, got {self.rankers}")
+        self.embedder = embedder
+        self.split_needs = split_needs
+        self._dimension = embedder.dimension
         # Partitioned by read-only-ness so the read_only filter is exact: True -> readOnlyHint tools.
         self._indexes = {True: index_factory(self._dimension), False: index_factory(self._dimension)}
+        self._lexical = lexical.LexicalIndex()
         self._agents: dict[str, _Agent] = {}
         self._ids: dict[tuple[str, str], int] = {}  # (agent, tool) -> id, stable while registered
         self._tools: dict[int, _Tool] = {}
@@ -153,15 +283,24 @@ class DiscoveryIndex:
 
     # -- registration ----------------------------------------------------------------------------------
 
-    def upsert(self, agent: str, tools: list[dict[str, Any]]) -> None:
-        """Make ``tools`` (wire tool dicts) the agent's whole tool set, replacing what it had."""
-        self.upsert_many({agent: tools})
+    def upsert(self, agent: str, tools: list[dict[str, Any]], *, description: str = "") -> None:
+        """Make ``tools`` (wire tool dicts) the agent's whole tool set, replacing what it had.
 
-    def upsert_many(self, agents: Mapping[str, list[dict[str, Any]]]) -> None:
+        ``description`` is the agent's own description, searched (lightly weighted) with each tool.
+        """
+        self.upsert_many({agent: tools}, descriptions={agent: description})
+
+    def upsert_many(
+        self, agents: Mapping[str, list[dict[str, Any]]], *, descriptions: Mapping[str, str] | None = None
+    ) -> None:
         """``upsert`` several agents with one embedding pass and one index add: the fast bulk load."""
         staged = {agent: _parse(agent, tools) for agent, tools in agents.items()}
+        descriptions = descriptions or {}
         with self._lock:
-            tools = {agent: [self._new_tool(agent, spec) for spec in specs] for agent, specs in staged.items()}
+            tools = {
+                agent: [self._new_tool(agent, spec, descriptions.get(agent) or "") for spec in specs]
+                for agent, specs in staged.items()
+            }
             vectors, changed = self._vectors_for(tools)
             for agent, agent_tools in tools.items():
                 self._replace(agent, agent_tools, vectors)
@@ -212,33 +351,79 @@ class DiscoveryIndex:
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        vector = embedding.embed([query])[0]
-        if not vector.any():
-            return []  # no known word: nothing can be relevant
+        split = needs(query) if self.split_needs else ([query.strip()] if query.strip() else [])
+        if not split:
+            return []
+        texts = [query.strip(), *split] if len(split) > 1 else split
+        vectors = self.embedder.embed(texts) if "semantic" in self.rankers else [None] * len(texts)
+        best: dict[int, _Reason] = {}
         with self._lock:
-            if agent is not None:
-                candidates = self._scan_agent(agent, vector, read_only)
-            else:
-                partitions = (True, False) if read_only is None else (read_only,)
-                fetch = max(k * OVERFETCH, MIN_FETCH)
-                candidates = [
-                    (self._tools[id_], relevance)
-                    for partition in partitions
-                    if len(self._indexes[partition])
-                    for id_, relevance in self._indexes[partition].search(vector, fetch)
-                ]
+            for position, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
+                need = text if position else None
+                for id_, reason in self._fuse(text, vector, need, agent, read_only).items():
+                    if id_ not in best or reason.relevance > best[id_].relevance:
+                        best[id_] = reason
+            candidates = [(self._tools[id_], reason) for id_, reason in best.items()]
         ranked = []
-        for tool, relevance in candidates:
-            if relevance > 0:
-                known = reputation(tool.agent, tool.name) if reputation is not None else None
-                trust = UNKNOWN_REPUTATION if known is None else min(max(float(known), 0.0), 1.0)
-                ranked.append((score(relevance, trust), relevance, tool, trust))
-        ranked.sort(key=lambda row: (-row[0], -row[1], row[2].agent, row[2].name))
-        return [_hit(tool, relevance, trust, value) for value, relevance, tool, trust in ranked[:k]]
+        for tool, reason in candidates:
+            known = reputation(tool.agent, tool.name) if reputation is not None else None
+            trust = UNKNOWN_REPUTATION if known is None else min(max(float(known), 0.0), 1.0)
+            ranked.append((score(reason.relevance, trust), tool, reason, trust, known is not None))
+        ranked.sort(key=lambda row: (-row[0], -row[2].relevance, row[1].agent, row[1].name))
+        return [_hit(tool, reason, trust, value, known) for value, tool, reason, trust, known in ranked[:k]]
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _new_tool(self, agent: str, spec: dict[str, Any]) -> _Tool:
+    def _fuse(
+        self, text: str, vector: np.ndarray | None, need: str | None, agent: str | None, read_only: bool | None
+    ) -> dict[int, _Reason]:
+        """Reciprocal rank fusion of the rankers for one need (see the module docstring)."""
+        lexical_ranks: dict[int, int] = {}
+        semantic: dict[int, tuple[int, float]] = {}
+        if "lexical" in self.rankers:
+            found = self._lexical_candidates(text, agent, read_only)
+            lexical_ranks = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
+        if "semantic" in self.rankers and vector is not None and vector.any():
+            found = self._semantic_candidates(vector, agent, read_only)
+            semantic = {id_: (rank, similarity) for rank, (id_, similarity) in enumerate(found, 1)}
+        best_possible = len(self.rankers) / (RRF_K + 1)
+        fused: dict[int, _Reason] = {}
+        for id_ in lexical_ranks.keys() | semantic.keys():
+            lexical_rank = lexical_ranks.get(id_)
+            semantic_rank, similarity = semantic.get(id_, (None, None))
+            total = sum(1.0 / (RRF_K + rank) for rank in (lexical_rank, semantic_rank) if rank is not None)
+            fused[id_] = _Reason(total / best_possible, lexical_rank, semantic_rank, similarity, need)
+        return fused
+
+    def _lexical_candidates(self, text: str, agent: str | None, read_only: bool | None) -> list[tuple[int, float]]:
+        query_terms = lexical.name_terms(text)  # words, and identifiers kept whole (a query may name a tool)
+        group = None if read_only is None else int(read_only)
+        if agent is not None:
+            entry = self._agents.get(agent)
+            if entry is None:
+                return []
+            return self._lexical.search(query_terms, DEPTH, group=group, ids=[tool.id for tool in entry.tools])
+        return self._lexical.search(query_terms, DEPTH, group=group)
+
+    def _semantic_candidates(
+        self, vector: np.ndarray, agent: str | None, read_only: bool | None
+    ) -> list[tuple[int, float]]:
+        """The ``DEPTH`` most similar searchable tools with a positive cosine, most similar first."""
+        if agent is not None:
+            found = [(tool.id, similarity) for tool, similarity in self._scan_agent(agent, vector, read_only)]
+        else:
+            partitions = (True, False) if read_only is None else (read_only,)
+            found = [
+                hit
+                for partition in partitions
+                if len(self._indexes[partition])
+                for hit in self._indexes[partition].search(vector, DEPTH)
+            ]
+        found = [(id_, similarity) for id_, similarity in found if similarity > 0]
+        found.sort(key=lambda pair: -pair[1])
+        return found[:DEPTH]
+
+    def _new_tool(self, agent: str, spec: dict[str, Any], agent_description: str) -> _Tool:
         id_ = self._ids.get((agent, spec["name"]))
         if id_ is None:
             id_, self._next_id = self._next_id, self._next_id + 1
@@ -250,25 +435,31 @@ class DiscoveryIndex:
             description=spec.get("description") or "",
             annotations=dict(spec.get("annotations") or {}),
             text=tool_text(agent, spec),
+            parameters=parameter_names(spec),
+            agent_description=agent_description,
         )
 
     def _vectors_for(self, tools: dict[str, list[_Tool]]) -> tuple[dict[int, np.ndarray], set[int]]:
-        """Every tool's vector, embedding only the tools that are new or whose text changed."""
+        """Every tool's vector, embedding only the tools whose text is new; and the ids of tools whose
+        text or lexical fields changed (their index entries must be refreshed)."""
         vectors: dict[int, np.ndarray] = {}
         fresh: list[_Tool] = []
+        changed: set[int] = set()
         for agent, agent_tools in tools.items():
             for tool in agent_tools:
                 previous = self._tools.get(tool.id)
                 if previous is not None and previous.text == tool.text:
                     vectors[tool.id] = self._agents[agent].vector(tool.id)
+                    if previous.lexical_key != tool.lexical_key:
+                        changed.add(tool.id)
                 else:
                     fresh.append(tool)
-        embedded = embedding.embed([tool.text for tool in fresh])
+        embedded = self.embedder.embed([tool.text for tool in fresh])
         vectors.update((tool.id, vector) for tool, vector in zip(fresh, embedded, strict=True))
-        return vectors, {tool.id for tool in fresh}
+        return vectors, changed | {tool.id for tool in fresh}
 
     def _replace(self, agent: str, tools: list[_Tool], vectors: dict[int, np.ndarray]) -> None:
-        """Swap in an agent's new tool list; tools it no longer has leave the index and the id map."""
+        """Swap in an agent's new tool list; tools it no longer has leave the indexes and the id map."""
         old = self._agents.pop(agent, None)
         kept = {tool.id for tool in tools}
         gone = [tool for tool in (old.tools if old else []) if tool.id not in kept]
@@ -284,7 +475,7 @@ class DiscoveryIndex:
             self._agents[agent] = _Agent(tools, np.ascontiguousarray(matrix))
 
     def _sync(self, tools: list[_Tool], changed: set[int], vectors: dict[int, np.ndarray]) -> None:
-        """Bring these tools' Faiss entries in line: blocked ones out, the rest in the right partition."""
+        """Bring these tools' index entries in line: blocked ones out, the rest in the right partition."""
         adds: dict[bool, list[_Tool]] = {True: [], False: []}
         out: list[int] = []  # blocked, or moving to the other partition
         for tool in tools:
@@ -301,9 +492,12 @@ class DiscoveryIndex:
                 ids = [tool.id for tool in batch]
                 self._indexes[partition].add(ids, np.vstack([vectors[id_] for id_ in ids]))
                 self._indexed.update(dict.fromkeys(ids, partition))
+                for tool in batch:
+                    self._lexical.add(tool.id, tool.bag(), group=int(partition))
 
     def _unindex(self, ids: Iterable[int]) -> None:
-        """Take these ids out of Faiss: one ``remove`` per partition, as each one rebuilds a skip-list."""
+        """Take these ids out of both indexes: one Faiss ``remove`` per partition (each rebuilds a
+        skip-list)."""
         by_partition: dict[bool, list[int]] = {True: [], False: []}
         for id_ in ids:
             partition = self._indexed.pop(id_, None)
@@ -312,6 +506,7 @@ class DiscoveryIndex:
         for partition, batch in by_partition.items():
             if batch:
                 self._indexes[partition].remove(batch)
+                self._lexical.remove(batch)
 
     def _scan_agent(self, agent: str, vector: np.ndarray, read_only: bool | None) -> list[tuple[_Tool, float]]:
         """Exact relevance of every searchable tool of one agent."""
@@ -326,16 +521,21 @@ class DiscoveryIndex:
         ]
 
 
-def _hit(tool: _Tool, relevance: float, reputation: float, value: float) -> Hit:
+def _hit(tool: _Tool, reason: _Reason, reputation: float, value: float, known: bool) -> Hit:
     return Hit(
         agent=tool.agent,
         tool=tool.name,
         description=tool.description,
         title=tool.title,
-        relevance=relevance,
+        relevance=reason.relevance,
         reputation=reputation,
         score=value,
         annotations=dict(tool.annotations),
+        lexical_rank=reason.lexical_rank,
+        semantic_rank=reason.semantic_rank,
+        similarity=reason.similarity,
+        need=reason.need,
+        reputation_known=known,
     )
 
 
