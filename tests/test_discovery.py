@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from mesh.registry.discovery import RRF_K, DiscoveryIndex, Hit, name_words, needs, tool_text  # noqa: F401
+from mesh.registry.discovery import DiscoveryIndex, Hit, name_words, tool_text
 from mesh.registry.reputation import UNKNOWN_SCORE
 from mesh.vectors import VectorIndex
 
@@ -70,9 +70,10 @@ def test_hit_json_shape(index: DiscoveryIndex):
     assert set(body) >= {"agent", "tool", "description", "score", "relevance", "reputation", "annotations", "why"}
     assert body["reputation"] == UNKNOWN_SCORE == 0.6  # the prior's score, as GET /v1/agents shows it
     assert body["score"] == pytest.approx(body["relevance"] * 0.8, abs=1e-5)
-    assert set(body["why"]) == {"lexical_rank", "semantic_rank", "similarity", "fused", "reputation",
+    assert set(body["why"]) == {"lexical_rank", "name_rank", "semantic_rank", "similarity", "fused", "reputation",
                                 "reputation_known", "need"}
-    assert body["why"]["lexical_rank"] == 1 and body["why"]["semantic_rank"] == 1 and body["why"]["fused"] == 1.0
+    assert body["why"]["lexical_rank"] == body["why"]["name_rank"] == body["why"]["semantic_rank"] == 1
+    assert body["why"]["fused"] == body["relevance"] == 1.0  # first for every ranker
     assert body["why"]["reputation_known"] is False and body["why"]["need"] is None
 
 

@@ -1,42 +1,49 @@
-"""Discovery: find the mesh's verified tools by what they do, ranked by words, meaning and reputation.
+"""Discovery: find the mesh's verified tools by what they do, ranked by words, names, meaning and reputation.
 
-Two rankers look at every query, and their rankings are fused:
+Three rankers look at every query, and their rankings are fused:
 
 - **lexical** — BM25 (``mesh.registry.lexical``) over the tool's name (split at snake/camel/kebab case
   *and* kept whole, weight 3), title (2), description (1), its agent's name (2) and description (0.5),
-  and its parameter names (1). It finds what meaning averages away: product and proper names
-  (``context7``, ``bbc``, ``Ant Design``), rare words, and CJK text through character bigrams.
+  and its parameter names (1). It finds what meaning averages away: rare words, exact terms, and CJK
+  text through character bigrams.
+- **names** — BM25 over the names alone (the tool's name, title and agent's name). Product and proper
+  names (``context7``, ``tavily``, ``antd``) decide many queries, and a name match is near-certain
+  intent, so it gets a ranking of its own rather than a bigger weight inside the lexical one (where a
+  long description still dilutes it).
 - **semantic** — cosine similarity of embeddings (``mesh.embedding.MULTILINGUAL`` by default, a
   multilingual sentence encoder shipped inside its wheel) of "agent tool-name title description"; it
   finds tools described in other words, or in another language.
 
 Fusion is reciprocal rank fusion: each ranker contributes its best ``DEPTH`` tools, and a tool's fused
 relevance is ``sum over rankers of 1 / (RRF_K + rank)``, divided by its largest possible value, so
-1.0 means "first for both" and a tool found by one ranker alone can still rank high. Ranks, not raw
-scores, are fused because BM25 and cosine live on unrelated scales. Then reputation (``[0, 1]``, the
-prior's score when nobody has called the tool) weighs in as before::
+1.0 means "first for every ranker" and a tool found by one ranker alone can still rank high. Ranks,
+not raw scores, are fused because BM25 and cosine live on unrelated scales; the rankers weigh the
+same (on ``bench/bench_discovery.py``'s labelled queries, weighting them differently moved NDCG by
+less than its noise). Then reputation (``[0, 1]``, the prior's score when nobody has called the tool)
+weighs in as before::
 
     score = relevance * (0.5 + 0.5 * reputation)
 
 so reputation reorders tools of similar relevance and at most halves a score. Every hit says why it
-ranked (``Hit.to_json()["why"]``): its lexical and semantic ranks (None when that ranker did not
-return it), its cosine similarity, the fused relevance, its reputation, and which need it answers.
+ranked (``Hit.to_json()["why"]``): its lexical, name and semantic ranks (None when that ranker did
+not return it), its cosine similarity, the fused relevance, its reputation (and whether anything is
+known), and which need it answers.
 
 **Several needs in one query.** A long, task-like query ("find the train, then check the weather there
 and book a hotel") is split into needs (``needs``): at sentence and clause punctuation and at
 sequencing words ("then", "and then", "after that", 然后, 并且, ...), and at "and" when both sides are
-at least three words long. Each need is ranked on its own (both rankers, fused) next to the whole
-query, and a tool's relevance is its best over them, which interleaves the needs' rankings: every
-need's first tool ties with the whole query's first, then the seconds, and so on. At most
-``MAX_NEEDS`` needs, embedded in one batch.
+at least three words long; a fragment of fewer than two search terms joins the next piece. Each need
+is ranked on its own (all rankers, fused) next to the whole query, and a tool's relevance is its best
+over them, which interleaves the needs' rankings: every need's first tool ties with the whole query's
+first, then the seconds, and so on. At most ``MAX_NEEDS`` needs, embedded in one batch.
 
 How filters stay exact without scanning 100k vectors:
 
 - ``read_only`` — the vectors live in two Faiss indexes (``VectorIndex``), one for tools annotated
-  ``readOnlyHint: true`` and one for the rest, and the lexical index keeps the same split as a group;
+  ``readOnlyHint: true`` and one for the rest, and the lexical indexes keep the same split as a group;
   a filtered search asks one partition, an unfiltered one both.
 - ``agent`` — each agent's vectors are also kept as one small matrix, so a search within an agent is
-  an exact dot product over its own tools, and the lexical search is restricted to its tool ids.
+  an exact dot product over its own tools, and the lexical searches are restricted to its tool ids.
 - blocked tools (unverified, or rug-pulled) are taken out of both indexes, so they cannot appear.
 
 Ids are ints, stable for an (agent, tool) pair while that tool stays registered; re-registering an
@@ -62,7 +69,7 @@ from mesh.vectors import VectorIndex
 Reputation = Callable[[str, str], float | None]
 """``reputation(agent, tool)`` in [0, 1], or None when nothing is known yet."""
 
-RANKERS = ("lexical", "semantic")
+RANKERS = ("lexical", "names", "semantic")
 UNKNOWN_REPUTATION = UNKNOWN_SCORE
 RRF_K = 60
 DEPTH = 50
@@ -78,7 +85,7 @@ AGENT_NAME_WEIGHT, AGENT_DESCRIPTION_WEIGHT, PARAMETER_WEIGHT = 2.0, 0.5, 1.0
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[\s_\-./:]+")
 _CLAUSES = re.compile(
-    r"[.;!?。；！？\n]+(?:\s|$)|[,，、]\s*|\s*\b(?:and then|then|after that|afterwards|finally|next|also)\b\s*"
+    r"[.;:!?]+(?:\s|$)|[。；：！？\n]+|[,，、]\s*|\s*\b(?:and then|then|after that|afterwards|finally|next|also)\b\s*"
     r"|然后|并且|接着|之后|最后|同时|以及",
     re.IGNORECASE,
 )
@@ -122,13 +129,16 @@ def needs(query: str) -> list[str]:
         else:
             pieces.append(clause)
     merged: list[str] = []
+    fragment = ""  # a piece too short to be a need ("describe it,") joins the next one
     for piece in (piece.strip() for piece in pieces):
-        if not piece:
-            continue
-        if merged and (len(lexical.terms(merged[-1])) < 2 or len(lexical.terms(piece)) < 2):
-            merged[-1] = f"{merged[-1]} {piece}"
+        piece = f"{fragment} {piece}".strip()
+        if len(lexical.terms(piece)) < 2:
+            fragment = piece
         else:
             merged.append(piece)
+            fragment = ""
+    if fragment and merged:
+        merged[-1] = f"{merged[-1]} {fragment}"
     if len(merged) <= 1:
         return [query.strip()] if query.strip() else []
     return merged[:MAX_NEEDS]
@@ -138,8 +148,8 @@ def needs(query: str) -> list[str]:
 class Hit:
     """One search result; ``to_json()`` is what ``GET /v1/discover`` and the ``discover`` tool return.
 
-    ``relevance`` is the fused relevance in [0, 1]; ``lexical_rank`` / ``semantic_rank`` are the tool's
-    1-based ranks in each ranker for the need it answers (None: not among that ranker's candidates),
+    ``relevance`` is the fused relevance in [0, 1]; ``lexical_rank`` / ``name_rank`` / ``semantic_rank``
+    are the tool's 1-based ranks in each ranker for the need it answers (None: not among its candidates),
     ``similarity`` its cosine to that need, and ``need`` the need (None when the query was one need).
     """
 
@@ -152,6 +162,7 @@ class Hit:
     score: float
     annotations: dict[str, Any] = field(default_factory=dict)
     lexical_rank: int | None = None
+    name_rank: int | None = None
     semantic_rank: int | None = None
     similarity: float | None = None
     need: str | None = None
@@ -169,6 +180,7 @@ class Hit:
             annotations=dict(self.annotations),
             why={
                 "lexical_rank": self.lexical_rank,
+                "name_rank": self.name_rank,
                 "semantic_rank": self.semantic_rank,
                 "similarity": None if self.similarity is None else round(self.similarity, 6),
                 "fused": round(self.relevance, 6),
@@ -199,6 +211,13 @@ class _Tool:
     @property
     def lexical_key(self) -> tuple[Any, ...]:
         return (self.name, self.title, self.description, self.parameters, self.agent_description)
+
+    def name_bag(self) -> dict[str, float]:
+        """The tool's names alone: its own, its title and its agent's (see the module docstring)."""
+        return lexical.document(
+            [(lexical.name_terms(self.name), 1.0), (lexical.terms(self.title or ""), 1.0),
+             (lexical.name_terms(self.agent), 1.0)]
+        )
 
     def bag(self) -> dict[str, float]:
         """The tool's lexical document, weighted by field (see the module docstring)."""
@@ -235,13 +254,14 @@ class _Reason:
 
     relevance: float
     lexical_rank: int | None
+    name_rank: int | None
     semantic_rank: int | None
     similarity: float | None
     need: str | None
 
 
 class DiscoveryIndex:
-    """Hybrid (lexical + semantic) search over the mesh's verified tools; see the module docstring.
+    """Hybrid (lexical, names, semantic) search over the mesh's verified tools; see the module docstring.
 
     ``rankers`` picks which rankings are fused (both by default; one alone is what the benchmark
     compares against) and ``embedder`` the sentence embedding. Meant for the registry's event loop; a
@@ -265,6 +285,7 @@ class DiscoveryIndex:
         # Partitioned by read-only-ness so the read_only filter is exact: True -> readOnlyHint tools.
         self._indexes = {True: index_factory(self._dimension), False: index_factory(self._dimension)}
         self._lexical = lexical.LexicalIndex()
+        self._names = lexical.LexicalIndex()
         self._agents: dict[str, _Agent] = {}
         self._ids: dict[tuple[str, str], int] = {}  # (agent, tool) -> id, stable while registered
         self._tools: dict[int, _Tool] = {}
@@ -379,31 +400,38 @@ class DiscoveryIndex:
     ) -> dict[int, _Reason]:
         """Reciprocal rank fusion of the rankers for one need (see the module docstring)."""
         lexical_ranks: dict[int, int] = {}
+        name_ranks: dict[int, int] = {}
         semantic: dict[int, tuple[int, float]] = {}
+        query_terms = lexical.name_terms(text)  # words, and identifiers kept whole (a query may name a tool)
         if "lexical" in self.rankers:
-            found = self._lexical_candidates(text, agent, read_only)
+            found = self._lexical_candidates(self._lexical, query_terms, agent, read_only)
             lexical_ranks = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
+        if "names" in self.rankers:
+            found = self._lexical_candidates(self._names, query_terms, agent, read_only)
+            name_ranks = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
         if "semantic" in self.rankers and vector is not None and vector.any():
             found = self._semantic_candidates(vector, agent, read_only)
             semantic = {id_: (rank, similarity) for rank, (id_, similarity) in enumerate(found, 1)}
         best_possible = len(self.rankers) / (RRF_K + 1)
         fused: dict[int, _Reason] = {}
-        for id_ in lexical_ranks.keys() | semantic.keys():
-            lexical_rank = lexical_ranks.get(id_)
+        for id_ in lexical_ranks.keys() | name_ranks.keys() | semantic.keys():
+            lexical_rank, name_rank = lexical_ranks.get(id_), name_ranks.get(id_)
             semantic_rank, similarity = semantic.get(id_, (None, None))
-            total = sum(1.0 / (RRF_K + rank) for rank in (lexical_rank, semantic_rank) if rank is not None)
-            fused[id_] = _Reason(total / best_possible, lexical_rank, semantic_rank, similarity, need)
+            ranks = [rank for rank in (lexical_rank, name_rank, semantic_rank) if rank is not None]
+            total = sum(1.0 / (RRF_K + rank) for rank in ranks)
+            fused[id_] = _Reason(total / best_possible, lexical_rank, name_rank, semantic_rank, similarity, need)
         return fused
 
-    def _lexical_candidates(self, text: str, agent: str | None, read_only: bool | None) -> list[tuple[int, float]]:
-        query_terms = lexical.name_terms(text)  # words, and identifiers kept whole (a query may name a tool)
+    def _lexical_candidates(
+        self, index: lexical.LexicalIndex, query_terms: list[str], agent: str | None, read_only: bool | None
+    ) -> list[tuple[int, float]]:
         group = None if read_only is None else int(read_only)
         if agent is not None:
             entry = self._agents.get(agent)
             if entry is None:
                 return []
-            return self._lexical.search(query_terms, DEPTH, group=group, ids=[tool.id for tool in entry.tools])
-        return self._lexical.search(query_terms, DEPTH, group=group)
+            return index.search(query_terms, DEPTH, group=group, ids=[tool.id for tool in entry.tools])
+        return index.search(query_terms, DEPTH, group=group)
 
     def _semantic_candidates(
         self, vector: np.ndarray, agent: str | None, read_only: bool | None
@@ -494,6 +522,7 @@ class DiscoveryIndex:
                 self._indexed.update(dict.fromkeys(ids, partition))
                 for tool in batch:
                     self._lexical.add(tool.id, tool.bag(), group=int(partition))
+                    self._names.add(tool.id, tool.name_bag(), group=int(partition))
 
     def _unindex(self, ids: Iterable[int]) -> None:
         """Take these ids out of both indexes: one Faiss ``remove`` per partition (each rebuilds a
@@ -507,6 +536,7 @@ class DiscoveryIndex:
             if batch:
                 self._indexes[partition].remove(batch)
                 self._lexical.remove(batch)
+                self._names.remove(batch)
 
     def _scan_agent(self, agent: str, vector: np.ndarray, read_only: bool | None) -> list[tuple[_Tool, float]]:
         """Exact relevance of every searchable tool of one agent."""
@@ -532,6 +562,7 @@ def _hit(tool: _Tool, reason: _Reason, reputation: float, value: float, known: b
         score=value,
         annotations=dict(tool.annotations),
         lexical_rank=reason.lexical_rank,
+        name_rank=reason.name_rank,
         semantic_rank=reason.semantic_rank,
         similarity=reason.similarity,
         need=reason.need,

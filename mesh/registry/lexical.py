@@ -11,10 +11,11 @@ Removing a document marks its slot dead and takes it out of the counts at once; 
 skipped by the ``alive`` mask and dropped when a quarter of the slots are dead (a compaction, like
 ``VectorIndex``'s), so updates never rebuild the index.
 
-Tokens (``terms``): lower-cased words, split at snake_case, camelCase, kebab-case and punctuation, English
+Tokens (``terms``): lower-cased words, split at snake_case, kebab-case and punctuation, a camelCase word
+both whole and split (``YouTube`` gives youtube, tube; ``getPetById`` getpetbyid, get, pet, id), English
 stop words dropped, stemmed with the Snowball stemmer (PyStemmer), so "searching passages" meets
-``search_passages``. Identifiers (tool and agent names) are also kept whole (``context7``,
-``getpetbyid``), so a query naming a product matches its name exactly. Runs of Chinese, Japanese or
+``search_passages``. Identifiers (tool and agent names) are also kept whole (``context7-mcp``,
+``resolve-library-id``), so a query naming a product or a tool matches its name exactly. Runs of Chinese, Japanese or
 Korean characters, written without spaces, become overlapping character bigrams (single characters
 alone), the usual way to search CJK text without a dictionary.
 
@@ -61,19 +62,20 @@ def terms(text: str) -> list[str]:
     """The search terms of a free text (a description, or a query), in order, repeats kept."""
     out: list[str] = []
     words: list[str] = []
-    for piece in _PIECES.findall(_CAMEL.sub(" ", text)):
+    for piece in _PIECES.findall(text):
         if _IS_CJK.match(piece):
             out.extend(_cjk_terms(piece))
-        else:
-            word = piece.lower()
-            if word not in STOP_WORDS:
-                words.append(word)
+            continue
+        parts = _CAMEL.sub(" ", piece).split()
+        for word in [piece] if len(parts) == 1 else [piece, *parts]:  # "YouTube": youtube, you, tube
+            if word.lower() not in STOP_WORDS:
+                words.append(word.lower())
     return out + _stemmer.stemWords(words)
 
 
 def name_terms(name: str) -> list[str]:
     """An identifier's terms: its words (as ``terms``) plus the whole name, so ``context7-mcp`` also
-    matches "context7-mcp" and ``getPetById`` "getpetbyid"."""
+    matches the query word "context7-mcp" as one term."""
     whole = [token.lower() for token in _IDENTIFIER.findall(name) if not _IS_CJK.search(token)]
     return terms(name) + [token for token in whole if token not in STOP_WORDS]
 
