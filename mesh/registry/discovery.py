@@ -33,9 +33,10 @@ known), and which need it answers.
 and book a hotel") is split into needs (``needs``): at sentence and clause punctuation and at
 sequencing words ("then", "and then", "after that", 然后, 并且, ...), and at "and" when both sides are
 at least three words long; a fragment of fewer than two search terms joins the next piece. Each need
-is ranked on its own (all rankers, fused) next to the whole query, and a tool's relevance is its best
-over them, which interleaves the needs' rankings: every need's first tool ties with the whole query's
-first, then the seconds, and so on. At most ``MAX_NEEDS`` needs, embedded in one batch.
+is ranked on its own (all rankers, fused), and a tool's relevance is its best over the needs, which
+interleaves the needs' rankings: every need's first tool ties with the others' firsts, then the
+seconds, and so on (ranking the whole query as well added nothing on the benchmark, and cost a fifth
+more). At most ``MAX_NEEDS`` needs, embedded in one batch.
 
 How filters stay exact without scanning 100k vectors:
 
@@ -53,10 +54,12 @@ positions, compacted once a quarter is dead), so admissions never rebuild anythi
 
 from __future__ import annotations
 
+import heapq
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -249,15 +252,14 @@ class _Agent:
 
 
 @dataclass
-class _Reason:
-    """Why a tool is a candidate for one need: its fused relevance and the ranks behind it."""
+class _Ranking:
+    """One need's ranks by each ranker (tool id -> 1-based rank), cosines, and fused relevance."""
 
-    relevance: float
-    lexical_rank: int | None
-    name_rank: int | None
-    semantic_rank: int | None
-    similarity: float | None
-    need: str | None
+    lexical: dict[int, int] = field(default_factory=dict)
+    names: dict[int, int] = field(default_factory=dict)
+    semantic: dict[int, int] = field(default_factory=dict)
+    similarity: dict[int, float] = field(default_factory=dict)
+    relevance: dict[int, float] = field(default_factory=dict)
 
 
 class DiscoveryIndex:
@@ -375,52 +377,49 @@ class DiscoveryIndex:
         split = needs(query) if self.split_needs else ([query.strip()] if query.strip() else [])
         if not split:
             return []
-        texts = [query.strip(), *split] if len(split) > 1 else split
-        vectors = self.embedder.embed(texts) if "semantic" in self.rankers else [None] * len(texts)
-        best: dict[int, _Reason] = {}
+        vectors = self.embedder.embed(split) if "semantic" in self.rankers else [None] * len(split)
+        best: dict[int, tuple[float, int]] = {}  # tool id -> (fused relevance, the need that gave it)
         with self._lock:
-            for position, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
-                need = text if position else None
-                for id_, reason in self._fuse(text, vector, need, agent, read_only).items():
-                    if id_ not in best or reason.relevance > best[id_].relevance:
-                        best[id_] = reason
-            candidates = [(self._tools[id_], reason) for id_, reason in best.items()]
-        ranked = []
-        for tool, reason in candidates:
+            rankings = [self._rank(text, vector, agent, read_only) for text, vector in zip(split, vectors, strict=True)]
+            for position, ranking in enumerate(rankings):
+                for id_, relevance in ranking.relevance.items():
+                    if id_ not in best or relevance > best[id_][0]:
+                        best[id_] = (relevance, position)
+            candidates = [(self._tools[id_], relevance, position) for id_, (relevance, position) in best.items()]
+        rows = []
+        for tool, relevance, position in candidates:
             known = reputation(tool.agent, tool.name) if reputation is not None else None
             trust = UNKNOWN_REPUTATION if known is None else min(max(float(known), 0.0), 1.0)
-            ranked.append((score(reason.relevance, trust), tool, reason, trust, known is not None))
-        ranked.sort(key=lambda row: (-row[0], -row[2].relevance, row[1].agent, row[1].name))
-        return [_hit(tool, reason, trust, value, known) for value, tool, reason, trust, known in ranked[:k]]
+            # (agent, name) is unique, so sorting never compares the rest of a row
+            rows.append((-score(relevance, trust), -relevance, tool.agent, tool.name, tool, position, trust, known))
+        rows.sort()
+        return [
+            _hit(tool, rankings[position], split[position] if len(split) > 1 else None, -value, trust, known)
+            for value, _, _, _, tool, position, trust, known in rows[:k]
+        ]
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _fuse(
-        self, text: str, vector: np.ndarray | None, need: str | None, agent: str | None, read_only: bool | None
-    ) -> dict[int, _Reason]:
-        """Reciprocal rank fusion of the rankers for one need (see the module docstring)."""
-        lexical_ranks: dict[int, int] = {}
-        name_ranks: dict[int, int] = {}
-        semantic: dict[int, tuple[int, float]] = {}
+    def _rank(self, text: str, vector: np.ndarray | None, agent: str | None, read_only: bool | None) -> _Ranking:
+        """Each ranker's ranks for one need, and their reciprocal rank fusion (see the module docstring)."""
+        ranking = _Ranking()
         query_terms = lexical.name_terms(text)  # words, and identifiers kept whole (a query may name a tool)
         if "lexical" in self.rankers:
             found = self._lexical_candidates(self._lexical, query_terms, agent, read_only)
-            lexical_ranks = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
+            ranking.lexical = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
         if "names" in self.rankers:
             found = self._lexical_candidates(self._names, query_terms, agent, read_only)
-            name_ranks = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
+            ranking.names = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
         if "semantic" in self.rankers and vector is not None and vector.any():
             found = self._semantic_candidates(vector, agent, read_only)
-            semantic = {id_: (rank, similarity) for rank, (id_, similarity) in enumerate(found, 1)}
+            ranking.semantic = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
+            ranking.similarity = dict(found)
         best_possible = len(self.rankers) / (RRF_K + 1)
-        fused: dict[int, _Reason] = {}
-        for id_ in lexical_ranks.keys() | name_ranks.keys() | semantic.keys():
-            lexical_rank, name_rank = lexical_ranks.get(id_), name_ranks.get(id_)
-            semantic_rank, similarity = semantic.get(id_, (None, None))
-            ranks = [rank for rank in (lexical_rank, name_rank, semantic_rank) if rank is not None]
-            total = sum(1.0 / (RRF_K + rank) for rank in ranks)
-            fused[id_] = _Reason(total / best_possible, lexical_rank, name_rank, semantic_rank, similarity, need)
-        return fused
+        relevance = ranking.relevance
+        for ranks in (ranking.lexical, ranking.names, ranking.semantic):
+            for id_, rank in ranks.items():
+                relevance[id_] = relevance.get(id_, 0.0) + 1.0 / (RRF_K + rank) / best_possible
+        return ranking
 
     def _lexical_candidates(
         self, index: lexical.LexicalIndex, query_terms: list[str], agent: str | None, read_only: bool | None
@@ -447,9 +446,8 @@ class DiscoveryIndex:
                 if len(self._indexes[partition])
                 for hit in self._indexes[partition].search(vector, DEPTH)
             ]
-        found = [(id_, similarity) for id_, similarity in found if similarity > 0]
-        found.sort(key=lambda pair: -pair[1])
-        return found[:DEPTH]
+        return heapq.nlargest(DEPTH, ((id_, similarity) for id_, similarity in found if similarity > 0),
+                              key=itemgetter(1))
 
     def _new_tool(self, agent: str, spec: dict[str, Any], agent_description: str) -> _Tool:
         id_ = self._ids.get((agent, spec["name"]))
@@ -551,22 +549,22 @@ class DiscoveryIndex:
         ]
 
 
-def _hit(tool: _Tool, reason: _Reason, reputation: float, value: float, known: bool) -> Hit:
+def _hit(tool: _Tool, ranking: _Ranking, need: str | None, value: float, trust: float, known: float | None) -> Hit:
     return Hit(
         agent=tool.agent,
         tool=tool.name,
         description=tool.description,
         title=tool.title,
-        relevance=reason.relevance,
-        reputation=reputation,
+        relevance=ranking.relevance[tool.id],
+        reputation=trust,
         score=value,
         annotations=dict(tool.annotations),
-        lexical_rank=reason.lexical_rank,
-        name_rank=reason.name_rank,
-        semantic_rank=reason.semantic_rank,
-        similarity=reason.similarity,
-        need=reason.need,
-        reputation_known=known,
+        lexical_rank=ranking.lexical.get(tool.id),
+        name_rank=ranking.names.get(tool.id),
+        semantic_rank=ranking.semantic.get(tool.id),
+        similarity=ranking.similarity.get(tool.id),
+        need=need,
+        reputation_known=known is not None,
     )
 
 

@@ -183,17 +183,14 @@ class LexicalIndex:
                 parts_slots.append(slots)
                 parts_scores.append(idf * tfs * (K1 + 1.0) / (tfs + norm))
                 del tfs  # release the buffer export before anyone appends again
-            size = len(self._id_of)
-            scores = np.bincount(np.concatenate(parts_slots), np.concatenate(parts_scores), minlength=size)
-            mask = self._alive.data[:size].copy()
-            if group is not None:
-                mask &= self._group.data[:size] == group
-            if ids is not None:
-                chosen = np.zeros(size, dtype=np.bool_)
-                chosen[[self._slot_of[i] for i in ids if i in self._slot_of]] = True
-                mask &= chosen
-            scores = np.where(mask, scores, 0.0)
+            scores = np.bincount(np.concatenate(parts_slots), np.concatenate(parts_scores))
             candidates = np.flatnonzero(scores > 0)
+            keep = self._alive.data[candidates]  # dead slots keep stale postings until compaction
+            if group is not None:
+                keep &= self._group.data[candidates] == group
+            if ids is not None:
+                keep &= np.isin(candidates, [self._slot_of[i] for i in ids if i in self._slot_of])
+            candidates = candidates[keep]
             if len(candidates) > k:
                 candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
             order = candidates[np.argsort(-scores[candidates], kind="stable")]
