@@ -95,7 +95,9 @@ def test_needs_are_split_at_clauses_and_sequencing_words():
     assert needs("open draw.io and stripe.com") == ["open draw.io and stripe.com"]
     assert needs("查一下上海的天气，然后推荐几道菜") == ["查一下上海的天气", "推荐几道菜"]
     assert needs("   ") == []
-    assert len(needs("a b c, d e f, g h i, j k l, m n o, p q r")) == 4
+    assert needs("a b c, d e f, g h i, j k l, m n o, p q r") == ["a b c", "d e f", "g h i", "j k l m n o p q r"]
+    assert needs("a place for 4 guests next weekend, then check the weather") == [
+        "a place for 4 guests next weekend", "check the weather"]
 
 
 @pytest.mark.parametrize(

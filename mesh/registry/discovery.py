@@ -36,7 +36,7 @@ at least three words long; a fragment of fewer than two search terms joins the n
 is ranked on its own (all rankers, fused), and a tool's relevance is its best over the needs, which
 interleaves the needs' rankings: every need's first tool ties with the others' firsts, then the
 seconds, and so on (ranking the whole query as well added nothing on the benchmark, and cost a fifth
-more). At most ``MAX_NEEDS`` needs, embedded in one batch.
+more). At most ``MAX_NEEDS`` needs (the rest join the last), embedded in one batch.
 
 How filters stay exact without scanning 100k vectors:
 
@@ -88,7 +88,7 @@ AGENT_NAME_WEIGHT, AGENT_DESCRIPTION_WEIGHT, PARAMETER_WEIGHT = 2.0, 0.5, 1.0
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _SEPARATORS = re.compile(r"[\s_\-./:]+")
 _CLAUSES = re.compile(
-    r"[.;:!?]+(?:\s|$)|[。；：！？\n]+|[,，、]\s*|\s*\b(?:and then|then|after that|afterwards|finally|next|also)\b\s*"
+    r"[.;:!?]+(?:\s|$)|[。；：！？\n]+|[,，、]\s*|\s*\b(?:and then|then|after that|afterwards|finally|also)\b\s*"
     r"|然后|并且|接着|之后|最后|同时|以及",
     re.IGNORECASE,
 )
@@ -122,7 +122,8 @@ def needs(query: str) -> list[str]:
     """The separate needs of a task-like query; a plain query is one need (itself).
 
     Split at clause punctuation and sequencing words, then at "and" where both sides have at least three
-    words; a piece with fewer than two search terms joins its neighbour. See the module docstring.
+    words; a piece with fewer than two search terms joins the next one, and needs beyond ``MAX_NEEDS``
+    join the last. See the module docstring.
     """
     pieces: list[str] = []
     for clause in _CLAUSES.split(query):
@@ -144,7 +145,9 @@ def needs(query: str) -> list[str]:
         merged[-1] = f"{merged[-1]} {fragment}"
     if len(merged) <= 1:
         return [query.strip()] if query.strip() else []
-    return merged[:MAX_NEEDS]
+    if len(merged) > MAX_NEEDS:
+        merged[MAX_NEEDS - 1 :] = [" ".join(merged[MAX_NEEDS - 1 :])]
+    return merged
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 Why not a library index: ``bm25s`` (and the like) build one static sparse matrix, so admitting or removing
 one agent means rebuilding the whole index (seconds at 100k tools). Discovery changes a few tools at a
-time, so this keeps its own inverted index: a posting list per term (two growable ``array`` buffers,
-read by numpy without copying), a document's terms kept as two small arrays for its removal, and BM25
+time, so this keeps its own inverted index: a posting list per term (two growable ``array`` buffers
+that numpy reads in place), a document's terms kept as two small arrays for its removal, and BM25
 computed at query time from the live counts (``N``, document frequencies, average length). A query
-scores every posting of its terms with one ``np.bincount``, about a millisecond at 100k tools.
+scores every posting of its terms with one ``np.bincount``: a few tenths of a millisecond at 100k tools.
 
 Removing a document marks its slot dead and takes it out of the counts at once; its stale postings are
 skipped by the ``alive`` mask and dropped when a quarter of the slots are dead (a compaction, like
@@ -15,9 +15,9 @@ Tokens (``terms``): lower-cased words, split at snake_case, kebab-case and punct
 both whole and split (``YouTube`` gives youtube, tube; ``getPetById`` getpetbyid, get, pet, id), English
 stop words dropped, stemmed with the Snowball stemmer (PyStemmer), so "searching passages" meets
 ``search_passages``. Identifiers (tool and agent names) are also kept whole (``context7-mcp``,
-``resolve-library-id``), so a query naming a product or a tool matches its name exactly. Runs of Chinese, Japanese or
-Korean characters, written without spaces, become overlapping character bigrams (single characters
-alone), the usual way to search CJK text without a dictionary.
+``resolve-library-id``), so a query naming a product or a tool matches its name exactly. Runs of
+Chinese, Japanese or Korean characters, written without spaces, become overlapping character bigrams
+(single characters alone), the usual way to search CJK text without a dictionary.
 
 Fields weigh by repetition (a light BM25F): a document is a bag ``{term: weight}`` built by ``document``
 from ``(text, weight)`` pairs, and a term's frequency is the sum of its weights.
@@ -38,7 +38,7 @@ import Stemmer
 K1 = 1.2
 B = 0.75
 
-_stemmer = Stemmer.Stemmer("english")
+_local = threading.local()  # a PyStemmer stemmer must not be shared between threads
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _PIECES = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+")
@@ -52,6 +52,13 @@ _STOP_WORDS = (
     "us very want was we were what when where which while who whom why will with would you your yours"
 )
 STOP_WORDS = frozenset(_STOP_WORDS.split())
+
+
+def _stem(words: list[str]) -> list[str]:
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = _local.stemmer = Stemmer.Stemmer("english")
+    return stemmer.stemWords(words)
 
 
 def _cjk_terms(run: str) -> list[str]:
@@ -70,7 +77,7 @@ def terms(text: str) -> list[str]:
         for word in [piece] if len(parts) == 1 else [piece, *parts]:  # "YouTube": youtube, you, tube
             if word.lower() not in STOP_WORDS:
                 words.append(word.lower())
-    return out + _stemmer.stemWords(words)
+    return out + _stem(words)
 
 
 def name_terms(name: str) -> list[str]:
