@@ -441,7 +441,9 @@ class Registry:
     def learn(self, agent: str, tool: str, outcome: Outcome) -> None:
         """Teach both the agent's and the tool's reputation; ``save_reputations`` persists them."""
         for key in ((agent, ""), (agent, tool)):
-            self.reputations.setdefault(key, Reputation()).learn_one(outcome)
+            if key not in self.reputations:
+                self.reputations[key] = Reputation()
+            self.reputations[key].learn_one(outcome)
             self._unsaved.add(key)
 
     def save_reputations(self) -> None:
