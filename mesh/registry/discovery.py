@@ -48,11 +48,13 @@ How filters stay exact without scanning 100k vectors:
   a filtered search asks one partition, an unfiltered one both.
 - ``agent`` — each agent's vectors are also kept as one small matrix, so a search within an agent is
   an exact dot product over its own tools, and the lexical searches are restricted to its tool ids.
-- blocked tools (unverified, or rug-pulled) are taken out of both indexes, so they cannot appear.
+- blocked tools (unverified, or rug-pulled) are taken out of every index, so they cannot appear.
 
 Ids are ints, stable for an (agent, tool) pair while that tool stays registered; re-registering an
-unchanged tool re-embeds nothing and touches no index. Both indexes update one tool at a time (dead
-positions, compacted once a quarter is dead), so admissions never rebuild anything at 100k tools.
+unchanged tool re-embeds nothing and touches no index. Every index updates one tool at a time (dead
+positions, compacted once a quarter is dead), so admissions never rebuild anything at 100k tools. The
+indexes live in the registry process and are rebuilt from the database at start, as the vectors were;
+nothing is written back.
 """
 
 from __future__ import annotations
