@@ -1,24 +1,52 @@
-"""Discovery latency at 10k and 100k tools: build time, then search p50/p99 over 500 queries.
+"""Discovery: retrieval quality on real MCP tools, then latency at 10k and 100k tools.
 
-Run: ``.venv/bin/python bench/bench_discovery.py [sizes...]`` (default 10000 100000). Tools are
-synthetic but varied (verb x noun x qualifier x domain, from a fixed seed), 50 to an agent, about
-half of them annotated read-only; reputation is a dict lookup, as the registry's would be.
+Run: ``.venv/bin/python bench/bench_discovery.py [sizes...]`` (default 10000 100000; ``0`` for the
+quality figures alone).
+
+**Quality.** The catalogue is ``bench/data/catalogue.json`` (the tools/list of 40 public MCP servers
+from npm, extracted by ``bench/data/extract_tools.py``; some described in Chinese) plus this
+repository's own agents (from their committed manifests); ``bench/data/queries.json`` holds queries
+written as users write them, each labelled with the tools that answer it (2: used by the answer, 1: an
+acceptable alternative). For each ranking it prints NDCG@10 (graded gains), MRR (first relevant tool
+in the top 100) and Recall@10 (of the grade-2 tools), overall and by kind of query. The rankings: the
+previous one (semantic only, WordLlama), BM25 alone, semantic alone with the multilingual encoder,
+and the hybrid (with and without splitting a query into needs).
+
+**Latency.** Tools are synthetic but varied (verb x noun x qualifier x domain, from a fixed seed), 50
+to an agent, about half of them annotated read-only; reputation is a dict lookup, as the registry's
+would be. Searches run the default (hybrid) index.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from mesh import embedding
+from mesh.manifest import Manifest
 from mesh.registry.discovery import DiscoveryIndex
+
+DATA = Path(__file__).resolve().parent / "data"
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+RANKINGS: dict[str, dict] = {
+    "previous: semantic (WordLlama)": {"embedder": embedding.WORDLLAMA, "rankers": ("semantic",), "split_needs": False},
+    "BM25 alone": {"rankers": ("lexical",), "split_needs": False},
+    "semantic (multilingual) alone": {"rankers": ("semantic",), "split_needs": False},
+    "hybrid, one need": {"split_needs": False},
+    "hybrid (default)": {},
+}
+KINDS = ("single", "product", "cross-lingual", "multi")
 
 SEED = 20240603
 TOOLS_PER_AGENT = 50
 QUERIES = 500
+TASK = "{q}, then summarize recent invoices by status and send the report to the team"
 
 
 def words(text: str) -> list[str]:
@@ -126,7 +154,8 @@ def bench(size: int) -> list[tuple[str, str]]:
         ("search k=10", lambda q: index.search(q, k=10, reputation=reputation)),
         ("search k=10 read_only", lambda q: index.search(q, k=10, read_only=True, reputation=reputation)),
         ("search k=10 agent=", lambda q: index.search(q, k=10, agent=rng.choice(names), reputation=reputation)),
-        ("  of which embed query", lambda q: embedding.embed([q])),
+        ("search k=10 task of 3 needs", lambda q: index.search(TASK.format(q=q), k=10, reputation=reputation)),
+        ("  of which embed query", lambda q: index.embedder.embed([q])),
     ]
     for label, run in cases:
         (p50, p99), (cpu50, cpu99) = timed(run, texts)
@@ -149,9 +178,62 @@ def bench(size: int) -> list[tuple[str, str]]:
     return rows
 
 
+def catalogue() -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Every agent's tools and description: the public servers, then this repository's agents."""
+    tools: dict[str, list[dict]] = {}
+    descriptions: dict[str, str] = {}
+    for agent in json.loads((DATA / "catalogue.json").read_text())["agents"]:
+        tools[agent["agent"]] = agent["tools"]
+        descriptions[agent["agent"]] = agent["description"]
+    for path in sorted(MANIFESTS.glob("*.manifest.json")):
+        payload = json.loads(Manifest.load(path).payload_bytes)
+        tools[payload["agent"]] = [{k: v for k, v in tool.items() if k != "digest"} for tool in payload["tools"]]
+        descriptions[payload["agent"]] = payload.get("description") or ""
+    return tools, descriptions
+
+
+def ndcg(found: list[str], relevant: dict[str, int], k: int = 10) -> float:
+    gains = sum((2 ** relevant.get(tool, 0) - 1) / math.log2(rank + 2) for rank, tool in enumerate(found[:k]))
+    ideal = sorted(relevant.values(), reverse=True)[:k]
+    return gains / sum((2**grade - 1) / math.log2(rank + 2) for rank, grade in enumerate(ideal))
+
+
+def reciprocal_rank(found: list[str], relevant: dict[str, int]) -> float:
+    return next((1.0 / rank for rank, tool in enumerate(found, 1) if tool in relevant), 0.0)
+
+
+def recall(found: list[str], relevant: dict[str, int], k: int = 10) -> float:
+    needed = {tool for tool, grade in relevant.items() if grade == 2}
+    return len(needed & set(found[:k])) / len(needed)
+
+
+def quality() -> None:
+    tools, descriptions = catalogue()
+    queries = json.loads((DATA / "queries.json").read_text())["queries"]
+    counts = {kind: sum(q["kind"] == kind for q in queries) for kind in KINDS}
+    print(f"\nretrieval quality: {sum(map(len, tools.values()))} tools of {len(tools)} agents, {len(queries)} queries "
+          f"({', '.join(f'{n} {kind}' for kind, n in counts.items())})")
+    header = " ".join(f"{kind:>13}" for kind in KINDS)
+    print(f"  {'ranking':<32} {'NDCG@10':>7} {'MRR':>6} {'R@10':>6}   NDCG@10 by kind: {header}")
+    for label, options in RANKINGS.items():
+        index = DiscoveryIndex(**options)
+        index.upsert_many(tools, descriptions=descriptions)
+        rows = []
+        for query in queries:
+            found = [f"{hit.agent}/{hit.tool}" for hit in index.search(query["query"], k=100)]
+            rows.append((query["kind"], ndcg(found, query["relevant"]), reciprocal_rank(found, query["relevant"]),
+                         recall(found, query["relevant"])))
+        mean = [statistics.fmean(row[i] for row in rows) for i in (1, 2, 3)]
+        by_kind = [statistics.fmean(row[1] for row in rows if row[0] == kind) for kind in KINDS]
+        kinds = " ".join(f"{value:13.3f}" for value in by_kind)
+        print(f"  {label:<32} {mean[0]:7.3f} {mean[1]:6.3f} {mean[2]:6.3f}   {'':16} {kinds}")
+
+
 def main(argv: list[str]) -> None:
-    sizes = [int(arg) for arg in argv] or [10_000, 100_000]
+    sizes = [int(arg) for arg in argv if int(arg) > 0] if argv else [10_000, 100_000]
     embedding.model()  # load the weights outside every timing
+    embedding.MULTILINGUAL.model()
+    quality()
     for size in sizes:
         print(f"\n{size:,} tools, {QUERIES} queries")
         for label, figure in bench(size):

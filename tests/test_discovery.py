@@ -1,4 +1,4 @@
-"""DiscoveryIndex with the real WordLlama embedder and real Faiss indexes."""
+"""DiscoveryIndex with the real multilingual embedder, the real lexical index and real Faiss indexes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from mesh.registry.discovery import DiscoveryIndex, Hit, name_words, tool_text
+from mesh.registry.reputation import UNKNOWN_SCORE
 from mesh.vectors import VectorIndex
 
 
@@ -66,9 +67,14 @@ def test_relevant_tool_ranks_above_unrelated_one(index: DiscoveryIndex):
 def test_hit_json_shape(index: DiscoveryIndex):
     body = index.search("weather forecast", k=1)[0].to_json()
     assert body["agent"] == "weather" and body["tool"] == "get_forecast"
-    assert set(body) >= {"agent", "tool", "description", "score", "relevance", "reputation", "annotations"}
-    assert body["reputation"] == 0.5
-    assert body["score"] == pytest.approx(body["relevance"] * 0.75, abs=1e-5)
+    assert set(body) >= {"agent", "tool", "description", "score", "relevance", "reputation", "annotations", "why"}
+    assert body["reputation"] == UNKNOWN_SCORE == 0.6  # the prior's score, as GET /v1/agents shows it
+    assert body["score"] == pytest.approx(body["relevance"] * 0.8, abs=1e-5)
+    assert set(body["why"]) == {"lexical_rank", "name_rank", "semantic_rank", "similarity", "fused", "reputation",
+                                "reputation_known", "need"}
+    assert body["why"]["lexical_rank"] == body["why"]["name_rank"] == body["why"]["semantic_rank"] == 1
+    assert body["why"]["fused"] == body["relevance"] == 1.0  # first for every ranker
+    assert body["why"]["reputation_known"] is False and body["why"]["need"] is None
 
 
 def test_k_limits_results(index: DiscoveryIndex):
@@ -136,13 +142,14 @@ def test_reputation_reorders_equally_relevant_tools():
     assert hits[0].reputation == 0.9 and hits[0].score == pytest.approx(hits[0].relevance * 0.95)
 
 
-def test_unknown_reputation_counts_as_half():
+def test_unknown_reputation_is_the_prior():
     discovery = DiscoveryIndex()
     same = [tool("search_passages", "Search the documents for passages that match a query.")]
     discovery.upsert_many({"known": same, "unknown": same})
-    hits = discovery.search("search passages", reputation=lambda agent, _tool: 0.4 if agent == "known" else None)
+    hits = discovery.search("search passages", reputation=lambda agent, _tool: 0.55 if agent == "known" else None)
     assert names(hits)[0] == ("unknown", "search_passages")
-    assert hits[0].reputation == 0.5
+    assert hits[0].reputation == UNKNOWN_SCORE and not hits[0].reputation_known
+    assert hits[1].reputation == 0.55 and hits[1].reputation_known
 
 
 def test_upsert_replaces_an_agents_tools(index: DiscoveryIndex):

@@ -187,7 +187,7 @@ def build_app(registry: Registry) -> Starlette:
                              "status": "revoked" if created else "already revoked"})
 
     async def discover(request: Request) -> JSONResponse:
-        """Verified tools ranked by relevance to ``q``, weighted by reputation."""
+        """Verified tools ranked by words, names and meaning (fused), weighted by reputation; see discovery.py."""
         allowed(registry, request, "read")
         params = request.query_params
         if not params.get("q"):

@@ -466,8 +466,8 @@ def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
 
 
 _OWN_TOOLS = [
-    types.Tool(name="discover", description="Find verified tools of the mesh by meaning, ranked by relevance "
-               "weighted by reputation.", input_schema={
+    types.Tool(name="discover", description="Find verified tools of the mesh by words, names and meaning; "
+               "ranked by relevance weighted by reputation.", input_schema={
                    "type": "object", "required": ["query"], "properties": {
                        "query": {"type": "string", "description": "what you want done, in words"},
                        "k": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},

@@ -215,9 +215,11 @@ class Registry:
 
     def load(self) -> None:
         """Rebuild the in-memory view (pinned tools, endpoints, reputations, discovery) after a start."""
+        descriptions: dict[str, str] = {}
         with self.sessions.begin() as session:
             for agent in store.list_agents(session):
                 self.endpoints[agent.name] = agent.endpoint
+                descriptions[agent.name] = agent.description or ""
                 if agent.manifest_digest:
                     self.manifest_digests[agent.name] = agent.manifest_digest
             records = store.list_tools(session)
@@ -228,7 +230,8 @@ class Registry:
                     PinnedDescriptor.from_record(described)
             for saved in store.list_reputation(session):
                 self.reputations[(saved.agent, saved.tool)] = Reputation.from_state(saved.state)
-        self.discovery.upsert_many({agent: self.verified_wire(agent) for agent in self.endpoints})
+        self.discovery.upsert_many({agent: self.verified_wire(agent) for agent in self.endpoints},
+                                   descriptions=descriptions)
 
     def verified_wire(self, agent: str) -> list[dict[str, Any]]:
         return [t.wire for (a, _), t in self.tools.items() if a == agent and t.status == "verified"]
@@ -236,7 +239,11 @@ class Registry:
     async def index_agent(self, agent: str) -> None:
         """Make discovery show exactly ``agent``'s verified tools (embedding and Faiss run off the loop),
         then tell whoever listens for changes (the MCP faces, which tell their clients)."""
-        await anyio.to_thread.run_sync(self.discovery.upsert, agent, self.verified_wire(agent))
+        with self.sessions.begin() as session:
+            record = store.get_agent(session, agent)
+            description = (record.description or "") if record is not None else ""
+        upsert = functools.partial(self.discovery.upsert, agent, self.verified_wire(agent), description=description)
+        await anyio.to_thread.run_sync(upsert)
         for listener in list(self.change_listeners):
             await listener(agent)
 
@@ -437,15 +444,16 @@ class Registry:
     # -- reputation ---------------------------------------------------------------------------------------
 
     def reputation(self, agent: str, tool: str = "") -> Reputation:
-        key = (agent, tool)
-        if key not in self.reputations:
-            self.reputations[key] = Reputation()
-        return self.reputations[key]
+        """What has been learnt about ``agent`` (or one tool); a fresh prior, kept nowhere, when nobody has
+        called it yet. Reading never creates an entry, so reading cannot change any score or ranking."""
+        return self.reputations.get((agent, tool)) or Reputation()
 
     def learn(self, agent: str, tool: str, outcome: Outcome) -> None:
         """Teach both the agent's and the tool's reputation; ``save_reputations`` persists them."""
         for key in ((agent, ""), (agent, tool)):
-            self.reputation(*key).learn_one(outcome)
+            if key not in self.reputations:
+                self.reputations[key] = Reputation()
+            self.reputations[key].learn_one(outcome)
             self._unsaved.add(key)
 
     def save_reputations(self) -> None:
@@ -465,7 +473,10 @@ class Registry:
         return last is None or time.monotonic() - last >= self.config.probe_interval
 
     def known_score(self, agent: str, tool: str = "") -> float | None:
-        """The score learned for ``agent`` (or one tool), None when nothing is known yet."""
+        """The score learned for ``agent`` (or one tool, else its agent), None when nobody has called it.
+
+        Discovery reads None as ``UNKNOWN_SCORE``, the prior's score, which is also what
+        ``reputation_json`` shows for such an agent: an uncalled agent reads the same everywhere."""
         reputation = self.reputations.get((agent, tool)) or self.reputations.get((agent, ""))
         return reputation.score() if reputation else None
 

@@ -162,12 +162,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "tool": {"type": "string"},
             "title": {"type": "string"},
             "description": {"type": "string"},
-            "score": {"type": "number"},
-            "relevance": {"type": "number"},
-            "reputation": {"type": "number"},
+            "score": {"type": "number", "description": "relevance * (0.5 + 0.5 * reputation)"},
+            "relevance": {"type": "number", "description": "fused relevance in [0, 1]: 1 is first for every ranker"},
+            "reputation": {"type": "number", "description": "the prior's score (0.6) for a tool nobody has called"},
             "annotations": {"type": "object"},
+            "why": _ref("DiscoverWhy"),
         },
-        ["agent", "tool", "description", "score", "relevance", "reputation", "annotations"],
+        ["agent", "tool", "description", "score", "relevance", "reputation", "annotations", "why"],
+    ),
+    "DiscoverWhy": _object(
+        {
+            "lexical_rank": {"type": ["integer", "null"], "description": "1-based BM25 rank; null: no word matched"},
+            "name_rank": {"type": ["integer", "null"], "description": "1-based BM25 rank over names alone"},
+            "semantic_rank": {"type": ["integer", "null"], "description": "1-based rank by meaning; null: not near"},
+            "similarity": {"type": ["number", "null"], "description": "cosine of the tool to the need"},
+            "fused": {"type": "number", "description": "reciprocal rank fusion of the ranks, in [0, 1]"},
+            "reputation": {"type": "number"},
+            "reputation_known": {"type": "boolean", "description": "false: nobody has called it yet"},
+            "need": {"type": ["string", "null"], "description": "the part of a several-need query it answers"},
+        },
+        ["lexical_rank", "name_rank", "semantic_rank", "similarity", "fused", "reputation", "reputation_known",
+         "need"],
+        description="why a tool ranked where it did",
     ),
     "Registration": _object(
         {
@@ -401,7 +417,8 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                                            "the key id (RFC 7638 thumbprint)")],
             body=_json_body(_object({"reason": {"type": "string"}})), operation_id="revokeKey")},
         "/v1/discover": {"get": _operation(
-            "Verified tools ranked by relevance to q, weighted by reputation",
+            "Verified tools ranked by words and names (BM25) and meaning, fused, then weighted by reputation; "
+            "a task-like q is split into needs and each need gets its tools",
             _responses(_object({"results": _list(_ref("DiscoverHit"))}, ["results"]), "the best tools, best first",
                        *read, 400),
             parameters=[

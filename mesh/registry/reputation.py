@@ -221,4 +221,7 @@ class Reputation:
         return f"Reputation(score={self.score():.3f}, calls={self.calls})"
 
 
-__all__ = ["Fault", "Outcome", "Reputation", "Status"]
+UNKNOWN_SCORE = Reputation().score()
+"""The score of an agent or tool nobody has called yet (the prior's, 0.6): what every view reports for it."""
+
+__all__ = ["UNKNOWN_SCORE", "Fault", "Outcome", "Reputation", "Status"]

@@ -1,0 +1,247 @@
+"""LexicalIndex: BM25 over words, whole names and CJK character bigrams, updated one document at a time.
+
+Why not a library index: ``bm25s`` (and the like) build one static sparse matrix, so admitting or removing
+one agent means rebuilding the whole index (seconds at 100k tools). Discovery changes a few tools at a
+time, so this keeps its own inverted index: a posting list per term (two growable ``array`` buffers
+that numpy reads in place), a document's terms kept as two small arrays for its removal, and BM25
+computed at query time from the live counts (``N``, document frequencies, average length). A query
+scores every posting of its terms with one ``np.bincount``: a few tenths of a millisecond at 100k tools.
+
+Removing a document marks its slot dead and takes it out of the counts at once; its stale postings are
+skipped by the ``alive`` mask and dropped when a quarter of the slots are dead (a compaction, like
+``VectorIndex``'s), so updates never rebuild the index.
+
+Tokens (``terms``): lower-cased words, split at snake_case, kebab-case and punctuation, a camelCase word
+both whole and split (``YouTube`` gives youtube, tube; ``getPetById`` getpetbyid, get, pet, id), English
+stop words dropped, stemmed with the Snowball stemmer (PyStemmer), so "searching passages" meets
+``search_passages``. Identifiers (tool and agent names) are also kept whole (``context7-mcp``,
+``resolve-library-id``), so a query naming a product or a tool matches its name exactly. Runs of
+Chinese, Japanese or Korean characters, written without spaces, become overlapping character bigrams
+(single characters alone), the usual way to search CJK text without a dictionary.
+
+Fields weigh by repetition (a light BM25F): a document is a bag ``{term: weight}`` built by ``document``
+from ``(text, weight)`` pairs, and a term's frequency is the sum of its weights.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import Stemmer
+
+K1 = 1.2
+B = 0.75
+
+_local = threading.local()  # a PyStemmer stemmer must not be shared between threads
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_PIECES = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+")
+_IS_CJK = re.compile(rf"[{_CJK}]")
+_IDENTIFIER = re.compile(r"[\w.\-/:]+")
+_STOP_WORDS = (
+    "a about after all also am an and any are as at be been before being but by can could did do does doing "
+    "for from had has have having he her here hers him his how i if in into is it its itself just me more "
+    "most my no nor not of off on once only or other our ours out over own please same she should so some "
+    "such than that the their theirs them then there these they this those through to too under until up "
+    "us very want was we were what when where which while who whom why will with would you your yours"
+)
+STOP_WORDS = frozenset(_STOP_WORDS.split())
+
+
+def _stem(words: list[str]) -> list[str]:
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = _local.stemmer = Stemmer.Stemmer("english")
+    return stemmer.stemWords(words)
+
+
+def _cjk_terms(run: str) -> list[str]:
+    return [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
+
+
+def terms(text: str) -> list[str]:
+    """The search terms of a free text (a description, or a query), in order, repeats kept."""
+    out: list[str] = []
+    words: list[str] = []
+    for piece in _PIECES.findall(text):
+        if _IS_CJK.match(piece):
+            out.extend(_cjk_terms(piece))
+            continue
+        parts = _CAMEL.sub(" ", piece).split()
+        for word in [piece] if len(parts) == 1 else [piece, *parts]:  # "YouTube": youtube, you, tube
+            if word.lower() not in STOP_WORDS:
+                words.append(word.lower())
+    return out + _stem(words)
+
+
+def name_terms(name: str) -> list[str]:
+    """An identifier's terms: its words (as ``terms``) plus the whole name, so ``context7-mcp`` also
+    matches the query word "context7-mcp" as one term."""
+    whole = [token.lower() for token in _IDENTIFIER.findall(name) if not _IS_CJK.search(token)]
+    return terms(name) + [token for token in whole if token not in STOP_WORDS]
+
+
+def document(fields: Iterable[tuple[Iterable[str], float]]) -> dict[str, float]:
+    """A bag of weighted terms from ``(terms, weight)`` pairs: a term's weight sums over its occurrences."""
+    bag: Counter[str] = Counter()
+    for field_terms, weight in fields:
+        for term in field_terms:
+            bag[term] += weight
+    return dict(bag)
+
+
+class _Growable:
+    """A numpy vector that grows by doubling, so adding one slot is O(1) amortized."""
+
+    def __init__(self, dtype: type) -> None:
+        self.data = np.zeros(1024, dtype=dtype)
+
+    def ensure(self, size: int) -> None:
+        if size > len(self.data):
+            bigger = np.zeros(max(size, 2 * len(self.data)), dtype=self.data.dtype)
+            bigger[: len(self.data)] = self.data
+            self.data = bigger
+
+
+class LexicalIndex:
+    """BM25 search over documents keyed by the caller's integer ids, each in one integer ``group``.
+
+    ``search(query, k, group=g)`` keeps only documents of group ``g`` (discovery uses 1 for read-only
+    tools, 0 for the others) and ``ids=`` only those ids: filters are exact, never a post-filter.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._vocabulary: dict[str, int] = {}
+        self._postings: list[tuple[array, array]] = []  # term id -> (slots int32, weights float32)
+        self._df: list[int] = []  # term id -> live documents that contain it
+        self._slot_of: dict[int, int] = {}  # caller id -> its live slot
+        self._id_of: list[int] = []  # slot -> caller id
+        self._doc_terms: list[tuple[np.ndarray, np.ndarray] | None] = []  # slot -> (term ids, weights)
+        self._length = _Growable(np.float32)
+        self._alive = _Growable(np.bool_)
+        self._group = _Growable(np.int8)
+        self._total_length = 0.0
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, id_: object) -> bool:
+        return id_ in self._slot_of
+
+    def add(self, id_: int, bag: Mapping[str, float], group: int = 0) -> None:
+        """Index one document (an id already present is replaced)."""
+        with self._lock:
+            self._remove(id_)
+            slot = len(self._id_of)
+            term_ids = np.fromiter((self._term_id(term) for term in bag), dtype=np.int32, count=len(bag))
+            weights = np.fromiter(bag.values(), dtype=np.float32, count=len(bag))
+            for term_id, weight in zip(term_ids.tolist(), weights.tolist(), strict=True):
+                slots, tfs = self._postings[term_id]
+                slots.append(slot)
+                tfs.append(weight)
+                self._df[term_id] += 1
+            self._id_of.append(id_)
+            self._doc_terms.append((term_ids, weights))
+            self._slot_of[id_] = slot
+            for column in (self._length, self._alive, self._group):
+                column.ensure(slot + 1)
+            length = float(weights.sum())
+            self._length.data[slot] = length
+            self._alive.data[slot] = True
+            self._group.data[slot] = group
+            self._total_length += length
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Forget these ids (unknown ones are ignored)."""
+        with self._lock:
+            for id_ in ids:
+                self._remove(id_)
+            if self._dead > 1000 and self._dead * 4 > len(self._id_of):
+                self._compact()
+
+    def search(
+        self, query_terms: list[str], k: int, *, group: int | None = None, ids: Iterable[int] | None = None
+    ) -> list[tuple[int, float]]:
+        """The ``k`` best ``(id, bm25)`` pairs with a positive score, best first."""
+        with self._lock:
+            live = len(self._slot_of)
+            wanted = [self._vocabulary[t] for t in dict.fromkeys(query_terms) if t in self._vocabulary]
+            wanted = [t for t in wanted if self._df[t]]
+            if not live or not wanted:
+                return []
+            average = self._total_length / live
+            lengths = self._length.data
+            parts_slots, parts_scores = [], []
+            for term_id in wanted:
+                df = self._df[term_id]
+                idf = math.log(1.0 + (live - df + 0.5) / (df + 0.5))
+                slots_buffer, tfs_buffer = self._postings[term_id]
+                slots = np.frombuffer(slots_buffer, dtype=np.int32).copy()
+                tfs = np.frombuffer(tfs_buffer, dtype=np.float32)
+                norm = K1 * (1.0 - B + B * lengths[slots] / average)
+                parts_slots.append(slots)
+                parts_scores.append(idf * tfs * (K1 + 1.0) / (tfs + norm))
+                del tfs  # release the buffer export before anyone appends again
+            scores = np.bincount(np.concatenate(parts_slots), np.concatenate(parts_scores))
+            candidates = np.flatnonzero(scores > 0)
+            keep = self._alive.data[candidates]  # dead slots keep stale postings until compaction
+            if group is not None:
+                keep &= self._group.data[candidates] == group
+            if ids is not None:
+                keep &= np.isin(candidates, [self._slot_of[i] for i in ids if i in self._slot_of])
+            candidates = candidates[keep]
+            if len(candidates) > k:
+                candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+            order = candidates[np.argsort(-scores[candidates], kind="stable")]
+            return [(self._id_of[slot], float(scores[slot])) for slot in order.tolist()]
+
+    # -- internals (called with the lock held) --------------------------------------------------------
+
+    def _term_id(self, term: str) -> int:
+        term_id = self._vocabulary.get(term)
+        if term_id is None:
+            term_id = self._vocabulary[term] = len(self._postings)
+            self._postings.append((array("i"), array("f")))
+            self._df.append(0)
+        return term_id
+
+    def _remove(self, id_: int) -> None:
+        slot = self._slot_of.pop(id_, None)
+        if slot is None:
+            return
+        term_ids, _ = self._doc_terms[slot]
+        for term_id in term_ids.tolist():
+            self._df[term_id] -= 1
+        self._doc_terms[slot] = None
+        self._alive.data[slot] = False
+        self._total_length -= float(self._length.data[slot])
+        self._dead += 1
+
+    def _compact(self) -> None:
+        """Rebuild the posting lists from the live documents, renumbering their slots from 0."""
+        live = [(self._id_of[slot], slot) for slot in sorted(self._slot_of.values())]
+        documents = [(id_, self._doc_terms[slot], self._group.data[slot]) for id_, slot in live]
+        self._postings = [(array("i"), array("f")) for _ in self._postings]
+        self._id_of, self._doc_terms, self._slot_of = [], [], {}
+        self._alive.data[:] = False
+        for new, (id_, doc, group) in enumerate(documents):
+            term_ids, weights = doc
+            for term_id, weight in zip(term_ids.tolist(), weights.tolist(), strict=True):
+                slots, tfs = self._postings[term_id]
+                slots.append(new)
+                tfs.append(weight)
+            self._id_of.append(id_)
+            self._doc_terms.append(doc)
+            self._slot_of[id_] = new
+            self._length.data[new] = float(weights.sum())
+            self._alive.data[new] = True
+            self._group.data[new] = group
+        self._dead = 0
