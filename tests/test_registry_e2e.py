@@ -438,6 +438,26 @@ def test_metrics_to_scrape_and_an_index_of_the_api(mesh: Mesh):
     assert httpx.get(index["openapi"]).status_code == 200
 
 
+def tracebacks(output: str) -> list[str]:
+    """Each traceback a process printed, up to the next log line of its own."""
+    found = []
+    for part in output.split("Traceback (most recent call last):")[1:]:
+        lines = part.splitlines()
+        end = next((i for i, line in enumerate(lines[1:], 1) if line and not line.startswith((" ", "\t"))), 0)
+        found.append("\n".join(lines[: end + 1]))
+    return found
+
+
+def sdk_session_race(trace: str) -> bool:
+    """The MCP SDK's streamable HTTP transport, not the registry: a client's notification (here the
+    ``notifications/cancelled`` of the cancelling test) is answered 202, then handed to a session the
+    client's own DELETE closed a moment before (``ClosedResourceError``), and the SDK then tries to answer
+    a second time ("after response already completed"). It shows under load, on commits before the
+    registry held sessions of its own too."""
+    return ("mcp/server/streamable_http.py" in trace and "_handle_post_request" in trace
+            and ("after response already completed" in trace or trace.rstrip().endswith("ClosedResourceError")))
+
+
 async def test_a_refusal_over_mcp_says_why_in_the_tool_error_and_logs_no_traceback(mesh: Mesh):
     async with Client(f"{mesh.url}/mcp") as client:
         unknown = await client.call_tool("invoke", {"agent": "echo", "tool": "nope", "arguments": {}})
@@ -447,4 +467,5 @@ async def test_a_refusal_over_mcp_says_why_in_the_tool_error_and_logs_no_traceba
                                                                      "'destructive_not_allowed'")
         problem = (denied.meta or {})["io.mcpmesh/problem"]
         assert problem["rule"] == "destructive_not_allowed" and problem["run_id"]
-    assert "Traceback" not in mesh.processes["registry"].output()
+    ours = [trace for trace in tracebacks(mesh.processes["registry"].output()) if not sdk_session_race(trace)]
+    assert not ours, ours[0]
