@@ -424,6 +424,12 @@ def parser() -> argparse.ArgumentParser:
     verify = runs_sub.add_parser("verify", parents=[late_client],
                                  help="check a run's provenance against the registry's published key")
     verify.add_argument("run_id", metavar="ID", help="the run's id, or its first 8 characters or more")
+
+    from mesh.learning.cli import add_commands as add_learning_commands
+    from mesh.lm.cli import add_commands as add_lm_commands
+
+    add_lm_commands(sub, common, COMMANDS)
+    add_learning_commands(sub, common, client, COMMANDS)
     return top
 
 
