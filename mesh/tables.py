@@ -158,8 +158,9 @@ def print_agents(client: httpx.Client) -> int:
         return 0
     width = terminal_width()
     print(render(
-        ["AGENT", "STATUS", "REPUTATION", "TOOLS", "ENDPOINT"],
-        [[a["name"], a.get("status"), _score(a.get("reputation")), len(a.get("tools", [])), a.get("endpoint")]
+        ["AGENT", "STATUS", "REPUTATION", "TOOLS", "PROFICIENCY", "ENDPOINT"],
+        [[a["name"], a.get("status"), _score(a.get("reputation")), len(a.get("tools", [])),
+          _proficiency(a.get("proficiency")), a.get("endpoint")]
          for a in agents],
         width=width,
     ))
@@ -393,6 +394,14 @@ def _score(reputation: Any) -> float | None:
     if isinstance(reputation, dict):
         reputation = reputation.get("score")
     return reputation if _is_number(reputation) else None
+
+
+def _proficiency(assessed: Any) -> str:
+    """``petstore proficient 0.92`` per assessed target system (``mesh learn`` assesses), else empty."""
+    if not isinstance(assessed, dict):
+        return ""
+    return ", ".join(f"{system} {entry.get('level')} {entry.get('score', 0):.2f}" for system, entry in
+                     sorted(assessed.items()) if isinstance(entry, dict))
 
 
 def _latency(ms: Any) -> int | None:

@@ -31,6 +31,12 @@ STATUS = {
     "invalid-output": 502,
     "target-unavailable": 502,
     "target-timeout": 504,
+    # learning (``mesh.learning``)
+    "unknown-plan": 404,
+    "unknown-learning-run": 404,
+    "unknown-prompt-version": 404,
+    "learning-busy": 409,
+    "lm-not-configured": 503,
 }
 
 
