@@ -18,7 +18,9 @@ from unittest import mock
 import httpx
 import pytest
 
-from .conftest import run_mesh
+from mesh.lm.settings import HOW_TO_CONFIGURE
+
+from .conftest import copy_repo_workspace, free_port, mesh_command, run_mesh
 from .lm_double import ModelDouble, curriculum_agent
 from .test_registry_e2e import Mesh, running_mesh
 
@@ -176,6 +178,30 @@ def test_a_run_can_be_cancelled(mesh: Mesh, plan: dict):
     assert api(mesh, "POST", f"/learning-runs/{run_id}/cancel", json={}).json()["cancelling"] is True
     run = finished(mesh, run_id)
     assert run["status"] == "cancelled"
+
+
+def test_mesh_learn_runs_the_loop_shows_each_iteration_and_assesses(mesh: Mesh):
+    done = run_mesh("learn", "learner", "petstore", "--iterations", "3", "--registry", mesh.url, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ITERATION" in done.stdout and "proficient" in done.stdout
+    assert "assessment on held-out tasks: proficient" in done.stdout
+
+
+def test_without_a_model_learning_refuses_with_one_line(tmp_path, start):
+    workspace = copy_repo_workspace(tmp_path / "ws")
+    port = free_port()
+    registry = start(mesh_command("registry", "run", "--workspace", str(workspace), "--port", str(port)),
+                     env={"MESH_LM_MODEL": "", "MESH_LM_BASE_URL": ""})
+    url = f"http://127.0.0.1:{port}"
+    registry.wait_http(f"{url}/healthz")
+    assert httpx.get(f"{url}/v1/lm").json() == {"configured": False, "model": None}
+    refused = httpx.post(f"{url}/v1/learning-plans/00000000-0000-4000-8000-000000000000/run", json={})
+    assert refused.status_code == 503 and refused.json()["detail"] == HOW_TO_CONFIGURE
+    done = run_mesh("learn", "learner", "petstore", "--registry", url)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert "MESH_LM_MODEL" in done.stderr
+    # Nothing else depends on a model: the rest of the registry works.
+    assert httpx.get(f"{url}/v1/agents").status_code == 200
 
 
 def test_versions_and_assessments_survive_a_registry_restart(mesh: Mesh):

@@ -3,7 +3,7 @@
 A finding names the task, the call that went wrong, what the API said, and what to change. It is read off
 the API's own answers and the operation's schema (a missing required field, a value outside an enum, an
 unknown id, a refusal), so it is right whatever model made the mistake; when no call failed, the check's
-verdict says what was missing. Each finding gives at most one lesson, a line in a fixed form
+verdict says what was missing. A finding gives lessons, lines in a fixed form
 ("- createPet: always set `body.species` (one of: dog, cat)") that the next version's instructions carry.
 """
 
@@ -15,8 +15,9 @@ from typing import Any
 
 from mesh.learning.target import ToolOutcome, ToolSpec
 
-REQUIRED = re.compile(r"invalid body: '(\w+)' is a required property")
-NOT_ONE_OF = re.compile(r"invalid body(?: at ([\w/.\[\]]+))?: '([^']*)' is not one of (\[[^\]]*\])")
+REQUIRED = re.compile(r"'(\w+)' is a required property")
+NOT_ONE_OF = re.compile(r"invalid body\.?([\w.\[\]]*): '([^']*)' is not one of (\[[^\]]*\])")
+PATTERN = re.compile(r"invalid body\.?([\w.\[\]]*): '([^']*)' does not match '([^']*)'")
 INVALID = re.compile(r"invalid (body|path parameter|query parameter)(?: at |: )?'?([\w.]+)?'?[^:]*: (.*)")
 
 
@@ -27,7 +28,7 @@ class Finding:
     arguments: dict[str, Any] | None
     said: str  # what the API (or the check) said
     change: str  # what to do differently
-    lesson: str | None  # the instruction line this finding adds, if it teaches something general
+    lessons: tuple[str, ...]  # the instruction lines this finding adds, if it teaches something general
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,33 +53,43 @@ def _field_lesson(tool: str, name: str, prop: dict[str, Any]) -> str:
 
 def analyse_call(task: str, call: ToolOutcome, spec: ToolSpec | None) -> Finding:
     said = call.error or f"HTTP {call.status}: {str(call.body)[:200]}"
-    missing = REQUIRED.search(said)
+
+    def finding(change: str, *lessons: str) -> Finding:
+        return Finding(task, call.tool, call.arguments, said, change, tuple(lessons))
+
+    missing = REQUIRED.findall(said) if "invalid body" in said else []
     if missing:
-        name = missing.group(1)
-        return Finding(task, call.tool, call.arguments, said, f"include body field {name!r}",
-                       _field_lesson(call.tool, name, _body_property(spec, name)))
+        return finding(f"include body field{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+                       *(_field_lesson(call.tool, name, _body_property(spec, name)) for name in missing))
     outside = NOT_ONE_OF.search(said)
     if outside:
-        where = (outside.group(1) or "").strip("/").split("/")[-1] or "value"
-        return Finding(task, call.tool, call.arguments, said, f"use one of {outside.group(3)} for {where}",
-                       f"{call.tool}: `{where}` must be one of {outside.group(3)}")
+        where = outside.group(1) or "body"
+        return finding(f"use one of {outside.group(3)} for {where}",
+                       f"{call.tool}: `body.{where}` must be one of {outside.group(3)}")
+    pattern = PATTERN.search(said)
+    if pattern:
+        where = pattern.group(1) or "body"
+        return finding(f"make {where} match {pattern.group(3)}",
+                       f"{call.tool}: `body.{where}` must match the pattern {pattern.group(3)}")
+    if "missing required path parameter" in said:
+        name = said.rsplit("'", 2)[-2] if said.count("'") >= 2 else "id"
+        return finding(f"pass path parameter {name}",
+                       f"{call.tool}: pass `path_params.{name}`, the id an earlier call returned")
     if call.status == 404:
-        return Finding(task, call.tool, call.arguments, said, "use an id the API returned, not an invented one",
+        return finding("use an id the API returned, not an invented one",
                        f"{call.tool}: pass the id that the create call returned")
     if call.status in (401, 403):
-        return Finding(task, call.tool, call.arguments, said, "the call was refused: check credentials and scopes",
-                       None)
+        return finding("the call was refused: check credentials and scopes")
     if call.status == 429:
-        return Finding(task, call.tool, call.arguments, said, "rate limited: retry the same call once", None)
+        return finding("rate limited: retry the same call once", f"{call.tool}: on HTTP 429, retry the call once")
     if "denied" in said.lower() or "forbidden" in said.lower():
-        return Finding(task, call.tool, call.arguments, said, "the mesh's policy refused this call: do not retry it",
+        return finding("the mesh's policy refused this call: do not retry it",
                        f"{call.tool}: the mesh's policy refuses it; do not call it")
     invalid = INVALID.search(said)
     if invalid:
-        return Finding(task, call.tool, call.arguments, said, f"fix the {invalid.group(1)}: {invalid.group(3)[:120]}",
-                       f"{call.tool}: {invalid.group(1)} {invalid.group(2) or ''} — {invalid.group(3)[:120]}".replace(
-                           "  ", " "))
-    return Finding(task, call.tool, call.arguments, said, "read the operation's description and try again", None)
+        return finding(f"fix the {invalid.group(1)}: {invalid.group(3)[:120]}",
+                       f"{call.tool}: {invalid.group(1)} {invalid.group(2) or ''} — {invalid.group(3)[:120]}")
+    return finding("read the operation's description and try again")
 
 
 def analyse_attempt(task: dict[str, Any], calls: list[ToolOutcome], verdict: str, error: str | None,
@@ -88,17 +99,17 @@ def analyse_attempt(task: dict[str, Any], calls: list[ToolOutcome], verdict: str
         if not call.ok and not call.observe:
             return analyse_call(task["id"], call, tools.get(call.tool))
     if error:
-        return Finding(task["id"], None, None, error, "the attempt itself failed; keep the answer format", None)
+        return Finding(task["id"], None, None, error, "the attempt itself failed; keep the answer format", ())
     wanted = re.match(r"never called (\w+) successfully", verdict)
     if wanted:
         tool = tools.get(wanted.group(1))
         what = tool.description if tool else wanted.group(1)
         return Finding(task["id"], None, None, verdict, f"call {wanted.group(1)} as part of this task",
-                       f"{wanted.group(1)}: call it when a task asks to {_verb(what)}")
+                       (f"{wanted.group(1)}: call it when a task asks to {_verb(what)}",))
     if "answer" in verdict:
         return Finding(task["id"], None, None, verdict, "answer with the value asked for only",
-                       "answers: when a task asks for a value (an id, a count), answer with that value alone")
-    return Finding(task["id"], None, None, verdict, "the system's state did not show the result", None)
+                       ("answers: when a task asks for a value (an id, a count), answer with that value alone",))
+    return Finding(task["id"], None, None, verdict, "the system's state did not show the result", ())
 
 
 def _verb(description: str) -> str:
@@ -110,6 +121,7 @@ def lessons_from(findings: list[Finding], known: list[str]) -> list[str]:
     """``known`` lessons plus the new ones the findings teach, in order, each once."""
     lessons = list(known)
     for finding in findings:
-        if finding.lesson and finding.lesson not in lessons:
-            lessons.append(finding.lesson)
+        for lesson in finding.lessons:
+            if lesson not in lessons:
+                lessons.append(lesson)
     return lessons

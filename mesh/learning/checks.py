@@ -3,7 +3,8 @@
 A check is JSON in the plan (so a person can edit it). Kinds:
 
 - ``state_contains`` / ``state_lacks``: call a read operation (``tool`` with ``arguments``) and look for an
-  item whose fields equal ``match`` (placeholders filled from the task's values);
+  item whose fields equal ``match`` (placeholders filled from the task's values); with ``via_created``,
+  read back by id each item the attempt's successful create calls made (for listings that page);
 - ``called``: the attempt made a successful call of ``tool``;
 - ``answer_has_field``: the answer holds the ``field`` (e.g. ``id``) of the item ``state_contains`` found;
 - ``answer_count``: the answer holds the number of items the read operation lists;
@@ -40,6 +41,21 @@ def items_of(body: Any) -> list[Any]:
     return []
 
 
+def _read_back(check: dict[str, Any], calls: list[ToolOutcome], target: Target,
+               observed: list[ToolOutcome]) -> list[Any]:
+    """What the attempt's successful create calls made, each read back by its id (404: gone)."""
+    via = check["via_created"]
+    items = []
+    for call in calls:
+        if call.tool == via["tool"] and call.ok and isinstance(call.body, dict) and via["field"] in call.body:
+            path = {**(call.arguments.get("path_params") or {}), via["param"]: call.body[via["field"]]}
+            outcome = target.call(check["tool"], {"path_params": path}, observe=True)
+            observed.append(outcome)
+            if outcome.ok:
+                items.append(outcome.body)
+    return items
+
+
 def _matches(item: Any, match: dict[str, Any]) -> bool:
     return isinstance(item, dict) and all(str(item.get(key)) == str(value) for key, value in match.items())
 
@@ -66,12 +82,16 @@ def _evaluate(check: dict[str, Any], calls: list[ToolOutcome], answer: str, targ
                 return False, detail
         return True, "every check passed"
     if kind in ("state_contains", "state_lacks"):
-        outcome = target.call(check["tool"], dict(check.get("arguments") or {}), observe=True)
-        observed.append(outcome)
-        if not outcome.ok:
-            return False, f"could not observe the state: {check['tool']} said {outcome.error or outcome.status}"
         match = check.get("match") or {}
-        hit = next((item for item in items_of(outcome.body) if _matches(item, match)), None)
+        if "via_created" in check:
+            listed = _read_back(check, calls, target, observed)
+        else:
+            outcome = target.call(check["tool"], dict(check.get("arguments") or {}), observe=True)
+            observed.append(outcome)
+            if not outcome.ok:
+                return False, f"could not observe the state: {check['tool']} said {outcome.error or outcome.status}"
+            listed = items_of(outcome.body)
+        hit = next((item for item in listed if _matches(item, match)), None)
         if kind == "state_lacks":
             return (hit is None, "no item matches" if hit is None else f"an item still matches {match}")
         if hit is None:

@@ -60,6 +60,11 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, client: argparse.Arg
 
 @_command
 def cmd_learn(client: httpx.Client, args: argparse.Namespace) -> int:
+    if not _request(client, "GET", "/v1/lm")["configured"]:
+        from mesh.lm.settings import HOW_TO_CONFIGURE
+
+        print(f"mesh: the registry at {client.base_url}: {HOW_TO_CONFIGURE}", file=sys.stderr)
+        return 1
     plans = _request(client, "GET", f"/v1/agents/{args.agent}/learning-plans")["plans"]
     plan = next((p for p in plans if p["system"] == args.service), None)
     if plan is None or args.new_plan:

@@ -70,8 +70,8 @@ def find_resources(tools: list[ToolSpec]) -> list[Resource]:
     for tool in tools:
         path = tool.operation.get("path", "")
         body = _merged((tool.operation.get("request_body") or {}).get("schema") or {})
-        if tool.operation.get("method") != "POST" or path.endswith("}") or not body["properties"]:
-            continue
+        if tool.operation.get("method") != "POST" or "{" in path or not body["properties"]:
+            continue  # a nested collection needs its parent first: left to a hand-written task
         properties = body["properties"]
         name_field = next((f for f in NAME_FIELDS if (properties.get(f) or {}).get("type") == "string"), None)
         if name_field is None:
@@ -96,15 +96,31 @@ def find_resources(tools: list[ToolSpec]) -> list[Resource]:
     return resources
 
 
+def article(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
+
+
 def _task(task_id: str, level: int, text: str, params: dict[str, Any], check: dict[str, Any], *,
           held_out: bool = False, skill: str) -> dict[str, Any]:
     return {"id": task_id, "level": level, "skill": skill, "text": text, "params": params, "check": check,
             "held_out": held_out}
 
 
+def _lists_items(tool: ToolSpec | None) -> bool:
+    """Does the operation answer with a JSON array (so the mock's stored items show in it)?"""
+    responses = (tool.operation.get("responses") or {}) if tool else {}
+    return any(code.startswith("2") and (r.get("schema") or {}).get("type") == "array" for code, r in responses.items())
+
+
 def _contains(resource: Resource, match: dict[str, str]) -> dict[str, Any]:
+    """Look for the item in the listing; when the listing is a page object, read back what the attempt
+    created by id instead (``via_created``)."""
     assert resource.listing is not None
-    return {"kind": "state_contains", "tool": resource.listing.name, "arguments": {}, "match": match}
+    if _lists_items(resource.listing) or resource.fetch is None:
+        return {"kind": "state_contains", "tool": resource.listing.name, "arguments": {}, "match": match}
+    param = [p["name"] for p in resource.fetch.operation["parameters"] if p["in"] == "path"][-1]
+    return {"kind": "state_contains", "tool": resource.fetch.name, "match": match,
+            "via_created": {"tool": resource.create.name, "param": param, "field": "id"}}
 
 
 def resource_tasks(resource: Resource) -> list[dict[str, Any]]:
@@ -112,6 +128,7 @@ def resource_tasks(resource: Resource) -> list[dict[str, Any]]:
     if resource.listing is None:
         return []
     r, name = resource, resource.name_field
+    a = article(r.singular)
     unique = {"unique": r.singular}
     named = {name: "{name}"}
     tasks = [_task(f"list-{r.plural}", 1, f"List all the {r.plural} (no filter, no limit) and answer with how many "
@@ -119,33 +136,33 @@ def resource_tasks(resource: Resource) -> list[dict[str, Any]]:
                    skill="read")]
     if r.required_choices:
         stated = " and ".join(f"{f} {values[0]}" for f, values in r.required_choices.items())
-        tasks.append(_task(f"create-{r.singular}-stated", 1, f"Create a {r.singular} named {{name}} with {stated}.",
+        tasks.append(_task(f"create-{r.singular}-stated", 1, f"Create {a} named {{name}} with {stated}.",
                            {"name": unique},
                            _contains(r, {**named, **{f: str(v[0]) for f, v in r.required_choices.items()}}),
                            skill="create"))
-    tasks.append(_task(f"create-{r.singular}", 1, f"Create a {r.singular} named {{name}}.", {"name": unique},
+    tasks.append(_task(f"create-{r.singular}", 1, f"Create {a} named {{name}}.", {"name": unique},
                        _contains(r, named), skill="create"))
     if r.attribute:
         field, values = r.attribute
         tasks.append(_task(f"create-{r.singular}-{field}", 2,
-                           f"Create a {r.singular} named {{name}} whose {field} is {values[1]}.", {"name": unique},
+                           f"Create {a} named {{name}} whose {field} is {values[1]}.", {"name": unique},
                            _contains(r, {**named, field: str(values[1])}), skill="create"))
     if r.fetch:
-        tasks.append(_task(f"fetch-{r.singular}", 2, f"Create a {r.singular} named {{name}}, then fetch it by its id "
+        tasks.append(_task(f"fetch-{r.singular}", 2, f"Create {a} named {{name}}, then fetch it by its id "
                            "and answer with its id.", {"name": unique},
                            {"kind": "all", "checks": [_contains(r, named), {"kind": "called", "tool": r.fetch.name},
                                                       {"kind": "answer_has_field", "field": "id"}]}, skill="read"))
     if r.attribute and r.attribute[0] in r.filters:
         field, values = r.attribute
         tasks.append(_task(f"find-{r.singular}-by-{field}", 3,
-                           f"Create a {r.singular} named {{name}} whose {field} is {values[-1]}, then list the "
+                           f"Create {a} named {{name}} whose {field} is {values[-1]}, then list the "
                            f"{r.plural} whose {field} is {values[-1]} and answer with its id.", {"name": unique},
                            {"kind": "all", "checks": [_contains(r, {**named, field: str(values[-1])}),
                                                       {"kind": "called", "tool": r.listing.name},
                                                       {"kind": "answer_has_field", "field": "id"}]},
                            skill="composite"))
     if r.delete:
-        tasks.append(_task(f"delete-{r.singular}", 3, f"Create a {r.singular} named {{name}}, then delete it.",
+        tasks.append(_task(f"delete-{r.singular}", 3, f"Create {a} named {{name}}, then delete it.",
                            {"name": unique},
                            {"kind": "all", "checks": [{"kind": "called", "tool": r.create.name},
                                                       {"kind": "called", "tool": r.delete.name},
@@ -157,17 +174,17 @@ def resource_tasks(resource: Resource) -> list[dict[str, Any]]:
     if r.attribute:
         field, values = r.attribute
         tasks.append(_task(f"heldout-{r.singular}-{field}", 2,
-                           f"Register a {r.singular} called {{name}}; its {field} must be {values[0]}.",
+                           f"Register {a} called {{name}}; its {field} must be {values[0]}.",
                            {"name": unique}, _contains(r, {**named, field: str(values[0])}), held_out=True,
                            skill="create"))
     if r.fetch:
-        tasks.append(_task(f"heldout-lookup-{r.singular}", 2, f"Add a {r.singular} called {{name}}, look it up by id, "
+        tasks.append(_task(f"heldout-lookup-{r.singular}", 2, f"Add {a} called {{name}}, look it up by id, "
                            "and reply with that id.", {"name": unique},
                            {"kind": "all", "checks": [_contains(r, named), {"kind": "called", "tool": r.fetch.name},
                                                       {"kind": "answer_has_field", "field": "id"}]},
                            held_out=True, skill="read"))
     if r.delete:
-        tasks.append(_task(f"heldout-remove-{r.singular}", 3, f"Add a {r.singular} called {{name}} and then remove it.",
+        tasks.append(_task(f"heldout-remove-{r.singular}", 3, f"Add {a} called {{name}} and then remove it.",
                            {"name": unique},
                            {"kind": "all", "checks": [{"kind": "called", "tool": r.delete.name},
                                                       {**_contains(r, named), "kind": "state_lacks"}]},

@@ -110,6 +110,7 @@ def routes(registry: Any) -> list[Route]:
 
     async def run(request: Request) -> Any:
         """Start the learning loop on a plan in the background; follow it at /v1/learning-runs/{id}."""
+        service.require_model()
         found = service.plan(plan_id(request))
         caller = trainer(request, found.agent)
         service.require_agent(found.agent)
@@ -117,6 +118,7 @@ def routes(registry: Any) -> list[Route]:
 
     async def assess(request: Request) -> Any:
         """Score the agent's active prompt version on the plan's held-out tasks, by its rubric."""
+        service.require_model()
         found = service.plan(plan_id(request))
         caller = trainer(request, found.agent)
         return await service.assess(found.id, caller, await body_of(request))
@@ -188,7 +190,14 @@ def routes(registry: Any) -> list[Route]:
             records.activate(session, agent, record.system, record.id, caller.id)
             return {"agent": agent, "system": record.system, "active": record.id, "previous": previous}
 
+    async def language_model(request: Request) -> Any:
+        """Whether a language model is configured for the LM features (model and server; never the key)."""
+        allowed(registry, request, "read")
+        settings = registry.config.lm
+        return {"configured": settings.configured, "model": settings.describe() if settings.configured else None}
+
     return [
+        Route("/lm", handler(language_model), methods=["GET"]),
         Route("/agents/{name}/learning-plans", handler(plans), methods=["GET", "POST"]),
         Route("/agents/{name}/assessments", handler(agent_assessments), methods=["GET"]),
         Route("/agents/{name}/prompts", handler(prompts), methods=["GET"]),
