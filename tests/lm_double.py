@@ -249,3 +249,12 @@ def answer_of(task: str, steps: list[tuple[str, dict[str, Any], str]]) -> str:
                     return str(item["id"])
         return "unknown"
     return "done"
+
+
+if __name__ == "__main__":  # serve the curriculum double, e.g. to run bench/bench_learning.py's mechanics
+    import time
+
+    with ModelDouble(curriculum_agent) as served:
+        print(" ".join(f"{name}={value}" for name, value in served.env().items()), flush=True)
+        while True:
+            time.sleep(3600)
