@@ -110,6 +110,7 @@ def routes(registry: Any) -> list[Route]:
 
     async def run(request: Request) -> Any:
         """Start the learning loop on a plan in the background; follow it at /v1/learning-runs/{id}."""
+        allowed(registry, request, "read")
         service.require_model()
         found = service.plan(plan_id(request))
         caller = trainer(request, found.agent)
@@ -118,6 +119,7 @@ def routes(registry: Any) -> list[Route]:
 
     async def assess(request: Request) -> Any:
         """Score the agent's active prompt version on the plan's held-out tasks, by its rubric."""
+        allowed(registry, request, "read")
         service.require_model()
         found = service.plan(plan_id(request))
         caller = trainer(request, found.agent)

@@ -94,6 +94,7 @@ AGENT = _object(
         "last_seen": {"type": "string", "format": "date-time"},
         "flags": _list({"type": "string"}),
         "tools": _list(_ref("ToolSummary")),
+        "proficiency": _ref("Proficiency"),
     },
     ["name", "status", "endpoint", "version", "description", "reputation", "last_seen", "flags", "tools"],
 )
@@ -398,6 +399,10 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                                "the run's id, or a unique prefix of 8 or more characters")],
             operation_id="getRun")},
     }
+    from mesh.learning.openapi import learning_document
+
+    learning_paths, learning_schemas = learning_document(read, write)  # learning plans, runs, prompts
+    paths.update(learning_paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -409,7 +414,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **learning_schemas},
             "securitySchemes": {
                 "agentToken": {
                     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
