@@ -143,6 +143,15 @@ def test_an_assessment_on_held_out_tasks_shows_proficiency(mesh: Mesh, plan: dic
     assert agent["proficiency"]["petstore"]["level"] == "proficient"
     listed = run_mesh("ls", "--registry", mesh.url)
     assert "petstore" in listed.stdout and "proficient" in listed.stdout
+    from mesh.registry import store
+
+    engine = store.connect(store.database_url(mesh.workspace))
+    try:
+        with store.session_factory(engine).begin() as session:
+            assert store.proficiency(session, "learner", "petstore") == 1.0
+            assert store.proficiency(session, "learner", "tracker") is None
+    finally:
+        engine.dispose()
 
 
 def test_rollback_restores_an_earlier_version_and_the_agent_serves_it(mesh: Mesh):

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from mesh.registry import store
 from mesh.registry.store import (
     ActivePromptRecord,
     CapabilityAssessmentRecord,
@@ -263,5 +264,4 @@ def proficiency(session: Session, agent: str) -> dict[str, dict[str, Any]]:
 
 def proficiency_score(session: Session, agent: str, system: str) -> float | None:
     """The agent's latest assessed score on ``system``, None when never assessed (for ranking and policy)."""
-    found = assessments(session, agent, system)
-    return found[0].score if found else None
+    return store.proficiency(session, agent, system)

@@ -788,6 +788,20 @@ def list_audit(session: Session, *, subject: str | None = None, limit: int = 100
     return list(session.scalars(query))
 
 
+# --- learning: what discovery and policy may read ------------------------------------------------------
+
+
+def proficiency(session: Session, agent: str, system: str) -> float | None:
+    """``agent``'s latest assessed score (0..1) on a target ``system``, None when never assessed.
+
+    Discovery may rank a proficient agent above a novice one for that system's tools, and the policy may
+    read it; ``mesh.learning`` writes the assessments."""
+    query = (select(CapabilityAssessmentRecord.score)
+             .where(CapabilityAssessmentRecord.agent == agent, CapabilityAssessmentRecord.system == system)
+             .order_by(CapabilityAssessmentRecord.created_at.desc()).limit(1))
+    return session.scalar(query)
+
+
 T = TypeVar("T")
 
 
