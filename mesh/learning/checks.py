@@ -117,3 +117,17 @@ def _evaluate(check: dict[str, Any], calls: list[ToolOutcome], answer: str, targ
         ok = _mentions(answer, count)
         return ok, f"answer holds the count {count}" if ok else f"answer {answer[:80]!r} lacks the count {count}"
     return False, f"unknown check kind {kind!r}"
+
+
+def clean_up(cleanup: dict[str, Any] | None, calls: list[ToolOutcome], target: Target) -> list[ToolOutcome]:
+    """Delete what the attempt's successful create calls made (``cleanup`` of a task), so the sandbox's
+    state stays small and attempts stay independent; returns the calls made."""
+    if not cleanup:
+        return []
+    made = []
+    for call in calls:
+        if call.tool == cleanup["created_by"] and call.ok and isinstance(call.body, dict) \
+                and cleanup["field"] in call.body:
+            path = {**(call.arguments.get("path_params") or {}), cleanup["param"]: call.body[cleanup["field"]]}
+            made.append(target.call(cleanup["tool"], {"path_params": path}, observe=True))
+    return made

@@ -189,6 +189,10 @@ def resource_tasks(resource: Resource) -> list[dict[str, Any]]:
                            {"kind": "all", "checks": [{"kind": "called", "tool": r.delete.name},
                                                       {**_contains(r, named), "kind": "state_lacks"}]},
                            held_out=True, skill="composite"))
+    if r.delete:  # leave the sandbox as found: what an attempt created is deleted after its check
+        param = [p["name"] for p in r.delete.operation["parameters"] if p["in"] == "path"][-1]
+        for task in tasks:
+            task["cleanup"] = {"created_by": r.create.name, "tool": r.delete.name, "param": param, "field": "id"}
     return tasks
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from mesh.learning.analysis import Finding, analyse_attempt, lessons_from
 from mesh.learning.budget import Budget, Spent
-from mesh.learning.checks import Verdict, evaluate
+from mesh.learning.checks import Verdict, clean_up, evaluate
 from mesh.learning.curriculum import instantiate
 from mesh.learning.program import (
     Stopped,
@@ -167,11 +167,12 @@ class LearningLoop:
         calls = self.toolbox.take_calls()
         verdict = evaluate(task["check"], values, calls, answer or "", self.target) if error is None else \
             Verdict(False, error)
+        cleaned = clean_up(task.get("cleanup"), calls, self.target)
         usage = usage_since(self.lm, mark)
-        self.spent.tool_calls += len(calls) + len(verdict.observed)
+        self.spent.tool_calls += len(calls) + len(verdict.observed) + len(cleaned)
         record = {
             "kind": kind, "iteration": iteration, "task_id": task["id"], "input": text, "params": values,
-            "tool_calls": [c.to_json() for c in calls + verdict.observed], "output": answer, "error": error,
+            "tool_calls": [c.to_json() for c in calls + verdict.observed + cleaned], "output": answer, "error": error,
             "passed": verdict.passed, "check_detail": verdict.detail, "prompt_version": self.version_id,
             "lm_calls": usage.calls, "tokens": usage.tokens, "seconds": round(time.perf_counter() - started, 3),
         }
