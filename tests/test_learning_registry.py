@@ -179,6 +179,8 @@ def test_rollback_restores_an_earlier_version_and_the_agent_serves_it(mesh: Mesh
     assert diff.returncode == 0 and "+" in diff.stdout and "species" in diff.stdout
     listed = run_mesh("prompts", "list", "learner", "--registry", mesh.url)
     assert parent[:12] in listed.stdout
+    shown = run_mesh("prompts", "show", "learner", active[:12], "--registry", mesh.url)
+    assert shown.returncode == 0 and "always set `body.species`" in shown.stdout and active in shown.stdout
     assert api(mesh, "POST", f"/agents/learner/prompts/{active}/activate", json={}).status_code == 200
 
 

@@ -121,6 +121,7 @@ class LearningLoop:
         self._history_mark = len(lm.history)
         self._started = time.perf_counter()
         self.version_id: str | None = None
+        self._passed_tasks: list[dict[str, Any]] = []  # of the current iteration: what the optimizer learns from
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
 
@@ -135,7 +136,8 @@ class LearningLoop:
         self.spent.lm_calls, self.spent.tokens = usage.calls, usage.tokens
         self.spent.seconds = time.perf_counter() - self._started
 
-    def _record_version(self, program: Any, parent: str | None, iteration: int | None) -> str:
+    def record_version(self, program: Any, parent: str | None, iteration: int | None) -> str:
+        """Save ``program`` as a version (its id the hash of its saved JSON) and return the id."""
         version_id, text = saved(program)
         self.recorder.version(version_id, text, lessons=lessons_of(program), demos=demos_count(program),
                               parent_id=parent, iteration=iteration, metrics={})
@@ -191,7 +193,7 @@ class LearningLoop:
         tasks = self.training_tasks()
         tools = {spec.name: spec for spec in self.target.tools()}
         program = build_program(self.toolbox, self.target.system, self.start_state)
-        self.version_id = start = self._record_version(program, None, None)
+        self.version_id = start = self.record_version(program, None, None)
         result = LoopResult("budget-spent", "", self.spent, start_version=start)
         measured: dict[str, float] = {}
         failed_before: set[str] = set()
@@ -236,7 +238,7 @@ class LearningLoop:
         started = time.perf_counter()
         passed = attempted = retries = 0
         failures: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        self._passed_tasks: list[dict[str, Any]] = []
+        self._passed_tasks = []
         total = len(tasks) * self.settings.attempts_per_task
         for task in tasks:
             for _ in range(self.settings.attempts_per_task):
@@ -285,7 +287,7 @@ class LearningLoop:
         if self.settings.optimizer == "bootstrap" and self._passed_tasks:
             self.progress({"phase": "optimize", "iteration": number})
             refined = self._bootstrap(refined, number)
-        self.version_id = self._record_version(refined, parent, number)
+        self.version_id = self.record_version(refined, parent, number)
         return refined
 
     def _bootstrap(self, program: Any, number: int) -> Any:
