@@ -157,10 +157,11 @@ def print_agents(client: httpx.Client) -> int:
         print("no agents registered — `mesh up` starts a workspace's agents", file=sys.stderr)
         return 0
     width = terminal_width()
+    assessed = any(a.get("proficiency") for a in agents)  # the column shows once an agent was assessed
     print(render(
-        ["AGENT", "STATUS", "REPUTATION", "TOOLS", "PROFICIENCY", "ENDPOINT"],
+        ["AGENT", "STATUS", "REPUTATION", "TOOLS", *(["PROFICIENCY"] if assessed else []), "ENDPOINT"],
         [[a["name"], a.get("status"), _score(a.get("reputation")), len(a.get("tools", [])),
-          _proficiency(a.get("proficiency")), a.get("endpoint")]
+          *([_proficiency(a.get("proficiency"))] if assessed else []), a.get("endpoint")]
          for a in agents],
         width=width,
     ))
