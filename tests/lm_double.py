@@ -193,9 +193,27 @@ def observation_json(observation: str) -> Any:
         return None
 
 
+HEADING = "Lessons from earlier attempts (follow them):"
+
+
+def reflect(prompt: str, as_json: bool) -> str:
+    """GEPA's reflection (its ``new_instruction``): the current instructions plus the lesson lines its
+    feedback carries, and nothing else."""
+    current = fields(prompt).get("current_instruction", "")
+    base = current.split("\n\n" + HEADING, 1)[0]
+    known = [line for line in current.split(HEADING, 1)[-1].splitlines() if line.startswith("- ")] \
+        if HEADING in current else []
+    feedback = prompt.split("[[ ## examples_with_feedback ## ]]", 1)[-1]
+    lines = list(dict.fromkeys(known + [m.group(0) for m in LESSON.finditer(feedback)]))
+    instruction = base + ("\n\n" + HEADING + "\n" + "\n".join(lines) if lines else "")
+    return json.dumps({"new_instruction": instruction}) if as_json else reply(new_instruction=instruction)
+
+
 def curriculum_agent(messages: list[dict[str, Any]]) -> str:
-    """Play the ReAct agent (and its answer extraction) for the curriculum's tasks."""
+    """Play the ReAct agent (and its answer extraction) for the curriculum's tasks, and GEPA's reflection."""
     system = messages[0].get("content", "") if messages else ""
+    if "`new_instruction`" in system:
+        return reflect(messages[-1].get("content", ""), "Outputs will be a JSON object" in system)
     current = fields(messages[-1].get("content", "")) if messages else {}
     task = current.get("task", "")
     steps = trajectory_steps(messages[-1].get("content", "")) if messages else []

@@ -3,7 +3,8 @@
 What these tests check is mechanics, not a model's intelligence. The double fills in a field that a task
 does not name only when its prompt holds that knowledge (a lesson line in the instructions, or a
 demonstration of an earlier successful call). So when success rises across iterations, it rises because
-the loop carried what it learned back into the prompt: with both channels switched off it stays flat.
+the loop carried what it learned back into the prompt (as lessons, as BootstrapFewShot's demonstrations, or
+as GEPA's rewritten instructions): with every channel switched off it stays flat.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ def test_the_tracker_spec_gives_a_curriculum_with_paged_lists_read_back_by_id():
 @pytest.mark.parametrize(("settings", "rises"), [
     (LoopSettings(optimizer="none"), True),  # lessons from the error analysis only
     (LoopSettings(lessons=False), True),  # BootstrapFewShot's demonstrations only
+    (LoopSettings(optimizer="gepa", lessons=False), True),  # GEPA rewriting the instructions from the feedback
     (LoopSettings(optimizer="none", lessons=False), False),  # neither: the control
-], ids=["lessons", "demos", "control"])
+], ids=["lessons", "demos", "gepa", "control"])
 def test_success_rises_only_when_the_loop_carries_what_it_learned_into_the_prompt(double: ModelDouble,
                                                                                    target: MockTarget,
                                                                                    settings: LoopSettings,
@@ -103,7 +105,7 @@ def test_success_rises_only_when_the_loop_carries_what_it_learned_into_the_promp
     prompts = [r["messages"] for r in double.requests[first_request:]]
     carried = [m for m in prompts if LESSON in m[0]["content"]]
     demonstrated = [m for m in prompts if len(m) > 2 and any('"species"' in x["content"] for x in m[1:-1])]
-    assert bool(carried) == (settings.lessons and rises)
+    assert bool(carried) == (rises and (settings.lessons or settings.optimizer == "gepa"))
     assert bool(demonstrated) == (settings.optimizer == "bootstrap")
     # The error analysis said which call failed, what the API said and what to change.
     finding = recorder.iterations[0]["analysis"][0]

@@ -3,10 +3,11 @@
 One iteration attempts each training task of the plan with the current program (a DSPy ReAct agent over
 the target's tools) and checks each attempt against the system's state. If the success rate reaches the
 plan's threshold the learner is proficient and the loop ends. Otherwise the failures are analysed
-(``analysis.py``) into lessons for the instructions, a DSPy optimizer (``BootstrapFewShot``) turns
-successful attempts into demonstrations, and the refined program becomes a new prompt version, used by
-the next iteration. The budget (iterations, calls, tokens) is checked before every attempt and inside
-every tool call; cancelling works the same way. Every attempt goes to the ``Recorder``.
+(``analysis.py``) into lessons for the instructions, a DSPy optimizer turns what happened into prompt text
+(``BootstrapFewShot``: successful attempts become demonstrations; ``GEPA``, when the budget allows: the
+model rewrites the instructions from the attempts and their analysis), and the refined program becomes a
+new prompt version, used by the next iteration. The budget (iterations, calls, tokens) is checked before
+every attempt and inside every tool call; cancelling works the same way. Every attempt goes to the ``Recorder``.
 
 It is synchronous (DSPy's natural mode) and made to run in a worker thread: the registry runs it there,
 with the target's calls carried back to the registry's event loop.
@@ -37,14 +38,15 @@ from mesh.learning.program import (
 from mesh.learning.target import Target
 from mesh.lm.model import load_dspy, usage_since
 
-OPTIMIZERS = ("bootstrap", "none")
+OPTIMIZERS = ("bootstrap", "gepa", "none")
+GEPA_CALLS_PER_TASK = 4  # metric calls (attempts) GEPA may spend per training task and iteration
 
 
 @dataclass(frozen=True)
 class LoopSettings:
     threshold: float = 1.0  # success rate over the training tasks that counts as proficient
     attempts_per_task: int = 1
-    optimizer: str = "bootstrap"  # "bootstrap" (BootstrapFewShot over successful attempts) or "none"
+    optimizer: str = "bootstrap"  # "bootstrap" (BootstrapFewShot over successful attempts), "gepa", or "none"
     lessons: bool = True  # turn the error analysis into instructions
     max_demos: int = 2
 
@@ -287,6 +289,9 @@ class LearningLoop:
         if self.settings.optimizer == "bootstrap" and self._passed_tasks:
             self.progress({"phase": "optimize", "iteration": number})
             refined = self._bootstrap(refined, number)
+        elif self.settings.optimizer == "gepa" and self._gepa_affordable():
+            self.progress({"phase": "optimize", "iteration": number})
+            refined = self._gepa(refined, number, tools)
         self.version_id = self.record_version(refined, parent, number)
         return refined
 
@@ -316,3 +321,45 @@ class LearningLoop:
                                           max_labeled_demos=0, max_rounds=1, max_errors=len(examples) + 1)
         with dspy.context(lm=self.lm):
             return optimizer.compile(program, trainset=examples)
+
+    def _gepa_affordable(self) -> bool:
+        """GEPA evaluates many attempts: only when the budget has room for them (else lessons alone)."""
+        self._account()
+        calls_per_attempt = max(1, self.spent.calls // max(1, self.spent.iterations * len(self.training_tasks())))
+        needed = GEPA_CALLS_PER_TASK * len(self.training_tasks()) * calls_per_attempt
+        return self.spent.calls + needed < self.budget.calls
+
+    def _gepa(self, program: Any, number: int, tools: dict[str, Any]) -> Any:
+        """``dspy.GEPA``: an LM reflects on attempts and their error analysis (the metric's feedback) and
+        rewrites the instructions; the best candidate on the training tasks is kept."""
+        dspy = load_dspy()
+        tasks = {task["id"]: task for task in self.training_tasks()}
+        examples = []
+        for task in tasks.values():
+            text, values = instantiate(task)
+            examples.append(dspy.Example(task=text, task_id=task["id"], slots=values).with_inputs("task"))
+        verdicts: dict[int, tuple[float, str]] = {}
+        marks: dict[str, Any] = {"mark": len(self.lm.history), "started": time.perf_counter()}
+
+        def metric(gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None) -> Any:
+            if id(pred) not in verdicts:  # GEPA asks again for feedback on a run it already scored
+                task = tasks[gold.task_id]
+                passed, record = self._finish(task, gold.task, dict(gold.slots), str(getattr(pred, "answer", "")),
+                                              None, kind="gepa", iteration=number, mark=marks["mark"],
+                                              started=marks["started"])
+                marks.update(mark=len(self.lm.history), started=time.perf_counter())
+                feedback = "The attempt passed its check."
+                if not passed:
+                    finding = analyse_attempt(task, record["_calls"], record["check_detail"] or "", None, tools)
+                    feedback = (f"The attempt failed: {finding.said}. What to change: {finding.change}."
+                                + "".join(f"\n- {lesson}" for lesson in finding.lessons))
+                verdicts[id(pred)] = (float(passed), feedback)
+            score, feedback = verdicts[id(pred)]
+            return dspy.Prediction(score=score, feedback=feedback)
+
+        self.toolbox.take_calls()
+        optimizer = dspy.GEPA(metric=metric, max_metric_calls=GEPA_CALLS_PER_TASK * len(examples),
+                              reflection_lm=self.lm, num_threads=1, use_merge=False, seed=0,
+                              warn_on_score_mismatch=False)
+        with dspy.context(lm=self.lm):
+            return optimizer.compile(program, trainset=examples, valset=examples)

@@ -166,7 +166,7 @@ def learning_document(read: tuple[int, ...], write: tuple[int, ...]) -> tuple[di
             description="Every attempt's calls go through the registry as agent:NAME (policy-checked, recorded). "
                         "Stops when the plan's threshold is reached, the budget is spent, or it is cancelled.",
             parameters=[plan_id],
-            body=_json_body(_object({"budget": budget, "optimizer": {"enum": ["bootstrap", "none"]},
+            body=_json_body(_object({"budget": budget, "optimizer": {"enum": ["bootstrap", "gepa", "none"]},
                                      "lessons": {"type": "boolean"}, "assess": {"type": "boolean"}})),
             operation_id="runLearningPlan")},
         "/v1/learning-plans/{plan_id}/assess": {"post": _operation(

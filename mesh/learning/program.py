@@ -81,7 +81,7 @@ def lessons_of(program: Any) -> list[str]:
 
 def with_lessons(program: Any, lessons: list[str]) -> Any:
     """The program with its lessons block replaced by ``lessons`` (the base instructions stay as they were)."""
-    base = program.react.signature.instructions.split("\n\n" + LESSONS_HEADING, 1)[0]
+    base = program.react.signature.instructions.split(LESSONS_HEADING, 1)[0].rstrip()
     text = base if not lessons else base + "\n\n" + LESSONS_HEADING + "\n" + "\n".join(f"- {x}" for x in lessons)
     program.react.signature = program.react.signature.with_instructions(text)
     return program

@@ -23,7 +23,7 @@ from mesh.learning import records
 from mesh.learning.assessment import assess
 from mesh.learning.budget import Budget, BudgetProblem
 from mesh.learning.curriculum import derive_plan
-from mesh.learning.loop import LearningLoop, LoopSettings
+from mesh.learning.loop import OPTIMIZERS, LearningLoop, LoopSettings
 from mesh.learning.program import state_of
 from mesh.learning.target import SandboxAgentTarget
 from mesh.lm.settings import NoModelConfigured
@@ -168,8 +168,8 @@ class LearningService:
                                          lessons=bool(body.get("lessons", True)))
         except (BudgetProblem, TypeError) as exc:
             raise Problem("bad-request", str(exc)) from None
-        if loop_settings.optimizer not in ("bootstrap", "none"):
-            raise Problem("bad-request", "optimizer must be 'bootstrap' or 'none'")
+        if loop_settings.optimizer not in OPTIMIZERS:
+            raise Problem("bad-request", f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         with self.registry.sessions.begin() as session:
             run = records.add_run(session, plan, budget.to_json())
             document = records.run_json(session, run)
