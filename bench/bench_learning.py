@@ -1,6 +1,7 @@
 """The learning loop's curriculum on the shipped specs, against whatever model is configured.
 
-    python bench/bench_learning.py [--iterations 5] [--specs petstore tracker] [--through-registry]
+    python bench/bench_learning.py [--iterations 5] [--specs petstore tracker] [--optimizer gepa]
+                                   [--through-registry]
 
 For each spec (``docs/openapi/petstore.yaml``, ``docs/specs/tracker.yaml``) it derives the plan, runs the
 loop until the model is proficient or the budget is spent, then assesses it on the held-out tasks, and
@@ -31,6 +32,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--tokens", type=int, default=3_000_000)
     parser.add_argument("--specs", nargs="+", default=list(SPECS), choices=list(SPECS))
+    parser.add_argument("--optimizer", default="bootstrap", choices=["bootstrap", "gepa", "none"])
     parser.add_argument("--through-registry", action="store_true", help="call the sandbox through a registry")
     args = parser.parse_args()
 
@@ -44,7 +46,7 @@ def main() -> int:
         return 0
     where = "registry + sandbox agent" if args.through_registry else "in-process mock"
     print(f"model: {settings.describe()}  budget: {args.iterations} iterations, {args.calls} calls, "
-          f"{args.tokens} tokens per spec  target: {where}")
+          f"{args.tokens} tokens per spec  optimizer: {args.optimizer}  target: {where}")
     if args.through_registry:
         return through_registry(args)
     for name in args.specs:
@@ -56,7 +58,7 @@ def in_process(name: str, settings: Any, args: argparse.Namespace) -> None:
     from mesh.learning.assessment import assess
     from mesh.learning.budget import Budget
     from mesh.learning.curriculum import derive_plan
-    from mesh.learning.loop import LearningLoop, MemoryRecorder
+    from mesh.learning.loop import LearningLoop, LoopSettings, MemoryRecorder
     from mesh.learning.program import state_of
     from mesh.learning.target import MockTarget
     from mesh.lm.model import build_lm
@@ -67,7 +69,8 @@ def in_process(name: str, settings: Any, args: argparse.Namespace) -> None:
     recorder = MemoryRecorder()
     lm = build_lm(settings)
     started = time.perf_counter()
-    result = LearningLoop(plan, target, lm, recorder, budget=Budget(args.iterations, args.calls, args.tokens)).run()
+    result = LearningLoop(plan, target, lm, recorder, budget=Budget(args.iterations, args.calls, args.tokens),
+                          settings=LoopSettings(optimizer=args.optimizer)).run()
     print_run(name, plan, result.status, result.reason, recorder.iterations, result.spent.to_json(),
               time.perf_counter() - started)
     best = recorder.versions.get(result.best_version or "", {})
@@ -128,8 +131,9 @@ def through_registry(args: argparse.Namespace) -> int:
         for name in args.specs:
             plan = client.post("/agents/learner/learning-plans", json={"system": name}).raise_for_status().json()
             started = time.perf_counter()
-            run = client.post(f"/learning-plans/{plan['id']}/run", json={"budget": {
-                "iterations": args.iterations, "calls": args.calls, "tokens": args.tokens}}).raise_for_status().json()
+            budget = {"iterations": args.iterations, "calls": args.calls, "tokens": args.tokens}
+            run = client.post(f"/learning-plans/{plan['id']}/run", json={"budget": budget, "optimizer": args.optimizer}
+                              ).raise_for_status().json()
             while run["status"] == "running":
                 time.sleep(0.5)
                 run = client.get(f"/learning-runs/{run['id']}").json()
