@@ -15,13 +15,13 @@ from typing import Any
 from mesh.lm.settings import LMSettings
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before litellm can be imported by anyone
-os.environ.setdefault("DSPY_CACHEDIR", os.path.join(os.path.expanduser("~"), ".cache", "mcpmesh-dspy"))
 
 
 def load_dspy() -> Any:
     """``dspy``, imported with LiteLLM kept offline (its price table from the wheel, no telemetry)."""
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     os.environ.setdefault("LITELLM_TELEMETRY", "False")
+    os.environ.setdefault("DSPY_CACHEDIR", os.path.join(os.path.expanduser("~"), ".cache", "mcpmesh-dspy"))
     import dspy
 
     return dspy
