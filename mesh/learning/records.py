@@ -262,6 +262,17 @@ def proficiency(session: Session, agent: str) -> dict[str, dict[str, Any]]:
     return latest
 
 
+def proficiencies(session: Session) -> dict[str, dict[str, dict[str, Any]]]:
+    """``proficiency`` of every assessed agent in one query: ``{agent: {system: {...}}}``."""
+    latest: dict[str, dict[str, dict[str, Any]]] = {}
+    query = select(CapabilityAssessmentRecord).order_by(CapabilityAssessmentRecord.created_at.desc())
+    for record in session.scalars(query):
+        latest.setdefault(record.agent, {}).setdefault(record.system, {
+            "score": record.score, "level": record.level, "assessed_at": record.created_at.isoformat(),
+            "assessment": record.id})
+    return latest
+
+
 def proficiency_score(session: Session, agent: str, system: str) -> float | None:
     """The agent's latest assessed score on ``system``, None when never assessed (for ranking and policy)."""
     return store.proficiency(session, agent, system)

@@ -118,8 +118,8 @@ def build_app(registry: Registry) -> Starlette:
         """Every registered agent with its status, reputation and tools."""
         allowed(registry, request, "read")
         with registry.sessions.begin() as session:
-            return JSONResponse({"agents": [{**registry.agent_json(a),
-                                             "proficiency": learning_records.proficiency(session, a.name)}
+            assessed = learning_records.proficiencies(session)  # per agent, per target system
+            return JSONResponse({"agents": [{**registry.agent_json(a), "proficiency": assessed.get(a.name, {})}
                                             for a in store.list_agents(session)]})
 
     async def agents_or_register(request: Request) -> JSONResponse:
