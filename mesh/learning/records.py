@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from mesh.registry import store
@@ -265,7 +265,12 @@ def proficiency(session: Session, agent: str) -> dict[str, dict[str, Any]]:
 def proficiencies(session: Session) -> dict[str, dict[str, dict[str, Any]]]:
     """``proficiency`` of every assessed agent in one query: ``{agent: {system: {...}}}``."""
     latest: dict[str, dict[str, dict[str, Any]]] = {}
-    query = select(CapabilityAssessmentRecord).order_by(CapabilityAssessmentRecord.created_at.desc())
+    table = CapabilityAssessmentRecord
+    newest = (select(table.agent, table.system, func.max(table.created_at).label("at"))
+              .group_by(table.agent, table.system).subquery())
+    query = (select(table).join(newest, and_(table.agent == newest.c.agent, table.system == newest.c.system,
+                                             table.created_at == newest.c.at))
+             .order_by(table.created_at.desc()))
     for record in session.scalars(query):
         latest.setdefault(record.agent, {}).setdefault(record.system, {
             "score": record.score, "level": record.level, "assessed_at": record.created_at.isoformat(),
