@@ -183,3 +183,30 @@ def test_a_budget_must_be_positive_integers():
     for bad in ({"iterations": 0}, {"calls": "many"}, {"minutes": 3}):
         with pytest.raises(BudgetProblem):
             Budget.from_json(bad)
+
+
+def test_the_registry_knows_proficiency_for_discovery_and_the_policy(tmp_path: Path):
+    from mesh.learning import records
+    from mesh.registry import store
+    from mesh.registry.auth import Caller
+    from mesh.registry.config import RegistryConfig
+    from mesh.registry.node import Registry
+    from mesh.registry.proxy import policy_input
+    from mesh.workspace import Workspace
+
+    from .conftest import copy_repo_workspace
+
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    engine = store.connect(store.database_url(workspace.root))
+    store.migrate(engine)
+    with store.session_factory(engine).begin() as session:
+        for score in (0.4, 0.95):
+            records.add_assessment(session, agent="learner", system="petstore", plan_id=None, prompt_version=None,
+                                   score=score, level="x", criteria=[], evidence=[])
+    engine.dispose()
+    registry = Registry.open(RegistryConfig.from_workspace(workspace))
+    assert registry.proficiency("learner", "petstore") == 0.95  # the latest assessment, loaded at start
+    assert registry.proficiency("learner", "tracker") is None
+    given = policy_input(registry, Caller("agent:learner", "agent", []), None, {},
+                         call=type("Call", (), {"agent": "sandbox", "kind": "tool", "name": "x"})())
+    assert given["caller"]["proficiency"] == {"petstore": 0.95}

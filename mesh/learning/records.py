@@ -262,7 +262,7 @@ def proficiency(session: Session, agent: str) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def proficiencies(session: Session) -> dict[str, dict[str, dict[str, Any]]]:
+def proficiency_by_agent(session: Session) -> dict[str, dict[str, dict[str, Any]]]:
     """``proficiency`` of every assessed agent in one query: ``{agent: {system: {...}}}``."""
     latest: dict[str, dict[str, dict[str, Any]]] = {}
     table = CapabilityAssessmentRecord

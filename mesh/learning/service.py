@@ -266,4 +266,6 @@ class LearningService:
                                             plan_id=plan.id, prompt_version=scored["prompt_version"],
                                             score=scored["score"], level=scored["level"],
                                             criteria=scored["criteria"], evidence=scored["evidence"])
-            return records.assessment_json(record)
+            document = records.assessment_json(record)
+        self.registry.proficiencies.setdefault(plan.agent, {})[plan.system] = scored["score"]  # discovery, policy
+        return document

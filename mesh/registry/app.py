@@ -118,7 +118,7 @@ def build_app(registry: Registry) -> Starlette:
         """Every registered agent with its status, reputation and tools."""
         allowed(registry, request, "read")
         with registry.sessions.begin() as session:
-            assessed = learning_records.proficiencies(session)  # per agent, per target system
+            assessed = learning_records.proficiency_by_agent(session)  # per agent, per target system
             return JSONResponse({"agents": [{**registry.agent_json(a), "proficiency": assessed.get(a.name, {})}
                                             for a in store.list_agents(session)]})
 

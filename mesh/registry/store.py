@@ -37,6 +37,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     select,
     text,
@@ -800,6 +801,21 @@ def proficiency(session: Session, agent: str, system: str) -> float | None:
              .where(CapabilityAssessmentRecord.agent == agent, CapabilityAssessmentRecord.system == system)
              .order_by(CapabilityAssessmentRecord.created_at.desc()).limit(1))
     return session.scalar(query)
+
+
+def proficiencies(session: Session) -> dict[str, dict[str, float]]:
+    """Every agent's latest assessed score per target system: ``{agent: {system: score}}``, one query."""
+    table = CapabilityAssessmentRecord
+    newest = (select(table.agent, table.system, func.max(table.created_at).label("at"))
+              .group_by(table.agent, table.system).subquery())
+    query = (select(table.agent, table.system, table.score)
+             .join(newest, (table.agent == newest.c.agent) & (table.system == newest.c.system)
+                   & (table.created_at == newest.c.at))
+             .order_by(table.created_at))
+    scores: dict[str, dict[str, float]] = {}
+    for agent, system, score in session.execute(query):
+        scores.setdefault(agent, {})[system] = score
+    return scores
 
 
 T = TypeVar("T")
