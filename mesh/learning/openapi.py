@@ -68,7 +68,8 @@ def learning_document(read: tuple[int, ...], write: tuple[int, ...]) -> tuple[di
              "progress": _nullable("object", description="while running: iteration, done, of, task, phase")},
             ["id", "plan_id", "agent", "system", "status", "budget", "spent", "iterations"]),
         "LearningAttempt": _object(
-            {"id": {"type": "string"}, "run_id": {"type": "string"}, "kind": {"enum": ["train", "bootstrap", "assess"]},
+            {"id": {"type": "string"}, "run_id": {"type": "string"},
+             "kind": {"enum": ["train", "bootstrap", "gepa", "assess"]},
              "iteration": {"type": "integer"}, "task_id": {"type": "string"}, "input": {"type": "string"},
              "params": {"type": "object"},
              "tool_calls": _list(_object({"tool": {"type": "string"}, "arguments": {"type": "object"},

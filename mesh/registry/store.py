@@ -355,7 +355,7 @@ class LearningAttemptRecord(Base):
 
     id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     run_id: Mapped[str] = mapped_column(SafeString(36))
-    kind: Mapped[str] = mapped_column(SafeString)  # "train", "bootstrap" or "assess"
+    kind: Mapped[str] = mapped_column(SafeString)  # "train", "bootstrap", "gepa" or "assess"
     iteration: Mapped[int] = mapped_column(default=0)
     agent: Mapped[str] = mapped_column(SafeString)
     system: Mapped[str] = mapped_column(SafeString)
