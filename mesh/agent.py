@@ -282,6 +282,11 @@ class Agent(ToolKit):
         for server in list(self._servers):
             await server.resource_updated(uri)
 
+    async def active_prompt(self, system: str) -> dict[str, Any]:
+        """The prompt version this agent serves for ``system``: what ``mesh learn`` made it and a rollback set,
+        kept by the registry (``id``, ``lessons``, ``program`` as ``program.save`` JSON for ``mesh.learning``)."""
+        return await self.mesh._request("GET", f"/v1/agents/{self.name}/prompts/active", params={"system": system})
+
     def mount(self, kit: ToolKit | str) -> None:
         """Add a tool kit's tools; a name is resolved against the workspace's ``tools/`` when loaded."""
         self.mounts.append(check_name(kit, "tool kit name") if isinstance(kit, str) else kit)

@@ -492,7 +492,6 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("agent", metavar="AGENT")
         p.add_argument("sandbox_id", metavar="ID")
 
-
     audit = sub.add_parser("audit", help="verify or export the registry's hash-chained audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     p = audit_sub.add_parser("verify", parents=[common],
@@ -524,6 +523,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="the secret_ref")
     p = secrets_sub.add_parser("rm", parents=[common], help="remove a credential and every version of it")
     p.add_argument("ref", help="the secret_ref")
+
+    from mesh.learning.cli import add_commands as add_learning_commands
+    from mesh.lm.cli import add_commands as add_lm_commands
+
+    add_lm_commands(sub, common, COMMANDS)
+    add_learning_commands(sub, common, client, COMMANDS)
     return top
 
 

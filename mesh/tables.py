@@ -157,9 +157,11 @@ def print_agents(client: httpx.Client) -> int:
         print("no agents registered — `mesh up` starts a workspace's agents", file=sys.stderr)
         return 0
     width = terminal_width()
+    assessed = any(a.get("proficiency") for a in agents)  # the column shows once an agent was assessed
     print(render(
-        ["AGENT", "STATUS", "REPUTATION", "TOOLS", "ENDPOINT"],
-        [[a["name"], a.get("status"), _score(a.get("reputation")), len(a.get("tools", [])), a.get("endpoint")]
+        ["AGENT", "STATUS", "REPUTATION", "TOOLS", *(["PROFICIENCY"] if assessed else []), "ENDPOINT"],
+        [[a["name"], a.get("status"), _score(a.get("reputation")), len(a.get("tools", [])),
+          *([_proficiency(a.get("proficiency"))] if assessed else []), a.get("endpoint")]
          for a in agents],
         width=width,
     ))
@@ -393,6 +395,14 @@ def _score(reputation: Any) -> float | None:
     if isinstance(reputation, dict):
         reputation = reputation.get("score")
     return reputation if _is_number(reputation) else None
+
+
+def _proficiency(assessed: Any) -> str:
+    """``petstore proficient 0.92`` per assessed target system (``mesh learn`` assesses), else empty."""
+    if not isinstance(assessed, dict):
+        return ""
+    return ", ".join(f"{system} {entry.get('level')} {entry.get('score', 0):.2f}" for system, entry in
+                     sorted(assessed.items()) if isinstance(entry, dict))
 
 
 def _latency(ms: Any) -> int | None:

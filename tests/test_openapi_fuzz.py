@@ -40,6 +40,9 @@ GATEWAY = ["2xx", "3xx", "4xx", "502", "504"]
 CONFIG = schemathesis.Config.from_dict({"operations": [{
     "include-operation-id": ["invoke", "register", "recheckAgent", "getSandboxState"],
     "checks": {"not_a_server_error": {"expected-statuses": GATEWAY}},
+}, {  # learning refuses with 503 while no language model is configured (this mesh has none)
+    "include-operation-id": ["runLearningPlan", "assessLearningPlan"],
+    "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "503"]}},
 }]})
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -144,7 +147,11 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
         "/v1/agents/{name}/sandboxes/{sandbox_id}/runs", "/v1/agents/{name}/sandboxes/{sandbox_id}/state",
         "/v1/sandboxes", "/v1/approvals", "/v1/approvals/{approval_id}",
         "/v1/audit", "/v1/audit/export", "/v1/audit/checkpoints", "/v1/secrets", "/v1/secrets/{ref}",
-        "/v1/secrets/{ref}/rotate", "/v1/secrets/{ref}/cutover"}
+        "/v1/secrets/{ref}/rotate", "/v1/secrets/{ref}/cutover",
+        "/v1/lm", "/v1/agents/{name}/learning-plans", "/v1/agents/{name}/assessments", "/v1/agents/{name}/prompts",
+        "/v1/agents/{name}/prompts/{version}", "/v1/agents/{name}/prompts/{version}/activate",
+        "/v1/learning-plans/{plan_id}", "/v1/learning-plans/{plan_id}/run", "/v1/learning-plans/{plan_id}/assess",
+        "/v1/learning-runs/{run_id}", "/v1/learning-runs/{run_id}/cancel", "/v1/learning-runs/{run_id}/attempts"}
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
     assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "504"}

@@ -394,7 +394,7 @@ async def test_sandbox_serves_the_workspace_specs_over_mcp() -> None:
     agent = await _start_sandbox(ROOT, {})
     async with Client(agent.build_server()) as client:
         apis = await client.call_tool("list_apis", {})
-        assert [api["name"] for api in apis.structured_content["result"]] == ["petstore", "tracker"]
+        assert [api["name"] for api in apis.structured_content["result"]] == ["issues", "petstore", "tracker"]
         created = await client.call_tool(
             "call_operation",
             {"api": "petstore", "operation_id": "createPet", "body": {"name": "Rex", "species": "dog"}},

@@ -34,7 +34,7 @@ def tracker(host: SandboxHost, **config: Any) -> Service:
 
 
 def test_the_workspace_ships_a_realistic_spec_beside_the_petstore(host: SandboxHost) -> None:
-    assert host.known() == ["petstore", "tracker"]
+    assert host.known() == ["issues", "petstore", "tracker"]
     api = tracker(host).api
     paths = {op.path for op in api.operations()}
     assert {"/projects", "/tasks", "/tasks/{taskId}/comments", "/users"} <= paths  # several resources

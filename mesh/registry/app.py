@@ -26,6 +26,8 @@ from starlette.routing import Mount, Route
 
 from mesh import telemetry
 from mesh.keys import KeyProblem, b64url, b64url_decode
+from mesh.learning import records as learning_records
+from mesh.learning.routes import routes as learning_routes
 from mesh.names import NAME_RULE, is_valid_name
 from mesh.registry import a2a_front, admission, audit, credentials, proxy, store
 from mesh.registry.forward import Forwarder
@@ -118,7 +120,9 @@ def build_app(registry: Registry) -> Starlette:
         """Every registered agent with its status, reputation and tools."""
         allowed(registry, request, "read")
         with registry.sessions.begin() as session:
-            return JSONResponse({"agents": [registry.agent_json(a) for a in store.list_agents(session)]})
+            assessed = learning_records.proficiency_by_agent(session)  # per agent, per target system
+            return JSONResponse({"agents": [{**registry.agent_json(a), "proficiency": assessed.get(a.name, {})}
+                                            for a in store.list_agents(session)]})
 
     async def agents_or_register(request: Request) -> JSONResponse:
         """One route for both, so that a wrong method's 405 names both in Allow."""
@@ -136,6 +140,7 @@ def build_app(registry: Registry) -> Starlette:
             document["revoked_keys"] = [{"kid": r.kid, "revoked_at": r.revoked_at.isoformat(), "by": r.revoked_by}
                                         for r in store.list_revocations(session, name)]
             document["recent_runs"] = [run_json(r) for r in store.list_runs(session, name, limit=20)]
+            document["proficiency"] = learning_records.proficiency(session, name)  # per target system
         return JSONResponse(document)
 
     async def agent_jwks(request: Request) -> JSONResponse:
@@ -329,6 +334,7 @@ def build_app(registry: Registry) -> Starlette:
             *sandboxes.api_routes(),
             *audit.routes(registry),  # /audit, /audit/export, /audit/checkpoints
             *credentials.routes(registry),  # /secrets, /secrets/{ref}, .../rotate, .../cutover
+            *learning_routes(registry),  # learning plans, runs, assessments, prompt versions (mesh.learning)
         ]),
         # One agent through the registry, as a virtual server, with the keys to check what it lists.
         Route("/agents/{name}/mcp", agent_mcp_app),

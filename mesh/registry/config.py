@@ -1,4 +1,4 @@
-"""Registry settings: the ``[registry]``, ``[policy]`` and ``[grants]`` tables of ``registry/registry.toml``.
+"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]`` and ``[lm]`` tables of ``registry/registry.toml``.
 
 Every setting has a default, so a workspace without the file runs as a local, single-user mesh. The
 settings are a pydantic model: a misspelt key or a value of the wrong type is one line naming the file,
@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
 
+from mesh.lm.settings import LMSettings
 from mesh.workspace import Workspace, WorkspaceProblem
 
 CONFIG_FILE = "registry/registry.toml"
@@ -49,6 +50,7 @@ class RegistryConfig(BaseModel):
     max_token_lifetime: PositiveInt = 300
     token_clock_skew: NonNegativeFloat = 30
     trust_ttl: NonNegativeFloat = 5.0  # seconds a process keeps an agent's trusted keys before re-reading them
+    lm: LMSettings = Field(default_factory=LMSettings)  # the model LM features use (``mesh.lm``); none by default
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, **overrides: Any) -> RegistryConfig:
@@ -62,6 +64,8 @@ class RegistryConfig(BaseModel):
             "policy": {"min_reputation": 0.3, "allow_destructive": [], **document.get("policy", {})},
         }
         settings.update({key: value for key, value in overrides.items() if value is not None})
+        if "lm" not in overrides:
+            settings["lm"] = lm_settings(document)
         try:
             return cls(workspace=workspace, **settings)
         except ValidationError as exc:
@@ -87,15 +91,29 @@ class RegistryConfig(BaseModel):
         return [f"http://{host}:{self.port}" for host in self._own_hosts()] + list(self.allowed_origins)
 
 
-def describe(error: ValidationError, model: type[BaseModel]) -> str:
+def lm_settings(document: dict[str, Any]) -> LMSettings:
+    """``[lm]`` of a registry.toml document with ``MESH_LM_*`` applied; a mistake is a ``ConfigProblem``."""
+    section = document.get("lm", {})
+    if not isinstance(section, dict):
+        raise ConfigProblem(f"{CONFIG_FILE}: [lm] must be a table")
+    try:
+        return LMSettings.resolve(section)
+    except ValidationError as exc:
+        raise ConfigProblem(describe(exc, LMSettings, table="[lm] ")) from None
+    except ValueError as exc:
+        raise ConfigProblem(f"{CONFIG_FILE}: {exc}") from None
+
+
+def describe(error: ValidationError, model: type[BaseModel], table: str | None = None) -> str:
     """The first problem of a validation error as one line: file, table, key, what is expected."""
     first = error.errors()[0]
     location = [str(part) for part in first["loc"]]
     key = location[0] if location else "?"
-    table = "" if key in ("grants", "policy") else "[registry] "
+    if table is None:
+        table = "" if key in ("grants", "policy") else "[registry] "
     where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
     if first["type"] == "extra_forbidden":
-        known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy")]
+        known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm")]
         guess = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
         return f"{where}: unknown setting{hint}"

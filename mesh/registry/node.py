@@ -199,6 +199,8 @@ class Registry:
         self.inner_failures: dict[str, str] = {}  # such a run id -> the first call it made that failed
         self.rechecked: dict[str, tuple[str | None, set[str | None]]] = {}  # agent -> (admitted digest, seen)
         self.recheck_locks: dict[str, anyio.Lock] = {}  # one recheck of an agent at a time
+        # agent -> target system -> latest assessed score (``mesh.learning``), for discovery and the policy
+        self.proficiencies: dict[str, dict[str, float]] = {}
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -230,6 +232,7 @@ class Registry:
                     PinnedDescriptor.from_record(described)
             for saved in store.list_reputation(session):
                 self.reputations[(saved.agent, saved.tool)] = Reputation.from_state(saved.state)
+            self.proficiencies = store.proficiencies(session)
         self.discovery.upsert_many({agent: self.verified_wire(agent) for agent in self.endpoints},
                                    descriptions=descriptions)
 
@@ -465,6 +468,13 @@ class Registry:
             for agent, tool in sorted(changed):
                 reputation = self.reputations[(agent, tool)]
                 store.save_reputation(session, agent, tool, state=reputation.to_state(), score=reputation.score())
+
+    def proficiency(self, agent: str, system: str) -> float | None:
+        """``agent``'s latest assessed score (0..1) on a target ``system``, None when never assessed.
+
+        From memory (loaded at start, updated by each assessment this process makes), so discovery can rank
+        by it and the policy read it on every call."""
+        return self.proficiencies.get(agent, {}).get(system)
 
     def probe_due(self, agent: str) -> bool:
         """Has no call reached ``agent`` for a probe interval? Then the policy may let one through even

@@ -94,6 +94,7 @@ AGENT = _object(
         "last_seen": {"type": "string", "format": "date-time"},
         "flags": _list({"type": "string"}),
         "tools": _list(_ref("ToolSummary")),
+        "proficiency": _ref("Proficiency"),
     },
     ["name", "status", "endpoint", "version", "description", "reputation", "last_seen", "flags", "tools"],
 )
@@ -543,6 +544,11 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
     from mesh.sandbox import api_doc  # its routes, written beside them; it builds on the helpers above
 
     paths |= api_doc.sandbox_paths()
+
+    from mesh.learning.openapi import learning_document
+
+    learning_paths, learning_schemas = learning_document(read, write)  # learning plans, runs, prompts
+    paths.update(learning_paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -554,7 +560,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS | api_doc.SCHEMAS,
+            "schemas": SCHEMAS | api_doc.SCHEMAS | learning_schemas,
             "securitySchemes": {
                 "agentToken": {
                     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",

@@ -39,6 +39,12 @@ STATUS = {
     "target-unavailable": 502,
     "target-timeout": 504,
     "credential-unavailable": 503,
+    # learning (``mesh.learning``)
+    "unknown-plan": 404,
+    "unknown-learning-run": 404,
+    "unknown-prompt-version": 404,
+    "learning-busy": 409,
+    "lm-not-configured": 503,
 }
 
 

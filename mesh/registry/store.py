@@ -23,6 +23,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -37,6 +38,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     select,
     text,
@@ -423,6 +425,150 @@ class ApprovalRecord(Base):
     note: Mapped[str | None] = mapped_column(SafeText)
     base_url: Mapped[str | None] = mapped_column(SafeString)  # the endpoint approved; None: the spec's server
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- learning (``mesh.learning``): plans, runs and their iterations, attempts, assessments, prompts -----
+
+
+class LearningPlanRecord(Base):
+    """A curriculum for one agent on one target system: objectives, ordered tasks with checks, a rubric."""
+
+    __tablename__ = "learning_plans"
+    __table_args__ = (Index("ix_learning_plans_agent_system", "agent", "system"),)
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    agent: Mapped[str] = mapped_column(SafeString)
+    system: Mapped[str] = mapped_column(SafeString)  # the target system, e.g. the sandbox API "petstore"
+    source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # where it came from: spec title, digest
+    objectives: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    tasks: Mapped[list[Any]] = mapped_column(JSON, default=list)  # training and held-out tasks, each with a check
+    rubric: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    threshold: Mapped[float] = mapped_column(Double, default=1.0)  # success rate that counts as proficient
+    budget: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    revision: Mapped[int] = mapped_column(default=1)  # +1 on every edit
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LearningRunRecord(Base):
+    """One run of the learning loop over a plan: its budget, what it spent, how it ended."""
+
+    __tablename__ = "learning_runs"
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    plan_id: Mapped[str] = mapped_column(ForeignKey("learning_plans.id", ondelete="CASCADE"), index=True)
+    agent: Mapped[str] = mapped_column(SafeString)
+    system: Mapped[str] = mapped_column(SafeString)
+    status: Mapped[str] = mapped_column(SafeString)  # running, proficient, budget-spent, cancelled, failed, ...
+    reason: Mapped[str | None] = mapped_column(SafeText)
+    budget: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    spent: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)  # time and calls to proficiency, ...
+    start_version: Mapped[str | None] = mapped_column(SafeString)
+    final_version: Mapped[str | None] = mapped_column(SafeString)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class LearningIterationRecord(Base):
+    """The metrics of one iteration of a learning run, and the error analysis that ended it."""
+
+    __tablename__ = "learning_iterations"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("learning_runs.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(primary_key=True)
+    prompt_version: Mapped[str | None] = mapped_column(SafeString)  # the version these attempts used
+    attempted: Mapped[int] = mapped_column(default=0)
+    passed: Mapped[int] = mapped_column(default=0)
+    success_rate: Mapped[float] = mapped_column(Double, default=0.0)
+    retries: Mapped[int] = mapped_column(default=0)  # attempts at tasks that had failed before
+    lm_calls: Mapped[int] = mapped_column(default=0)
+    tool_calls: Mapped[int] = mapped_column(default=0)
+    tokens: Mapped[int] = mapped_column(default=0)
+    seconds: Mapped[float] = mapped_column(Double, default=0.0)
+    analysis: Mapped[list[Any]] = mapped_column(JSON, default=list)  # structured findings of the failures
+    lessons: Mapped[list[Any]] = mapped_column(JSON, default=list)  # instructions the next version carries
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LearningAttemptRecord(Base):
+    """One attempt at a task: input, every tool call (with the registry's run ids), output, error, verdict.
+
+    Stands in for the sandbox's ``sandbox_runs`` until those exist; ``run_id`` is a learning run's or an
+    assessment's id (``kind`` says which)."""
+
+    __tablename__ = "learning_attempts"
+    __table_args__ = (Index("ix_learning_attempts_run_id_iteration", "run_id", "iteration"),)
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    run_id: Mapped[str] = mapped_column(SafeString(36))
+    kind: Mapped[str] = mapped_column(SafeString)  # "train", "bootstrap", "gepa" or "assess"
+    iteration: Mapped[int] = mapped_column(default=0)
+    agent: Mapped[str] = mapped_column(SafeString)
+    system: Mapped[str] = mapped_column(SafeString)
+    task_id: Mapped[str] = mapped_column(SafeString)
+    input: Mapped[str] = mapped_column(SafeText)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tool_calls: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    output: Mapped[str | None] = mapped_column(SafeText)
+    error: Mapped[str | None] = mapped_column(SafeText)
+    passed: Mapped[bool] = mapped_column(Boolean, default=False)
+    check_detail: Mapped[str | None] = mapped_column(SafeText)
+    prompt_version: Mapped[str | None] = mapped_column(SafeString)
+    lm_calls: Mapped[int] = mapped_column(default=0)
+    tokens: Mapped[int] = mapped_column(default=0)
+    seconds: Mapped[float] = mapped_column(Double, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CapabilityAssessmentRecord(Base):
+    """An agent scored on held-out tasks of a system by the plan's rubric, with the attempts as evidence."""
+
+    __tablename__ = "capability_assessments"
+    __table_args__ = (Index("ix_capability_assessments_agent_system", "agent", "system", "created_at"),)
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    agent: Mapped[str] = mapped_column(SafeString)
+    system: Mapped[str] = mapped_column(SafeString)
+    plan_id: Mapped[str | None] = mapped_column(ForeignKey("learning_plans.id", ondelete="SET NULL"))
+    prompt_version: Mapped[str | None] = mapped_column(SafeString)
+    score: Mapped[float] = mapped_column(Double)
+    level: Mapped[str] = mapped_column(SafeString)  # "novice", "competent" or "proficient"
+    criteria: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the rubric, each criterion scored
+    evidence: Mapped[list[Any]] = mapped_column(JSON, default=list)  # attempt ids and the registry's run ids
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PromptVersionRecord(Base):
+    """An optimized program (``program.save`` JSON), its id the SHA-256 of that JSON, with where it came from."""
+
+    __tablename__ = "prompt_versions"
+    __table_args__ = (Index("ix_prompt_versions_agent_system", "agent", "system", "created_at"),)
+
+    agent: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    id: Mapped[str] = mapped_column(SafeString(64), primary_key=True)
+    system: Mapped[str] = mapped_column(SafeString)
+    program: Mapped[str] = mapped_column(SafeText)
+    lessons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    demos: Mapped[int] = mapped_column(default=0)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    parent_id: Mapped[str | None] = mapped_column(SafeString(64))
+    plan_id: Mapped[str | None] = mapped_column(SafeString(36))
+    run_id: Mapped[str | None] = mapped_column(SafeString(36))
+    iteration: Mapped[int | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ActivePromptRecord(Base):
+    """Which prompt version an agent serves for a system; a rollback points it at an earlier one."""
+
+    __tablename__ = "active_prompts"
+
+    agent: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    system: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    version_id: Mapped[str] = mapped_column(SafeString(64))
+    activated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    activated_by: Mapped[str] = mapped_column(SafeString)
 
 
 # --- engines and schema -------------------------------------------------------------------------
@@ -878,6 +1024,35 @@ def list_approvals(session: Session, agent: str | None = None, *, service: str |
     if not revoked:
         query = query.where(ApprovalRecord.revoked_at.is_(None))
     return list(session.scalars(query))
+
+
+# --- learning: what discovery and policy may read ------------------------------------------------------
+
+
+def proficiency(session: Session, agent: str, system: str) -> float | None:
+    """``agent``'s latest assessed score (0..1) on a target ``system``, None when never assessed.
+
+    Discovery may rank a proficient agent above a novice one for that system's tools, and the policy may
+    read it; ``mesh.learning`` writes the assessments."""
+    query = (select(CapabilityAssessmentRecord.score)
+             .where(CapabilityAssessmentRecord.agent == agent, CapabilityAssessmentRecord.system == system)
+             .order_by(CapabilityAssessmentRecord.created_at.desc()).limit(1))
+    return session.scalar(query)
+
+
+def proficiencies(session: Session) -> dict[str, dict[str, float]]:
+    """Every agent's latest assessed score per target system: ``{agent: {system: score}}``, one query."""
+    table = CapabilityAssessmentRecord
+    newest = (select(table.agent, table.system, func.max(table.created_at).label("at"))
+              .group_by(table.agent, table.system).subquery())
+    query = (select(table.agent, table.system, table.score)
+             .join(newest, (table.agent == newest.c.agent) & (table.system == newest.c.system)
+                   & (table.created_at == newest.c.at))
+             .order_by(table.created_at))
+    scores: dict[str, dict[str, float]] = {}
+    for agent, system, score in session.execute(query):
+        scores.setdefault(agent, {})[system] = score
+    return scores
 
 
 T = TypeVar("T")

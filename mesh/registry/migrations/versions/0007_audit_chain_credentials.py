@@ -26,7 +26,7 @@ from mesh.registry.audit import GENESIS, entry_hash  # the chain's one definitio
 from mesh.registry.store import UTCDateTime
 
 revision: str = "0007"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -5,7 +5,8 @@
 #     "caller": {"id": "agent:librarian" | "user:local",
 #                "kind": "agent" | "user",          # an unauthenticated caller: "anonymous"
 #                "scopes": ["notes:read", ...],      # a user holding "*" holds every scope
-#                "reputation": 0.0-1.0 | null},
+#                "reputation": 0.0-1.0 | null,
+#                "proficiency": {"petstore": 0.0-1.0, ...}},   # latest assessed score per system (mesh learn)
 #     "target": {"agent": "librarian", "tool": "search",
 #                "annotations": {"readOnlyHint": bool, "destructiveHint": bool,
 #                                "idempotentHint": bool, "openWorldHint": bool},   # any may be absent

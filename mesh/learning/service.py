@@ -1,0 +1,271 @@
+"""Learning inside the registry: plans made, runs started in the background, progress, cancel, assessments.
+
+The learner acts as itself: every call its attempts make is carried by ``proxy.invoke`` as ``agent:NAME``
+with the scopes ``[grants]`` gives that agent (narrowed to the requester's, unless the requester is an
+administrator), so each one is authenticated, policy-checked, recorded with provenance and counted in
+reputation like any other call. The loop runs in a daemon thread (a stopping registry does not wait for
+it; the next start marks the run interrupted); its calls come back to the event loop by its token.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+
+from mesh.learning import records
+from mesh.learning.assessment import assess
+from mesh.learning.budget import Budget, BudgetProblem
+from mesh.learning.curriculum import derive_plan
+from mesh.learning.loop import OPTIMIZERS, LearningLoop, LoopSettings
+from mesh.learning.program import state_of
+from mesh.learning.target import SandboxAgentTarget
+from mesh.lm.settings import NoModelConfigured
+from mesh.registry import proxy
+from mesh.registry.auth import Caller
+from mesh.registry.problems import Problem
+
+DEFAULT_SANDBOX = "sandbox"
+
+
+@dataclass
+class Job:
+    """A learning run in progress: how to cancel it and what it reported last."""
+
+    run_id: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    progress: dict[str, Any] = field(default_factory=dict)
+    thread: threading.Thread | None = None
+
+
+class DatabaseRecorder:
+    """The loop's ``Recorder`` over the registry's database (one short transaction per record)."""
+
+    def __init__(self, sessions: Any, *, agent: str, system: str, run_id: str, plan_id: str | None):
+        self.sessions, self.agent, self.system, self.run_id, self.plan_id = sessions, agent, system, run_id, plan_id
+
+    def attempt(self, record: dict[str, Any]) -> str:
+        with self.sessions.begin() as session:
+            return records.add_attempt(session, self.run_id, self.agent, self.system, record)
+
+    def iteration(self, metrics: dict[str, Any]) -> None:
+        with self.sessions.begin() as session:
+            records.add_iteration(session, self.run_id, metrics)
+
+    def version(self, version_id: str, program: str, *, lessons: list[str], demos: int, parent_id: str | None,
+                iteration: int | None, metrics: dict[str, Any]) -> None:
+        with self.sessions.begin() as session:
+            records.add_version(session, self.agent, self.system, version_id, program, lessons=lessons, demos=demos,
+                                parent_id=parent_id, plan_id=self.plan_id, run_id=self.run_id,
+                                iteration=iteration, metrics=metrics)
+
+    def measured(self, version_id: str, metrics: dict[str, Any]) -> None:
+        with self.sessions.begin() as session:
+            records.set_version_metrics(session, self.agent, version_id, metrics)
+
+
+class LearningService:
+    """What the learning routes do, on one registry."""
+
+    def __init__(self, registry: Any):
+        self.registry = registry
+        self.jobs: dict[str, Job] = {}
+        self.token: Any = None  # the event loop's, taken by the first request (``bind``)
+        with registry.sessions.begin() as session:
+            records.interrupt_unfinished(session)
+
+    def bind(self) -> None:
+        """Remember the event loop the registry serves on, so the loop's threads can call back into it."""
+        if self.token is None:
+            self.token = anyio.lowlevel.current_token()
+
+    # -- who learns, against what ---------------------------------------------------------------------
+
+    def learner(self, agent: str, requester: Caller) -> Caller:
+        """``agent:NAME`` with its granted scopes, never more than the requester holds."""
+        granted = self.registry.caller_scopes(agent)
+        scopes = granted if requester.is_admin else [s for s in granted if s in requester.scopes]
+        return Caller(f"agent:{agent}", "agent", scopes)
+
+    def target(self, learner: Caller, source: dict[str, Any]) -> SandboxAgentTarget:
+        """The system's tools through the registry, callable from the loop's worker thread."""
+        registry, token = self.registry, self.token
+
+        def invoke(agent: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+            try:
+                outcome = anyio.from_thread.run(partial(proxy.invoke, registry, learner, agent, tool, arguments),
+                                                token=token)
+            except Problem as problem:
+                raise RuntimeError(f"{problem} (run {problem.extra.get('run_id', '-')})") from None
+            return outcome.to_json()
+
+        return SandboxAgentTarget(invoke, source["api"], source.get("agent", DEFAULT_SANDBOX))
+
+    def require_model(self) -> Any:
+        try:
+            return self.registry.config.lm.require()
+        except NoModelConfigured as exc:
+            raise Problem("lm-not-configured", str(exc)) from None
+
+    def require_agent(self, agent: str) -> None:
+        if agent not in self.registry.endpoints:
+            raise Problem("unknown-agent", f"no agent {agent!r} is registered")
+
+    # -- plans -------------------------------------------------------------------------------------------
+
+    async def create_plan(self, agent: str, requester: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        self.require_agent(agent)
+        system = body.get("system")
+        sandbox = body.get("sandbox_agent", DEFAULT_SANDBOX)
+        if not isinstance(system, str) or not system or not isinstance(sandbox, str):
+            raise Problem("bad-request", "a learning plan needs system: the name of a sandbox API (e.g. petstore)")
+        self.require_agent(sandbox)
+        threshold = body.get("threshold", 1.0)
+        if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0 < threshold <= 1:
+            raise Problem("bad-request", "threshold must be a number in (0, 1]")
+        try:
+            budget = Budget.from_json(body.get("budget")).to_json()
+        except BudgetProblem as exc:
+            raise Problem("bad-request", str(exc)) from None
+        source = {"agent": sandbox, "api": system}
+        target = self.target(self.learner(agent, requester), source)
+        try:
+            tools = await anyio.to_thread.run_sync(target.tools)
+        except Exception as exc:
+            raise Problem("bad-request", f"cannot read the operations of {sandbox}/{system}: {exc}") from None
+        content = derive_plan(system, tools)
+        if not content["tasks"]:
+            raise Problem("bad-request", f"{system} has no operation that creates something with a name; "
+                                         "write the plan's tasks by hand (PATCH)")
+        with self.registry.sessions.begin() as session:
+            plan = records.add_plan(session, agent, system, content, source=source, threshold=float(threshold),
+                                    budget=budget)
+            return records.plan_json(plan)
+
+    def plan(self, plan_id: str) -> Any:
+        with self.registry.sessions.begin() as session:
+            plan = records.get_plan(session, plan_id)
+            if plan is None:
+                raise Problem("unknown-plan", f"no learning plan {plan_id[:80]!r}")
+            return plan
+
+    # -- runs ------------------------------------------------------------------------------------------------
+
+    def start_run(self, plan_id: str, requester: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        settings = self.require_model()
+        plan = self.plan(plan_id)
+        if any(job for job in self.jobs.values() if job.progress.get("plan_id") == plan_id):
+            raise Problem("learning-busy", f"plan {plan_id} is already being learned; cancel that run first")
+        try:
+            budget = Budget.from_json(plan.budget).merged(body.get("budget"))
+            loop_settings = LoopSettings(threshold=plan.threshold, optimizer=body.get("optimizer", "bootstrap"),
+                                         lessons=bool(body.get("lessons", True)))
+        except (BudgetProblem, TypeError) as exc:
+            raise Problem("bad-request", str(exc)) from None
+        if loop_settings.optimizer not in OPTIMIZERS:
+            raise Problem("bad-request", f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        with self.registry.sessions.begin() as session:
+            run = records.add_run(session, plan, budget.to_json())
+            document = records.run_json(session, run)
+        job = Job(run.id, progress={"plan_id": plan_id, "phase": "starting"})
+        self.jobs[run.id] = job
+        learner = self.learner(plan.agent, requester)
+        job.thread = threading.Thread(target=self._run, name=f"learning-{run.id[:8]}", daemon=True,
+                                      args=(job, plan, learner, settings, budget, loop_settings,
+                                            bool(body.get("assess", False))))
+        job.thread.start()
+        return {**document, "progress": job.progress}
+
+    def _run(self, job: Job, plan: Any, learner: Caller, settings: Any, budget: Budget,
+             loop_settings: LoopSettings, then_assess: bool) -> None:
+        from mesh.lm.model import build_lm
+
+        sessions = self.registry.sessions
+        try:
+            lm = build_lm(settings)
+            with sessions.begin() as session:
+                active = records.active_version(session, plan.agent, plan.system)
+                start_state = state_of(active.program) if active else None
+            recorder = DatabaseRecorder(sessions, agent=plan.agent, system=plan.system, run_id=job.run_id,
+                                        plan_id=plan.id)
+
+            def report(event: dict[str, Any]) -> None:
+                job.progress = {"plan_id": plan.id, **event}
+
+            loop = LearningLoop(records.plan_json(plan), self.target(learner, plan.source), lm, recorder,
+                                budget=budget, settings=loop_settings, start_state=start_state, progress=report,
+                                cancel=job.cancel, run_id=job.run_id)
+            result = loop.run()
+            with sessions.begin() as session:
+                if result.best_version:
+                    records.activate(session, plan.agent, plan.system, result.best_version, f"run:{job.run_id}")
+                records.finish_run(session, job.run_id, status=result.status, reason=result.reason,
+                                   spent=result.spent.to_json(),
+                                   result={"to_proficiency": result.to_proficiency,
+                                           "best_version": result.best_version},
+                                   start_version=result.start_version, final_version=result.best_version)
+            if then_assess and result.status != "cancelled":
+                self._assess(plan, learner, settings, job.cancel, report)
+        except Exception as exc:
+            with sessions.begin() as session:
+                records.finish_run(session, job.run_id, status="failed", reason=f"{type(exc).__name__}: {exc}",
+                                   spent={}, result=None, start_version=None, final_version=None)
+        finally:
+            self.jobs.pop(job.run_id, None)
+
+    def cancel(self, run_id: str) -> bool:
+        job = self.jobs.get(run_id)
+        if job is None:
+            return False
+        job.cancel.set()
+        return True
+
+    def run_json(self, run_id: str) -> dict[str, Any]:
+        with self.registry.sessions.begin() as session:
+            run = records.get_run(session, run_id)
+            if run is None:
+                raise Problem("unknown-learning-run", f"no learning run {run_id[:80]!r}")
+            document = records.run_json(session, run)
+        job = self.jobs.get(run_id)
+        document["progress"] = dict(job.progress) if job else None
+        return document
+
+    # -- assessments ---------------------------------------------------------------------------------------
+
+    async def assess(self, plan_id: str, requester: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        settings = self.require_model()
+        plan = self.plan(plan_id)
+        trials = body.get("trials", 1)
+        if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 10:
+            raise Problem("bad-request", "trials must be an integer from 1 to 10")
+        return await anyio.to_thread.run_sync(self._assess, plan, self.learner(plan.agent, requester), settings,
+                                              threading.Event(), lambda event: None, trials)
+
+    def _assess(self, plan: Any, learner: Caller, settings: Any, cancel: threading.Event, report: Any,
+                trials: int = 1) -> dict[str, Any]:
+        from mesh.lm.model import build_lm
+
+        sessions = self.registry.sessions
+        assessment_id = str(uuid.uuid4())
+        with sessions.begin() as session:
+            active = records.active_version(session, plan.agent, plan.system)
+            start_state = state_of(active.program) if active else None
+        recorder = DatabaseRecorder(sessions, agent=plan.agent, system=plan.system, run_id=assessment_id,
+                                    plan_id=plan.id)
+        loop = LearningLoop(records.plan_json(plan), self.target(learner, plan.source), build_lm(settings), recorder,
+                            start_state=start_state, progress=report, cancel=cancel, run_id=assessment_id)
+        scored = assess(loop, trials=trials)
+        with sessions.begin() as session:
+            record = records.add_assessment(session, id=assessment_id, agent=plan.agent, system=plan.system,
+                                            plan_id=plan.id, prompt_version=scored["prompt_version"],
+                                            score=scored["score"], level=scored["level"],
+                                            criteria=scored["criteria"], evidence=scored["evidence"])
+            document = records.assessment_json(record)
+        self.registry.proficiencies.setdefault(plan.agent, {})[plan.system] = scored["score"]  # discovery, policy
+        return document
