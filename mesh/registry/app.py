@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from mesh import telemetry
 from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import a2a_front, admission, proxy, store
+from mesh.registry import a2a_front, admission, oidc, people, proxy, store
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -230,9 +230,10 @@ def build_app(registry: Registry) -> Starlette:
         if params.get("log") not in (None, "caller", "target"):
             raise Problem("bad-request", "log must be 'caller' or 'target'")
         caller = params.get("caller")
-        if caller is not None and not (caller in ("user:local", "anonymous") or
-                                       (caller.startswith("agent:") and is_valid_name(caller[6:]))):
-            raise Problem("bad-request", "caller must be agent:NAME, user:local or anonymous")
+        if caller is not None and not (caller == "anonymous" or
+                                       (caller.startswith("agent:") and is_valid_name(caller[6:])) or
+                                       (caller.startswith("user:") and people.USER_ID.fullmatch(caller[5:]))):
+            raise Problem("bad-request", "caller must be agent:NAME, user:ID (user:local) or anonymous")
         before = read_run_cursor(params["cursor"]) if params.get("cursor") else None
         with registry.sessions.begin() as session:
             found = store.list_runs(session, query_name(params.get("agent"), "agent"), caller=caller,
@@ -308,6 +309,8 @@ def build_app(registry: Registry) -> Starlette:
         Route("/healthz", health),
         Route("/metrics", problem_json(metrics), methods=["GET"]),
         Route("/.well-known/jwks.json", jwks),
+        *oidc.routes(registry),  # /.well-known/oauth-protected-resource, /v1/auth/login and /v1/auth/callback
+        *people.routes(registry),  # /v1/users/me, /v1/tokens, /v1/orgs
         # Its own router, so that an unknown path or method under /v1 is a problem (404, 405), not the MCP app's.
         Route("/v1", index, methods=["GET"]),
         Mount("/v1", routes=[
