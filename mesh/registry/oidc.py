@@ -160,6 +160,7 @@ def protected_resource_metadata(registry: Registry) -> dict[str, Any]:
                                 "scopes_supported": config.oidc.scopes if config.oidc else []}
     if config.oidc:
         document["authorization_servers"] = [config.oidc.issuer.rstrip("/")]
+        document["mcpmesh_client_id"] = config.oidc.client_id  # the public client `mesh login` signs in as
     return document
 
 
