@@ -220,7 +220,8 @@ def authorize(caller: Caller, action: str, agent: str | None = None) -> None:
         if caller.kind == "agent":
             raise Forbidden(f"{caller.id} may not {what}: it needs scope 'registry:admin'")
         held = f"role {role} in {caller.org}" if role else f"no role in {caller.org or 'any organisation'}"
-        needs = " or ".join(r for r in ROLES if r in roles)
+        *more, least = [r for r in ROLES if r in roles]
+        needs = f"{', '.join(more)} or {least}" if more else least
         raise Forbidden(f"{caller.id} ({held}) may not {what}: it needs role {needs}")
     if caller.via == "api-token" and not token_allows(caller.scopes, scope):
         raise Forbidden(f"{caller.id}: this API token may not {what}: it needs scope {scope!r}")

@@ -57,8 +57,10 @@ def www_authenticate(base_url: str, error: str | None = None) -> str:
 class Issuer:
     """The configured OpenID provider, as far as checking its access tokens goes."""
 
-    def __init__(self, config: OidcConfig, resource: str, http: httpx.Client | None = None):
+    def __init__(self, config: OidcConfig, resource: str, *, skew: float = CLOCK_SKEW,
+                 http: httpx.Client | None = None):
         self.config = config
+        self.skew = int(skew)
         self.issuer = config.issuer.rstrip("/")
         self.resource = resource.rstrip("/")
         self._http = http or httpx.Client(timeout=10, follow_redirects=False)
@@ -122,7 +124,7 @@ class Issuer:
             if name not in claims:
                 raise AuthProblem(f"the access token has no {name!r} claim")
         try:
-            jwt.JWTClaimsRegistry(now=int(now), leeway=CLOCK_SKEW, exp={"essential": True},
+            jwt.JWTClaimsRegistry(now=int(now), leeway=self.skew, exp={"essential": True},
                                   sub={"essential": True}).validate(claims)
         except JoseError as exc:
             raise AuthProblem(f"the access token is refused: {exc.description or exc.error}") from exc

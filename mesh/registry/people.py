@@ -225,7 +225,7 @@ class People:
         self.config = config
         self.sessions = sessions
         self.default_org = config.auth.default_org
-        self.issuer = Issuer(config.oidc, config.resource) if config.oidc else None
+        self.issuer = Issuer(config.oidc, config.resource, skew=config.token_clock_skew) if config.oidc else None
         self._callers: dict[str, tuple[Caller, float]] = {}  # digest of a token -> caller, until when
         with sessions.begin() as session:
             ensure_local_user(session, self.default_org)
