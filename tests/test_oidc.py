@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -27,7 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from mcp import Client
+from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from mcp.shared.exceptions import MCPError
 
 from mesh.keys import KeyRing
@@ -282,3 +285,52 @@ def test_agents_tokens_work_as_before_beside_sign_in(mesh: SignInMesh):
     assert httpx.post(f"{mesh.url}/v1/invoke", json=call, headers=bearer(token), timeout=30).status_code == 200
     forged = issue_token("echo", KeyRing.open(mesh.workspace / ".mesh" / "keys" / "thief", create=True).active())
     assert httpx.get(f"{mesh.url}/v1/agents", headers=bearer(forged)).status_code == 401
+
+
+class MemoryStorage:
+    """Where the MCP SDK keeps its registered client and tokens, for one test."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+async def test_the_mcp_sdks_own_auth_flow_starts_from_the_401(mesh: SignInMesh):
+    """No token at all: the SDK reads the challenge, the registry's metadata and the provider's, registers
+    itself, sends the person to sign in (code + PKCE, resource indicator), and then lists and calls."""
+    redirect_uri = "http://127.0.0.1:9/sdk-callback"
+    answer: dict[str, str] = {}
+
+    async def redirect_handler(url: str) -> None:  # what a browser would do with the address
+        def sign_in() -> str:
+            with httpx.Client() as browser:
+                return browse(browser, url, login="ada", until=redirect_uri)
+
+        answer.update({key: values[0] for key, values in parse_qs(urlsplit(await anyio.to_thread.run_sync(
+            sign_in)).query).items()})
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        return AuthorizationCodeResult(code=answer["code"], state=answer.get("state"), iss=answer.get("iss"))
+
+    storage = MemoryStorage()
+    metadata = OAuthClientMetadata(redirect_uris=[redirect_uri], grant_types=["authorization_code", "refresh_token"],
+                                   response_types=["code"], token_endpoint_auth_method="none",
+                                   client_name="mcpmesh sdk test")
+    auth = OAuthClientProvider(f"{mesh.url}/mcp", metadata, storage, redirect_handler, callback_handler)
+    async with Client(streamable_http_client(f"{mesh.url}/mcp", http_client=httpx2.AsyncClient(auth=auth))) as client:
+        assert "echo__echo" in [tool.name for tool in (await client.list_tools()).tools]
+        result = await client.call_tool("echo__echo", {"text": "after the sdk signed in"})
+        assert not result.is_error and result.structured_content["result"] == "after the sdk signed in"
+    assert storage.tokens is not None and claims_of(storage.tokens.access_token)["aud"] == mesh.url

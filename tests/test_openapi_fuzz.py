@@ -130,7 +130,10 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
     assert set(document["paths"]) == {
         "/healthz", "/.well-known/jwks.json", "/v1/openapi.json", "/v1/agents", "/v1/agents/{name}",
         "/v1/agents/{name}/recheck", "/v1/agents/{name}/revocations", "/v1/agents/{name}/keys/{kid}/revoke",
-        "/v1/discover", "/v1/invoke", "/v1/runs", "/v1/runs/{run_id}"}
+        "/v1/discover", "/v1/invoke", "/v1/runs", "/v1/runs/{run_id}",
+        # people and sign-in (people.py, oidc.py)
+        "/.well-known/oauth-protected-resource", "/v1/auth/login", "/v1/auth/callback", "/v1/users/me",
+        "/v1/tokens", "/v1/tokens/{token_id}", "/v1/orgs", "/v1/orgs/{org}/members", "/v1/orgs/{org}/members/{user_id}"}
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
     assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "504"}
