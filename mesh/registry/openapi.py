@@ -480,7 +480,7 @@ def people_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, Any
     org = _param("org", "path", {"type": "string"}, "the organisation's id, e.g. default")
     made = {"201": {"description": "the new token, with its secret (token) shown this once",
                     "content": {"application/json": {"schema": _ref("ApiToken")}}},
-            **_problems(*write, 403, s403=me_or_tokens)}
+            **_problems(*write, 403, 404, s403=me_or_tokens, s404="org names no organisation the caller belongs to")}
     token_body = _object({"name": {"type": "string", "minLength": 1, "maxLength": 100},
                           "scopes": _list({"type": "string"}), "days": {"type": "number"},
                           "org": {"type": "string"}}, ["name"])
