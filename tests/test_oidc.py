@@ -164,6 +164,7 @@ def test_tokens_not_for_this_registry_are_refused_with_the_reason(mesh: SignInMe
     forger = RSAKey.import_key(rsa.generate_private_key(public_exponent=65537, key_size=2048))
     header = {"alg": "RS256", "kid": "test-rs256", "typ": "at+jwt"}
     refused(jwt.encode(header, claims, forger), "does not verify")
+    refused(jwt.encode({**header, "kid": "not-published"}, claims, forger), "No key for kid")  # keys re-read first
     refused(good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"), "does not verify")
     short = access_token(mesh, "ada", client_id="mcpmesh-short")
     assert httpx.get(f"{mesh.url}/v1/agents", headers=bearer(short)).status_code == 200
@@ -206,6 +207,12 @@ def test_a_browser_signs_in_with_code_and_pkce(mesh: SignInMesh):
         assert me["user"]["email"] == "ada@example.com" and me["role"] == "admin" and me["via"] == "api-token"
         # The code cannot be used twice, and a state this registry never gave out is refused.
         assert browser.get(back).status_code == 401
+    with httpx.Client() as browser:  # a person of no organisation signs in too, and may do nothing yet
+        start = browser.get(f"{mesh.url}/v1/auth/login").headers["location"]
+        browser.get(browse(browser, start, login="eve", until=f"{mesh.url}/v1/auth/callback"))
+        me = browser.get(f"{mesh.url}/v1/users/me").json()
+        assert me["user"]["email"] == "eve@example.com" and (me["role"], me["orgs"]) == (None, {})
+        assert browser.get(f"{mesh.url}/v1/agents").status_code == 403
     forged = httpx.get(f"{mesh.url}/v1/auth/callback", params={"code": "x", "state": "made-up"})
     assert forged.status_code == 401 and "start again" in forged.json()["detail"]
     assert httpx.get(f"{mesh.url}/v1/auth/login", params={"return_to": "https://evil.example"}).status_code == 400

@@ -283,6 +283,8 @@ def build_app(registry: Registry) -> Starlette:
             group.start_soon(save_reputations_forever, registry)
             if registry.embedded_database:
                 group.start_soon(checkpoint_forever, registry)
+            if registry.people.issuer is not None:
+                group.start_soon(oidc.prefetch, registry.people.issuer)
             try:
                 yield
             finally:

@@ -144,7 +144,8 @@ class Gate:
                     raise AuthProblem("this route needs a caller: an agent's bearer token, or the local user "
                                       "on loopback")
             except AuthProblem as exc:
-                base = f"{scope.get('scheme', 'http')}://{host}"
+                oidc = self.registry.config.oidc  # a configured audience is the registry's public URL
+                base = oidc.audience if oidc and oidc.audience else f"{scope.get('scheme', 'http')}://{host}"
                 error = "invalid_token" if bearer_of(headers) else None
                 raise Refused(Problem("unauthenticated", str(exc)), {"www-authenticate": www_authenticate(base, error)}
                               ) from exc

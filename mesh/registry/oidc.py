@@ -15,12 +15,14 @@ joserfc (Authlib's JOSE library) the token checks.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -31,13 +33,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from mesh.registry.auth import AuthProblem, outranks
+from mesh.registry.auth import AuthProblem, outranks, unverified_parts
 from mesh.registry.config import OidcConfig
 from mesh.registry.problems import Problem
 
 if TYPE_CHECKING:
     from mesh.registry.node import Registry
 
+log = logging.getLogger(__name__)
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 CLOCK_SKEW = 30  # seconds
 KEY_REFRESH_INTERVAL = 30.0  # an unknown kid re-fetches the JWKS at most this often
@@ -104,13 +107,12 @@ class Issuer:
         """The claims of an access token this issuer signed for this registry; ``AuthProblem`` naming what is
         wrong otherwise."""
         now = time.time() if now is None else now
+        kid = unverified_parts(token)[0].get("kid")
+        keys = self.keys()
+        if kid is not None and all(key.kid != kid for key in keys.keys):  # the issuer may have rotated its keys
+            keys = self.keys(refresh=True)
         try:
-            try:
-                decoded = jwt.decode(token, self.keys(), algorithms=self.config.algorithms)
-            except (JoseError, ValueError) as first:
-                if "kid" not in str(first).lower() and "key" not in str(first).lower():
-                    raise
-                decoded = jwt.decode(token, self.keys(refresh=True), algorithms=self.config.algorithms)
+            decoded = jwt.decode(token, keys, algorithms=self.config.algorithms)
         except (JoseError, ValueError) as exc:
             raise AuthProblem(f"the access token does not verify against {self.issuer}: {exc}") from exc
         claims = dict(decoded.claims)
@@ -152,6 +154,15 @@ class Issuer:
         if self.config.default_role and default_org not in granted:
             granted[default_org] = self.config.default_role
         return granted
+
+
+async def prefetch(issuer: Issuer) -> None:
+    """Read the provider's discovery document and keys at start, off the event loop, so the first signed-in
+    request does not wait for them; a provider that is down now is tried again at that request."""
+    try:
+        await anyio.to_thread.run_sync(issuer.keys)
+    except AuthProblem as exc:
+        log.warning("sign-in: %s", exc)
 
 
 def protected_resource_metadata(registry: Registry) -> dict[str, Any]:
@@ -243,9 +254,11 @@ class BrowserSignIn:
         expires = max(1.0, float(token.get("expires_at") or time.time() + 3600) - time.time())
         from mesh.registry import people
 
-        with self.registry.sessions.begin() as session:
-            assert caller.user and caller.org
-            _, secret = people.create_token(session, user_id=caller.user, org_id=caller.org, name="browser sign-in",
+        assert caller.user is not None
+        with self.registry.sessions.begin() as session:  # a person of no organisation yet still signs in
+            _, secret = people.create_token(session, user_id=caller.user,
+                                            org_id=caller.org or self.registry.people.default_org,
+                                            name="browser sign-in",
                                             scopes=["*"], expires_at=people.utcnow() + timedelta(seconds=expires))
         self.registry.audit(caller.id, "sign-in", caller.user, "done", "browser, authorization code + PKCE",
                             request.client.host if request.client else None)
