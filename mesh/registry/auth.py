@@ -186,8 +186,10 @@ PERMISSIONS: dict[str, tuple[frozenset[str], str]] = {
     "admin": (_roles("owner admin"), "registry:admin"),
     # make, list and revoke one's own personal API tokens
     "tokens": (_roles("owner admin member viewer"), "registry:tokens"),
-    # add, change or remove members of an organisation (only an owner makes or unmakes an owner)
+    # add, change or remove members of an organisation
     "members": (_roles("owner admin"), "registry:admin"),
+    # make someone an owner, or make an owner something else (one of the members changes)
+    "appoint-owners": (_roles("owner"), "registry:admin"),
 }
 # A token scope that grants more grants the lesser ones too.
 SCOPE_IMPLIES = {"*": {"registry:read", "registry:invoke", "registry:tokens", "registry:admin"},

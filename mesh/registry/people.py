@@ -424,9 +424,8 @@ def routes(registry: Registry) -> list[Route]:
             if not USER_ID.fullmatch(target) or get_user(session, target) is None:
                 raise Problem("unknown-user", f"no user {target[:80]!r} (a person exists once they signed in)")
             current = role_in(session, target, org)
-            if "owner" in (role, current) and caller.role != "owner":
-                raise Problem("forbidden", f"{caller.id} (role {caller.role} in {org}) may not make or unmake an "
-                                           "owner: it needs role owner")
+            if "owner" in (role, current):
+                allowed(registry, None, "appoint-owners", caller=caller)
             if current == "owner" and role != "owner" and owners(session, org) == [target]:
                 raise Problem("bad-request", f"{target} is the last owner of {org}; make another owner first")
             if role is None:
