@@ -257,8 +257,16 @@ def test_mesh_login_with_a_device_code_then_whoami_and_tokens(mesh: SignInMesh, 
         return subprocess.run(mesh_command(*args, "--registry", mesh.url, "--workspace", str(tmp_path)),
                               capture_output=True, text=True, timeout=60, env=env)
 
+    saved = tmp_path / ".mesh" / "login.json"
+    logins = json.loads(saved.read_text())
+    assert logins[mesh.url]["refresh_token"]
+    logins[mesh.url]["expires_at"] = 0  # run out: the next command renews it with the refresh token
+    saved.write_text(json.dumps(logins))
     whoami = cli("whoami")
     assert whoami.returncode == 0 and "ada@example.com" in whoami.stdout and "admin" in whoami.stdout, whoami.stderr
+    renewed = json.loads(saved.read_text())[mesh.url]
+    assert renewed["access_token"] != token and renewed["expires_at"] > time.time()
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     made = cli("tokens", "create", "nightly", "--scope", "registry:read", "--days", "7")
     assert made.returncode == 0, made.stderr
     secret = made.stdout.strip()
