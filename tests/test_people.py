@@ -278,3 +278,24 @@ def test_members_are_managed_within_ones_role(registry: Registry, local: TestCli
     with registry.sessions.begin() as session:
         actions = [(e.actor, e.action) for e in store.list_audit(session, limit=20)]
     assert (f"user:{ada}", "set-role") in actions and ("user:local", "revoke-token") in actions
+
+
+def test_registries_starting_together_and_first_sign_ins_at_once_make_each_row_once(engine: Engine):
+    """Several registry processes share one database: what each makes at start, and a person's first
+    requests arriving together, end as one row each, with no error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sessions = store.session_factory(engine)
+
+    def start_and_sign_in(_: int) -> str:
+        with sessions.begin() as session:
+            people.ensure_local_user(session, "default")
+        with sessions.begin() as session:
+            return people.sign_in(session, issuer="https://id.example", subject="ada", roles={"acme": "member"}).id
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = set(pool.map(start_and_sign_in, range(8)))
+    assert len(ids) == 1
+    with sessions.begin() as session:
+        assert people.memberships(session, ids.pop()) == {"acme": "member"}
+        assert people.memberships(session, people.LOCAL) == {"default": "owner"}

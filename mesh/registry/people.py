@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -57,39 +58,34 @@ def is_api_token(token: str) -> bool:
 
 
 def ensure_org(session: Session, org_id: str, name: str | None = None) -> OrgRecord:
-    org = session.get(OrgRecord, org_id)
-    if org is None:
-        org = OrgRecord(id=org_id, name=name or org_id, created_at=utcnow())
-        session.add(org)
-        session.flush()
-    return org
+    if session.get(OrgRecord, org_id) is None:
+        _insert_once(session, OrgRecord(id=org_id, name=name or org_id, created_at=utcnow()))
+    return session.get(OrgRecord, org_id)
 
 
 def ensure_local_user(session: Session, org_id: str) -> UserRecord:
     """The tokenless local user, owner of ``org_id`` (created with it when missing)."""
     ensure_org(session, org_id)
-    user = session.get(UserRecord, LOCAL)
-    if user is None:
-        user = UserRecord(id=LOCAL, issuer=LOCAL, subject=LOCAL, name="local user", created_at=utcnow(),
-                          last_seen_at=utcnow())
-        session.add(user)
-        session.flush()
+    if session.get(UserRecord, LOCAL) is None:
+        _insert_once(session, UserRecord(id=LOCAL, issuer=LOCAL, subject=LOCAL, name="local user",
+                                         created_at=utcnow(), last_seen_at=utcnow()))
     if session.get(MembershipRecord, (LOCAL, org_id)) is None:
-        session.add(MembershipRecord(user_id=LOCAL, org_id=org_id, role="owner", source="manual",
-                                     created_at=utcnow()))
-        session.flush()
-    return user
+        _insert_once(session, MembershipRecord(user_id=LOCAL, org_id=org_id, role="owner", source="manual",
+                                               created_at=utcnow()))
+    return session.get(UserRecord, LOCAL)
 
 
 def sign_in(session: Session, *, issuer: str, subject: str, email: str | None = None, name: str | None = None,
             roles: dict[str, str] | None = None) -> UserRecord:
     """The user ``issuer`` knows as ``subject`` (created at their first sign-in), with the memberships
     their groups give (``roles``: org -> role) brought up to date. Memberships a person set stay."""
-    user = session.scalar(select(UserRecord).where(UserRecord.issuer == issuer, UserRecord.subject == subject))
+    query = select(UserRecord).where(UserRecord.issuer == issuer, UserRecord.subject == subject)
+    user = session.scalar(query)
     now = utcnow()
-    if user is None:
-        user = UserRecord(id=uuid.uuid4().hex, issuer=issuer, subject=subject, created_at=now, last_seen_at=now)
-        session.add(user)
+    if user is None:  # two first requests at once: one creates, both find it
+        _insert_once(session, UserRecord(id=uuid.uuid4().hex, issuer=issuer, subject=subject, created_at=now,
+                                         last_seen_at=now))
+        user = session.scalars(query).one()
     user.email, user.name, user.last_seen_at = email or user.email, name or user.name, now
     session.flush()
     wanted = dict(roles or {})
@@ -101,7 +97,8 @@ def sign_in(session: Session, *, issuer: str, subject: str, email: str | None = 
         ensure_org(session, org_id)
         membership = held.get(org_id)
         if membership is None:
-            session.add(MembershipRecord(user_id=user.id, org_id=org_id, role=role, source="groups", created_at=now))
+            _insert_once(session, MembershipRecord(user_id=user.id, org_id=org_id, role=role, source="groups",
+                                                   created_at=now))
         elif membership.source == "groups":
             membership.role = role
     session.flush()
@@ -213,6 +210,15 @@ def caller_for(user_id: str, roles: dict[str, str], *, org: str | None, default_
     acting = org or (default_org if default_org in roles else next(iter(sorted(roles)), None))
     return Caller(f"user:{user_id}", "user", scopes, org=acting, role=roles.get(acting) if acting else None,
                   via=via, token_id=token_id)
+
+
+def _insert_once(session: Session, record: Any) -> None:
+    """Add a row that registry processes starting together may all try to add: the first one wins."""
+    try:
+        with session.begin_nested():
+            session.add(record)
+    except IntegrityError:
+        pass
 
 
 class People:
