@@ -14,7 +14,9 @@ import os
 import stat
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,11 +34,14 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from mcp.shared.exceptions import MCPError
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from mesh.keys import KeyRing
+from mesh.registry import store
 from mesh.registry.auth import issue_token
 
-from .conftest import copy_repo_workspace, mesh_command
+from .conftest import Process, copy_repo_workspace, mesh_command
 from .oidc_provider import OpenIdProvider, browse, cli_client, require_provider, running_provider
 from .test_registry_e2e import ECHO, Mesh
 
@@ -55,9 +60,18 @@ mesh-viewers = "default:viewer"
 
 class SignInMesh(Mesh):
     """A registry without a local user: even on loopback every caller needs a token. The harness itself
-    asks as the echo agent, with echo's own key."""
+    asks as the echo agent, with echo's own key. Its database is PostgreSQL when ``MESH_TEST_DATABASE_URL``
+    names a server (as in CI), else SQLite."""
 
     provider: OpenIdProvider
+    database_url: str | None = None
+
+    def start_registry(self) -> None:
+        env = {"MESH_DATABASE_URL": self.database_url} if self.database_url else None
+        process = Process(mesh_command("registry", "run", "--workspace", str(self.workspace), "--port",
+                                       str(self.port), "--trust-local-keys"), self.logs / "registry.log", env)
+        self.processes["registry"] = process
+        process.wait_http(f"{self.url}/healthz")
 
     def agent(self, name: str) -> dict:
         try:
@@ -66,6 +80,26 @@ class SignInMesh(Mesh):
             return {"status": None}
         response = httpx.get(f"{self.url}/v1/agents/{name}", headers={"authorization": f"Bearer {token}"})
         return response.json() if response.status_code == 200 else {"status": None}
+
+
+@contextmanager
+def database() -> Iterator[str | None]:
+    """A fresh PostgreSQL schema when ``MESH_TEST_DATABASE_URL`` names a server, else None (SQLite)."""
+    server = os.environ.get("MESH_TEST_DATABASE_URL")
+    if not server:
+        yield None
+        return
+    schema = f"mesh_signin_{uuid.uuid4().hex[:12]}"
+    admin = store.connect(server)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield make_url(server).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +116,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignInMesh]:
         config.write_text(text + OIDC_SETTINGS.format(issuer=provider.issuer))
         (network.workspace / "agents" / "echo.py").write_text(ECHO)
         network.provider = provider
-        try:
-            network.start_registry()
-            network.start_agent("echo")
-            yield network
-        finally:
-            network.close()
+        with database() as network.database_url:
+            try:
+                network.start_registry()
+                network.start_agent("echo")
+                yield network
+            finally:
+                network.close()
 
 
 def access_token(mesh: SignInMesh, login: str, *, resource: str | None = None, client_id: str = "mcpmesh") -> str:
@@ -136,6 +171,14 @@ def test_a_first_sign_in_creates_the_person_with_roles_from_groups(mesh: SignInM
     assert me["orgs"] == {"acme": "member", "default": "admin"}
     again = httpx.get(f"{mesh.url}/v1/users/me", headers=bearer(access_token(mesh, "ada"))).json()
     assert again["user"]["id"] == me["user"]["id"]  # the same person, not a second one
+    if mesh.database_url:  # the person is a row of the PostgreSQL database the registry runs on
+        engine = store.connect(mesh.database_url)
+        try:
+            with engine.connect() as connection:
+                assert connection.execute(text("SELECT email FROM users WHERE subject = 'ada'")).scalar() == \
+                    "ada@example.com"
+        finally:
+            engine.dispose()
     call = {"agent": "echo", "tool": "echo", "arguments": {"text": "signed in"}}
     answer = httpx.post(f"{mesh.url}/v1/invoke", json=call, headers=bearer(token), timeout=30)
     assert answer.status_code == 200, answer.text
