@@ -102,6 +102,12 @@ def headers(workspace: Workspace, registry: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
 
 
+def cli_headers(registry: str) -> dict[str, str]:
+    """What `mesh ls`, `discover`, `call` and `runs` send: ``$MESH_TOKEN``, else the sign-in saved in the
+    current folder's ``.mesh/``, else nothing."""
+    return headers(Workspace(), registry.rstrip("/"))
+
+
 # -- mesh login ----------------------------------------------------------------------------------------
 
 

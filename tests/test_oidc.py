@@ -305,6 +305,9 @@ def test_mesh_login_with_a_device_code_then_whoami_and_tokens(mesh: SignInMesh, 
     assert logins[mesh.url]["refresh_token"]
     logins[mesh.url]["expires_at"] = 0  # run out: the next command renews it with the refresh token
     saved.write_text(json.dumps(logins))
+    listed = subprocess.run(mesh_command("ls", "--registry", mesh.url), cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env=env)  # in the workspace folder: its saved sign-in
+    assert listed.returncode == 0 and "echo" in listed.stdout, listed.stderr
     whoami = cli("whoami")
     assert whoami.returncode == 0 and "ada@example.com" in whoami.stdout and "admin" in whoami.stdout, whoami.stderr
     renewed = json.loads(saved.read_text())[mesh.url]
