@@ -22,6 +22,7 @@ import httpx
 
 from mesh import telemetry
 from mesh.keys import DEFAULT_OVERLAP_SECONDS, KID_PATTERN, KeyProblem, KeyRing, check_kid
+from mesh.login import LoginProblem
 from mesh.manifest import ManifestProblem
 from mesh.names import NameProblem, check_name
 from mesh.registry.policy import PolicyError
@@ -42,7 +43,7 @@ class RegistryProblem(Exception):
 
 
 USER_ERRORS = (WorkspaceProblem, SigningProblem, ManifestProblem, KeyProblem, PolicyError, NameProblem,
-               RegistryProblem, CommandProblem)
+               RegistryProblem, CommandProblem, LoginProblem)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -373,6 +374,40 @@ def cmd_secrets(args: argparse.Namespace) -> int:
         raise RegistryProblem(str(exc)) from exc
 
 
+# -- signing in ----------------------------------------------------------------------------------------
+
+
+@command("login")
+def cmd_login(args: argparse.Namespace) -> int:
+    from mesh.login import login
+
+    me = login(Workspace(Path(args.workspace)), registry_url(args), client_id=args.client_id,
+               device=not args.no_device, open_browser=not args.no_browser)
+    user = me.get("user") or {}
+    say(f"signed in to {registry_url(args)} as {user.get('email') or user.get('name') or me['id']} ({me['id']}), "
+        f"{me.get('role') or 'no role'} in {me.get('org') or 'no organisation'}; the token is in {me['saved_to']}")
+    return 0
+
+
+@command("whoami")
+def cmd_whoami(args: argparse.Namespace) -> int:
+    from mesh.login import whoami
+
+    return whoami(Workspace(Path(args.workspace)), registry_url(args))
+
+
+@command("tokens")
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from mesh import login
+
+    workspace, registry = Workspace(Path(args.workspace)), registry_url(args)
+    if args.tokens_command == "create":
+        return login.tokens_create(workspace, registry, args.name, args.scope, args.days, args.org)
+    if args.tokens_command == "revoke":
+        return login.tokens_revoke(workspace, registry, args.token_id)
+    return login.tokens_list(workspace, registry)
+
+
 # -- argument parsing ---------------------------------------------------------------------------------
 
 
@@ -529,6 +564,23 @@ def parser() -> argparse.ArgumentParser:
 
     add_lm_commands(sub, common, COMMANDS)
     add_learning_commands(sub, common, client, COMMANDS)
+
+    p = sub.add_parser("login", parents=[client, common], help="sign in to a registry with its OpenID provider")
+    p.add_argument("--no-device", action="store_true", help="use a loopback redirect even if a device code works")
+    p.add_argument("--no-browser", action="store_true", help="print the sign-in address instead of opening it")
+    p.add_argument("--client-id", default=None, help="the provider's client (default: what the registry names)")
+    sub.add_parser("whoami", parents=[client, common], help="who the registry takes you for, and your roles")
+    tokens = sub.add_parser("tokens", help="personal API tokens: create (shown once), list, revoke")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    p = tokens_sub.add_parser("create", parents=[client, common], help="a new token; its secret is printed once")
+    p.add_argument("name", help="what the token is for, e.g. 'nightly report'")
+    p.add_argument("--scope", action="append", help="registry:read, registry:invoke, registry:admin, a tool "
+                                                    "scope, or * (repeat; default *)")
+    p.add_argument("--days", type=float, default=None, help="how long it lives (default: [auth] token_days)")
+    p.add_argument("--org", default=None, help="the organisation it acts in (default: the one you act in)")
+    tokens_sub.add_parser("ls", parents=[client, common], help="your tokens (never their secrets)")
+    p = tokens_sub.add_parser("revoke", parents=[client, common], help="revoke a token now")
+    p.add_argument("token_id", metavar="ID", help="the token's id, as `mesh tokens ls` shows it")
     return top
 
 

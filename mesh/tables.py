@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from mesh.login import cli_headers
+
 GAP = "  "
 ELLIPSIS = "…"
 MIN_COLUMN = 6
@@ -130,7 +132,7 @@ def _command(fn: Callable[..., int]) -> Callable[..., int]:
     @wraps(fn)
     def run(base_url: str, *args: Any, client: httpx.Client | None = None, **kwargs: Any) -> int:
         owned = client is None
-        client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=60.0)
+        client = client or httpx.Client(base_url=base_url.rstrip("/"), headers=cli_headers(base_url), timeout=60.0)
         try:
             return fn(client, *args, **kwargs)
         except RegistryProblem as exc:

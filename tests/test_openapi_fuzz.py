@@ -151,7 +151,10 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
         "/v1/lm", "/v1/agents/{name}/learning-plans", "/v1/agents/{name}/assessments", "/v1/agents/{name}/prompts",
         "/v1/agents/{name}/prompts/{version}", "/v1/agents/{name}/prompts/{version}/activate",
         "/v1/learning-plans/{plan_id}", "/v1/learning-plans/{plan_id}/run", "/v1/learning-plans/{plan_id}/assess",
-        "/v1/learning-runs/{run_id}", "/v1/learning-runs/{run_id}/cancel", "/v1/learning-runs/{run_id}/attempts"}
+        "/v1/learning-runs/{run_id}", "/v1/learning-runs/{run_id}/cancel", "/v1/learning-runs/{run_id}/attempts",
+        # people and sign-in (people.py, oidc.py)
+        "/.well-known/oauth-protected-resource", "/v1/auth/login", "/v1/auth/callback", "/v1/users/me",
+        "/v1/tokens", "/v1/tokens/{token_id}", "/v1/orgs", "/v1/orgs/{org}/members", "/v1/orgs/{org}/members/{user_id}"}
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
     assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "504"}

@@ -29,7 +29,7 @@ from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.learning import records as learning_records
 from mesh.learning.routes import routes as learning_routes
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import a2a_front, admission, audit, credentials, proxy, store
+from mesh.registry import a2a_front, admission, audit, credentials, oidc, people, proxy, store
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -237,9 +237,10 @@ def build_app(registry: Registry) -> Starlette:
         if params.get("log") not in (None, "caller", "target"):
             raise Problem("bad-request", "log must be 'caller' or 'target'")
         caller = params.get("caller")
-        if caller is not None and not (caller in ("user:local", "anonymous") or
-                                       (caller.startswith("agent:") and is_valid_name(caller[6:]))):
-            raise Problem("bad-request", "caller must be agent:NAME, user:local or anonymous")
+        if caller is not None and not (caller == "anonymous" or
+                                       (caller.startswith("agent:") and is_valid_name(caller[6:])) or
+                                       (caller.startswith("user:") and people.USER_ID.fullmatch(caller[5:]))):
+            raise Problem("bad-request", "caller must be agent:NAME, user:ID (user:local) or anonymous")
         before = read_run_cursor(params["cursor"]) if params.get("cursor") else None
         with registry.sessions.begin() as session:
             found = store.list_runs(session, query_name(params.get("agent"), "agent"), caller=caller,
@@ -290,6 +291,8 @@ def build_app(registry: Registry) -> Starlette:
             if registry.embedded_database:
                 group.start_soon(checkpoint_forever, registry)
             group.start_soon(audit.checkpoint_forever, registry)  # signed checkpoints of the audit log
+            if registry.people.issuer is not None:
+                group.start_soon(oidc.prefetch, registry.people.issuer)
             try:
                 yield
             finally:
@@ -317,6 +320,8 @@ def build_app(registry: Registry) -> Starlette:
         Route("/healthz", health),
         Route("/metrics", problem_json(metrics), methods=["GET"]),
         Route("/.well-known/jwks.json", jwks),
+        *oidc.routes(registry),  # /.well-known/oauth-protected-resource, /v1/auth/login and /v1/auth/callback
+        *people.routes(registry),  # /v1/users/me, /v1/tokens, /v1/orgs
         # Its own router, so that an unknown path or method under /v1 is a problem (404, 405), not the MCP app's.
         Route("/v1", index, methods=["GET"]),
         Mount("/v1", routes=[

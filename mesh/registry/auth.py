@@ -3,8 +3,12 @@
 Agents prove themselves with short-lived JWTs signed by their own keys: an agent mints a token
 (``issue_token``) with its active signing key; the registry checks it against the keys it trusts *for
 that agent* (``verify_token``), so one agent's key never vouches for another. A caller on loopback
-without a token is the local user, if ``registry.toml`` allows it. ``authorize`` says what a caller may
-do with the registry itself (reading, administering); what it may call is the policy's business.
+without a token is the local user, if ``registry.toml`` allows it; people sign in through an OpenID
+provider (``oidc.py``) or use personal API tokens (``people.py``).
+
+``authorize`` says what a caller may do with the registry itself, by one permissions matrix
+(``PERMISSIONS``): an action, the roles that may do it, and the scope a personal API token must hold for
+it. What a caller may call is then the policy's business.
 """
 
 from __future__ import annotations
@@ -26,11 +30,6 @@ AUDIENCE = "mcpmesh-registry"
 MAX_LIFETIME = 300  # seconds; longer-lived tokens are refused
 CLOCK_SKEW = 30  # seconds a token's iat may lie ahead of the registry's clock
 ADMIN_SCOPES = frozenset({"*", "registry:admin"})
-# Actions on the registry that a scope of their own grants (besides the admin scopes).
-ACTION_SCOPES = {
-    "audit:read": "audit:read",  # read and export the audit log
-    "secrets:admin": "secrets:admin",  # store, rotate and remove credentials (never read their values)
-}
 
 
 class AuthProblem(Exception):
@@ -41,10 +40,14 @@ class AuthProblem(Exception):
 class Caller:
     """An authenticated caller as the policy sees it."""
 
-    id: str  # "agent:NAME", "user:local" or "anonymous"
+    id: str  # "agent:NAME", "user:local", "user:ID" or "anonymous"
     kind: str  # "agent", "user" or "anonymous"
     scopes: list[str] = field(default_factory=list)
     kid: str | None = None  # the key an agent's token was signed with
+    org: str | None = None  # the organisation a person acts in (until tenancy: whose registry this is)
+    role: str | None = None  # a person's role in ``org``: owner, admin, member, viewer (None: no membership)
+    via: str | None = None  # how a person proved it: "loopback", "oidc" or "api-token"
+    token_id: str | None = None  # the personal API token used, when ``via`` is "api-token"
 
     @property
     def agent(self) -> str | None:
@@ -53,6 +56,18 @@ class Caller:
     @property
     def is_admin(self) -> bool:
         return not ADMIN_SCOPES.isdisjoint(self.scopes)
+
+    @property
+    def user(self) -> str | None:
+        return self.id.removeprefix("user:") if self.kind == "user" else None
+
+    @property
+    def acting_role(self) -> str | None:
+        """The role the matrix checks: a person's membership role; an agent is ``admin`` with scope
+        registry:admin, else ``agent``."""
+        if self.kind == "agent":
+            return "admin" if self.is_admin else "agent"
+        return self.role
 
 
 ANONYMOUS = Caller("anonymous", "anonymous", [])
@@ -150,23 +165,81 @@ class Forbidden(Exception):
     """An authenticated caller asked for something it may not do; the message says what it lacks."""
 
 
+ROLES = ("owner", "admin", "member", "viewer")  # most to least; "agent" is an agent without registry:admin
+
+
+def _roles(names: str) -> frozenset[str]:
+    return frozenset(names.split())
+
+
+# The permissions matrix, the one place that says who may do what with the registry: each action, the
+# roles that may do it, and the registry scope a personal API token must hold for it (a token is never
+# more than its owner's role). Routes and MCP operations name one of these actions in ``authorize``.
+PERMISSIONS: dict[str, tuple[frozenset[str], str]] = {
+    # list agents, tools, runs and members; discover; metrics; MCP lists
+    "read": (_roles("owner admin member viewer agent"), "registry:read"),
+    # call a tool, read a resource, get a prompt, complete: through /v1/invoke, MCP or A2A
+    "invoke": (_roles("owner admin member agent"), "registry:invoke"),
+    # re-list an agent's tools now (an agent may always recheck itself)
+    "recheck": (_roles("owner admin"), "registry:admin"),
+    # revoke an agent's key as the operator
+    "admin": (_roles("owner admin"), "registry:admin"),
+    # make, list and revoke one's own personal API tokens
+    "tokens": (_roles("owner admin member viewer"), "registry:tokens"),
+    # add, change or remove members of an organisation
+    "members": (_roles("owner admin"), "registry:admin"),
+    # make someone an owner, or make an owner something else (one of the members changes)
+    "appoint-owners": (_roles("owner"), "registry:admin"),
+    # create, change, reset or delete an agent's sandboxes (an agent may always manage its own)
+    "sandbox": (_roles("owner admin"), "registry:admin"),
+    # let an agent's connected sandboxes reach a real service, or take that back
+    "approve": (_roles("owner admin"), "registry:admin"),
+    # read and export the audit log (an agent granted scope audit:read may too)
+    "audit:read": (_roles("owner admin"), "audit:read"),
+    # store, rotate and remove credentials, never read their values (an agent granted secrets:admin may too)
+    "secrets:admin": (_roles("owner admin"), "secrets:admin"),
+}
+# Actions an agent may do for itself, whatever its role: ``agent`` names it.
+OWN_ACTIONS = frozenset({"recheck", "sandbox"})
+# A token scope that grants more grants the lesser ones too.
+SCOPE_IMPLIES = {"*": {"registry:read", "registry:invoke", "registry:tokens", "registry:admin", "audit:read",
+                       "secrets:admin"},
+                 "registry:admin": {"registry:read", "registry:invoke", "registry:tokens", "audit:read",
+                                    "secrets:admin"},
+                 "registry:invoke": {"registry:read"}}
+
+
+def token_allows(scopes: list[str], needed: str) -> bool:
+    """Do a personal API token's scopes grant the registry scope ``needed``?"""
+    return any(scope == needed or needed in SCOPE_IMPLIES.get(scope, ()) for scope in scopes)
+
+
+def outranks(role: str, other: str) -> bool:
+    """Is ``role`` at least ``other`` in owner > admin > member > viewer?"""
+    return ROLES.index(role) <= ROLES.index(other)
+
+
 def authorize(caller: Caller, action: str, agent: str | None = None) -> None:
-    """May ``caller`` do ``action`` (``read``, ``invoke``, ``recheck``, ``admin``, ``sandbox`` — create, change,
-    reset or delete ``agent``'s sandboxes —, ``approve``, or one of ``ACTION_SCOPES``)? Raises AuthProblem
-    for a caller nobody vouched for, Forbidden for one that lacks the right. Roles per tenant slot in here."""
+    """May ``caller`` do ``action`` (a key of ``PERMISSIONS``)? Raises AuthProblem for a caller nobody
+    vouched for, Forbidden for one whose role or token scopes do not allow it."""
     if caller.kind == "anonymous":
-        raise AuthProblem("this route needs a caller: an agent's bearer token, or the local user on loopback")
-    if action in ("read", "invoke"):
+        raise AuthProblem("this route needs a caller: a bearer token (an agent's, a signed-in person's or a "
+                          "personal API token), or the local user on loopback")
+    roles, scope = PERMISSIONS[action]
+    if action in OWN_ACTIONS and agent is not None and caller.agent == agent:
         return
-    if action == "recheck" and (caller.is_admin or (agent is not None and caller.agent == agent)):
+    own_scope = not scope.startswith("registry:")  # audit:read, secrets:admin: grantable to an agent in [grants]
+    if caller.kind == "agent" and own_scope and scope in caller.scopes:
         return
-    if action == "admin" and caller.is_admin:
-        return
-    if action == "sandbox" and (caller.is_admin or (agent is not None and caller.agent == agent)):
-        return  # an agent manages its own sandboxes; an operator anyone's
-    if action == "approve" and caller.is_admin:
-        return
-    if action in ACTION_SCOPES and (caller.is_admin or ACTION_SCOPES[action] in caller.scopes):
-        return
-    needed = f"'{ACTION_SCOPES[action]}' or 'registry:admin'" if action in ACTION_SCOPES else "'registry:admin'"
-    raise Forbidden(f"{caller.id} may not {action}{f' {agent}' if agent else ''}: it needs scope {needed}")
+    role = caller.acting_role
+    what = f"{action}{f' {agent}' if agent else ''}"
+    if role not in roles:
+        if caller.kind == "agent":
+            needed = f"'{scope}' or 'registry:admin'" if own_scope else "'registry:admin'"
+            raise Forbidden(f"{caller.id} may not {what}: it needs scope {needed}")
+        held = f"role {role} in {caller.org}" if role else f"no role in {caller.org or 'any organisation'}"
+        *more, least = [r for r in ROLES if r in roles]
+        needs = f"{', '.join(more)} or {least}" if more else least
+        raise Forbidden(f"{caller.id} ({held}) may not {what}: it needs role {needs}")
+    if caller.via == "api-token" and not token_allows(caller.scopes, scope):
+        raise Forbidden(f"{caller.id}: this API token may not {what}: it needs scope {scope!r}")

@@ -1,4 +1,5 @@
-"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]`` and ``[lm]`` tables of ``registry/registry.toml``.
+"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]`` and ``[oidc]``
+tables of ``registry/registry.toml``.
 
 Every setting has a default, so a workspace without the file runs as a local, single-user mesh. The
 settings are a pydantic model: a misspelt key or a value of the wrong type is one line naming the file,
@@ -10,7 +11,16 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from mesh.lm.settings import LMSettings
 from mesh.workspace import Workspace, WorkspaceProblem
@@ -20,6 +30,47 @@ CONFIG_FILE = "registry/registry.toml"
 
 class ConfigProblem(WorkspaceProblem):
     """``registry/registry.toml`` says something the registry cannot use; the message names the key."""
+
+
+ROLE_NAMES = ("owner", "admin", "member", "viewer")
+
+
+class AuthConfig(BaseModel):
+    """``[auth]``: people and their personal API tokens (``people.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_org: str = Field("default", pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")  # the local user owns it
+    token_days: PositiveInt = 30  # a personal API token's life when none is asked for
+    max_token_days: PositiveInt = 365
+
+
+class OidcConfig(BaseModel):
+    """``[oidc]``: the OpenID provider whose access tokens the registry accepts (``oidc.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str  # e.g. "https://login.example.com/realms/acme"; its discovery document names the JWKS
+    audience: str | None = None  # the resource indicator tokens must be for; default: the registry's URL
+    groups_claim: str = "groups"
+    # group -> "ORG:ROLE", e.g. "mesh-admins" = "default:admin"; a person's groups decide these memberships
+    roles: dict[str, str] = Field(default_factory=dict)
+    default_role: str | None = None  # role in the default org for a signed-in person no group maps
+    client_id: str = "mcpmesh"  # the public client `mesh login` and the browser sign-in use (PKCE)
+    client_secret: str | None = None  # only if the provider insists on a confidential client for the browser
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
+
+    @model_validator(mode="after")
+    def known_roles(self) -> OidcConfig:
+        for group, target in self.roles.items():
+            org, _, role = target.rpartition(":")
+            if not org or role not in ROLE_NAMES:
+                raise ValueError(f"[oidc.roles] {group!r} = {target!r}: expected \"ORG:ROLE\" with ROLE one of "
+                                 f"{', '.join(ROLE_NAMES)}")
+        if self.default_role is not None and self.default_role not in ROLE_NAMES:
+            raise ValueError(f"[oidc] default_role must be one of {', '.join(ROLE_NAMES)}")
+        return self
 
 
 class RegistryConfig(BaseModel):
@@ -51,6 +102,8 @@ class RegistryConfig(BaseModel):
     token_clock_skew: NonNegativeFloat = 30
     trust_ttl: NonNegativeFloat = 5.0  # seconds a process keeps an agent's trusted keys before re-reading them
     lm: LMSettings = Field(default_factory=LMSettings)  # the model LM features use (``mesh.lm``); none by default
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    oidc: OidcConfig | None = None
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, **overrides: Any) -> RegistryConfig:
@@ -61,6 +114,8 @@ class RegistryConfig(BaseModel):
         settings = {
             **section,
             "grants": document.get("grants", {}),
+            "auth": document.get("auth", {}),
+            **({"oidc": document["oidc"]} if "oidc" in document else {}),
             "policy": {"min_reputation": 0.3, "allow_destructive": [], **document.get("policy", {})},
         }
         settings.update({key: value for key, value in overrides.items() if value is not None})
@@ -75,6 +130,11 @@ class RegistryConfig(BaseModel):
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def resource(self) -> str:
+        """The registry as an OAuth protected resource (RFC 9728): what access tokens must be issued for."""
+        return (self.oidc.audience if self.oidc and self.oidc.audience else self.base_url).rstrip("/")
 
     def _own_hosts(self) -> list[str]:
         own = f"[{self.host}]" if ":" in self.host else self.host
@@ -110,10 +170,11 @@ def describe(error: ValidationError, model: type[BaseModel], table: str | None =
     location = [str(part) for part in first["loc"]]
     key = location[0] if location else "?"
     if table is None:
-        table = "" if key in ("grants", "policy") else "[registry] "
+        table = "" if key in ("grants", "policy", "auth", "oidc") else "[registry] "
     where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
     if first["type"] == "extra_forbidden":
-        known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm")]
+        known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm", "auth",
+                                                                    "oidc")]
         guess = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
         return f"{where}: unknown setting{hint}"

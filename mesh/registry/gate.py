@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from http.cookies import SimpleCookie
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mesh.registry.auth import ANONYMOUS, AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.node import Registry
+from mesh.registry.oidc import www_authenticate
+from mesh.registry.people import SESSION_COOKIE
 from mesh.registry.problems import Problem
 
 # Routes anyone may reach (after the host and origin checks): public documents, and the two that carry
@@ -32,6 +35,8 @@ from mesh.registry.problems import Problem
 _OPEN = [
     ("GET", re.compile(r"/healthz")),
     ("GET", re.compile(r"/\.well-known/[^/]+")),
+    ("GET", re.compile(r"/\.well-known/oauth-protected-resource/.*")),  # RFC 9728's path-suffixed form
+    ("GET", re.compile(r"/v1/auth/(login|callback)")),  # a browser's sign-in: the provider proves who it is
     ("GET", re.compile(r"/agents/[^/]+/\.well-known/agent-card\.json")),  # cards are for discovery, like JWKS
     ("GET", re.compile(r"/agents/[^/]+/jwks\.json")),  # the keys to check what the registry lists
     ("GET", re.compile(r"/v1/?")),  # the index of the API
@@ -134,13 +139,16 @@ class Gate:
         if not is_open(method, path):
             client = scope.get("client")
             try:
-                caller = self.registry.identify(headers.get("authorization"), client[0] if client else None)
+                caller = self.registry.identify(bearer_of(headers), client[0] if client else None)
                 if caller.kind == "anonymous":
                     raise AuthProblem("this route needs a caller: an agent's bearer token, or the local user "
                                       "on loopback")
             except AuthProblem as exc:
-                raise Refused(Problem("unauthenticated", str(exc)),
-                              {"www-authenticate": 'Bearer realm="mcpmesh"'}) from exc
+                oidc = self.registry.config.oidc  # a configured audience is the registry's public URL
+                base = oidc.audience if oidc and oidc.audience else f"{scope.get('scheme', 'http')}://{host}"
+                error = "invalid_token" if bearer_of(headers) else None
+                raise Refused(Problem("unauthenticated", str(exc)), {"www-authenticate": www_authenticate(base, error)}
+                              ) from exc
         scope.setdefault("state", {})["caller"] = caller
         return receive
 
@@ -218,6 +226,16 @@ def parse_json(body: bytes, limit: int) -> Any:
     return value
 
 
+def bearer_of(headers: Headers) -> str | None:
+    """The Authorization header, or else a browser's sign-in cookie presented as the bearer token it holds."""
+    authorization = headers.get("authorization")
+    if authorization is None:
+        cookie = SimpleCookie(headers.get("cookie", "")).get(SESSION_COOKIE)
+        if cookie is not None and cookie.value:
+            return f"Bearer {cookie.value}"
+    return authorization
+
+
 def caller_of(registry: Registry, request: Request | None) -> Caller:
     """The caller the gate identified; without a request (stdio, in-process) the local user."""
     if request is None:
@@ -226,15 +244,16 @@ def caller_of(registry: Registry, request: Request | None) -> Caller:
     if caller is not None:
         return caller
     try:
-        return registry.identify(request.headers.get("authorization"), request.client.host if request.client else None)
+        return registry.identify(bearer_of(request.headers), request.client.host if request.client else None)
     except AuthProblem as exc:
         raise Problem("unauthenticated", str(exc)) from exc
 
 
-def allowed(registry: Registry, request: Request | None, action: str, agent: str | None = None) -> Caller:
-    """The request's caller, if it may do ``action`` (``auth.authorize``); else an ``unauthenticated`` or
-    ``forbidden`` Problem."""
-    caller = caller_of(registry, request)
+def allowed(registry: Registry, request: Request | None, action: str, agent: str | None = None, *,
+            caller: Caller | None = None) -> Caller:
+    """The request's caller (or ``caller``), if it may do ``action`` (``auth.authorize``); else an
+    ``unauthenticated`` or ``forbidden`` Problem."""
+    caller = caller or caller_of(registry, request)
     try:
         authorize(caller, action, agent)
     except AuthProblem as exc:

@@ -68,7 +68,7 @@ from mesh.registry.forward import (
     session_asker,
     session_notifier,
 )
-from mesh.registry.gate import caller_of
+from mesh.registry.gate import allowed
 from mesh.registry.node import PinnedTool, Registry
 from mesh.registry.notifications import Notices
 from mesh.registry.problems import Problem
@@ -203,9 +203,10 @@ class Front:
                 group.start_soon(ask, key, request)
         return answers
 
-    def _caller(self, ctx: ServerRequestContext[Any, Any]) -> Caller:
+    def _caller(self, ctx: ServerRequestContext[Any, Any], action: str = "invoke") -> Caller:
+        """The request's caller, if the permissions matrix lets it do ``action`` (``auth.PERMISSIONS``)."""
         try:
-            return caller_of(self.registry, ctx.request if isinstance(ctx.request, Request) else None)
+            return allowed(self.registry, ctx.request if isinstance(ctx.request, Request) else None, action)
         except Problem as problem:
             raise MCPError(types.INVALID_REQUEST, str(problem), problem.to_json()) from problem
 
@@ -239,6 +240,7 @@ class Front:
     async def list_tools(self, ctx: ServerRequestContext[Any, Any],
                          params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         request = ctx.request if isinstance(ctx.request, Request) else None
+        self._caller(ctx, "read")
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             self._link(ctx)
         agents = set(self.agents(ctx))
@@ -256,6 +258,7 @@ class Front:
         """The registry's own tools on ``/mcp``: ``discover`` and ``invoke``."""
         try:
             if name == "discover":
+                self._caller(ctx, "read")
                 hits = self.registry.discover(str(arguments.get("query", "")), k=int(arguments.get("k", 10)),
                                               agent=arguments.get("agent"), read_only=arguments.get("read_only"))
                 return _structured({"result": hits})
@@ -274,6 +277,7 @@ class Front:
         signature kept, the JWKS named; on ``/mcp`` prompts renamed ``AGENT__NAME``. Read from memory:
         what was never admitted, or is blocked, is not listed."""
         request = ctx.request if isinstance(ctx.request, Request) else None
+        self._caller(ctx, "read")
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
             self._link(ctx)
         items = []
@@ -357,7 +361,7 @@ class Front:
         return types.EmptyResult()
 
     async def _subscription(self, ctx: ServerRequestContext[Any, Any], uri: str, method: str) -> None:
-        self._caller(ctx)
+        self._caller(ctx, "read")
         agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
         call = proxy.Call(agent, uri, "resource")
         try:
@@ -376,7 +380,7 @@ class Front:
         """2026-07-28: a ``subscriptions/listen`` stream. List changes come from the registry; updates of
         the resources asked for (pinned, verified ones of this face; others never fire) from the agents,
         watched for as long as the stream is open."""
-        self._caller(ctx)
+        self._caller(ctx, "read")
         watched: dict[str, list[str]] = {}
         for uri in params.notifications.resource_subscriptions or []:
             agent = proxy.resource_owner(self.registry, uri) if self.whole_mesh else self.agent_of(ctx)

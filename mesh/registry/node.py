@@ -25,11 +25,20 @@ from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, c
 from mesh.manifest import Manifest, ManifestProblem, canonical
 from mesh.names import NameProblem, check_name
 from mesh.registry import audit, store
-from mesh.registry.auth import ANONYMOUS, AuthProblem, Caller, claimed_agent, token_expiry, verify_token
+from mesh.registry.auth import (
+    ANONYMOUS,
+    AuthProblem,
+    Caller,
+    claimed_agent,
+    token_expiry,
+    unverified_parts,
+    verify_token,
+)
 from mesh.registry.config import RegistryConfig
 from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
 from mesh.registry.forward import Forwarder
+from mesh.registry.people import People, is_api_token
 from mesh.registry.policy import PolicyEngine
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome, Reputation
@@ -201,6 +210,7 @@ class Registry:
         self.recheck_locks: dict[str, anyio.Lock] = {}  # one recheck of an agent at a time
         # agent -> target system -> latest assessed score (``mesh.learning``), for discovery and the policy
         self.proficiencies: dict[str, dict[str, float]] = {}
+        self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -299,8 +309,9 @@ class Registry:
         return list(self.config.grants.get(agent, []))
 
     def identify(self, authorization: str | None, client_host: str | None) -> Caller:
-        """The caller of a request: an agent by its bearer token, else the local user (loopback only, when
-        allowed) or anonymous. A token that does not verify is an ``AuthProblem``, never anonymous."""
+        """The caller of a request: an agent by its bearer token, a person by theirs (``people.py``), else the
+        local user (loopback only, when allowed) or anonymous. A token that does not verify is an
+        ``AuthProblem``, never anonymous."""
         if authorization is not None:
             scheme, _, token = authorization.strip().partition(" ")
             token = token.strip()
@@ -310,6 +321,9 @@ class Registry:
             cached = self._tokens.get(token)
             if cached and cached.expires > now and not self.cached_trust(cached.agent).problem(cached.kid, now):
                 return cached.caller
+            if is_api_token(token) or (self.people.issuer is not None and not
+                                       str(unverified_parts(token)[1].get("sub", "")).startswith("agent:")):
+                return self.people.identify(token)
             agent = claimed_agent(token)
             config = self.config
             caller = verify_token(token, self.cached_trust(agent), self.caller_scopes(agent), audience=config.audience,
@@ -319,7 +333,7 @@ class Registry:
             self._tokens[token] = _KnownToken(caller, agent, caller.kid or "", token_expiry(token))
             return caller
         if client_host in LOOPBACK and self.config.allow_local_user:
-            return Caller("user:local", "user", list(self.config.local_user_scopes))
+            return self.people.local_caller()
         return ANONYMOUS
 
     def authenticate_registration(self, name: str, token: str, jwks: Any) -> TrustStore:

@@ -271,6 +271,41 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
 }
 
+PEOPLE_SCHEMAS = {
+    "Me": _object(
+        {
+            "id": {"type": "string", "description": "user:ID (user:local), or agent:NAME"},
+            "kind": {"enum": ["user", "agent"]},
+            "org": _nullable("string", description="the organisation the caller acts in"),
+            "role": _nullable("string", description="owner, admin, member or viewer there (null: none)"),
+            "via": _nullable("string", description="loopback, oidc or api-token"),
+            "scopes": _list({"type": "string"}),
+            "token_id": _nullable("string"),
+            "user": {"type": ["object", "null"]},
+            "orgs": {"type": "object", "additionalProperties": {"type": "string"},
+                     "description": "org -> role, every membership"},
+        },
+        ["id", "kind", "org", "role", "via", "scopes", "token_id"],
+    ),
+    "ApiToken": _object(
+        {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "org": {"type": "string"},
+            "scopes": _list({"type": "string"}),
+            "created_at": {"type": "string", "format": "date-time"},
+            "expires_at": {"type": "string", "format": "date-time"},
+            "revoked_at": _nullable("string"),
+            "last_used_at": _nullable("string"),
+            "token": {"type": "string", "description": "the secret, only in the answer that made it"},
+        },
+        ["id", "name", "org", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at"],
+    ),
+    "Membership": _object({"org": {"type": "string"}, "user": {"type": "string"}, "role": _nullable("string")},
+                          ["org", "user", "role"]),
+}
+SCHEMAS.update(PEOPLE_SCHEMAS)
+
 # -- responses ----------------------------------------------------------------------------------------------
 
 # Every status the registry answers with a problem, and what it means here.
@@ -297,7 +332,9 @@ def _problem(status: int, description: str | None = None) -> dict[str, Any]:
     response: dict[str, Any] = {"description": description or PROBLEMS[status],
                                 "content": {PROBLEM_MEDIA_TYPE: {"schema": _ref("Problem")}}}
     if status == 401:
-        response["headers"] = {"WWW-Authenticate": {"description": "Bearer realm=\"mcpmesh\" when the gate refused",
+        response["headers"] = {"WWW-Authenticate": {"description": "Bearer realm=\"mcpmesh\", resource_metadata="
+                                                                   "\"…/.well-known/oauth-protected-resource\" when "
+                                                                   "the gate refused",
                                                     "schema": {"type": "string"}}}
     return response
 
@@ -308,6 +345,11 @@ def _responses(ok: dict[str, Any], description: str, *statuses: int, **special: 
     for status in sorted(set(statuses)):
         responses[str(status)] = _problem(status, special.get(f"s{status}"))
     return responses
+
+
+def _problems(*statuses: int, **special: str) -> dict[str, Any]:
+    """Only the problems of ``_responses``: for an operation whose success is not a 200."""
+    return {str(status): _problem(status, special.get(f"s{status}")) for status in sorted(set(statuses))}
 
 
 def _json_body(schema: dict[str, Any], description: str | None = None) -> dict[str, Any]:
@@ -533,6 +575,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                        s403=SECRETS_ADMIN, s404="no such credential", s503=BACKEND_DOWN),
             parameters=[SECRET_REF], body=_json_body(_object({}), "an empty object"),
             operation_id="cutoverSecret")},
+        **people_paths(read, write),
         "/v1/runs/{run_id}": {"get": _operation(
             "One run with its provenance JWS and the runs linked to it",
             _responses(_ref("RunDetail"), "the run", *read, 400, 404, s404="no such run",
@@ -567,9 +610,96 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
                     "description": "A short-lived JWT (ES256) signed by the calling agent's own key: sub and iss "
                                    "agent:NAME, aud mcpmesh-registry, iat and exp at most 300 s apart.",
                 },
+                "personToken": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "A person's access token from the OpenID provider named in "
+                                   "/.well-known/oauth-protected-resource (aud: this registry), or a personal "
+                                   "API token (mesh_pat_...) from POST /v1/tokens.",
+                },
             },
         },
-        # An agent sends its token; a caller on loopback without one is the local user (registry.toml:
-        # allow_local_user, local_user_scopes), hence the empty alternative.
-        "security": [{"agentToken": []}, {}],
+        # An agent or a person sends a token; a caller on loopback without one is the local user
+        # (registry.toml: allow_local_user, local_user_scopes), hence the empty alternative.
+        "security": [{"agentToken": []}, {"personToken": []}, {}],
+    }
+
+
+def people_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, Any]:
+    """People and sign-in (``people.py``, ``oidc.py``): who am I, personal API tokens, members, the
+    protected-resource metadata and the browser's sign-in pair."""
+    me_or_tokens = "the caller is not a person (an agent), or its role or token scopes do not allow it"
+    org = _param("org", "path", {"type": "string"}, "the organisation's id, e.g. default")
+    made = {"201": {"description": "the new token, with its secret (token) shown this once",
+                    "content": {"application/json": {"schema": _ref("ApiToken")}}},
+            **_problems(*write, 403, 404, s403=me_or_tokens, s404="org names no organisation the caller belongs to")}
+    token_body = _object({"name": {"type": "string", "minLength": 1, "maxLength": 100},
+                          "scopes": _list({"type": "string"}), "days": {"type": "number"},
+                          "org": {"type": "string"}}, ["name"])
+    redirect = {"description": "to the OpenID provider, or back into the registry once signed in",
+                "headers": {"Location": {"schema": {"type": "string"}}}}
+    not_configured = "no OpenID provider is configured, or return_to is not a path of this registry"
+    return {
+        "/.well-known/oauth-protected-resource": {"get": _operation(
+            "This registry as an OAuth protected resource (RFC 9728): the issuer whose tokens it accepts",
+            _responses(_object({"resource": {"type": "string"}, "authorization_servers": _list({"type": "string"}),
+                                "scopes_supported": _list({"type": "string"}),
+                                "bearer_methods_supported": _list({"type": "string"})},
+                               ["resource"]), "the metadata", *GATE),
+            security=NO_SECURITY, operation_id="protectedResourceMetadata")},
+        "/v1/auth/login": {"get": _operation(
+            "Start a browser's sign-in: authorization code with PKCE at the configured OpenID provider",
+            {"302": redirect, **_problems(*GATE, 400, s400=not_configured)},
+            parameters=[_param("return_to", "query", {"type": "string"}, "a path to land on once signed in")],
+            security=NO_SECURITY, operation_id="signInStart")},
+        "/v1/auth/callback": {"get": _operation(
+            "The provider sends the browser back here: the sign-in is kept in an HttpOnly cookie",
+            {"303": redirect, **_problems(*GATE, 400, 401, s400="no provider configured, or no code",
+                                          s401="unknown state, or the provider's token is refused")},
+            parameters=[_param("code", "query", {"type": "string"}, "the authorization code"),
+                        _param("state", "query", {"type": "string"}, "the state /v1/auth/login gave out")],
+            security=NO_SECURITY, operation_id="signInCallback")},
+        "/v1/users/me": {"get": _operation(
+            "Who the caller is: the person, the organisation and role they act in, their memberships",
+            _responses(_ref("Me"), "the caller", *read), operation_id="whoAmI")},
+        "/v1/tokens": {
+            "get": _operation("The caller's personal API tokens (never their secrets)",
+                              _responses(_object({"tokens": _list(_ref("ApiToken"))}, ["tokens"]), "the tokens",
+                                         *read, s403=me_or_tokens), operation_id="listTokens"),
+            "post": _operation("Make a personal API token: scoped, expiring, its secret shown once", made,
+                               description="scopes: registry:read, registry:invoke, registry:tokens, registry:admin, "
+                                           "tool scopes, or * (default); days: default [auth] token_days.",
+                               body=_json_body(token_body), operation_id="createToken"),
+        },
+        "/v1/tokens/{token_id}": {"delete": _operation(
+            "Revoke a personal API token (one's own, or one of an organisation one administers)",
+            _responses(_ref("ApiToken"), "the token, revoked", *read, 404, s403=me_or_tokens,
+                       s404="no such token of the caller's"),
+            parameters=[_param("token_id", "path", {"type": "string"}, "the token's id")],
+            operation_id="revokeToken")},
+        "/v1/orgs": {"get": _operation(
+            "The organisations the caller belongs to, with their role in each",
+            _responses(_object({"orgs": _list(_object({"id": {"type": "string"}, "role": {"type": "string"}},
+                                                      ["id", "role"]))}, ["orgs"]), "the memberships", *read,
+                       s403=me_or_tokens), operation_id="listOrgs")},
+        "/v1/orgs/{org}/members": {"get": _operation(
+            "An organisation's members and their roles",
+            _responses(_object({"org": {"type": "string"}, "members": _list({"type": "object"})}, ["org", "members"]),
+                       "the members", *read, 404, s404="no such organisation that the caller belongs to"),
+            parameters=[org], operation_id="listMembers")},
+        "/v1/orgs/{org}/members/{user_id}": {
+            "put": _operation(
+                "Give a person a role in an organisation (admins and owners; only an owner touches owners)",
+                _responses(_ref("Membership"), "the membership", *write, 404,
+                           s400="not a role, or the last owner would be demoted",
+                           s404="no such organisation or user"),
+                parameters=[org, _param("user_id", "path", {"type": "string"}, "the user's id")],
+                body=_json_body(_object({"role": {"enum": ["owner", "admin", "member", "viewer"]}}, ["role"])),
+                operation_id="setRole"),
+            "delete": _operation(
+                "Take a person out of an organisation",
+                _responses(_ref("Membership"), "the membership, gone (role null)", *read, 400, 404,
+                           s400="the last owner cannot leave", s404="no such organisation, user or membership"),
+                parameters=[org, _param("user_id", "path", {"type": "string"}, "the user's id")],
+                operation_id="removeMember"),
+        },
     }

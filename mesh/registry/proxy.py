@@ -235,7 +235,8 @@ def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | Pinned
     return {
         "kind": kind, "method": METHODS[kind],
         "caller": {"id": caller.id, "kind": caller.kind, "scopes": caller.scopes, "reputation": caller_reputation,
-                   "proficiency": registry.proficiencies.get(caller.agent, {}) if caller.agent else {}},
+                   "proficiency": registry.proficiencies.get(caller.agent, {}) if caller.agent else {},
+                   "org": caller.org, "role": caller.acting_role},
         "target": {"agent": agent, "tool": pinned.name if tool else call.name, "kind": kind,
                    "annotations": pinned.annotations if tool else _READ, "scopes": pinned.scopes if pinned else [],
                    "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent)},

@@ -35,6 +35,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     delete,
     event,
@@ -569,6 +570,61 @@ class ActivePromptRecord(Base):
     version_id: Mapped[str] = mapped_column(SafeString(64))
     activated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_by: Mapped[str] = mapped_column(SafeString)
+
+
+class OrgRecord(Base):
+    """An organisation: the unit people belong to, and (with tenancy) what owns agents, runs and budgets."""
+
+    __tablename__ = "orgs"
+
+    id: Mapped[str] = mapped_column(SafeString(64), primary_key=True)  # a slug, e.g. "default", "acme"
+    name: Mapped[str] = mapped_column(SafeString)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UserRecord(Base):
+    """A person, known by the issuer and subject that signed them in (the local user: issuer "local")."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[str] = mapped_column(SafeString(64), primary_key=True)  # "local", or a random hex id
+    issuer: Mapped[str] = mapped_column(SafeString)
+    subject: Mapped[str] = mapped_column(SafeString)
+    email: Mapped[str | None] = mapped_column(SafeString)
+    name: Mapped[str | None] = mapped_column(SafeString)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MembershipRecord(Base):
+    """A person's role in an organisation, and whether the identity provider's groups or a person set it."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (CheckConstraint("role IN ('owner', 'admin', 'member', 'viewer')", name="role"),)
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(SafeString(16))
+    source: Mapped[str] = mapped_column(SafeString(16), default="manual")  # "groups" (the issuer's claim) or "manual"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiTokenRecord(Base):
+    """A personal API token: only the SHA-256 of its secret is kept, so the database cannot reveal it."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(SafeString(32), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(SafeString(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(SafeString)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # --- engines and schema -------------------------------------------------------------------------

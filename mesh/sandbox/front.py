@@ -51,8 +51,8 @@ def through_front(caller: Caller) -> Caller:
 class _Carrier(Front):
     """The agent face's ``carry`` (refusals, progress, a 2025-11-25 session's questions), for the marked caller."""
 
-    def _caller(self, ctx: ServerRequestContext[Any, Any]) -> Caller:
-        return through_front(super()._caller(ctx))
+    def _caller(self, ctx: ServerRequestContext[Any, Any], action: str = "invoke") -> Caller:
+        return through_front(super()._caller(ctx, action))
 
 
 class SandboxFront:

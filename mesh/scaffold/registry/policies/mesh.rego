@@ -6,7 +6,9 @@
 #                "kind": "agent" | "user",          # an unauthenticated caller: "anonymous"
 #                "scopes": ["notes:read", ...],      # a user holding "*" holds every scope
 #                "reputation": 0.0-1.0 | null,
-#                "proficiency": {"petstore": 0.0-1.0, ...}},   # latest assessed score per system (mesh learn)
+#                "proficiency": {"petstore": 0.0-1.0, ...},   # latest assessed score per system (mesh learn)
+#                "org": "default" | null,              # the organisation a person acts in
+#                "role": "owner" | "admin" | "member" | "viewer" | "agent" | null},
 #     "target": {"agent": "librarian", "tool": "search",
 #                "annotations": {"readOnlyHint": bool, "destructiveHint": bool,
 #                                "idempotentHint": bool, "openWorldHint": bool},   # any may be absent
