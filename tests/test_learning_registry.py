@@ -123,15 +123,30 @@ def test_the_loop_learns_through_the_registry_and_success_rises_because_of_the_p
     assert any("always set `body.species`" in r["messages"][0]["content"] for r in double.requests[-5:])
     assert run["result"]["to_proficiency"]["iterations"] == len(rates)
 
-    # Every attempt is recorded, its tool calls carried (and policy-checked) by the registry as agent:learner.
+    # The run practised in a sandbox it created: emulated, for the plan's system.
+    sandbox = api(mesh, "GET", f"/agents/learner/sandboxes/{started.json()['sandbox']}").json()
+    assert (sandbox["mode"], sandbox["required_services"]) == ("emulated", ["petstore"])
+    assert run["result"]["sandbox"] == sandbox["id"]
+
+    # Every attempt is recorded, its tool calls carried (and policy-checked) by the registry as agent:learner
+    # through the sandbox's call path, each kept as a sandbox_runs row labelled with its attempt.
     attempts = api(mesh, "GET", f"/learning-runs/{run['id']}/attempts").json()["attempts"]
     assert {a["kind"] for a in attempts} >= {"train"}
     failed = next(a for a in attempts if not a["passed"] and a["tool_calls"])
     call = next(c for c in failed["tool_calls"] if not c["ok"])
-    assert "species" in call["error"] and call["run_id"]
+    assert call["status"] == 422 and "species" in json.dumps(call["body"]) and call["run_id"]
     recorded = api(mesh, "GET", f"/runs/{call['run_id']}").json()
-    assert (recorded["caller"], recorded["agent"], recorded["tool"]) == ("agent:learner", "sandbox", "call_operation")
+    assert (recorded["caller"], recorded["agent"], recorded["tool"]) == ("agent:learner", "sandbox", "sandbox_call")
     assert recorded["policy_decision"] == "allow"
+    kept = {r["id"]: r for r in api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}/runs",
+                                    params={"limit": 1000}).json()["runs"]}
+    evidence = [c for a in attempts for c in a["tool_calls"]]
+    assert evidence and all(c["sandbox_run"] in kept for c in evidence)
+    row = kept[call["sandbox_run"]]
+    assert (row["run_id"], row["operation_id"], row["http_status"], row["caller"]) == (
+        call["run_id"], "createPet", 422, "agent:learner")
+    assert row["attempt"] == f"{run['id'][:8]}/{failed['kind']}-{failed['iteration']}/{failed['task_id']}"
+    assert any(r["attempt"].endswith("/check") for r in kept.values())  # checks read the sandbox's state too
 
     # Versions: content-hashed, the measured best is active, and the agent serves it.
     versions = api(mesh, "GET", "/agents/learner/prompts").json()

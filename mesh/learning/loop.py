@@ -151,6 +151,7 @@ class LearningLoop:
         """Run ``program`` on one instance of ``task``, check it, record it; ``Stopped`` ends the loop."""
         dspy = load_dspy()
         text, values = instantiate(task)
+        self.target.label = f"{(self.run_id or 'local')[:8]}/{kind}-{iteration}/{task['id']}"
         self.toolbox.take_calls()
         mark, started = len(self.lm.history), time.perf_counter()
         answer, error, stopped = None, None, None
