@@ -169,6 +169,10 @@ def test_an_assessment_on_held_out_tasks_shows_proficiency(mesh: Mesh, plan: dic
     assert agent["proficiency"]["petstore"]["level"] == "proficient"
     listed = run_mesh("ls", "--registry", mesh.url)
     assert "petstore" in listed.stdout and "proficient" in listed.stdout
+    # Discovery sees it: for a query that names the petstore, the learner's tools weigh its proficiency.
+    found = api(mesh, "GET", "/discover", params={"q": "learn the petstore API", "agent": "learner"}).json()
+    hit = next(h for h in found["results"] if h["tool"] == "learn")
+    assert hit["why"]["proficiency"] == {"system": "petstore", "score": 1.0}
     from mesh.registry import store
 
     engine = store.connect(store.database_url(mesh.workspace))
@@ -216,6 +220,28 @@ def test_a_run_can_be_cancelled(mesh: Mesh):
     assert api(mesh, "POST", f"/learning-runs/{run_id}/cancel", json={}).json()["cancelling"] is True
     run = finished(mesh, run_id)
     assert run["status"] == "cancelled"
+
+
+def test_a_run_reuses_a_named_sandbox_and_resets_it_between_iterations_when_asked(mesh: Mesh):
+    # The tracker's project key needs a pattern the double never learns: every iteration runs.
+    tracker = api(mesh, "POST", "/agents/learner/learning-plans", json={"system": "issues"}).json()
+    made = api(mesh, "POST", "/agents/learner/sandboxes", json={"required_services": ["issues"]})
+    assert made.status_code == 201, made.text
+    sandbox = made.json()
+    started = api(mesh, "POST", f"/learning-plans/{tracker['id']}/run",
+                  json={"sandbox": sandbox["id"], "reset_between_iterations": True, "budget": {"iterations": 2},
+                        "lessons": False, "optimizer": "none"})
+    assert started.status_code == 202 and started.json()["sandbox"] == sandbox["id"], started.text
+    run = finished(mesh, started.json()["id"])
+    assert len(run["iterations"]) == 2 and run["result"]["sandbox"] == sandbox["id"]
+    after = api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}").json()
+    assert after["revision"] == sandbox["revision"] + 1  # one reset, between the two iterations
+    runs = api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}/runs", params={"limit": 1000}).json()["runs"]
+    assert {r["revision"] for r in runs} == {1, 2}  # the reset kept the first iteration's runs
+
+    # Connected mode only through the sandbox's own rules: no credential named, no approval, no run.
+    refused = api(mesh, "POST", f"/learning-plans/{tracker['id']}/run", json={"sandbox": {"mode": "connected"}})
+    assert refused.status_code == 400 and "secret_ref" in refused.json()["detail"]
 
 
 def test_mesh_learn_runs_the_loop_shows_each_iteration_and_assesses(mesh: Mesh):

@@ -49,6 +49,7 @@ class LoopSettings:
     optimizer: str = "bootstrap"  # "bootstrap" (BootstrapFewShot over successful attempts), "gepa", or "none"
     lessons: bool = True  # turn the error analysis into instructions
     max_demos: int = 2
+    reset_between_iterations: bool = False  # start every iteration from the sandbox's seed data (target.reset)
 
 
 class Recorder(Protocol):
@@ -205,6 +206,8 @@ class LearningLoop:
                 if not tasks:
                     result.status, result.reason = "failed", "the plan has no training tasks"
                     break
+                if number > 1 and self.settings.reset_between_iterations:
+                    self.target.reset()  # a sandbox keeps its runs through a reset
                 metrics, failures = self._iteration(number, program, tasks, failed_before)
                 result.iterations.append(metrics)
                 measured[self.version_id] = metrics["success_rate"]

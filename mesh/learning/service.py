@@ -140,7 +140,8 @@ class LearningService:
             return anyio.from_thread.run(partial(front.call_as, learner, record.agent, record.id, tool, arguments,
                                                  attempt=attempt), token=token)
 
-        return SandboxTarget(call, front.sandboxes.catalog.api(system), record.id)
+        return SandboxTarget(call, front.sandboxes.catalog.api(system), record.id,
+                             reset=partial(front.sandboxes.reset, record.agent, record.id))
 
     def require_model(self) -> Any:
         try:
@@ -168,7 +169,11 @@ class LearningService:
             budget = Budget.from_json(body.get("budget")).to_json()
         except BudgetProblem as exc:
             raise Problem("bad-request", str(exc)) from None
-        source = {"agent": sandbox, "api": system}
+        source = {"agent": sandbox, "api": system,
+                  **{key: body[key] for key in ("sandbox", "reset_between_iterations") if key in body}}
+        if not isinstance(source.get("sandbox", ""), str) or not isinstance(
+                source.get("reset_between_iterations", False), bool):
+            raise Problem("bad-request", "sandbox must be a sandbox id and reset_between_iterations true or false")
         target = self.target(self.learner(agent, requester), source)
         try:
             tools = await anyio.to_thread.run_sync(target.tools)
@@ -200,7 +205,10 @@ class LearningService:
         try:
             budget = Budget.from_json(plan.budget).merged(body.get("budget"))
             loop_settings = LoopSettings(threshold=plan.threshold, optimizer=body.get("optimizer", "bootstrap"),
-                                         lessons=bool(body.get("lessons", True)))
+                                         lessons=bool(body.get("lessons", True)),
+                                         reset_between_iterations=bool(body.get(
+                                             "reset_between_iterations",
+                                             (plan.source or {}).get("reset_between_iterations", False))))
         except (BudgetProblem, TypeError) as exc:
             raise Problem("bad-request", str(exc)) from None
         if loop_settings.optimizer not in OPTIMIZERS:

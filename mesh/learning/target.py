@@ -212,8 +212,9 @@ the ``CallToolResult`` JSON (a refusal is a tool error with its problem in ``_me
 class SandboxTarget:
     """One service of a sandbox: its operations as tools, each call made in the sandbox by ``call``."""
 
-    def __init__(self, call: SandboxCall, api: MockAPI, sandbox_id: str):
+    def __init__(self, call: SandboxCall, api: MockAPI, sandbox_id: str, reset: Callable[[], Any] | None = None):
         self._call = call
+        self._reset = reset
         self.api = api
         self.system = api.name
         self.sandbox_id = sandbox_id
@@ -221,6 +222,12 @@ class SandboxTarget:
 
     def tools(self) -> list[ToolSpec]:
         return [describe_tool(self.api.describe(op.operation_id)) for op in self.api.operations()]
+
+    def reset(self) -> None:
+        """Start the sandbox again from its seed data (a new revision; its runs stay)."""
+        if self._reset is None:
+            raise RuntimeError(f"sandbox {self.sandbox_id} cannot be reset from here")
+        self._reset()
 
     def call(self, tool: str, arguments: dict[str, Any], *, observe: bool = False) -> ToolOutcome:
         grouped = _call_arguments(arguments)
