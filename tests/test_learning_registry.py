@@ -251,6 +251,24 @@ def test_mesh_learn_runs_the_loop_shows_each_iteration_and_assesses(mesh: Mesh):
     assert "assessment on held-out tasks: proficient" in done.stdout
 
 
+async def test_the_sandbox_a_run_practised_in_is_the_same_mcp_server_any_client_sees(mesh: Mesh):
+    """The loop's calls and an MCP client's calls are one kind of thing: tools of the sandbox's server, rows
+    of its sandbox_runs."""
+    sandboxes = api(mesh, "GET", "/agents/learner/sandboxes").json()["sandboxes"]
+    sandbox = next(s for s in sandboxes if s["required_services"] == ["petstore"]
+                   and (s["description"] or "").startswith("learning plan"))
+    learned = api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}/runs", params={"limit": 1000}).json()
+    called = {r["operation_id"] for r in learned["runs"]}
+    async with Client(sandbox["mcp"]) as client:
+        listed = {tool.name for tool in (await client.list_tools()).tools}
+        result = await client.call_tool("petstore__listPets", {}, meta={"io.mcpmesh/attempt": "by-hand"})
+    assert {f"petstore__{operation}" for operation in called} <= listed
+    assert not result.is_error and result.structured_content["status"] == 200
+    runs = api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}/runs", params={"limit": 1000}).json()["runs"]
+    assert runs[-1]["attempt"] == "by-hand" and runs[-1]["run_id"] == result.meta["io.mcpmesh/run"]
+    assert {r["caller"] for r in runs[:-1]} == {"agent:learner"}
+
+
 async def test_learning_as_a_tool_reports_mcp_progress_through_the_registry(mesh: Mesh):
     progress: list[tuple[float, float | None, str | None]] = []
 
