@@ -8,7 +8,7 @@ loop until the model is proficient or the budget is spent, then assesses it on t
 prints the success rate of every iteration with the model calls, tool calls and tokens it spent. The
 model is the workspace's ``[lm]`` / ``MESH_LM_*`` (``mesh lm check`` says whether it answers); without one
 it says so and measures nothing. By default the target is the mock API in this process; with
-``--through-registry`` every call goes through a registry and the sandbox agent, as ``mesh learn`` does.
+``--through-registry`` every call goes through a registry, in a sandbox the run creates, as ``mesh learn`` does.
 Prints figures only.
 """
 
@@ -44,7 +44,7 @@ def main() -> int:
     if not settings.configured:
         print(f"measured nothing: {HOW_TO_CONFIGURE}")
         return 0
-    where = "registry + sandbox agent" if args.through_registry else "in-process mock"
+    where = "registry, in an emulated sandbox" if args.through_registry else "in-process mock"
     print(f"model: {settings.describe()}  budget: {args.iterations} iterations, {args.calls} calls, "
           f"{args.tokens} tokens per spec  optimizer: {args.optimizer}  target: {where}")
     if args.through_registry:

@@ -71,10 +71,11 @@ def test_hit_json_shape(index: DiscoveryIndex):
     assert body["reputation"] == UNKNOWN_SCORE == 0.6  # the prior's score, as GET /v1/agents shows it
     assert body["score"] == pytest.approx(body["relevance"] * 0.8, abs=1e-5)
     assert set(body["why"]) == {"lexical_rank", "name_rank", "semantic_rank", "similarity", "fused", "reputation",
-                                "reputation_known", "need"}
+                                "reputation_known", "proficiency", "need"}
     assert body["why"]["lexical_rank"] == body["why"]["name_rank"] == body["why"]["semantic_rank"] == 1
     assert body["why"]["fused"] == body["relevance"] == 1.0  # first for every ranker
     assert body["why"]["reputation_known"] is False and body["why"]["need"] is None
+    assert body["why"]["proficiency"] is None  # nobody assessed
 
 
 def test_k_limits_results(index: DiscoveryIndex):
@@ -199,3 +200,31 @@ def test_bad_registration_changes_nothing(index: DiscoveryIndex):
     with pytest.raises(ValueError):
         index.upsert("librarian", [{"description": "no name"}])
     assert names(index.search("search documents passages"))[0] == ("librarian", "search_passages")
+
+
+def test_proficiency_ranks_a_proficient_agents_tool_above_an_equal_novices():
+    """Same tool, same reputation; one agent assessed proficient on the petstore, one novice, one never."""
+    discovery = DiscoveryIndex()
+    same = [tool("adopt_pet", "Adopt a pet: create it in the petstore with its name and species.")]
+    discovery.upsert_many({"alpha": same, "beta": same, "omega": same})
+    assert names(discovery.search("adopt a pet"))[0] == ("alpha", "adopt_pet")  # ties go by name
+    assessed = {"omega": {"petstore": 0.95}, "alpha": {"petstore": 0.1}}
+    hits = discovery.search("adopt a pet", proficiency=lambda agent: assessed.get(agent, {}))
+    assert names(hits) == [("omega", "adopt_pet"), ("beta", "adopt_pet"), ("alpha", "adopt_pet")]
+    why = [hit.to_json()["why"]["proficiency"] for hit in hits]
+    assert why == [{"system": "petstore", "score": 0.95}, None, {"system": "petstore", "score": 0.1}]
+    for hit, factor in zip(hits, (0.75 + 0.5 * 0.95, 1.0, 0.75 + 0.5 * 0.1), strict=True):
+        assert hit.score == pytest.approx(hit.relevance * (0.5 + 0.5 * hit.reputation) * factor)
+
+
+def test_proficiency_weighs_in_only_for_its_systems_tools():
+    """A system named by the query counts too; an assessment on another system changes nothing."""
+    discovery = DiscoveryIndex()
+    same = [tool("create_record", "Create a record with the given fields.")]
+    discovery.upsert_many({"alpha": same, "beta": same})
+    assessed = {"alpha": {"tracker": 0.0}, "beta": {"tracker": 1.0}}
+    hits = discovery.search("create a record in the tracker", proficiency=lambda agent: assessed[agent])
+    assert names(hits)[0] == ("beta", "create_record")
+    assert hits[0].to_json()["why"]["proficiency"] == {"system": "tracker", "score": 1.0}
+    other = discovery.search("create a record", proficiency=lambda agent: assessed[agent])
+    assert names(other)[0] == ("alpha", "create_record") and all(hit.proficiency is None for hit in other)

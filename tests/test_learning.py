@@ -22,7 +22,7 @@ from mesh.learning.checks import evaluate
 from mesh.learning.curriculum import derive_plan, instantiate
 from mesh.learning.loop import LearningLoop, LoopSettings, MemoryRecorder
 from mesh.learning.program import Toolbox, build_program, lessons_of, saved, state_of, with_lessons
-from mesh.learning.target import MockTarget
+from mesh.learning.target import MockTarget, SandboxTarget
 from mesh.lm.model import build_lm
 from mesh.lm.settings import LMSettings
 from mesh.sandbox.openapi_mock import MockAPI
@@ -210,3 +210,28 @@ def test_the_registry_knows_proficiency_for_discovery_and_the_policy(tmp_path: P
     given = policy_input(registry, Caller("agent:learner", "agent", []), None, {},
                          call=type("Call", (), {"agent": "sandbox", "kind": "tool", "name": "x"})())
     assert given["caller"]["proficiency"] == {"petstore": 0.95}
+
+
+def test_a_sandbox_target_calls_the_sandboxs_tools_by_their_mcp_names_with_flat_arguments():
+    """How the loop's grouped arguments and attempt label reach a sandbox's MCP tool, and what comes back
+    (the registry's run id and the sandbox_runs row); the registry's side is in test_learning_registry."""
+    made: list[tuple[str, dict, str | None]] = []
+
+    def call(tool: str, arguments: dict, attempt: str | None) -> tuple[dict, int | None]:
+        made.append((tool, arguments, attempt))
+        if tool == "petstore__deletePet":
+            return {"isError": True, "content": [{"type": "text", "text": "policy denied"}],
+                    "_meta": {"io.mcpmesh/run": "run-2"}}, 8
+        return {"structuredContent": {"status": 201, "headers": {}, "body": {"id": 1}},
+                "_meta": {"io.mcpmesh/run": "run-1"}}, 7
+
+    target = SandboxTarget(call, MockAPI.from_file(PETSTORE, "petstore"), "sbx-1")
+    assert "createPet" in {spec.name for spec in target.tools()}
+    target.label = "run/train-1/create-pet"
+    outcome = target.call("createPet", {"body": {"name": "Rex"}, "query": {"dryRun": "no"}, "invented": 1})
+    assert made[-1] == ("petstore__createPet", {"dryRun": "no", "body": {"name": "Rex"}}, "run/train-1/create-pet")
+    assert (outcome.ok, outcome.status, outcome.body, outcome.run_id, outcome.sandbox_run) == (
+        True, 201, {"id": 1}, "run-1", 7)
+    refused = target.call("deletePet", {"path_params": {"petId": 1}}, observe=True)
+    assert made[-1] == ("petstore__deletePet", {"petId": 1}, "run/train-1/create-pet/check")
+    assert (refused.ok, refused.error, refused.run_id, refused.sandbox_run) == (False, "policy denied", "run-2", 8)

@@ -123,15 +123,30 @@ def test_the_loop_learns_through_the_registry_and_success_rises_because_of_the_p
     assert any("always set `body.species`" in r["messages"][0]["content"] for r in double.requests[-5:])
     assert run["result"]["to_proficiency"]["iterations"] == len(rates)
 
-    # Every attempt is recorded, its tool calls carried (and policy-checked) by the registry as agent:learner.
+    # The run practised in a sandbox it created: emulated, for the plan's system.
+    sandbox = api(mesh, "GET", f"/agents/learner/sandboxes/{started.json()['sandbox']}").json()
+    assert (sandbox["mode"], sandbox["required_services"]) == ("emulated", ["petstore"])
+    assert run["result"]["sandbox"] == sandbox["id"]
+
+    # Every attempt is recorded, its tool calls carried (and policy-checked) by the registry as agent:learner
+    # through the sandbox's call path, each kept as a sandbox_runs row labelled with its attempt.
     attempts = api(mesh, "GET", f"/learning-runs/{run['id']}/attempts").json()["attempts"]
     assert {a["kind"] for a in attempts} >= {"train"}
     failed = next(a for a in attempts if not a["passed"] and a["tool_calls"])
     call = next(c for c in failed["tool_calls"] if not c["ok"])
-    assert "species" in call["error"] and call["run_id"]
+    assert call["status"] == 422 and "species" in json.dumps(call["body"]) and call["run_id"]
     recorded = api(mesh, "GET", f"/runs/{call['run_id']}").json()
-    assert (recorded["caller"], recorded["agent"], recorded["tool"]) == ("agent:learner", "sandbox", "call_operation")
+    assert (recorded["caller"], recorded["agent"], recorded["tool"]) == ("agent:learner", "sandbox", "sandbox_call")
     assert recorded["policy_decision"] == "allow"
+    kept = {r["id"]: r for r in api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}/runs",
+                                    params={"limit": 1000}).json()["runs"]}
+    evidence = [c for a in attempts for c in a["tool_calls"]]
+    assert evidence and all(c["sandbox_run"] in kept for c in evidence)
+    row = kept[call["sandbox_run"]]
+    assert (row["run_id"], row["operation_id"], row["http_status"], row["caller"]) == (
+        call["run_id"], "createPet", 422, "agent:learner")
+    assert row["attempt"] == f"{run['id'][:8]}/{failed['kind']}-{failed['iteration']}/{failed['task_id']}"
+    assert any(r["attempt"].endswith("/check") for r in kept.values())  # checks read the sandbox's state too
 
     # Versions: content-hashed, the measured best is active, and the agent serves it.
     versions = api(mesh, "GET", "/agents/learner/prompts").json()
@@ -154,6 +169,10 @@ def test_an_assessment_on_held_out_tasks_shows_proficiency(mesh: Mesh, plan: dic
     assert agent["proficiency"]["petstore"]["level"] == "proficient"
     listed = run_mesh("ls", "--registry", mesh.url)
     assert "petstore" in listed.stdout and "proficient" in listed.stdout
+    # Discovery sees it: for a query that names the petstore, the learner's tools weigh its proficiency.
+    found = api(mesh, "GET", "/discover", params={"q": "learn the petstore API", "agent": "learner"}).json()
+    hit = next(h for h in found["results"] if h["tool"] == "learn")
+    assert hit["why"]["proficiency"] == {"system": "petstore", "score": 1.0}
     from mesh.registry import store
 
     engine = store.connect(store.database_url(mesh.workspace))
@@ -203,11 +222,51 @@ def test_a_run_can_be_cancelled(mesh: Mesh):
     assert run["status"] == "cancelled"
 
 
+def test_a_run_reuses_a_named_sandbox_and_resets_it_between_iterations_when_asked(mesh: Mesh):
+    # The tracker's project key needs a pattern the double never learns: every iteration runs.
+    tracker = api(mesh, "POST", "/agents/learner/learning-plans", json={"system": "issues"}).json()
+    made = api(mesh, "POST", "/agents/learner/sandboxes", json={"required_services": ["issues"]})
+    assert made.status_code == 201, made.text
+    sandbox = made.json()
+    started = api(mesh, "POST", f"/learning-plans/{tracker['id']}/run",
+                  json={"sandbox": sandbox["id"], "reset_between_iterations": True, "budget": {"iterations": 2},
+                        "lessons": False, "optimizer": "none"})
+    assert started.status_code == 202 and started.json()["sandbox"] == sandbox["id"], started.text
+    run = finished(mesh, started.json()["id"])
+    assert len(run["iterations"]) == 2 and run["result"]["sandbox"] == sandbox["id"]
+    after = api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}").json()
+    assert after["revision"] == sandbox["revision"] + 1  # one reset, between the two iterations
+    runs = api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}/runs", params={"limit": 1000}).json()["runs"]
+    assert {r["revision"] for r in runs} == {1, 2}  # the reset kept the first iteration's runs
+
+    # Connected mode only through the sandbox's own rules: no credential named, no approval, no run.
+    refused = api(mesh, "POST", f"/learning-plans/{tracker['id']}/run", json={"sandbox": {"mode": "connected"}})
+    assert refused.status_code == 400 and "secret_ref" in refused.json()["detail"]
+
+
 def test_mesh_learn_runs_the_loop_shows_each_iteration_and_assesses(mesh: Mesh):
     done = run_mesh("learn", "learner", "petstore", "--iterations", "3", "--registry", mesh.url, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "ITERATION" in done.stdout and "proficient" in done.stdout
     assert "assessment on held-out tasks: proficient" in done.stdout
+
+
+async def test_the_sandbox_a_run_practised_in_is_the_same_mcp_server_any_client_sees(mesh: Mesh):
+    """The loop's calls and an MCP client's calls are one kind of thing: tools of the sandbox's server, rows
+    of its sandbox_runs."""
+    sandboxes = api(mesh, "GET", "/agents/learner/sandboxes").json()["sandboxes"]
+    sandbox = next(s for s in sandboxes if s["required_services"] == ["petstore"]
+                   and (s["description"] or "").startswith("learning plan"))
+    learned = api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}/runs", params={"limit": 1000}).json()
+    called = {r["operation_id"] for r in learned["runs"]}
+    async with Client(sandbox["mcp"]) as client:
+        listed = {tool.name for tool in (await client.list_tools()).tools}
+        result = await client.call_tool("petstore__listPets", {}, meta={"io.mcpmesh/attempt": "by-hand"})
+    assert {f"petstore__{operation}" for operation in called} <= listed
+    assert not result.is_error and result.structured_content["status"] == 200
+    runs = api(mesh, "GET", f"/agents/learner/sandboxes/{sandbox['id']}/runs", params={"limit": 1000}).json()["runs"]
+    assert runs[-1]["attempt"] == "by-hand" and runs[-1]["run_id"] == result.meta["io.mcpmesh/run"]
+    assert {r["caller"] for r in runs[:-1]} == {"agent:learner"}
 
 
 async def test_learning_as_a_tool_reports_mcp_progress_through_the_registry(mesh: Mesh):

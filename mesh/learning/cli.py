@@ -31,6 +31,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, client: argparse.Arg
     p.add_argument("--calls", type=int, help="budget: model and tool calls at most")
     p.add_argument("--tokens", type=int, help="budget: tokens at most")
     p.add_argument("--new-plan", action="store_true", help="derive a new plan even if the agent has one")
+    p.add_argument("--sandbox", metavar="ID", help="practise in this sandbox of the agent (default: a new one)")
+    p.add_argument("--mode", choices=("emulated", "mock", "connected"),
+                   help="the new sandbox's mode (default emulated; connected needs secret_ref and mesh approve)")
     p.add_argument("--no-assess", action="store_true", help="skip the assessment on held-out tasks")
     commands["learn"] = lambda args: cmd_learn(args.registry.rstrip("/"), args)
 
@@ -73,7 +76,10 @@ def cmd_learn(client: httpx.Client, args: argparse.Namespace) -> int:
         print(f"plan {plan['id']}: {training} training tasks, {len(plan['tasks']) - training} held out, "
               f"{len(plan['objectives'])} objectives", file=sys.stderr)
     budget = {key: value for key in ("iterations", "calls", "tokens") if (value := getattr(args, key))}
-    run = _request(client, "POST", f"/v1/learning-plans/{plan['id']}/run", json={"budget": budget})
+    sandbox = args.sandbox or ({"mode": args.mode} if args.mode else None)
+    run = _request(client, "POST", f"/v1/learning-plans/{plan['id']}/run",
+                   json={"budget": budget, **({"sandbox": sandbox} if sandbox else {})})
+    print(f"practising in sandbox {run['sandbox']} (mesh sandbox show {args.agent} {run['sandbox']})", file=sys.stderr)
     try:
         run = follow(client, run["id"])
     except KeyboardInterrupt:
@@ -86,7 +92,9 @@ def cmd_learn(client: httpx.Client, args: argparse.Namespace) -> int:
           f"{spent.get('tool_calls', 0)} tool calls, {spent.get('tokens', 0)} tokens, {spent.get('seconds', 0)} s; "
           f"serving {str(run.get('final_version') or '-')[:12]}")
     if not args.no_assess and run["status"] != "cancelled":
-        assessed = _request(client, "POST", f"/v1/learning-plans/{plan['id']}/assess", json={})
+        assessed = _request(client, "POST", f"/v1/learning-plans/{plan['id']}/assess",
+                            json={"sandbox": run["result"]["sandbox"]} if (run.get("result") or {}).get("sandbox")
+                            else {})
         criteria = ", ".join(f"{c['id']} {c['passed']}/{c['attempted']}" for c in assessed["criteria"])
         print(f"assessment on held-out tasks: {assessed['level']} (score {assessed['score']:.2f}; {criteria})")
     return 0 if run["status"] == "proficient" else 2

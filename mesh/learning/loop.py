@@ -49,6 +49,7 @@ class LoopSettings:
     optimizer: str = "bootstrap"  # "bootstrap" (BootstrapFewShot over successful attempts), "gepa", or "none"
     lessons: bool = True  # turn the error analysis into instructions
     max_demos: int = 2
+    reset_between_iterations: bool = False  # start every iteration from the sandbox's seed data (target.reset)
 
 
 class Recorder(Protocol):
@@ -151,6 +152,7 @@ class LearningLoop:
         """Run ``program`` on one instance of ``task``, check it, record it; ``Stopped`` ends the loop."""
         dspy = load_dspy()
         text, values = instantiate(task)
+        self.target.label = f"{(self.run_id or 'local')[:8]}/{kind}-{iteration}/{task['id']}"
         self.toolbox.take_calls()
         mark, started = len(self.lm.history), time.perf_counter()
         answer, error, stopped = None, None, None
@@ -204,6 +206,8 @@ class LearningLoop:
                 if not tasks:
                     result.status, result.reason = "failed", "the plan has no training tasks"
                     break
+                if number > 1 and self.settings.reset_between_iterations:
+                    self.target.reset()  # a sandbox keeps its runs through a reset
                 metrics, failures = self._iteration(number, program, tasks, failed_before)
                 result.iterations.append(metrics)
                 measured[self.version_id] = metrics["success_rate"]

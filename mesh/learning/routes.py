@@ -24,8 +24,8 @@ PLAN_FIELDS = ("objectives", "tasks", "rubric", "threshold", "budget")
 CHECK_KINDS = ("all", "state_contains", "state_lacks", "called", "answer_has_field", "answer_count")
 
 
-def routes(registry: Any) -> list[Route]:
-    service = LearningService(registry)
+def routes(registry: Any, sandbox_front: Any = None) -> list[Route]:
+    service = LearningService(registry, sandbox_front)
 
     def handler(fn: Callable[[Request], Awaitable[Any]], status: int = 200) -> Callable[[Request], Any]:
         async def wrapped(request: Request) -> JSONResponse:

@@ -3,8 +3,12 @@
 The learner acts as itself: every call its attempts make is carried by ``proxy.invoke`` as ``agent:NAME``
 with the scopes ``[grants]`` gives that agent (narrowed to the requester's, unless the requester is an
 administrator), so each one is authenticated, policy-checked, recorded with provenance and counted in
-reputation like any other call. The loop runs in a daemon thread (a stopping registry does not wait for
-it; the next start marks the run interrupted); its calls come back to the event loop by its token.
+reputation like any other call. A run practises in a sandbox with a lifecycle (``mesh/sandbox``): the
+one the run or the plan names, else a new ``emulated`` one for the plan's system; its tools are called
+in process through the sandbox front's own call path (``SandboxFront.call_as``: the same ``proxy.carry``
+and ``sandbox_runs`` row as its MCP endpoint), labelled with the attempt. The loop runs in a daemon thread
+(a stopping registry does not wait for it; the next start marks the run interrupted); its calls come back
+to the event loop by its token.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from mesh.learning.budget import Budget, BudgetProblem
 from mesh.learning.curriculum import derive_plan
 from mesh.learning.loop import OPTIMIZERS, LearningLoop, LoopSettings
 from mesh.learning.program import state_of
-from mesh.learning.target import SandboxAgentTarget
+from mesh.learning.target import SandboxAgentTarget, SandboxTarget, Target
 from mesh.lm.settings import NoModelConfigured
 from mesh.registry import proxy
 from mesh.registry.auth import Caller
@@ -73,8 +77,9 @@ class DatabaseRecorder:
 class LearningService:
     """What the learning routes do, on one registry."""
 
-    def __init__(self, registry: Any):
+    def __init__(self, registry: Any, sandbox_front: Any = None):
         self.registry = registry
+        self.sandbox_front = sandbox_front  # mesh.sandbox.front.SandboxFront: where learning runs practise
         self.jobs: dict[str, Job] = {}
         self.token: Any = None  # the event loop's, taken by the first request (``bind``)
         with registry.sessions.begin() as session:
@@ -107,6 +112,37 @@ class LearningService:
 
         return SandboxAgentTarget(invoke, source["api"], source.get("agent", DEFAULT_SANDBOX))
 
+    def practice_sandbox(self, plan: Any, learner: Caller, chosen: Any) -> Any:
+        """The sandbox a run practises in: ``chosen`` (an id, or a create body's fields: ``mode``,
+        ``services``, ``ttl_seconds``, ``secret_ref``...), else the one the plan's source names, else a new
+        ``emulated`` sandbox of the plan's system. Connected mode passes the sandbox's own approval rules."""
+        if self.sandbox_front is None:
+            raise Problem("bad-request", "this registry serves no sandboxes to practise in")
+        sandboxes = self.sandbox_front.sandboxes
+        named = chosen if isinstance(chosen, str) else (plan.source or {}).get("sandbox")
+        if isinstance(named, str) and not isinstance(chosen, dict):
+            record = sandboxes.active(plan.agent, named)
+            if plan.system not in record.required_services:
+                raise Problem("bad-request", f"sandbox {named} has no service {plan.system!r} "
+                                             f"(it has: {', '.join(record.required_services)})")
+            return record
+        if chosen is not None and not isinstance(chosen, dict):
+            raise Problem("bad-request", "sandbox must be a sandbox id or the fields of a new sandbox")
+        body = {"mode": "emulated", "description": f"learning plan {plan.id}", **(chosen or {}),
+                "required_services": [plan.system]}
+        return sandboxes.create(learner, plan.agent, body)
+
+    def sandbox_target(self, learner: Caller, record: Any, system: str) -> SandboxTarget:
+        """The sandbox's service as the loop's target, its calls carried back to the registry's event loop."""
+        front, token = self.sandbox_front, self.token
+
+        def call(tool: str, arguments: dict[str, Any], attempt: str | None) -> tuple[dict[str, Any], int | None]:
+            return anyio.from_thread.run(partial(front.call_as, learner, record.agent, record.id, tool, arguments,
+                                                 attempt=attempt), token=token)
+
+        return SandboxTarget(call, front.sandboxes.catalog.api(system), record.id,
+                             reset=partial(front.sandboxes.reset, record.agent, record.id))
+
     def require_model(self) -> Any:
         try:
             return self.registry.config.lm.require()
@@ -133,7 +169,11 @@ class LearningService:
             budget = Budget.from_json(body.get("budget")).to_json()
         except BudgetProblem as exc:
             raise Problem("bad-request", str(exc)) from None
-        source = {"agent": sandbox, "api": system}
+        source = {"agent": sandbox, "api": system,
+                  **{key: body[key] for key in ("sandbox", "reset_between_iterations") if key in body}}
+        if not isinstance(source.get("sandbox", ""), str) or not isinstance(
+                source.get("reset_between_iterations", False), bool):
+            raise Problem("bad-request", "sandbox must be a sandbox id and reset_between_iterations true or false")
         target = self.target(self.learner(agent, requester), source)
         try:
             tools = await anyio.to_thread.run_sync(target.tools)
@@ -165,24 +205,29 @@ class LearningService:
         try:
             budget = Budget.from_json(plan.budget).merged(body.get("budget"))
             loop_settings = LoopSettings(threshold=plan.threshold, optimizer=body.get("optimizer", "bootstrap"),
-                                         lessons=bool(body.get("lessons", True)))
+                                         lessons=bool(body.get("lessons", True)),
+                                         reset_between_iterations=bool(body.get(
+                                             "reset_between_iterations",
+                                             (plan.source or {}).get("reset_between_iterations", False))))
         except (BudgetProblem, TypeError) as exc:
             raise Problem("bad-request", str(exc)) from None
         if loop_settings.optimizer not in OPTIMIZERS:
             raise Problem("bad-request", f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        learner = self.learner(plan.agent, requester)
+        sandbox = self.practice_sandbox(plan, learner, body.get("sandbox"))
         with self.registry.sessions.begin() as session:
             run = records.add_run(session, plan, budget.to_json())
             document = records.run_json(session, run)
-        job = Job(run.id, progress={"plan_id": plan_id, "phase": "starting"})
+        job = Job(run.id, progress={"plan_id": plan_id, "phase": "starting", "sandbox": sandbox.id})
         self.jobs[run.id] = job
-        learner = self.learner(plan.agent, requester)
+        target = self.sandbox_target(learner, sandbox, plan.system)
         job.thread = threading.Thread(target=self._run, name=f"learning-{run.id[:8]}", daemon=True,
-                                      args=(job, plan, learner, settings, budget, loop_settings,
+                                      args=(job, plan, target, settings, budget, loop_settings,
                                             bool(body.get("assess", False))))
         job.thread.start()
-        return {**document, "progress": job.progress}
+        return {**document, "sandbox": sandbox.id, "progress": job.progress}
 
-    def _run(self, job: Job, plan: Any, learner: Caller, settings: Any, budget: Budget,
+    def _run(self, job: Job, plan: Any, target: SandboxTarget, settings: Any, budget: Budget,
              loop_settings: LoopSettings, then_assess: bool) -> None:
         from mesh.lm.model import build_lm
 
@@ -196,9 +241,9 @@ class LearningService:
                                         plan_id=plan.id)
 
             def report(event: dict[str, Any]) -> None:
-                job.progress = {"plan_id": plan.id, **event}
+                job.progress = {"plan_id": plan.id, "sandbox": target.sandbox_id, **event}
 
-            loop = LearningLoop(records.plan_json(plan), self.target(learner, plan.source), lm, recorder,
+            loop = LearningLoop(records.plan_json(plan), target, lm, recorder,
                                 budget=budget, settings=loop_settings, start_state=start_state, progress=report,
                                 cancel=job.cancel, run_id=job.run_id)
             result = loop.run()
@@ -208,10 +253,10 @@ class LearningService:
                 records.finish_run(session, job.run_id, status=result.status, reason=result.reason,
                                    spent=result.spent.to_json(),
                                    result={"to_proficiency": result.to_proficiency,
-                                           "best_version": result.best_version},
+                                           "best_version": result.best_version, "sandbox": target.sandbox_id},
                                    start_version=result.start_version, final_version=result.best_version)
             if then_assess and result.status != "cancelled":
-                self._assess(plan, learner, settings, job.cancel, report)
+                self._assess(plan, target, settings, job.cancel, report)
         except Exception as exc:
             with sessions.begin() as session:
                 records.finish_run(session, job.run_id, status="failed", reason=f"{type(exc).__name__}: {exc}",
@@ -244,10 +289,12 @@ class LearningService:
         trials = body.get("trials", 1)
         if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 10:
             raise Problem("bad-request", "trials must be an integer from 1 to 10")
-        return await anyio.to_thread.run_sync(self._assess, plan, self.learner(plan.agent, requester), settings,
-                                              threading.Event(), lambda event: None, trials)
+        learner = self.learner(plan.agent, requester)
+        sandbox = await anyio.to_thread.run_sync(self.practice_sandbox, plan, learner, body.get("sandbox"))
+        return await anyio.to_thread.run_sync(self._assess, plan, self.sandbox_target(learner, sandbox, plan.system),
+                                              settings, threading.Event(), lambda event: None, trials)
 
-    def _assess(self, plan: Any, learner: Caller, settings: Any, cancel: threading.Event, report: Any,
+    def _assess(self, plan: Any, target: Target, settings: Any, cancel: threading.Event, report: Any,
                 trials: int = 1) -> dict[str, Any]:
         from mesh.lm.model import build_lm
 
@@ -258,7 +305,7 @@ class LearningService:
             start_state = state_of(active.program) if active else None
         recorder = DatabaseRecorder(sessions, agent=plan.agent, system=plan.system, run_id=assessment_id,
                                     plan_id=plan.id)
-        loop = LearningLoop(records.plan_json(plan), self.target(learner, plan.source), build_lm(settings), recorder,
+        loop = LearningLoop(records.plan_json(plan), target, build_lm(settings), recorder,
                             start_state=start_state, progress=report, cancel=cancel, run_id=assessment_id)
         scored = assess(loop, trials=trials)
         with sessions.begin() as session:

@@ -1,11 +1,14 @@
 """The target system a learner practises on, seen through a small protocol: list tools, call one.
 
 The loop never talks to an API directly. A ``Target`` lists the system's operations as tools and calls
-them; checks observe the system's state by calling its read operations the same way. Two targets exist:
+them; checks observe the system's state by calling its read operations the same way. Three targets exist:
 
-- ``SandboxAgentTarget``: one API of the ``sandbox`` agent, every call carried by the registry (so it is
-  authenticated, policy-checked and recorded like any call, with its run id kept as evidence). A sandbox
-  with a lifecycle (``mesh/sandbox``) plugs in the same way: its services are tools behind the registry.
+- ``SandboxTarget``: one service of a sandbox with a lifecycle (``mesh/sandbox``), what a learning run
+  practises in. Every call takes the sandbox's own call path in the registry (policy, provenance,
+  reputation) and is kept as a ``sandbox_runs`` row labelled with the attempt (``label``); the outcome
+  names both the registry's run and that row, the attempt's evidence.
+- ``SandboxAgentTarget``: one API of the ``sandbox`` agent, every call carried by the registry; the
+  registry reads a system's operations this way to derive a plan.
 - ``MockTarget``: a ``MockAPI`` in this process, for offline tests; nothing is recorded by a registry.
 """
 
@@ -16,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from mesh.client import RUN_META
 from mesh.sandbox.openapi_mock import MockAPI, OpenAPIError
+from mesh.sandbox.tools import tool_name
 
 MAX_OUTPUT = 4000  # characters of a tool's answer kept in an attempt's record
 
@@ -49,6 +54,7 @@ class ToolOutcome:
     error: str | None = None
     run_id: str | None = None
     observe: bool = False  # made by a check, not by the learner
+    sandbox_run: int | None = None  # the ``sandbox_runs`` row, when the call was made in a sandbox
 
     def observation(self) -> str:
         """The text the learner sees after the call."""
@@ -68,6 +74,7 @@ class Target(Protocol):
     """What the loop needs of a system: its name, its tools, and a way to call them."""
 
     system: str
+    label: str | None  # the attempt the next calls belong to; a sandbox keeps it with each call
 
     def tools(self) -> list[ToolSpec]: ...
 
@@ -122,6 +129,7 @@ class MockTarget:
     def __init__(self, api: MockAPI):
         self.api = api
         self.system = api.name
+        self.label: str | None = None
 
     def tools(self) -> list[ToolSpec]:
         return [describe_tool(self.api.describe(op.operation_id)) for op in self.api.operations()]
@@ -147,6 +155,7 @@ class SandboxAgentTarget:
         self.invoke = invoke
         self.system = api
         self.agent = agent
+        self.label: str | None = None
         self._tools: list[ToolSpec] | None = None
 
     def tools(self) -> list[ToolSpec]:
@@ -192,6 +201,55 @@ class SandboxAgentTarget:
         if isinstance(structured, dict) and set(structured) == {"result"}:
             return structured["result"]  # a tool returning a list or a scalar is wrapped this way
         return structured
+
+
+SandboxCall = Callable[[str, dict[str, Any], str | None], tuple[dict[str, Any], int | None]]
+"""``call(tool, arguments, attempt)`` on a sandbox's MCP tool (``SERVICE__OPERATION``, flat arguments):
+the ``CallToolResult`` JSON (a refusal is a tool error with its problem in ``_meta``) and the
+``sandbox_runs`` row's id."""
+
+
+class SandboxTarget:
+    """One service of a sandbox: its operations as tools, each call made in the sandbox by ``call``."""
+
+    def __init__(self, call: SandboxCall, api: MockAPI, sandbox_id: str, reset: Callable[[], Any] | None = None):
+        self._call = call
+        self._reset = reset
+        self.api = api
+        self.system = api.name
+        self.sandbox_id = sandbox_id
+        self.label: str | None = None
+
+    def tools(self) -> list[ToolSpec]:
+        return [describe_tool(self.api.describe(op.operation_id)) for op in self.api.operations()]
+
+    def reset(self) -> None:
+        """Start the sandbox again from its seed data (a new revision; its runs stay)."""
+        if self._reset is None:
+            raise RuntimeError(f"sandbox {self.sandbox_id} cannot be reset from here")
+        self._reset()
+
+    def call(self, tool: str, arguments: dict[str, Any], *, observe: bool = False) -> ToolOutcome:
+        grouped = _call_arguments(arguments)
+        flat: dict[str, Any] = {}
+        for group in ("path_params", "query"):
+            if isinstance(grouped.get(group), dict):
+                flat.update(grouped[group])
+        if "body" in grouped:
+            flat["body"] = grouped["body"]
+        label = f"{self.label}/check" if observe and self.label else self.label
+        try:
+            result, sandbox_run = self._call(tool_name(self.system, tool), flat, label)
+        except Exception as exc:
+            return ToolOutcome(tool, arguments, False, error=" ".join(str(exc).split())[:MAX_OUTPUT], observe=observe)
+        run_id = (result.get("_meta") or {}).get(RUN_META)
+        if result.get("isError"):
+            return ToolOutcome(tool, arguments, False, error=_text(result)[:MAX_OUTPUT], run_id=run_id,
+                               observe=observe, sandbox_run=sandbox_run)
+        answer = result.get("structuredContent") or {}
+        status = answer.get("status")
+        return ToolOutcome(tool, arguments, isinstance(status, int) and 200 <= status < 300, status,
+                           answer.get("body"), run_id=run_id, observe=observe, sandbox_run=sandbox_run)
 
 
 def _text(result: dict[str, Any]) -> str:

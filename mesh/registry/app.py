@@ -339,7 +339,7 @@ def build_app(registry: Registry) -> Starlette:
             *sandboxes.api_routes(),
             *audit.routes(registry),  # /audit, /audit/export, /audit/checkpoints
             *credentials.routes(registry),  # /secrets, /secrets/{ref}, .../rotate, .../cutover
-            *learning_routes(registry),  # learning plans, runs, assessments, prompt versions (mesh.learning)
+            *learning_routes(registry, sandboxes.front),  # plans, runs (in sandboxes), assessments, prompts
         ]),
         # One agent through the registry, as a virtual server, with the keys to check what it lists.
         Route("/agents/{name}/mcp", agent_mcp_app),

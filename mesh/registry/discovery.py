@@ -27,10 +27,24 @@ weighs in as before::
 
     score = relevance * (0.5 + 0.5 * reputation)
 
-so reputation reorders tools of similar relevance and at most halves a score. Every hit says why it
-ranked (``Hit.to_json()["why"]``): its lexical, name and semantic ranks (None when that ranker did
-not return it), its cosine similarity, the fused relevance, its reputation (and whether anything is
-known), and which need it answers.
+so reputation reorders tools of similar relevance and at most halves a score.
+
+**Proficiency.** An agent assessed on a target system (``mesh learn``: its latest held-out score ``p``
+in [0, 1] per system, ``Registry.proficiencies``) is ranked by it for that system's tools. A tool is
+for a system when the system's name is one of the words of the tool (its name in words, title,
+description) or of the need being ranked: "create a pet in the petstore" asks for the ``petstore``, and
+a tool described as "orders pets from the petstore" serves it. Then::
+
+    score *= 0.75 + 0.5 * p      # (the best p among the agent's matching systems)
+
+so a proficient agent (1.25) ranks above an unassessed one (no factor) above a novice (0.75) among
+tools of similar relevance. Matching words is deliberately simple: an agent's assessed systems are
+few, and the name of a system is rarely a common word.
+
+Every hit says why it ranked (``Hit.to_json()["why"]``): its lexical, name and semantic ranks (None
+when that ranker did not return it), its cosine similarity, the fused relevance, its reputation (and
+whether anything is known), its proficiency (``{"system", "score"}``, None when no assessed system
+matched), and which need it answers.
 
 **Several needs in one query.** A long, task-like query ("find the train, then check the weather there
 and book a hotel") is split into needs (``needs``): at sentence and clause punctuation and at
@@ -77,6 +91,9 @@ from mesh.vectors import VectorIndex
 Reputation = Callable[[str, str], float | None]
 """``reputation(agent, tool)`` in [0, 1], or None when nothing is known yet."""
 
+Proficiency = Callable[[str], Mapping[str, float]]
+"""``proficiency(agent)``: its latest assessed score in [0, 1] per target system ({} when never assessed)."""
+
 RANKERS = ("lexical", "names", "semantic")
 UNKNOWN_REPUTATION = UNKNOWN_SCORE
 RRF_K = 60
@@ -110,6 +127,26 @@ def name_words(name: str) -> str:
 def score(relevance: float, reputation: float) -> float:
     """The ranking formula of the module docstring: reputation scales relevance by 0.5 to 1."""
     return max(relevance, 0.0) * (0.5 + 0.5 * reputation)
+
+
+def proficiency_factor(proficiency: float) -> float:
+    """The module docstring's proficiency weight: 0.75 for a novice (0) to 1.25 for a proficient agent (1)."""
+    return 0.75 + 0.5 * min(max(proficiency, 0.0), 1.0)
+
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def matched_system(systems: Mapping[str, float], *texts: str) -> tuple[str, float] | None:
+    """The assessed system (and its score) whose name is a word of ``texts``; the best one if several."""
+    if not systems:
+        return None
+    words = {word.lower() for text in texts for word in _WORD.findall(name_words(text) + " " + text)}
+    found = [(score, system) for system, score in systems.items() if system.lower() in words]
+    if not found:
+        return None
+    best, system = max(found)
+    return system, best
 
 
 def tool_text(agent: str, tool: Mapping[str, Any]) -> str:
@@ -180,6 +217,7 @@ class Hit:
     similarity: float | None = None
     need: str | None = None
     reputation_known: bool = False
+    proficiency: tuple[str, float] | None = None  # (system, assessed score) that weighed in
 
     def to_json(self) -> dict[str, Any]:
         result: dict[str, Any] = {"agent": self.agent, "tool": self.tool}
@@ -199,6 +237,8 @@ class Hit:
                 "fused": round(self.relevance, 6),
                 "reputation": round(self.reputation, 6),
                 "reputation_known": self.reputation_known,
+                "proficiency": None if self.proficiency is None else {"system": self.proficiency[0],
+                                                                      "score": round(self.proficiency[1], 6)},
                 "need": self.need,
             },
         )
@@ -376,11 +416,13 @@ class DiscoveryIndex:
         agent: str | None = None,
         read_only: bool | None = None,
         reputation: Reputation | None = None,
+        proficiency: Proficiency | None = None,
     ) -> list[Hit]:
         """The ``k`` best tools for ``query``, best first.
 
         ``agent`` keeps one agent's tools; ``read_only=True`` keeps tools annotated ``readOnlyHint``,
-        ``False`` the others, ``None`` both. ``reputation(agent, tool)`` weights the ranking.
+        ``False`` the others, ``None`` both. ``reputation(agent, tool)`` and ``proficiency(agent)`` weight
+        the ranking.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -400,12 +442,15 @@ class DiscoveryIndex:
         for tool, relevance, position in candidates:
             known = reputation(tool.agent, tool.name) if reputation is not None else None
             trust = UNKNOWN_REPUTATION if known is None else min(max(float(known), 0.0), 1.0)
+            skill = matched_system(proficiency(tool.agent), split[position], tool.name, tool.title or "",
+                                   tool.description) if proficiency is not None else None
+            value = score(relevance, trust) * (proficiency_factor(skill[1]) if skill else 1.0)
             # (agent, name) is unique, so sorting never compares the rest of a row
-            rows.append((-score(relevance, trust), -relevance, tool.agent, tool.name, tool, position, trust, known))
+            rows.append((-value, -relevance, tool.agent, tool.name, tool, position, trust, known, skill))
         rows.sort()
         return [
-            _hit(tool, rankings[position], split[position] if len(split) > 1 else None, -value, trust, known)
-            for value, _, _, _, tool, position, trust, known in rows[:k]
+            _hit(tool, rankings[position], split[position] if len(split) > 1 else None, -value, trust, known, skill)
+            for value, _, _, _, tool, position, trust, known, skill in rows[:k]
         ]
 
     # -- internals -------------------------------------------------------------------------------------
@@ -564,7 +609,8 @@ class DiscoveryIndex:
         ]
 
 
-def _hit(tool: _Tool, ranking: _Ranking, need: str | None, value: float, trust: float, known: float | None) -> Hit:
+def _hit(tool: _Tool, ranking: _Ranking, need: str | None, value: float, trust: float, known: float | None,
+         skill: tuple[str, float] | None = None) -> Hit:
     return Hit(
         agent=tool.agent,
         tool=tool.name,
@@ -580,6 +626,7 @@ def _hit(tool: _Tool, ranking: _Ranking, need: str | None, value: float, trust: 
         similarity=ranking.similarity.get(tool.id),
         need=need,
         reputation_known=known is not None,
+        proficiency=skill,
     )
 
 

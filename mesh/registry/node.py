@@ -455,7 +455,8 @@ class Registry:
                  read_only: bool | None = None) -> list[dict[str, Any]]:
         if not 1 <= k <= 100:
             raise Problem("bad-request", f"k must be between 1 and 100, not {k}")
-        hits = self.discovery.search(query, k=k, agent=agent, read_only=read_only, reputation=self.known_score)
+        hits = self.discovery.search(query, k=k, agent=agent, read_only=read_only, reputation=self.known_score,
+                                     proficiency=lambda name: self.proficiencies.get(name, {}))
         return [hit.to_json() for hit in hits]
 
     # -- reputation ---------------------------------------------------------------------------------------

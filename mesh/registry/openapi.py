@@ -163,7 +163,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "tool": {"type": "string"},
             "title": {"type": "string"},
             "description": {"type": "string"},
-            "score": {"type": "number", "description": "relevance * (0.5 + 0.5 * reputation)"},
+            "score": {"type": "number", "description": "relevance * (0.5 + 0.5 * reputation), times "
+                      "0.75 + 0.5 * proficiency when the agent was assessed on the tool's system"},
             "relevance": {"type": "number", "description": "fused relevance in [0, 1]: 1 is first for every ranker"},
             "reputation": {"type": "number", "description": "the prior's score (0.6) for a tool nobody has called"},
             "annotations": {"type": "object"},
@@ -180,10 +181,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "fused": {"type": "number", "description": "reciprocal rank fusion of the ranks, in [0, 1]"},
             "reputation": {"type": "number"},
             "reputation_known": {"type": "boolean", "description": "false: nobody has called it yet"},
+            "proficiency": {"type": ["object", "null"], "description": "the agent's assessed score on the system "
+                            "the tool or query names ({system, score}); null: none matched",
+                            "properties": {"system": {"type": "string"}, "score": {"type": "number"}}},
             "need": {"type": ["string", "null"], "description": "the part of a several-need query it answers"},
         },
         ["lexical_rank", "name_rank", "semantic_rank", "similarity", "fused", "reputation", "reputation_known",
-         "need"],
+         "proficiency", "need"],
         description="why a tool ranked where it did",
     ),
     "Registration": _object(

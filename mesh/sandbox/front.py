@@ -13,7 +13,9 @@ attempts: ``_meta["io.mcpmesh/attempt"]`` on the request.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import anyio
@@ -27,7 +29,7 @@ from mesh.client import PROBLEM_META, RUN_META
 from mesh.registry import proxy, store
 from mesh.registry.auth import Caller
 from mesh.registry.gate import caller_of
-from mesh.registry.mcp_front import Front
+from mesh.registry.mcp_front import Front, _stamped
 from mesh.registry.node import Registry
 from mesh.registry.problems import Problem
 from mesh.sandbox.lifecycle import SANDBOX_AGENT, Sandboxes
@@ -82,32 +84,63 @@ class SandboxFront:
 
     async def call_tool(self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
         record, apis = await self._sandbox(ctx)
-        found = find_operation(apis, params.name)
+        meta = (ctx.params or {}).get("_meta") or {}
+        attempt = meta.get(ATTEMPT_META) if isinstance(meta, dict) else None
+        caller = caller_of(self.registry, ctx.request if isinstance(ctx.request, Request) else None)
+        result, _ = await self._call(record, apis, params.name, params.arguments or {},
+                                     partial(self.front.carry, ctx), caller.id, attempt)
+        return result
+
+    async def call_as(self, caller: Caller, agent: str, sandbox_id: str, name: str, arguments: dict[str, Any],
+                      *, attempt: str | None = None) -> tuple[dict[str, Any], int | None]:
+        """One tool call in process, for the registry's own callers (a learning run): the same call path as
+        ``tools/call`` (``proxy.carry`` as ``caller``, marked as coming through this front: policy,
+        provenance, reputation) and the same ``sandbox_runs`` row. Returns the result as MCP's wire JSON
+        (a refusal is a tool error with its problem in ``_meta``) and the ``sandbox_runs`` id."""
+        try:
+            record = await anyio.to_thread.run_sync(self.sandboxes.active, agent, sandbox_id)
+            apis = {service: self.sandboxes.catalog.api(service) for service in record.required_services}
+        except Problem as problem:
+            return _wire(_error(str(problem), problem.to_json())), None
+        marked = through_front(caller)
+
+        async def carry(call: proxy.Call) -> Any:
+            try:
+                outcome = await proxy.carry(self.registry, marked, call)
+            except Problem as problem:
+                return Front._refusal(call, problem)
+            return _stamped(outcome.result, outcome)
+
+        result, run = await self._call(record, apis, name, arguments, carry, caller.id, attempt)
+        return _wire(result), run
+
+    async def _call(self, record: store.SandboxRecord, apis: dict[str, MockAPI], name: str,
+                    arguments: dict[str, Any], carry: Callable[[proxy.Call], Awaitable[Any]], caller_id: str,
+                    attempt: Any) -> tuple[Any, int | None]:
+        """Carry one tool call to the sandbox agent and keep it in ``sandbox_runs`` (the row's id returned)."""
+        found = find_operation(apis, name)
         if found is None:
-            return _error(f"sandbox {record.id} has no tool {params.name!r} (tools/list names them)")
+            return _error(f"sandbox {record.id} has no tool {name!r} (tools/list names them)"), None
         service, op = found
         try:
-            arguments = split_arguments(op, params.arguments or {})
+            split = split_arguments(op, arguments)
             endpoints = await anyio.to_thread.run_sync(self.sandboxes.check_callable, record)
         except ValueError as exc:
-            return _error(str(exc))
+            return _error(str(exc)), None
         except Problem as problem:
-            return _error(str(problem), problem.to_json())
+            return _error(str(problem), problem.to_json()), None
         tool = "sandbox_connected_call" if record.mode == "connected" else "sandbox_call"
         call = proxy.Call(SANDBOX_AGENT, tool, "tool",
                           {"sandbox": self.sandboxes.ref(record, endpoints), "service": service,
-                           "operation_id": op.operation_id, **arguments})
-        result = await self.front.carry(ctx, call)
-        meta = (ctx.params or {}).get("_meta") or {}
-        attempt = meta.get(ATTEMPT_META) if isinstance(meta, dict) else None
-        await self._record(ctx, record, service, op.operation_id, arguments, result,
-                           str(attempt)[:200] if attempt is not None else None)
-        return result
+                           "operation_id": op.operation_id, **split})
+        result = await carry(call)
+        run = await self._record(caller_id, record, service, op.operation_id, split, result,
+                                 str(attempt)[:200] if attempt is not None else None)
+        return result, run
 
-    async def _record(self, ctx: ServerRequestContext[Any, Any], record: store.SandboxRecord, service: str,
-                      operation_id: str, arguments: dict[str, Any], result: Any, attempt: str | None) -> None:
-        wire = result if isinstance(result, dict) else result.model_dump(by_alias=True, mode="json",
-                                                                         exclude_none=True)
+    async def _record(self, caller_id: str, record: store.SandboxRecord, service: str,
+                      operation_id: str, arguments: dict[str, Any], result: Any, attempt: str | None) -> int:
+        wire = _wire(result)
         meta = wire.get("_meta") or {}
         problem = meta.get(PROBLEM_META)
         answer = wire.get("structuredContent") if not wire.get("isError") else None
@@ -118,16 +151,14 @@ class SandboxFront:
             "error" if wire.get("isError") else "ok")
         if answer is not None and len(json.dumps(answer)) > MAX_KEPT_ANSWER:
             answer = {"status": answer.get("status"), "note": f"answer longer than {MAX_KEPT_ANSWER} characters"}
-        caller = caller_of(self.registry, ctx.request if isinstance(ctx.request, Request) else None)
         run = store.SandboxRunRecord(
-            sandbox_id=record.id, revision=record.revision, run_id=meta.get(RUN_META), caller=caller.id,
+            sandbox_id=record.id, revision=record.revision, run_id=meta.get(RUN_META), caller=caller_id,
             service=service, operation_id=operation_id, attempt=attempt, arguments=_without_secrets(arguments),
             status=status, http_status=answer.get("status") if isinstance(answer, dict) else None, answer=answer,
             error=error, started_at=store.utcnow())
         if self.registry.embedded_database:
-            self.sandboxes.record_run(run)
-        else:
-            await anyio.to_thread.run_sync(self.sandboxes.record_run, run)
+            return self.sandboxes.record_run(run)
+        return await anyio.to_thread.run_sync(self.sandboxes.record_run, run)
 
     def server(self) -> Server[Any]:
         return Server("mcpmesh-sandbox", version="0.1.0",
@@ -144,6 +175,10 @@ def _without_secrets(arguments: dict[str, Any]) -> dict[str, Any]:
     kept = {k: ("(redacted)" if k.lower() in ("authorization", "x-api-key", "api-key") else v)
             for k, v in headers.items()}
     return {**arguments, "headers": kept}
+
+
+def _wire(result: Any) -> dict[str, Any]:
+    return result if isinstance(result, dict) else result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 def _error(text: str, problem: dict[str, Any] | None = None) -> types.CallToolResult:

@@ -249,9 +249,10 @@ class Sandboxes:
 
     # -- runs ------------------------------------------------------------------------------------------
 
-    def record_run(self, run: store.SandboxRunRecord) -> None:
+    def record_run(self, run: store.SandboxRunRecord) -> int:
+        """Keep one attempt; returns its id (a learning attempt names it as evidence)."""
         with self.registry.sessions.begin() as session:
-            store.record_sandbox_run(session, run)
+            return store.record_sandbox_run(session, run).id
 
     def runs(self, agent: str, sandbox_id: str, *, limit: int = 100, after: int | None = None
              ) -> list[store.SandboxRunRecord]:

@@ -43,7 +43,8 @@ class SandboxRoutes:
         self.registry = registry
         self.sandboxes = sandboxes or Sandboxes(registry)
         unchecked = TransportSecuritySettings(enable_dns_rebinding_protection=False)  # the gate checks Host
-        self.server = SandboxFront(registry, self.sandboxes).server()
+        self.front = SandboxFront(registry, self.sandboxes)  # also the learning runs' in-process call path
+        self.server = self.front.server()
         self.server.streamable_http_app(json_response=False, host=registry.config.host, transport_security=unchecked)
 
     @asynccontextmanager
