@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -136,3 +137,29 @@ def copy_repo_workspace(workspace: Path) -> Path:
 @pytest.fixture
 def repo_workspace(tmp_path: Path) -> Path:
     return copy_repo_workspace(tmp_path / "repo")
+
+
+POSTGRES_VARIABLE = "MESH_TEST_DATABASE_URL"  # a PostgreSQL server for the tests that need one; else they skip
+
+
+@contextmanager
+def postgres_schema(server: str, prefix: str = "mesh_test") -> Iterator[str]:
+    """A fresh, empty schema on PostgreSQL ``server``, as a URL whose connections use it; dropped after."""
+    import uuid
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from mesh.registry import store
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = store.connect(server)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield make_url(server).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

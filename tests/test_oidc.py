@@ -14,7 +14,6 @@ import os
 import stat
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,13 +34,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from mcp.shared.exceptions import MCPError
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from mesh.keys import KeyRing
 from mesh.registry import store
 from mesh.registry.auth import issue_token
 
-from .conftest import Process, copy_repo_workspace, mesh_command
+from .conftest import Process, copy_repo_workspace, mesh_command, postgres_schema
 from .oidc_provider import OpenIdProvider, browse, cli_client, require_provider, running_provider
 from .test_registry_e2e import ECHO, Mesh
 
@@ -89,17 +87,8 @@ def database() -> Iterator[str | None]:
     if not server:
         yield None
         return
-    schema = f"mesh_signin_{uuid.uuid4().hex[:12]}"
-    admin = store.connect(server)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield make_url(server).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(server, "mesh_signin") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,12 @@ at once; people manage members within their role; another organisation is 404.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, inspect, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
@@ -27,9 +25,7 @@ from mesh.registry.config import RegistryConfig
 from mesh.registry.node import Registry
 from mesh.workspace import Workspace
 
-from .conftest import copy_repo_workspace
-
-POSTGRES_VARIABLE = "MESH_TEST_DATABASE_URL"
+from .conftest import POSTGRES_VARIABLE, copy_repo_workspace, postgres_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -41,17 +37,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     server = os.environ.get(POSTGRES_VARIABLE)
     if not server:
         pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    schema = f"mesh_people_{uuid.uuid4().hex[:12]}"
-    admin = store.connect(server)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield make_url(server).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(server, "mesh_people") as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,20 +4,17 @@ attempts are written off the event loop there, linked to their runs; reset and e
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 import pytest
 from mcp import Client
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from mesh.registry import store
 
+from .conftest import POSTGRES_VARIABLE, postgres_schema
 from .test_registry_e2e import Mesh, running_mesh
-from .test_store import POSTGRES_VARIABLE
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +22,8 @@ def database_url() -> Iterator[str]:
     server = os.environ.get(POSTGRES_VARIABLE)
     if not server:
         pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    schema = f"mesh_test_{uuid.uuid4().hex[:12]}"
-    admin = store.connect(server)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield make_url(server).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(server, "mesh_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

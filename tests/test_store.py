@@ -16,15 +16,15 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.registry import store
 from mesh.registry.store import DecisionRecord, RunRecord, ToolRecord
 
-POSTGRES_VARIABLE = "MESH_TEST_DATABASE_URL"
+from .conftest import POSTGRES_VARIABLE, postgres_schema
+
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -37,17 +37,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     server = os.environ.get(POSTGRES_VARIABLE)
     if not server:
         pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    schema = f"mesh_test_{uuid.uuid4().hex[:12]}"
-    admin = store.connect(server)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        url = make_url(server).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(server, "mesh_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
 from mesh.registry.node import Registry, run_json
 from mesh.registry.openapi import openapi_document
-from mesh.registry.problems import Problem
+from mesh.registry.problems import Problem, problem_json
 from mesh.sandbox.routes import SandboxRoutes
 
 log = logging.getLogger(__name__)
@@ -270,16 +270,6 @@ def build_app(registry: Registry) -> Starlette:
             document = run_json(record)
             document["linked"] = [run_json(r) for r in store.linked_runs(session, run_id) if r.id != run_id]
         return JSONResponse(document)
-
-    def problem_json(handler: Any) -> Any:
-        async def wrapped(request: Request) -> JSONResponse:
-            try:
-                return await handler(request)
-            except Problem as problem:
-                return problem.response()
-
-        wrapped.__doc__ = handler.__doc__
-        return wrapped
 
     @asynccontextmanager
     async def lifespan(app: Starlette):

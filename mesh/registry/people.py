@@ -28,12 +28,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mesh.registry.auth import PERMISSIONS, ROLES, AuthProblem, Caller
 from mesh.registry.config import RegistryConfig
-from mesh.registry.problems import Problem
+from mesh.registry.problems import Problem, problem_json
 from mesh.registry.store import ApiTokenRecord, MembershipRecord, OrgRecord, UserRecord, utcnow
 
 TOKEN_PREFIX = "mesh_pat_"
@@ -444,16 +444,6 @@ def routes(registry: Registry) -> list[Route]:
         registry.people.forget()
         registry.audit(caller.id, "set-role", f"{org}/{target}", "done", f"role {role}", _remote(request))
         return JSONResponse(document)
-
-    def problem_json(handler: Any) -> Any:
-        async def wrapped(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Problem as problem:
-                return problem.response()
-
-        wrapped.__doc__ = handler.__doc__
-        return wrapped
 
     return [
         Route("/v1/users/me", problem_json(me), methods=["GET"]),

@@ -6,9 +6,11 @@ policy denial or a target that timed out without parsing the message.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 PROBLEM_BASE = "https://mcpmesh.dev/problems/"
 
@@ -74,3 +76,17 @@ class Problem(Exception):
 
     def __str__(self) -> str:
         return f"{self.title}: {self.detail}"
+
+
+def problem_json(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A route handler whose ``Problem`` becomes its problem+json answer; its docstring is kept (the OpenAPI
+    document is checked against the routes)."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Problem as problem:
+            return problem.response()
+
+    wrapped.__doc__ = handler.__doc__
+    return wrapped

@@ -15,14 +15,14 @@ import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from mesh.names import is_valid_name
 from mesh.registry import proxy
 from mesh.registry.gate import allowed, parse_json
 from mesh.registry.node import Registry
-from mesh.registry.problems import Problem
+from mesh.registry.problems import Problem, problem_json
 from mesh.sandbox.front import SandboxFront, through_front
 from mesh.sandbox.lifecycle import (
     SANDBOX_AGENT,
@@ -68,7 +68,7 @@ class SandboxRoutes:
         return [Route("/agents/{name}/sandboxes/{sandbox_id}/mcp", StreamableHTTPASGIApp(self.server.session_manager))]
 
     def api_routes(self) -> list[BaseRoute]:
-        handled = _problem_json
+        handled = problem_json
         return [
             Route("/agents/{name}/sandboxes", handled(self.create_or_list), methods=["GET", "POST"]),
             Route("/agents/{name}/sandboxes/{sandbox_id}", handled(self.one), methods=["GET", "PATCH", "DELETE"]),
@@ -172,17 +172,6 @@ class SandboxRoutes:
         record = await anyio.to_thread.run_sync(self.sandboxes.revoke_approval, caller,
                                                 request.path_params["approval_id"])
         return JSONResponse(approval_json(record))
-
-
-def _problem_json(handler: Any) -> Any:
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Problem as problem:
-            return problem.response()
-
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
 
 
 def _agent(request: Request) -> str:
