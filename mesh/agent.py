@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, TypeVar
 from weakref import WeakSet
 
 import jsonschema
@@ -34,7 +34,6 @@ from mcp.shared.uri_template import UriTemplate
 from mcp.types import (
     Annotations,
     EmptyResult,
-    LoggingLevel,
     SetLevelRequestParams,
     SubscribeRequestParams,
     ToolAnnotations,
@@ -45,6 +44,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from mesh.client import MeshError
 from mesh.manifest import SCOPES_META, SIGNATURE_META
 from mesh.names import check_name
+from mesh.sessions import at_or_above, session_id
 
 F = TypeVar("F", bound=Callable[..., Any])
 Descriptors = dict[str, list[dict[str, Any]]]  # kind (a mesh.manifest.KINDS key) -> wire descriptors
@@ -404,23 +404,24 @@ class AgentServer(MCPServer):
     async def _at_session_level(self, ctx: Any, call_next: Any) -> Any:
         """On a 2025-11-25 session that set a log level, the request's tools log at that level or above
         (the SDK sends every level there and leaves filtering to the server)."""
-        level = self.log_levels.get(_session_of(ctx)) if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS else None
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        level = None if modern else self.log_levels.get(session_id(ctx) or "")
         if level is None:
             return await call_next(ctx)
         return await call_next(replace(ctx, session=_LevelledSession(ctx.session, level)))
 
     async def _set_level(self, ctx: Any, params: SetLevelRequestParams) -> EmptyResult:
-        _bounded_put(self.log_levels, _session_of(ctx), params.level)
+        _bounded_put(self.log_levels, (session_id(ctx) or ""), params.level)
         return EmptyResult()
 
     async def _subscribe(self, ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
-        session = _session_of(ctx)
+        session = (session_id(ctx) or "")
         _, uris = self.subscribers.get(session, (None, set()))
         _bounded_put(self.subscribers, session, (ctx.session, uris | {str(params.uri)}))
         return EmptyResult()
 
     async def _unsubscribe(self, ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
-        self.subscribers.get(_session_of(ctx), (None, set()))[1].discard(str(params.uri))
+        self.subscribers.get((session_id(ctx) or ""), (None, set()))[1].discard(str(params.uri))
         return EmptyResult()
 
     async def resource_updated(self, uri: str) -> None:
@@ -487,25 +488,17 @@ class _LevelledSession:
 
     def __init__(self, session: Any, level: str):
         self._session = session
-        self._allowed = LOG_LEVELS[LOG_LEVELS.index(level):] if level in LOG_LEVELS else LOG_LEVELS
+        self._level = level
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
 
     async def send_log_message(self, level: str, *args: Any, **kwargs: Any) -> None:
-        if level in self._allowed:
+        if at_or_above(level, self._level):
             await self._session.send_log_message(level, *args, **kwargs)
 
 
-LOG_LEVELS = get_args(LoggingLevel)  # severity ascending
 _SESSIONS = 10_000  # 2025-11-25 sessions whose level and subscriptions an agent keeps, at most
-
-
-def _session_of(ctx: Any) -> str:
-    """The request's 2025-11-25 session id ("" without one, e.g. on stdio: one client, one session)."""
-    request = getattr(ctx, "request", None)
-    headers = getattr(request, "headers", None)
-    return (headers.get("mcp-session-id") if headers is not None else None) or ""
 
 
 def _bounded_put(table: dict[str, Any], key: str, value: Any) -> None:

@@ -21,10 +21,8 @@ way it returns ``{"run_id", "result": CallToolResult JSON, ...}`` and raises ``M
 from __future__ import annotations
 
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any
-from weakref import WeakKeyDictionary
 
 import anyio
 import httpx
@@ -37,6 +35,7 @@ from mesh import telemetry
 from mesh.keys import SigningKey
 from mesh.registry.auth import issue_token
 from mesh.registry.problems import PROBLEM_BASE
+from mesh.sessions import session_id
 
 TOKEN_LIFETIME = 120
 RUN_META = "io.mcpmesh/run"
@@ -76,7 +75,6 @@ class MeshClient:
         self._token: tuple[str, float] | None = None
         self._timeout = timeout
         self._mcp: Any = None  # a Forwarder, made for the first call that relays
-        self._session_keys: WeakKeyDictionary[Any, str] = WeakKeyDictionary()  # a caller's session -> its key here
 
     async def __aenter__(self) -> MeshClient:
         return self
@@ -161,7 +159,7 @@ class MeshClient:
         legacy = request.protocol_version not in MODERN_PROTOCOL_VERSIONS
         relay = Relay(capabilities=capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
                       if capabilities else {}, log_level=incoming.get(types.LOG_LEVEL_META_KEY), notify=notify,
-                      session=ClientLink(self._session_keys.setdefault(session, uuid.uuid4().hex),
+                      session=ClientLink(session_id(request) or "",
                                          ask=session_asker(session, None), notify=session_notifier(session))
                       if legacy else None,
                       ask=session_asker(session, request.request_id) if legacy else None)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -163,3 +164,35 @@ def postgres_schema(server: str, prefix: str = "mesh_test") -> Iterator[str]:
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file under a fresh ``.mesh/``, or a fresh PostgreSQL schema (skipped
+    without ``MESH_TEST_DATABASE_URL``)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / '.mesh' / 'registry.db'}"
+        return
+    server = os.environ.get(POSTGRES_VARIABLE)
+    if not server:
+        pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    with postgres_schema(server) as url:
+        yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Any]:
+    """The registry's store on that database, migrated to the newest revision."""
+    from mesh.registry import store
+
+    engine = store.connect(database_url)
+    store.migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Any) -> Any:
+    from mesh.registry import store
+
+    return store.session_factory(engine)

@@ -8,7 +8,6 @@ at once; people manage members within their role; another organisation is 404.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,34 +24,7 @@ from mesh.registry.config import RegistryConfig
 from mesh.registry.node import Registry
 from mesh.workspace import Workspace
 
-from .conftest import POSTGRES_VARIABLE, copy_repo_workspace, postgres_schema
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: SQLite under a fresh ``.mesh/``, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / '.mesh' / 'registry.db'}"
-        return
-    server = os.environ.get(POSTGRES_VARIABLE)
-    if not server:
-        pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    with postgres_schema(server, "mesh_people") as url:
-        yield url
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = store.connect(database_url)
-    store.migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return store.session_factory(engine)
-
+from .conftest import copy_repo_workspace
 
 # -- the matrix ----------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from mesh.sandbox.lifecycle import Sandboxes
 from mesh.workspace import Workspace
 
 from .conftest import copy_repo_workspace
-from .test_store import T0, database_url  # noqa: F401 - the fixture: SQLite, and PostgreSQL when configured
+from .test_store import T0
 
 OPERATOR = Caller("user:local", "user", ["*"])
 SECRET_REF = "env:MESH_SECRET_TRACKER"
@@ -41,7 +41,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def sandboxes(database_url: str, tmp_path: Path, clock: Clock) -> Iterator[Sandboxes]:  # noqa: F811
+def sandboxes(database_url: str, tmp_path: Path, clock: Clock) -> Iterator[Sandboxes]:
     """A registry of this repository's workspace on the database under test, with `researcher` admitted."""
     workspace = copy_repo_workspace(tmp_path / "ws")
     registry = Registry.open(RegistryConfig.from_workspace(Workspace(workspace), database_url=database_url))

@@ -6,9 +6,7 @@ test runs share that database.
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,42 +14,14 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.registry import store
 from mesh.registry.store import DecisionRecord, RunRecord, ToolRecord
 
-from .conftest import POSTGRES_VARIABLE, postgres_schema
-
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database: a SQLite file under a fresh ``.mesh/``, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / '.mesh' / 'registry.db'}"
-        return
-    server = os.environ.get(POSTGRES_VARIABLE)
-    if not server:
-        pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    with postgres_schema(server, "mesh_test") as url:
-        yield url
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = store.connect(database_url)
-    store.migrate(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return store.session_factory(engine)
 
 
 def admit(session: Session, name: str = "librarian") -> None:

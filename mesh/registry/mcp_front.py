@@ -42,7 +42,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, get_args
+from typing import Any
 
 import anyio
 import httpx2
@@ -52,7 +52,6 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
@@ -60,7 +59,6 @@ from mesh.client import PROBLEM_META, RUN_META
 from mesh.registry import proxy
 from mesh.registry.auth import Caller
 from mesh.registry.forward import (
-    CLIENT_REQUESTS,
     AgentError,
     ClientLink,
     NotificationCallback,
@@ -73,15 +71,15 @@ from mesh.registry.node import PinnedTool, Registry
 from mesh.registry.notifications import Notices
 from mesh.registry.problems import Problem
 from mesh.serving import RETRY_MS, MemoryEventStore
+from mesh.sessions import at_or_above, session_id
 
 log = logging.getLogger(__name__)
-_LOG_LEVELS = get_args(types.LoggingLevel)  # severity ascending
 SEPARATOR = "__"
 AGENT_META = "io.mcpmesh/agent"
 NAME_META = "io.mcpmesh/name"
 JWKS_META = "io.mcpmesh/jwks"
 MAX_INPUT_ROUNDS = 10  # as the SDK's client: a server that keeps asking is given up on
-_SESSION_LEVELS = 10_000  # log levels (and subscription sets) remembered per legacy session, at most
+_SESSION_LEVELS = 10_000  # log levels remembered per 2025-11-25 session, at most
 # Problems a client must fix in its request, as JSON-RPC errors when the request was not a tool call.
 _PROBLEM_CODES = {"invalid-arguments": types.INVALID_PARAMS, "unknown-tool": types.INVALID_PARAMS,
                   "unknown-agent": types.INVALID_PARAMS, "bad-request": types.INVALID_PARAMS}
@@ -134,7 +132,7 @@ class Front:
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return Relay(capabilities=wire_capabilities, log_level=_wire_meta(ctx).get(types.LOG_LEVEL_META_KEY),
                          notify=session_notifier(ctx.session, ctx.request_id))
-        session = _session_id(ctx) or ""
+        session = session_id(ctx) or ""
         client_info = ctx.session.client_params.client_info if ctx.session.client_params else None
         link = self._link(ctx)
         return Relay(capabilities=wire_capabilities, log_level=self.session_levels.get(session),
@@ -144,7 +142,7 @@ class Front:
 
     def _link(self, ctx: ServerRequestContext[Any, Any]) -> ClientLink:
         """The client's 2025-11-25 session, outside this request; the face remembers it to tell it of changes."""
-        session = _session_id(ctx) or ""
+        session = session_id(ctx) or ""
         link = ClientLink(session, ask=session_asker(ctx.session, None),
                           notify=self._at_level(session, session_notifier(ctx.session)))
         self.notices.seen(link)
@@ -155,7 +153,7 @@ class Front:
         or not the agent filters by it too)."""
 
         async def at_level(method: str, params: dict[str, Any]) -> None:
-            if method != "notifications/message" or _at_least(params.get("level"), self.session_levels.get(session)):
+            if method != "notifications/message" or at_or_above(params.get("level"), self.session_levels.get(session)):
                 await notify(method, params)
 
         return at_level
@@ -191,16 +189,16 @@ class Front:
     async def _ask_client(self, ctx: ServerRequestContext[Any, Any],
                           requests: Mapping[str, Any]) -> dict[str, Any]:
         """Ask the client (over its session) what the agent asked for; its answers, by the agent's keys."""
+        ask = session_asker(ctx.session, ctx.request_id)
         answers: dict[str, Any] = {}
-        related = ServerMessageMetadata(related_request_id=ctx.request_id)
 
-        async def ask(key: str, request: Any) -> None:
-            result = await ctx.session.send_request(request, CLIENT_REQUESTS[request.method][1], metadata=related)
-            answers[key] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        async def one(key: str, request: Any) -> None:
+            wire = request.model_dump(by_alias=True, mode="json", exclude_none=True)
+            answers[key] = await ask(wire["method"], wire.get("params") or {})
 
         async with anyio.create_task_group() as group:
             for key, request in requests.items():
-                group.start_soon(ask, key, request)
+                group.start_soon(one, key, request)
         return answers
 
     def _caller(self, ctx: ServerRequestContext[Any, Any], action: str = "invoke") -> Caller:
@@ -343,7 +341,7 @@ class Front:
 
     async def set_level(self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
         """2025-11-25 sessions: remember the level, asked of the agent on every later request."""
-        session = _session_id(ctx)
+        session = session_id(ctx)
         if session is not None:
             if len(self.session_levels) >= _SESSION_LEVELS:
                 self.session_levels.clear()
@@ -455,18 +453,6 @@ def _wire_meta(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any]:
     """The request's ``_meta`` as the client sent it (wire keys: ``progressToken``, trace context...)."""
     meta = (ctx.params or {}).get("_meta")
     return meta if isinstance(meta, dict) else {}
-
-
-def _at_least(level: Any, threshold: str | None) -> bool:
-    """Whether a log message at ``level`` passes a client's ``logging/setLevel`` (None: every level)."""
-    if threshold is None:
-        return True
-    return level in _LOG_LEVELS and _LOG_LEVELS.index(level) >= _LOG_LEVELS.index(threshold)
-
-
-def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
-    request = ctx.request
-    return request.headers.get("mcp-session-id") if isinstance(request, Request) else None
 
 
 _OWN_TOOLS = [
