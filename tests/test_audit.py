@@ -1,6 +1,6 @@
 """The audit log: a hash chain with signed checkpoints that catches every quiet edit.
 
-On SQLite and, when ``MESH_TEST_DATABASE_URL`` names one, on PostgreSQL (``test_store``'s fixtures):
+On SQLite and, when ``MESH_TEST_DATABASE_URL`` names one, on PostgreSQL (the store fixtures of ``conftest.py``):
 appends from many threads never fork the chain; the database refuses UPDATE and DELETE; an entry edited,
 deleted, inserted or reordered, in the database or in an export, is found by ``verify``, and so is a
 forged checkpoint.
@@ -23,10 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mesh.keys import KeyRing
 from mesh.registry import audit, store
 
-from . import test_store
-
 # The store's fixtures: an empty database on SQLite and (when configured) on PostgreSQL, migrated.
-database_url, engine, sessions = test_store.database_url, test_store.engine, test_store.sessions
 
 
 @pytest.fixture

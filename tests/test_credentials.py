@@ -45,10 +45,8 @@ from mesh.registry.node import Registry
 from mesh.registry.policy import PolicyEngine
 from mesh.workspace import Workspace
 
-from . import test_store
 from .conftest import REPO, copy_repo_workspace
 
-database_url, engine, sessions = test_store.database_url, test_store.engine, test_store.sessions
 POLICIES = REPO / "registry" / "policies"
 
 
