@@ -262,14 +262,14 @@ def print_run(client: httpx.Client, run_id: str) -> int:
 def verify_run(client: httpx.Client, run_id: str) -> int:
     """``mesh runs verify ID``: check a run's provenance signature against the registry's published JWKS
     and that the signed claims say what the record says; print what that proves."""
-    from mesh.keys import KeyProblem, TrustStore, b64url_decode
+    from mesh.keys import TrustStore, b64url_decode
+    from mesh.provenance import ProvenanceProblem, verified_claims
 
     run = _request(client, "GET", f"/v1/runs/{run_id}")
     jwks = _request(client, "GET", "/.well-known/jwks.json")
     try:
-        claims = json.loads(TrustStore.from_jwks(jwks).verify_compact(run.get("provenance") or "",
-                                                                      expected_typ="mcpmesh-provenance+jws"))
-    except (KeyProblem, ValueError) as exc:
+        claims = verified_claims(run, TrustStore.from_jwks(jwks))
+    except ProvenanceProblem as exc:
         print(f"mesh: run {run.get('id')}: its provenance does not verify: {exc}", file=sys.stderr)
         return 1
     signed_id = claims.get("run_id") if run.get("log") == "caller" else claims.get("target_run_id")
@@ -283,7 +283,10 @@ def verify_run(client: httpx.Client, run_id: str) -> int:
         return 1
     kid = json.loads(b64url_decode(run["provenance"].split(".")[0])).get("kid")
     rule = f" by rule {claims['policy_rule']}" if claims.get("policy_rule") else ""
-    print(f"verified: run {run['id']} is signed by the registry's key {kid}. It proves that {claims['caller']} "
+    batch = run.get("provenance_proof")
+    signed = (f"is in a batch of {batch['size']} calls whose Merkle root is signed by the registry's key {kid}"
+              if batch else f"is signed by the registry's key {kid}")
+    print(f"verified: run {run['id']} {signed}. It proves that {claims['caller']} "
           f"called {claims['agent']}.{claims['tool']} with arguments {claims['arguments_digest']}; the policy "
           f"decided {claims.get('policy_decision') or 'nothing (refused before it)'}{rule}; the tool was "
           f"{claims.get('tool_digest') or 'unknown'}; the call ended {claims['status']} "

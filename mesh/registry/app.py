@@ -276,6 +276,7 @@ def build_app(registry: Registry) -> Starlette:
         async with (anyio.create_task_group() as group, mesh_mcp.session_manager.run(),
                     agent_mcp.session_manager.run(), sandboxes.running()):
             registry.forwarder = Forwarder()
+            group.start_soon(registry.runlog.run)  # group commit of run records (runlog.py)
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
             if registry.embedded_database:

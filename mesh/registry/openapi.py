@@ -116,6 +116,8 @@ RUN = _object(
         "trace_id": _nullable("string"),
         "started_at": {"type": "string", "format": "date-time"},
         "provenance": _nullable("string", description="compact JWS; verify it against /.well-known/jwks.json"),
+        "provenance_proof": _nullable("object", description="when the JWS signs a batch of calls (a Merkle "
+                                      "root): this run's claims, leaf index, batch size and audit path"),
     },
     ["id", "parent_run_id", "log", "caller", "agent", "tool", "status", "started_at", "provenance"],
 )
