@@ -296,6 +296,8 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
         run.policy_input = policy_input(registry, caller, pinned or described, arguments, call)
         decision = registry.policy.evaluate(run.policy_input)
         run.decision = decision
+        if decision.approval_required:  # a person says yes first (approvals.py); a no is recorded and raised there
+            run.decision = decision = await registry.approvals.hold(run, decision, progress, relay)
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or decision.rule  # each reads "rule: why"
             await run.finish("denied", Outcome("denied", fault="caller"), error=reasons)
