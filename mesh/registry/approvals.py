@@ -424,3 +424,49 @@ def routes(registry: Registry) -> list[Route]:
             Route("/approvals/requests/{request_id}", problem_json(one), methods=["GET"]),
             Route("/approvals/requests/{request_id}/approve", problem_json(deciding("approved")), methods=["POST"]),
             Route("/approvals/requests/{request_id}/deny", problem_json(deciding("denied")), methods=["POST"])]
+
+
+def openapi_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, Any]:
+    """The routes above in the registry's OpenAPI document (``openapi.py`` merges them in)."""
+    from mesh.registry.openapi import _json_body, _list, _nullable, _object, _operation, _param, _responses
+
+    when = _nullable("string", format="date-time")
+    request = _object(
+        {"id": {"type": "string", "format": "uuid"}, "kind": {"type": "string", "description": "call"},
+         "status": {"enum": list(STATES)}, "caller": {"type": "string"}, "agent": {"type": "string"},
+         "tool": {"type": "string"}, "arguments_digest": _nullable("string"), "run_id": _nullable("string"),
+         "rule": {"type": "string", "description": "the policy rule that asked for the approval"},
+         "reasons": _list({"type": "string"}), "approvers": _list({"type": "string"}),
+         "org": {"type": "string"}, "project": {"type": "string"}, "requested_at": when, "expires_at": when,
+         "decided_by": _nullable("string"), "decided_via": _nullable("string", description="api, elicitation, "
+                                                                      "timeout or cancelled"),
+         "decided_at": when, "note": _nullable("string"), "executed_at": when},
+        ["id", "kind", "status", "caller", "agent", "tool", "rule", "approvers", "requested_at", "expires_at"])
+    one = [_param("request_id", "path", {"type": "string"}, "the approval request's id")]
+
+    def decide(verdict: str, operation_id: str) -> dict[str, Any]:
+        return {"post": _operation(
+            f"An approver {verdict} a call waiting for approval",
+            _responses(request, f"the request, {verdict}", *write, 404, 408, 409,
+                       s403="the caller lacks action approve-calls or a role the request names",
+                       s404="no such approval request", s408="the request expired before this answer",
+                       s409="the request was already decided (or executed)"),
+            parameters=one, body={**_json_body(_object({"note": {"type": "string", "maxLength": MAX_NOTE}},
+                                                       additionalProperties=False)), "required": False},
+            operation_id=operation_id)}
+
+    return {
+        "/v1/approvals/requests": {"get": _operation(
+            "Calls the policy holds for a person's approval, oldest first",
+            _responses(_object({"requests": _list(request)}, ["requests"]), "the requests", *read, 400),
+            parameters=[_param("status", "query", {"enum": [*STATES, "all"], "default": "requested"},
+                               "requests in this state (default: those waiting)"),
+                        _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                                                  "default": 100}, "how many")],
+            operation_id="listApprovalRequests")},
+        "/v1/approvals/requests/{request_id}": {"get": _operation(
+            "One approval request", _responses(request, "the request", *read, 404, s404="no such approval request"),
+            parameters=one, operation_id="getApprovalRequest")},
+        "/v1/approvals/requests/{request_id}/approve": decide("approves", "approveRequest"),
+        "/v1/approvals/requests/{request_id}/deny": decide("denies", "denyRequest"),
+    }
