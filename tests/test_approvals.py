@@ -281,7 +281,7 @@ async def test_a_held_call_waits_without_holding_up_others_and_goes_on_when_appr
                                                          "limit": 1}).json()["entries"][0]
     assert decision["outcome"] == "allow" and decision["data"]["run_id"] == run["id"]
     assert f"approved: request {request['id']} by user:local (api)" in decision["data"]["reasons"]
-    again = httpx.post(f"{mesh.url}/v1/approvals/requests/{request['id']}/approve")
+    again = httpx.post(f"{mesh.url}/v1/approvals/requests/{request['id']}/approve", json={})
     assert again.status_code == 409 and again.json()["type"].endswith("/approval-conflict")
     assert "is executed: it cannot become approved" in again.json()["detail"]
 
@@ -382,7 +382,7 @@ async def test_someone_without_the_role_is_not_asked_and_cannot_decide(mesh: Mes
                                                                   headers=headers))).json()["id"]
         request = await anyio.to_thread.run_sync(waiting, mesh, member)
         refused = await anyio.to_thread.run_sync(lambda: httpx.post(
-            f"{mesh.url}/v1/approvals/requests/{request['id']}/approve", headers=headers))
+            f"{mesh.url}/v1/approvals/requests/{request['id']}/approve", json={}, headers=headers))
         assert refused.status_code == 403 and "it needs role owner or admin" in refused.json()["detail"]
         approved = await anyio.to_thread.run_sync(lambda: run_mesh("approve", request["id"], "--registry", mesh.url))
         assert approved.returncode == 0, approved.stderr
@@ -418,7 +418,7 @@ async def test_a_call_no_one_approves_in_time_expires(hasty: Mesh):
     run = httpx.get(f"{hasty.url}/v1/runs/{problem['run_id']}").json()
     assert run["status"] == "expired"
     assert audit_steps(hasty, request_id) == [("requested", "user:local", None), ("expired", "registry", "timeout")]
-    too_late = httpx.post(f"{hasty.url}/v1/approvals/requests/{request_id}/approve")
+    too_late = httpx.post(f"{hasty.url}/v1/approvals/requests/{request_id}/approve", json={})
     assert too_late.status_code == 409 and "is expired: it cannot become approved" in too_late.json()["detail"]
     over_http = hasty.invoke("echo", "wipe", {})
     assert over_http.status_code == 408 and over_http.json()["type"].endswith("/approval-expired")

@@ -451,8 +451,8 @@ def openapi_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, An
                        s403="the caller lacks action approve-calls or a role the request names",
                        s404="no such approval request", s408="the request expired before this answer",
                        s409="the request was already decided (or executed)"),
-            parameters=one, body={**_json_body(_object({"note": {"type": "string", "maxLength": MAX_NOTE}},
-                                                       additionalProperties=False)), "required": False},
+            parameters=one, body=_json_body(_object({"note": {"type": "string", "maxLength": MAX_NOTE}}),
+                                            "{} or a note, kept with the request and in the audit log"),
             operation_id=operation_id)}
 
     return {
