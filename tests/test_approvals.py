@@ -30,8 +30,10 @@ from mesh.client import PROBLEM_META
 from mesh.registry import approvals, people, store
 from mesh.registry.approvals import TRANSITIONS
 from mesh.registry.auth import Caller
+from mesh.registry.config import ConfigProblem, RegistryConfig
 from mesh.registry.policy import PolicyEngine
 from mesh.registry.problems import Problem
+from mesh.workspace import Workspace
 
 from .conftest import REPO, run_mesh
 from .test_registry_e2e import ECHO, Mesh, running_mesh, wait_until
@@ -140,6 +142,20 @@ def test_only_the_roles_a_request_names_may_decide_it():
     assert approvals.may_approve(Caller("user:ada", "user", ["registry:approve"], org="default", role="admin",
                                         via="api-token"), ["admin"]) is None
     assert "registry:admin" in approvals.may_approve(Caller("agent:echo", "agent", []), ["admin", "owner"])
+
+
+def test_approval_settings_are_read_and_a_misspelt_one_is_named(tmp_path: Path):
+    (tmp_path / "registry").mkdir()
+    config = tmp_path / "registry" / "registry.toml"
+    config.write_text("[approvals]\ntimeout = 2.5\n")
+    settings = RegistryConfig.from_workspace(Workspace(tmp_path)).approvals
+    assert (settings.timeout, settings.poll_interval) == (2.5, 1.0)
+    config.write_text("[approvals]\ntimout = 3\n")
+    with pytest.raises(ConfigProblem, match=r"approvals\.timout: unknown setting \(did you mean timeout\?\)"):
+        RegistryConfig.from_workspace(Workspace(tmp_path))
+    config.write_text("[approvals]\ntimeout = 0\n")
+    with pytest.raises(ConfigProblem, match=r"approvals\.timeout: Input should be greater than 0"):
+        RegistryConfig.from_workspace(Workspace(tmp_path))
 
 
 # -- the policy's answer ---------------------------------------------------------------------------------------

@@ -184,9 +184,14 @@ def describe(error: ValidationError, model: type[BaseModel], table: str | None =
         table = "" if key in ("grants", "policy", "auth", "oidc", "approvals") else "[registry] "
     where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
     if first["type"] == "extra_forbidden":
+        if len(location) > 1 and key in TABLES:  # a key inside one of the tables: guess among that table's
+            model, key = TABLES[key], location[-1]
         known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm", "auth",
                                                                     "oidc", "approvals")]
         guess = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
         return f"{where}: unknown setting{hint}"
     return f"{where}: {first['msg']}, not {first.get('input')!r}"
+
+
+TABLES: dict[str, type[BaseModel]] = {"auth": AuthConfig, "oidc": OidcConfig, "approvals": ApprovalsConfig}
