@@ -1,7 +1,8 @@
 """The path of every call through the registry.
 
 caller (already authenticated) → arguments that canonical JSON can hold → the pinned tool → arguments
-checked against the pinned schema → policy → forward (``forward.py``) → the agent still serves the
+checked against the pinned schema → policy (which may hold the call until a person approves it:
+``approvals.py``) → forward (``forward.py``) → the agent still serves the
 manifest it was admitted on → the answer checked against the signed output schema → record the run in
 both agents' logs, with signed provenance → learn reputation → return. Every failure after the pinned
 tool is known is recorded too.
