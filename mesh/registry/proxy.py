@@ -2,10 +2,9 @@
 
 caller (already authenticated) → arguments that canonical JSON can hold → the pinned tool → arguments
 checked against the pinned schema → policy (which may hold the call until a person approves it:
-``approvals.py``) → forward (``forward.py``) → the agent still serves the
-manifest it was admitted on → the answer checked against the signed output schema → record the run in
-both agents' logs, with signed provenance → learn reputation → return. Every failure after the pinned
-tool is known is recorded too.
+``approvals.py``) → forward (``forward.py``) → the agent still serves the manifest it was admitted on →
+the answer checked against the signed output schema → record the run in both agents' logs, with signed
+provenance → learn reputation → return. Every failure after the pinned tool is known is recorded too.
 
 Every kind of MCP request the registry carries takes this path (``Call.kind``): a tool call, a resource
 read, a prompt get, a completion. The policy's input names the kind and the MCP method, so a policy can
