@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import wraps
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -238,6 +239,34 @@ def print_runs(client: httpx.Client, limit: int = 20, agent: str | None = None, 
          for r in runs],
         width=terminal_width(),
     ))
+    return 0
+
+
+@_command
+def print_approvals(client: httpx.Client, status: str = "requested") -> int:
+    """``mesh approvals``: calls the policy holds for a person's approval, oldest first (``status``: another
+    state, or ``all``). ``mesh approve ID`` or ``mesh deny ID`` decides one."""
+    found = _request(client, "GET", "/v1/approvals/requests", params={"status": status})["requests"]
+    if not found:
+        print("no calls wait for approval" if status == "requested" else f"no {status} approval requests",
+              file=sys.stderr)
+        return 0
+    print(render(
+        ["REQUESTED", "ID", "CALLER", "TOOL", "RULE", "STATUS", "APPROVERS", "DECIDED BY"],
+        [[_when(r.get("requested_at")), r.get("id"), r.get("caller"), f"{r.get('agent')}.{r.get('tool')}",
+          r.get("rule"), r.get("status"), " ".join(r.get("approvers") or []), r.get("decided_by")] for r in found],
+        width=terminal_width(),
+    ))
+    return 0
+
+
+@_command
+def decide_approval(client: httpx.Client, request_id: str, verdict: str, note: str | None = None) -> int:
+    """``mesh approve ID`` / ``mesh deny ID`` (``verdict``: approve or deny): decide a waiting call."""
+    body = {"note": note} if note else {}
+    decided = _request(client, "POST", f"/v1/approvals/requests/{quote(request_id, safe='')}/{verdict}", json=body)
+    print(f"{decided['status']}: {decided['agent']}.{decided['tool']} called by {decided['caller']} "
+          f"(request {decided['id']})")
     return 0
 
 

@@ -523,6 +523,13 @@ class Registry:
         return Credentials.open(self.config.workspace, self.sessions, policy=self.policy,
                                 reputation=lambda agent: self.reputation(agent).score(), scopes=self.caller_scopes)
 
+    @functools.cached_property
+    def approvals(self) -> Any:
+        """Calls held for a person's approval (``approvals.py``): ``hold`` one, ``decide`` one."""
+        from mesh.registry.approvals import Approvals  # it builds on this module
+
+        return Approvals(self)
+
     # -- views --------------------------------------------------------------------------------------------------
 
     def agent_tools(self, agent: str) -> list[PinnedTool]:

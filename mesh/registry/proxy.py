@@ -1,10 +1,10 @@
 """The path of every call through the registry.
 
 caller (already authenticated) → arguments that canonical JSON can hold → the pinned tool → arguments
-checked against the pinned schema → policy → forward (``forward.py``) → the agent still serves the
-manifest it was admitted on → the answer checked against the signed output schema → record the run in
-both agents' logs, with signed provenance → learn reputation → return. Every failure after the pinned
-tool is known is recorded too.
+checked against the pinned schema → policy (which may hold the call until a person approves it:
+``approvals.py``) → forward (``forward.py``) → the agent still serves the manifest it was admitted on →
+the answer checked against the signed output schema → record the run in both agents' logs, with signed
+provenance → learn reputation → return. Every failure after the pinned tool is known is recorded too.
 
 Every kind of MCP request the registry carries takes this path (``Call.kind``): a tool call, a resource
 read, a prompt get, a completion. The policy's input names the kind and the MCP method, so a policy can
@@ -297,6 +297,8 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
         run.policy_input = policy_input(registry, caller, pinned or described, arguments, call)
         decision = registry.policy.evaluate(run.policy_input)
         run.decision = decision
+        if decision.approval_required:  # a person says yes first (approvals.py); a no is recorded and raised there
+            run.decision = decision = await registry.approvals.hold(run, decision, progress, relay)
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or decision.rule  # each reads "rule: why"
             await run.finish("denied", Outcome("denied", fault="caller"), error=reasons)

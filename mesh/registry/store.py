@@ -431,6 +431,39 @@ class ApprovalRecord(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ApprovalRequestRecord(Base):
+    """One call (or other act) the policy held for a person's approval, and each step of its life:
+    requested -> approved -> executed, or requested -> denied | expired (``approvals.py`` moves it).
+    Not to be confused with ``ApprovalRecord``, a standing approval of connected sandboxes."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (
+        CheckConstraint("status IN ('requested', 'approved', 'denied', 'expired', 'executed')", name="status"),
+        Index("ix_approval_requests_status_requested_at", "status", "requested_at"),
+    )
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    org_id: Mapped[str] = mapped_column(SafeString(64), default="default", server_default="default")
+    project_id: Mapped[str] = mapped_column(SafeString(64), default="default", server_default="default")
+    kind: Mapped[str] = mapped_column(SafeString(32), default="call")  # "call"; later e.g. "budget-override"
+    status: Mapped[str] = mapped_column(SafeString(16), default="requested")
+    caller: Mapped[str] = mapped_column(SafeString)  # who made the call that waits
+    agent: Mapped[str] = mapped_column(SafeString)
+    tool: Mapped[str] = mapped_column(SafeString)  # as runs name it: the tool, else KIND:NAME
+    arguments_digest: Mapped[str | None] = mapped_column(SafeString)
+    run_id: Mapped[str | None] = mapped_column(SafeString(36), index=True)  # the caller-side run, once written
+    rule: Mapped[str] = mapped_column(SafeString)  # the first policy rule that asked for the approval
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    approvers: Mapped[list[str]] = mapped_column(JSON, default=list)  # roles that may approve
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    decided_by: Mapped[str | None] = mapped_column(SafeString)  # who approved or denied; "registry" for expiry
+    decided_via: Mapped[str | None] = mapped_column(SafeString(16))  # "api", "elicitation" or "timeout"
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(SafeText)  # the approver's word on it
+    executed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 # --- learning (``mesh.learning``): plans, runs and their iterations, attempts, assessments, prompts -----
 
 
