@@ -185,26 +185,3 @@ deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %
 	not credential_listed(credential)
 }
 
-# --- credential_not_allowed: a credential (by its secret_ref) goes only to the agent and target system it is
-# stored for; when [policy] allow_credentials is set, only to the agent.system pairs it lists as well.
-
-credential_for_target(credential) if credential.agent == input.target.agent
-
-credential_for_target(credential) if credential.agent == "*"
-
-credential_listed(_) if not data.allow_credentials
-
-credential_listed(credential) if sprintf("%s.%s", [input.target.agent, credential.system]) in data.allow_credentials
-
-credential_listed(_) if sprintf("%s.*", [input.target.agent]) in data.allow_credentials
-
-deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %v is not for agent %v", [credential.ref, input.target.agent])} if {
-	some credential in input.credentials
-	not credential_for_target(credential)
-}
-
-deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %v for %v.%v is not in allow_credentials", [credential.ref, input.target.agent, credential.system])} if {
-	some credential in input.credentials
-	credential_for_target(credential)
-	not credential_listed(credential)
-}
