@@ -1,5 +1,5 @@
-"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]`` and ``[oidc]``
-tables of ``registry/registry.toml``.
+"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]``, ``[oidc]`` and
+``[budgets]`` tables of ``registry/registry.toml``.
 
 Every setting has a default, so a workspace without the file runs as a local, single-user mesh. The
 settings are a pydantic model: a misspelt key or a value of the wrong type is one line naming the file,
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from mesh.lm.settings import LMSettings
+from mesh.registry.budgets import BudgetSettings
 from mesh.workspace import Workspace, WorkspaceProblem
 
 CONFIG_FILE = "registry/registry.toml"
@@ -104,6 +105,7 @@ class RegistryConfig(BaseModel):
     lm: LMSettings = Field(default_factory=LMSettings)  # the model LM features use (``mesh.lm``); none by default
     auth: AuthConfig = Field(default_factory=AuthConfig)
     oidc: OidcConfig | None = None
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)  # limits, costs, alerts (``budgets.py``)
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, **overrides: Any) -> RegistryConfig:
@@ -115,6 +117,7 @@ class RegistryConfig(BaseModel):
             **section,
             "grants": document.get("grants", {}),
             "auth": document.get("auth", {}),
+            "budgets": document.get("budgets", {}),
             **({"oidc": document["oidc"]} if "oidc" in document else {}),
             "policy": {"min_reputation": 0.3, "allow_destructive": [], **document.get("policy", {})},
         }
@@ -170,11 +173,11 @@ def describe(error: ValidationError, model: type[BaseModel], table: str | None =
     location = [str(part) for part in first["loc"]]
     key = location[0] if location else "?"
     if table is None:
-        table = "" if key in ("grants", "policy", "auth", "oidc") else "[registry] "
+        table = "" if key in ("grants", "policy", "auth", "oidc", "budgets") else "[registry] "
     where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
     if first["type"] == "extra_forbidden":
         known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm", "auth",
-                                                                    "oidc")]
+                                                                    "oidc", "budgets")]
         guess = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
         return f"{where}: unknown setting{hint}"

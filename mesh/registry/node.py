@@ -34,6 +34,7 @@ from mesh.registry.auth import (
     unverified_parts,
     verify_token,
 )
+from mesh.registry.budgets import Budgets
 from mesh.registry.config import RegistryConfig
 from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
@@ -139,13 +140,14 @@ class PinnedTool:
     validator: Validator
     output_validator: Validator | None
     signed_by: str | None = None  # kid of the key whose tool signature it was admitted on
+    cost: float | None = None  # cost units a call spends, as its signed manifest declares (None: the default)
 
     @classmethod
     def from_record(cls, record: store.ToolRecord) -> PinnedTool:
         return cls(record.agent, record.name, record.wire, list(record.scopes), record.pinned_digest,
                    record.status, record.blocked_reason, Draft202012Validator(record.input_schema),
                    Draft202012Validator(record.output_schema) if record.output_schema else None,
-                   record.signed_by)
+                   record.signed_by, record.cost)
 
     @property
     def annotations(self) -> dict[str, Any]:
@@ -211,6 +213,8 @@ class Registry:
         # agent -> target system -> latest assessed score (``mesh.learning``), for discovery and the policy
         self.proficiencies: dict[str, dict[str, float]] = {}
         self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
+        # limits per organisation or agent and period, their running spend in memory (``budgets.py``)
+        self.budgets = Budgets(config.budgets, sessions, default_org=config.auth.default_org)
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -221,6 +225,7 @@ class Registry:
         ring = KeyRing.open(ws.state_dir / "keys" / REGISTRY_KEYS, create=True)  # not an agent's: no agent name
         registry = cls(config, store.session_factory(engine), policy, ring.active(), ring.public_jwks())
         registry.load()
+        registry.budgets.load()
         return registry
 
     # -- state from the database ---------------------------------------------------------------------

@@ -149,6 +149,7 @@ class ToolRecord(Base):
     blocked_reason: Mapped[str | None] = mapped_column(SafeText)
     wire: Mapped[dict[str, Any]] = mapped_column(JSON)  # the signed tool exactly as in tools/list
     signed_by: Mapped[str | None] = mapped_column(SafeString)  # kid of the key whose signature it was admitted on
+    cost: Mapped[float | None] = mapped_column(Double)  # cost units a call spends, as the manifest declares
 
 
 class DescriptorRecord(Base):

@@ -1,6 +1,7 @@
 """Budgets: limits per organisation or agent and period (``budgets``), their running totals
 (``budget_spend``), the soft alerts already fired (``budget_alerts``), admins' overrides
-(``budget_overrides``), and what each run cost (``runs.cost``).
+(``budget_overrides``), what each run cost (``runs.cost``) and what a tool's manifest declares a call of it
+costs (``tools.cost``).
 
 The new tables carry ``org_id`` and ``project_id`` ("default" until tenancy scopes them).
 
@@ -33,6 +34,7 @@ def tenant_columns() -> list[sa.Column]:
 
 def upgrade() -> None:
     op.add_column("runs", sa.Column("cost", sa.Double(), nullable=True))
+    op.add_column("tools", sa.Column("cost", sa.Double(), nullable=True))
     op.create_table(
         "budgets",
         sa.Column("id", sa.String(64), nullable=False),
@@ -96,5 +98,6 @@ def downgrade() -> None:
     op.drop_table("budget_alerts")
     op.drop_table("budget_spend")
     op.drop_table("budgets")
-    with op.batch_alter_table("runs") as batch:
-        batch.drop_column("cost")
+    for table in ("tools", "runs"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("cost")
