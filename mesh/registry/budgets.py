@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import httpx2
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError, model_validator
 from sqlalchemy import delete, select
@@ -154,6 +157,7 @@ class Budgets:
         self.fired: set[tuple[str, datetime, float]] = set()  # (budget id, period start, threshold)
         self.overrides: dict[str, list[store.BudgetOverrideRecord]] = {}  # budget id -> unexpired overrides
         self._alerts_in, self._alerts_out = anyio.create_memory_object_stream[dict[str, Any]](_ALERT_QUEUE)
+        self._loop: tuple[int, Any] | None = None  # (thread id, anyio token) of the loop delivering alerts
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -267,10 +271,17 @@ class Budgets:
             self.fired.add((alert["budget"], datetime.fromisoformat(alert["period_start"]), alert["threshold"]))
             log.warning("budget %s: %s%% of its limit reached (%s of %s cost units this %s)", alert["budget"],
                         round(alert["threshold"] * 100), alert["spent"], alert["limit"], alert["period"])
-            try:
+            self._queue(alert)
+
+    def _queue(self, alert: dict[str, Any]) -> None:
+        """Hand an alert to ``deliver_alerts_forever``, from the event loop or from a worker thread (LM spend)."""
+        try:
+            if self._loop is None or self._loop == (threading.get_ident(), self._loop[1]):
                 self._alerts_in.send_nowait(alert)
-            except anyio.WouldBlock:
-                log.warning("budget alerts are not being delivered fast enough; dropped one for %s", alert["budget"])
+            else:
+                anyio.from_thread.run_sync(self._alerts_in.send_nowait, alert, token=self._loop[1])
+        except anyio.WouldBlock:
+            log.warning("budget alerts are not being delivered fast enough; dropped one for %s", alert["budget"])
 
     def spend(self, org: str | None, agent: str | None, cost: float) -> Charge:
         """Charge a spend outside the call path (LM tokens) in a transaction of its own."""
@@ -354,6 +365,7 @@ class Budgets:
 
     async def deliver_alerts_forever(self) -> None:
         """POST each fired alert to ``[budgets] webhook`` (a failure is logged, never retried forever)."""
+        self._loop = (threading.get_ident(), anyio.lowlevel.current_token())
         async with httpx2.AsyncClient(timeout=10.0) as client:
             async for alert in self._alerts_out:
                 if not self.settings.webhook:
@@ -435,10 +447,11 @@ def _add_spend(connection: Connection, spec: BudgetSpec, start: datetime, cost: 
 
 
 def _claim_alert(connection: Connection, spec: BudgetSpec, start: datetime, threshold: float, spent: float) -> bool:
-    statement = _upsert(connection, store.BudgetAlertRecord.__table__).values(
-        budget_id=spec.id, period_start=start, threshold=threshold, org_id=spec.org, spent=spent,
-        fired_at=datetime.now(UTC))
-    return connection.execute(statement.on_conflict_do_nothing()).rowcount == 1
+    """Record that ``threshold`` fired this period; False when some writer already did."""
+    table = store.BudgetAlertRecord.__table__
+    statement = _upsert(connection, table).values(budget_id=spec.id, period_start=start, threshold=threshold,
+                                                  org_id=spec.org, spent=spent, fired_at=datetime.now(UTC))
+    return connection.execute(statement.on_conflict_do_nothing().returning(table.c.threshold)).first() is not None
 
 
 def routes(registry: Registry) -> list[Any]:
@@ -507,3 +520,4 @@ def routes(registry: Registry) -> list[Any]:
             Route("/budgets/{budget_id}", answered("read", one), methods=["GET"]),
             Route("/budgets/{budget_id}", answered("budgets", remove), methods=["DELETE"]),
             Route("/budgets/{budget_id}/override", answered("budgets", override), methods=["POST"])]
+
