@@ -37,13 +37,13 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import httpx2
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,6 +63,9 @@ _ALERT_QUEUE = 1000
 BUDGET_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
+Cost = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class BudgetSpec(BaseModel):
     """One budget, as ``[[budgets.limits]]`` in registry.toml or the body of ``POST /v1/budgets`` says it."""
 
@@ -75,7 +78,7 @@ class BudgetSpec(BaseModel):
     period: Literal["day", "week", "month", "fixed"] = "month"
     starts_at: datetime | None = None  # a "fixed" period's window
     ends_at: datetime | None = None
-    limit: PositiveFloat  # cost units per period
+    limit: float = Field(gt=0, allow_inf_nan=False)  # cost units per period
     alerts: list[float] = Field(default_factory=lambda: [0.8, 1.0])  # fractions of the limit: soft alerts
     hard: bool = True  # refuse a call that would spend past the limit (false: alert only)
     status: Literal[402, 429] = 429  # what a refusal answers: 402 Payment Required or 429 Too Many Requests
@@ -107,8 +110,8 @@ class BudgetSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     webhook: str | None = Field(None, pattern=r"^https?://")  # soft alerts are POSTed here as JSON
-    token_cost: NonNegativeFloat = 0.001  # cost units per LM token (1 unit per thousand tokens)
-    costs: dict[str, NonNegativeFloat] = Field(default_factory=dict)  # "agent.tool" -> cost units per call
+    token_cost: Cost = 0.001  # cost units per LM token (1 unit per thousand tokens)
+    costs: dict[str, Cost] = Field(default_factory=dict)  # "agent.tool" -> cost units per call
     limits: list[BudgetSpec] = Field(default_factory=list)
 
 

@@ -574,7 +574,7 @@ def run_json(run: store.RunRecord) -> dict[str, Any]:
         "agent": run.agent, "tool": run.tool, "arguments_digest": run.arguments_digest, "status": run.status,
         "error": run.error, "latency_ms": run.latency_ms, "policy_decision": run.policy_decision,
         "policy_rule": run.policy_rule, "trace_id": run.trace_id, "started_at": run.started_at.isoformat(),
-        "provenance": run.provenance,
+        "provenance": run.provenance, "cost": run.cost,
     }
 
 
