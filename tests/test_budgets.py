@@ -197,6 +197,8 @@ def test_a_bad_budgets_table_is_one_line_naming_the_key(tmp_path: Path):
         RegistryConfig.from_workspace(Workspace(tmp_path))
     with pytest.raises(ValidationError):
         BudgetSettings(webhook="ftp://nowhere")
+    with pytest.raises(ValidationError, match="used more than once"):
+        BudgetSettings(limits=[BudgetSpec(id="m", limit=1), BudgetSpec(id="m", limit=2)])
 
 
 # -- a real registry, agent and webhook -------------------------------------------------------------------

@@ -114,6 +114,14 @@ class BudgetSettings(BaseModel):
     costs: dict[str, Cost] = Field(default_factory=dict)  # "agent.tool" -> cost units per call
     limits: list[BudgetSpec] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def unique_ids(self) -> BudgetSettings:
+        ids = [spec.id for spec in self.limits]
+        repeated = sorted({budget_id for budget_id in ids if ids.count(budget_id) > 1})
+        if repeated:
+            raise ValueError(f"budget ids must be unique: {', '.join(repeated)} used more than once")
+        return self
+
 
 def period_window(spec: BudgetSpec, now: datetime) -> tuple[datetime, datetime] | None:
     """The period of ``spec`` that ``now`` falls in (start, end), or None outside a fixed window."""
