@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from mesh.client import MeshError
 from mesh.registry import store
 from mesh.registry.budgets import (
     BudgetProblem,
@@ -31,7 +32,7 @@ from mesh.registry.budgets import (
 from mesh.registry.policy import PolicyEngine
 
 from .conftest import REPO, run_mesh
-from .test_registry_e2e import ECHO_AGENT, Mesh, running_mesh, wait_until
+from .test_registry_e2e import ECHO_AGENT, Mesh, agent_client, running_mesh, wait_until
 
 # -- periods and thresholds ------------------------------------------------------------------------------
 
@@ -201,6 +202,34 @@ def test_a_bad_budgets_table_is_one_line_naming_the_key(tmp_path: Path):
         BudgetSettings(limits=[BudgetSpec(id="m", limit=1), BudgetSpec(id="m", limit=2)])
 
 
+def test_a_declared_cost_is_signed_in_the_manifest_and_a_bad_one_refused():
+    from mesh import Agent
+    from mesh.keys import SigningKey, generate_private_jwk, public_part, thumbprint
+    from mesh.manifest import Manifest, ManifestProblem
+
+    tool = {"name": "costly", "inputSchema": {"type": "object"}}
+    payload = Manifest.payload("echo", "1", "", [(tool, [])], costs={"costly": 2.5})
+    assert payload["tools"][0]["cost"] == 2.5
+    assert "cost" not in Manifest.payload("echo", "1", "", [(tool, [])])["tools"][0]  # undeclared: as before
+    private = generate_private_jwk()
+    key = SigningKey(thumbprint(public_part(private)), private)
+    signed = Manifest.from_json(Manifest.sign(payload, [key]).to_json())
+    assert signed.body["tools"][0]["cost"] == 2.5
+    document = Manifest.sign({**payload, "tools": [{**payload["tools"][0], "cost": "free"}]}, [key]).to_json()
+    with pytest.raises(ManifestProblem, match="declares a cost that is not a number"):
+        Manifest.from_json(document)
+    agent = Agent("priced")
+    with pytest.raises(ValueError, match="cost units >= 0"):
+        agent.tool(cost=-1)
+
+    @agent.tool(read_only=True, cost=3)
+    def priced() -> str:
+        """Three units a call."""
+        return "ok"
+
+    assert agent.costs() == {"priced": 3}
+
+
 # -- a real registry, agent and webhook -------------------------------------------------------------------
 
 PRICED = ECHO_AGENT.format(description="Return the text unchanged.") + '''
@@ -310,20 +339,31 @@ async def test_calls_spend_alert_once_refuse_past_the_hard_limit_and_an_override
     assert [a["threshold"] for a in webhook.received if a["budget"] == "org-month"] == [0.8, 1.0]  # once each
 
 
-def test_budgets_are_listed_with_spend_and_set_by_the_cli(mesh: Mesh):
+async def test_budgets_are_listed_and_set_by_the_cli_and_an_agents_budget_counts_its_own_calls(mesh: Mesh):
     listed = httpx.get(f"{mesh.url}/v1/budgets").json()["budgets"]
     assert "org-month" in [b["id"] for b in listed]
-    made = run_mesh("budgets", "set", "echo-week", "--agent", "echo", "--period", "week", "--limit", "50",
+    assert run_mesh("budgets", "rm", "org-today", "--registry", mesh.url).returncode == 0
+    made = run_mesh("budgets", "set", "echo-week", "--agent", "echo", "--period", "week", "--limit", "1",
                     "--alerts", "0.5,0.9", "--status", "402", "--registry", mesh.url)
     assert made.returncode == 0, made.stderr
     shown = budget(mesh, "echo-week")
     assert (shown["scope"], shown["agent"], shown["limit"], shown["alerts"], shown["status"]) == (
-        "agent", "echo", 50.0, [0.5, 0.9], 402)
+        "agent", "echo", 1.0, [0.5, 0.9], 402)
+
+    async with agent_client(mesh, "echo") as echo:  # the agent echo spends from its own budget
+        await echo.invoke("echo", "echo", {"text": "hi"})
+        with pytest.raises(MeshError) as refused:
+            await echo.invoke("echo", "echo", {"text": "hi"})
+    assert (refused.value.status, refused.value.problem["budget"]) == (402, "echo-week")
+    assert mesh.invoke("echo", "echo", {"text": "hi"}).status_code == 200  # a person's call is not the agent's
+
     table = run_mesh("budgets", "--registry", mesh.url)
     assert table.returncode == 0, table.stderr
-    assert "org-month" in table.stdout and "echo-week" in table.stdout and "exceeded" in table.stdout
-    refused = run_mesh("budgets", "set", "org-month", "--limit", "9", "--registry", mesh.url)
-    assert refused.returncode == 1 and "registry.toml" in refused.stderr
+    rows = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
+    assert set(rows) >= {"org-month", "echo-week"} and "exceeded" in rows["echo-week"]
+    assert "(override)" in rows["org-month"] and "hard 402" in rows["org-month"]
+    refused_cli = run_mesh("budgets", "set", "org-month", "--limit", "9", "--registry", mesh.url)
+    assert refused_cli.returncode == 1 and "registry.toml" in refused_cli.stderr
     removed = run_mesh("budgets", "rm", "echo-week", "--registry", mesh.url)
     assert removed.returncode == 0 and httpx.get(f"{mesh.url}/v1/budgets/echo-week").status_code == 404
 
