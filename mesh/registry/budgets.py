@@ -30,6 +30,7 @@ it is audited. ``grant_override`` is the one function that makes one, for an app
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -44,7 +45,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import httpx2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -439,30 +440,39 @@ def _save(session: Session, spec: BudgetSpec, *, source: str, by: str) -> None:
     session.add(record)
 
 
-def _upsert(connection: Connection, table: Any) -> Any:
-    """``INSERT ... ON CONFLICT`` for the backend at hand (both speak it)."""
-    if connection.dialect.name == "postgresql":
+@functools.cache
+def _statements(dialect: str) -> tuple[Any, Any]:
+    """The two writes of a charge, built once per backend (building one costs more than running it):
+    add to a period's running total (``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``, both backends speak
+    it) and claim an alert (``ON CONFLICT DO NOTHING``: a row comes back only for the first claim)."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+    spend, alerts = store.BudgetSpendRecord.__table__, store.BudgetAlertRecord.__table__
+    add = insert(spend).values(budget_id=bindparam("budget_id", type_=spend.c.budget_id.type),
+                               period_start=bindparam("period_start", type_=spend.c.period_start.type),
+                               org_id=bindparam("org_id", type_=spend.c.org_id.type),
+                               spent=bindparam("cost", type_=spend.c.spent.type))
+    add = add.on_conflict_do_update(index_elements=["budget_id", "period_start"],
+                                    set_={"spent": spend.c.spent + add.excluded.spent}).returning(spend.c.spent)
+    claim = insert(alerts).on_conflict_do_nothing().returning(alerts.c.threshold)
+    return add, claim
 
 
 def _add_spend(connection: Connection, spec: BudgetSpec, start: datetime, cost: float) -> float:
     """Add ``cost`` to the period's running total; the new total."""
-    table = store.BudgetSpendRecord.__table__
-    statement = _upsert(connection, table).values(budget_id=spec.id, period_start=start, org_id=spec.org, spent=cost)
-    statement = statement.on_conflict_do_update(index_elements=["budget_id", "period_start"],
-                                                set_={"spent": table.c.spent + statement.excluded.spent})
-    return float(connection.execute(statement.returning(table.c.spent)).scalar_one())
+    add, _ = _statements(connection.dialect.name)
+    parameters = {"budget_id": spec.id, "period_start": start, "org_id": spec.org, "cost": cost}
+    return float(connection.execute(add, parameters).scalar_one())
 
 
 def _claim_alert(connection: Connection, spec: BudgetSpec, start: datetime, threshold: float, spent: float) -> bool:
     """Record that ``threshold`` fired this period; False when some writer already did."""
-    table = store.BudgetAlertRecord.__table__
-    statement = _upsert(connection, table).values(budget_id=spec.id, period_start=start, threshold=threshold,
-                                                  org_id=spec.org, spent=spent, fired_at=datetime.now(UTC))
-    return connection.execute(statement.on_conflict_do_nothing().returning(table.c.threshold)).first() is not None
+    _, claim = _statements(connection.dialect.name)
+    row = {"budget_id": spec.id, "period_start": start, "threshold": threshold, "org_id": spec.org, "spent": spent,
+           "fired_at": datetime.now(UTC)}
+    return connection.execute(claim, row).first() is not None
 
 
 def routes(registry: Registry) -> list[Any]:
