@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.client import MeshError
+from mesh.keys import TrustStore
 from mesh.registry import store
 from mesh.registry.budgets import (
     BudgetProblem,
@@ -298,6 +299,9 @@ async def test_calls_spend_alert_once_refuse_past_the_hard_limit_and_an_override
         spent.append(httpx.get(f"{mesh.url}/v1/runs/{answer.json()['run_id']}").json())
     assert [run["cost"] for run in spent] == [1.0, 1.0, 2.0]  # spend is in the run records
     assert all(linked["cost"] == run["cost"] for run in spent for linked in run["linked"])
+    trust = TrustStore.from_jwks(httpx.get(f"{mesh.url}/.well-known/jwks.json").json())
+    claims = json.loads(trust.verify_compact(spent[2]["provenance"], expected_typ="mcpmesh-provenance+jws"))
+    assert claims["cost"] == 2.0  # and signed with the run's provenance
     wait_until(lambda: len(webhook.received) == 1, what="the 80 % alert at the webhook")
     alert = webhook.received[0]
     assert (alert["budget"], alert["threshold"], alert["spent"], alert["limit"]) == ("org-month", 0.8, 4.0, 5.0)

@@ -21,6 +21,9 @@ every few seconds from the database for registries sharing it), each applicable 
 policy as ``input.budget`` (``policy_field``), the shipped rule ``budget_exceeded`` refuses a call its
 cost would take past a hard limit unless an override is active, and the proxy answers that with the
 budget's own status (402 or 429) naming it. The spend is written in the run's own transaction (``record``).
+A budget is checked when a call is decided and charged when it ends, so the calls in flight when it runs
+out (and, with several registry processes, what the others spent since the last refresh) may take it a
+little past its limit; the totals in the database stay exact.
 Each soft threshold (``alerts``, fractions of the limit such as 0.8 and 1.0) fires once per period: a log
 line and, when ``[budgets] webhook`` is set, a JSON POST to it, sent off the call path.
 
@@ -288,7 +291,7 @@ class Budgets:
     def _queue(self, alert: dict[str, Any]) -> None:
         """Hand an alert to ``deliver_alerts_forever``, from the event loop or from a worker thread (LM spend)."""
         try:
-            if self._loop is None or self._loop == (threading.get_ident(), self._loop[1]):
+            if self._loop is None or self._loop[0] == threading.get_ident():
                 self._alerts_in.send_nowait(alert)
             else:
                 anyio.from_thread.run_sync(self._alerts_in.send_nowait, alert, token=self._loop[1])
