@@ -61,6 +61,7 @@ class ToolSpec:
     annotations: ToolAnnotations | None
     scopes: tuple[str, ...]
     input_schema: dict[str, Any] | None = None
+    cost: float | None = None  # cost units a call spends from budgets, signed in the manifest (None: 1)
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,12 @@ class ToolKit:
         open_world: bool | None = None,
         scopes: list[str] | tuple[str, ...] = (),
         input_schema: dict[str, Any] | None = None,
+        cost: float | None = None,
     ) -> Any:
         """Register a typed function as a tool. Usable bare (``@kit.tool``) or with keywords.
+
+        ``cost``: the cost units a call spends from budgets (default 1), signed in the manifest so the
+        registry can trust it; the operator's ``[budgets.costs]`` in registry.toml still has the last word.
 
         ``input_schema`` replaces the schema derived from the signature: it is listed exactly as given
         (``$schema``, ``$defs``, ``additionalProperties``, ...) and every call's arguments are validated
@@ -140,6 +145,8 @@ class ToolKit:
         """
         if input_schema is not None:
             _check_input_schema(input_schema)
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < 1e12):
+            raise ValueError(f"{self.name}: a tool's cost is a number of cost units >= 0, not {cost!r}")
 
         def register(func: F) -> F:
             hints = {
@@ -157,6 +164,7 @@ class ToolKit:
                 annotations=ToolAnnotations(**given) if given else None,
                 scopes=tuple(sorted(scopes)),
                 input_schema=input_schema,
+                cost=cost,
             )
             if any(existing.name == spec.name for existing in self.specs):
                 raise ValueError(f"{self.name}: tool {spec.name!r} is declared twice")
@@ -337,6 +345,10 @@ class Agent(ToolKit):
     def scopes(self) -> dict[str, list[str]]:
         """Tool name -> the scopes a caller needs."""
         return {spec.name: list(spec.scopes) for spec in self.all_specs()}
+
+    def costs(self) -> dict[str, float]:
+        """Tool name -> its declared cost, for the tools that declare one."""
+        return {spec.name: spec.cost for spec in self.all_specs() if spec.cost is not None}
 
     def all_scopes(self) -> dict[str, dict[str, list[str]]]:
         """Kind (a ``mesh.manifest.KINDS`` key) -> name -> the scopes a caller needs."""

@@ -599,6 +599,9 @@ def parser() -> argparse.ArgumentParser:
 
     add_lm_commands(sub, common, COMMANDS)
     add_learning_commands(sub, common, client, COMMANDS)
+    from mesh.registry.budgets_cli import add_commands as add_budget_commands
+
+    add_budget_commands(sub, client, late_client, COMMANDS)
 
     p = sub.add_parser("login", parents=[client, common], help="sign in to a registry with its OpenID provider")
     p.add_argument("--no-device", action="store_true", help="use a loopback redirect even if a device code works")

@@ -10,7 +10,8 @@ is still valid, so verifiers keep working through a key rotation.
 The payload (format ``mcpmesh.manifest/v1``)::
 
     {"format": "mcpmesh.manifest/v1", "agent": NAME, "version": ..., "description": ...,
-     "tools":             [{...tool as listed..., "scopes": [...], "digest": "sha256:..."}],
+     "tools":             [{...tool as listed..., "scopes": [...], "digest": "sha256:...",
+                            "cost": 2.5}],                                                 # cost: only if declared
      "resources":         [{...resource as listed..., "scopes": [...], "digest": ...}],   # only if any
      "resourceTemplates": [{...template as listed..., "scopes": [...], "digest": ...}],   # only if any
      "prompts":           [{...prompt as listed..., "scopes": [...], "digest": ...}]}     # only if any
@@ -30,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,8 +121,10 @@ class Manifest:
         resources: Iterable[tuple[dict[str, Any], list[str]]] = (),
         resource_templates: Iterable[tuple[dict[str, Any], list[str]]] = (),
         prompts: Iterable[tuple[dict[str, Any], list[str]]] = (),
+        costs: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
-        """The manifest body; each kind is given as (wire descriptor, required scopes) pairs.
+        """The manifest body; each kind is given as (wire descriptor, required scopes) pairs. ``costs``: tool
+        name -> the cost units a call of it spends from budgets, for tools that declare one (default 1).
 
         Names are checked here too: whatever built the descriptors, nothing with a bad or repeated name
         gets signed. Empty non-tool lists are left out (see the module docstring).
@@ -130,6 +134,9 @@ class Manifest:
         given = {"tool": tools, "resource": resources, "resource_template": resource_templates, "prompt": prompts}
         for kind, pairs in given.items():
             entries = _entries(KINDS[kind], list(pairs))
+            if kind == "tool" and costs:
+                entries = [{**entry, "cost": costs[entry["name"]]} if entry["name"] in costs else entry
+                           for entry in entries]
             if entries or kind == "tool":
                 body[KINDS[kind].field] = entries
         resource_names = [e["name"] for field in ("resources", "resourceTemplates") for e in body.get(field, [])]
@@ -287,11 +294,14 @@ def _body_problem(body: Any) -> str | None:
         for entry in entries:
             if not is_valid_name(entry.get("name")):
                 return f"the payload names a {kind.name} {entry.get('name')!r}, which is not a valid {kind.name} name"
+            cost = entry.get("cost", 0)
+            if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < math.inf:
+                return f"the payload's {kind.name} {entry.get('name')!r} declares a cost that is not a number >= 0"
     return None
 
 
 def _without_manifest_fields(entry: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in entry.items() if key not in ("scopes", "digest")}
+    return {key: value for key, value in entry.items() if key not in ("scopes", "digest", "cost")}
 
 
 def descriptor_signature(kind: str, descriptor: Any, key: SigningKey, manifest_digest: str) -> dict[str, str]:

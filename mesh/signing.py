@@ -80,6 +80,7 @@ async def manifest_payload(agent: Agent) -> dict[str, Any]:
     return Manifest.payload(
         agent.name, agent.version, agent.description, pairs["tool"],
         resources=pairs["resource"], resource_templates=pairs["resource_template"], prompts=pairs["prompt"],
+        costs=agent.costs(),
     )
 
 

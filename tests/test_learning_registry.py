@@ -211,6 +211,27 @@ def test_a_budget_stops_the_loop(mesh: Mesh, plan: dict):
     assert run["spent"]["calls"] <= 6 + 8  # checked before every model-driven tool call
 
 
+def test_the_tokens_a_run_spends_count_against_the_learners_budget(mesh: Mesh, plan: dict):
+    made = api(mesh, "POST", "/budgets", json={"id": "learner-day", "scope": "agent", "agent": "learner",
+                                               "period": "day", "limit": 1e9})
+    assert made.status_code == 201, made.text
+
+    def calls() -> dict[str, float]:
+        runs = api(mesh, "GET", "/runs", params={"caller": "agent:learner", "log": "caller", "limit": 1000})
+        return {run["id"]: run["cost"] or 0.0 for run in runs.json()["runs"]}
+
+    before = calls()
+    started = api(mesh, "POST", f"/learning-plans/{plan['id']}/run",
+                  json={"budget": {"iterations": 1}, "lessons": False, "optimizer": "none"})
+    run = finished(mesh, started.json()["id"])
+    tokens = run["spent"]["tokens"]
+    assert tokens > 0  # the double reports usage, as a provider does
+    spent_on_calls = sum(cost for run_id, cost in calls().items() if run_id not in before)
+    budget = api(mesh, "GET", "/budgets/learner-day").json()
+    assert budget["current"]["spent"] == pytest.approx(spent_on_calls + tokens * 0.001)  # [budgets] token_cost
+    assert api(mesh, "DELETE", "/budgets/learner-day").status_code == 204
+
+
 def test_a_run_can_be_cancelled(mesh: Mesh):
     # The tracker asks for a project key matching a pattern, which the double never learns: the run goes on.
     tracker = api(mesh, "POST", "/agents/learner/learning-plans", json={"system": "issues"}).json()

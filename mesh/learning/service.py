@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -49,14 +50,29 @@ class Job:
 
 
 class DatabaseRecorder:
-    """The loop's ``Recorder`` over the registry's database (one short transaction per record)."""
+    """The loop's ``Recorder`` over the registry's database (one short transaction per record). The tokens
+    each attempt spent are charged to the learner's budgets (``spend_tokens``) as it goes; ``charge_rest``
+    charges what the optimizer spent between attempts once the run ends."""
 
-    def __init__(self, sessions: Any, *, agent: str, system: str, run_id: str, plan_id: str | None):
+    def __init__(self, sessions: Any, *, agent: str, system: str, run_id: str, plan_id: str | None,
+                 spend_tokens: Callable[[int], Any] | None = None):
         self.sessions, self.agent, self.system, self.run_id, self.plan_id = sessions, agent, system, run_id, plan_id
+        self.spend_tokens = spend_tokens
+        self.tokens_charged = 0
 
     def attempt(self, record: dict[str, Any]) -> str:
         with self.sessions.begin() as session:
-            return records.add_attempt(session, self.run_id, self.agent, self.system, record)
+            attempt_id = records.add_attempt(session, self.run_id, self.agent, self.system, record)
+        self.charge(record.get("tokens") or 0)
+        return attempt_id
+
+    def charge(self, tokens: int) -> None:
+        if self.spend_tokens is not None and tokens > 0:
+            self.spend_tokens(tokens)
+            self.tokens_charged += tokens
+
+    def charge_rest(self, total_tokens: int) -> None:
+        self.charge(total_tokens - self.tokens_charged)
 
     def iteration(self, metrics: dict[str, Any]) -> None:
         with self.sessions.begin() as session:
@@ -238,7 +254,7 @@ class LearningService:
                 active = records.active_version(session, plan.agent, plan.system)
                 start_state = state_of(active.program) if active else None
             recorder = DatabaseRecorder(sessions, agent=plan.agent, system=plan.system, run_id=job.run_id,
-                                        plan_id=plan.id)
+                                        plan_id=plan.id, spend_tokens=self.token_spender(plan.agent))
 
             def report(event: dict[str, Any]) -> None:
                 job.progress = {"plan_id": plan.id, "sandbox": target.sandbox_id, **event}
@@ -247,6 +263,7 @@ class LearningService:
                                 budget=budget, settings=loop_settings, start_state=start_state, progress=report,
                                 cancel=job.cancel, run_id=job.run_id)
             result = loop.run()
+            recorder.charge_rest(result.spent.tokens)
             with sessions.begin() as session:
                 if result.best_version:
                     records.activate(session, plan.agent, plan.system, result.best_version, f"run:{job.run_id}")
@@ -263,6 +280,10 @@ class LearningService:
                                    spent={}, result=None, start_version=None, final_version=None)
         finally:
             self.jobs.pop(job.run_id, None)
+
+    def token_spender(self, agent: str) -> Callable[[int], Any]:
+        """Charge LM tokens to ``agent``'s budgets and its organisation's (the default one until tenancy)."""
+        return partial(self.registry.budgets.spend_tokens, None, agent)
 
     def cancel(self, run_id: str) -> bool:
         job = self.jobs.get(run_id)
@@ -304,10 +325,10 @@ class LearningService:
             active = records.active_version(session, plan.agent, plan.system)
             start_state = state_of(active.program) if active else None
         recorder = DatabaseRecorder(sessions, agent=plan.agent, system=plan.system, run_id=assessment_id,
-                                    plan_id=plan.id)
+                                    plan_id=plan.id, spend_tokens=self.token_spender(plan.agent))
         loop = LearningLoop(records.plan_json(plan), target, build_lm(settings), recorder,
                             start_state=start_state, progress=report, cancel=cancel, run_id=assessment_id)
-        scored = assess(loop, trials=trials)
+        scored = assess(loop, trials=trials)  # every model call is in an attempt: the recorder charged them
         with sessions.begin() as session:
             record = records.add_assessment(session, id=assessment_id, agent=plan.agent, system=plan.system,
                                             plan_id=plan.id, prompt_version=scored["prompt_version"],

@@ -101,7 +101,8 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
             agent=name, name=tool["name"], title=wire.get("title"), description=wire.get("description", ""),
             input_schema=wire.get("inputSchema", {}), output_schema=wire.get("outputSchema"),
             annotations=wire.get("annotations"), scopes=entry["scopes"], pinned_digest=entry["digest"],
-            status="verified", blocked_reason=None, wire=wire, signed_by=signers["tool"][tool["name"]]))
+            status="verified", blocked_reason=None, wire=wire, signed_by=signers["tool"][tool["name"]],
+            cost=entry.get("cost")))
     described = [
         store.DescriptorRecord(agent=name, kind=kind, name=item["name"], wire=_signed_wire(item),
                                scopes=manifest.descriptors(kind)[item["name"]]["scopes"],

@@ -29,7 +29,7 @@ from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.learning import records as learning_records
 from mesh.learning.routes import routes as learning_routes
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import a2a_front, admission, approvals, audit, credentials, oidc, people, proxy, store
+from mesh.registry import a2a_front, admission, approvals, audit, budgets, credentials, oidc, people, proxy, store
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -282,6 +282,8 @@ def build_app(registry: Registry) -> Starlette:
             if registry.embedded_database:
                 group.start_soon(checkpoint_forever, registry)
             group.start_soon(audit.checkpoint_forever, registry)  # signed checkpoints of the audit log
+            group.start_soon(registry.budgets.deliver_alerts_forever)  # soft alerts to [budgets] webhook
+            group.start_soon(registry.budgets.refresh_forever)  # spend written by other registry processes
             if registry.people.issuer is not None:
                 group.start_soon(oidc.prefetch, registry.people.issuer)
             try:
@@ -331,6 +333,7 @@ def build_app(registry: Registry) -> Starlette:
             *sandboxes.api_routes(),  # /approvals: standing approvals of connected sandboxes
             *audit.routes(registry),  # /audit, /audit/export, /audit/checkpoints
             *credentials.routes(registry),  # /secrets, /secrets/{ref}, .../rotate, .../cutover
+            *budgets.routes(registry),  # /budgets, /budgets/{budget_id}, .../override
             *learning_routes(registry, sandboxes.front),  # plans, runs (in sandboxes), assessments, prompts
         ]),
         # One agent through the registry, as a virtual server, with the keys to check what it lists.

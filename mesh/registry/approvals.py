@@ -106,7 +106,7 @@ def transition(session: Session, request_id: str, to: str, *, actor: str, via: s
     before = record.status
     if to not in TRANSITIONS.get(before, frozenset()):
         raise Problem("approval-conflict", f"approval request {record.id} is {before}: it cannot become {to}",
-                      request_id=record.id, status=before)
+                      request_id=record.id, request_status=before)
     at = now or store.utcnow()
     values: dict[str, Any] = {"status": to}
     if to in DECIDED:
@@ -118,7 +118,7 @@ def transition(session: Session, request_id: str, to: str, *, actor: str, via: s
     if changed.rowcount != 1:
         session.expire(record)
         raise Problem("approval-conflict", f"approval request {record.id} changed meanwhile (now {record.status})",
-                      request_id=record.id, status=record.status)
+                      request_id=record.id, request_status=record.status)
     session.refresh(record)
     _audit(session, record, to, actor=actor, at=at)
     return record

@@ -200,6 +200,8 @@ PERMISSIONS: dict[str, tuple[frozenset[str], str]] = {
     "audit:read": (_roles("owner admin"), "audit:read"),
     # store, rotate and remove credentials, never read their values (an agent granted secrets:admin may too)
     "secrets:admin": (_roles("owner admin"), "secrets:admin"),
+    # set and remove budgets, grant overrides past a hard limit (reading them is "read")
+    "budgets": (_roles("owner admin"), "registry:admin"),
 }
 # Actions an agent may do for itself, whatever its role: ``agent`` names it.
 OWN_ACTIONS = frozenset({"recheck", "sandbox"})

@@ -1,5 +1,5 @@
-"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]``, ``[oidc]`` and
-``[approvals]`` tables of ``registry/registry.toml``.
+"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]``, ``[oidc]``,
+``[approvals]`` and ``[budgets]`` tables of ``registry/registry.toml``.
 
 Every setting has a default, so a workspace without the file runs as a local, single-user mesh. The
 settings are a pydantic model: a misspelt key or a value of the wrong type is one line naming the file,
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from mesh.lm.settings import LMSettings
+from mesh.registry.budgets import BudgetSettings
 from mesh.workspace import Workspace, WorkspaceProblem
 
 CONFIG_FILE = "registry/registry.toml"
@@ -114,6 +115,7 @@ class RegistryConfig(BaseModel):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     oidc: OidcConfig | None = None
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)  # limits, costs, alerts (``budgets.py``)
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, **overrides: Any) -> RegistryConfig:
@@ -126,6 +128,7 @@ class RegistryConfig(BaseModel):
             "grants": document.get("grants", {}),
             "auth": document.get("auth", {}),
             "approvals": document.get("approvals", {}),
+            "budgets": document.get("budgets", {}),
             **({"oidc": document["oidc"]} if "oidc" in document else {}),
             "policy": {"min_reputation": 0.3, "allow_destructive": [], **document.get("policy", {})},
         }
@@ -181,13 +184,13 @@ def describe(error: ValidationError, model: type[BaseModel], table: str | None =
     location = [str(part) for part in first["loc"]]
     key = location[0] if location else "?"
     if table is None:
-        table = "" if key in ("grants", "policy", "auth", "oidc", "approvals") else "[registry] "
+        table = "" if key in ("grants", "policy", "auth", "oidc", "approvals", "budgets") else "[registry] "
     where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
     if first["type"] == "extra_forbidden":
         if len(location) > 1 and key in TABLES:  # a key inside one of the tables: guess among that table's
             model, key = TABLES[key], location[-1]
         known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm", "auth",
-                                                                    "oidc", "approvals")]
+                                                                    "oidc", "approvals", "budgets")]
         guess = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
         return f"{where}: unknown setting{hint}"

@@ -34,6 +34,7 @@ from mesh.registry.auth import (
     unverified_parts,
     verify_token,
 )
+from mesh.registry.budgets import Budgets
 from mesh.registry.config import RegistryConfig
 from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
@@ -139,13 +140,14 @@ class PinnedTool:
     validator: Validator
     output_validator: Validator | None
     signed_by: str | None = None  # kid of the key whose tool signature it was admitted on
+    cost: float | None = None  # cost units a call spends, as its signed manifest declares (None: the default)
 
     @classmethod
     def from_record(cls, record: store.ToolRecord) -> PinnedTool:
         return cls(record.agent, record.name, record.wire, list(record.scopes), record.pinned_digest,
                    record.status, record.blocked_reason, Draft202012Validator(record.input_schema),
                    Draft202012Validator(record.output_schema) if record.output_schema else None,
-                   record.signed_by)
+                   record.signed_by, record.cost)
 
     @property
     def annotations(self) -> dict[str, Any]:
@@ -212,6 +214,8 @@ class Registry:
         self.proficiencies: dict[str, dict[str, float]] = {}
         self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
         self.runlog = RunLog(self)  # writes run records, grouping calls that finish together
+        # limits per organisation or agent and period, their running spend in memory (``budgets.py``)
+        self.budgets = Budgets(config.budgets, sessions, default_org=config.auth.default_org)
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -222,6 +226,7 @@ class Registry:
         ring = KeyRing.open(ws.state_dir / "keys" / REGISTRY_KEYS, create=True)  # not an agent's: no agent name
         registry = cls(config, store.session_factory(engine), policy, ring.active(), ring.public_jwks())
         registry.load()
+        registry.budgets.load()
         return registry
 
     # -- state from the database ---------------------------------------------------------------------
@@ -572,7 +577,7 @@ def run_json(run: store.RunRecord) -> dict[str, Any]:
         "agent": run.agent, "tool": run.tool, "arguments_digest": run.arguments_digest, "status": run.status,
         "error": run.error, "latency_ms": run.latency_ms, "policy_decision": run.policy_decision,
         "policy_rule": run.policy_rule, "trace_id": run.trace_id, "started_at": run.started_at.isoformat(),
-        "provenance": run.provenance, "provenance_proof": run.provenance_proof,
+        "provenance": run.provenance, "provenance_proof": run.provenance_proof, "cost": run.cost,
     }
 
 

@@ -118,6 +118,7 @@ RUN = _object(
         "provenance": _nullable("string", description="compact JWS; verify it against /.well-known/jwks.json"),
         "provenance_proof": _nullable("object", description="when the JWS signs a batch of calls (a Merkle "
                                       "root): this run's claims, leaf index, batch size and audit path"),
+        "cost": _nullable("number", description="cost units it spent from budgets; null: it reached no agent"),
     },
     ["id", "parent_run_id", "log", "caller", "agent", "tool", "status", "started_at", "provenance"],
 )
@@ -317,6 +318,7 @@ SCHEMAS.update(PEOPLE_SCHEMAS)
 # Every status the registry answers with a problem, and what it means here.
 PROBLEMS = {
     400: "bad request: malformed input, or (with a body) a Content-Length that is not a number",
+    402: "a budget's hard limit would be passed (budget-exceeded, naming the budget); its status is 402 or 429",
     401: "no caller: the route needs an agent's bearer token (or the local user on loopback), "
          "or the token or signed statement does not verify; the detail says why",
     403: "forbidden: a browser Origin not allowed, or the caller lacks the right, or the route's own refusal",
@@ -326,6 +328,7 @@ PROBLEMS = {
     413: "the request body is larger than max_body_bytes",
     415: "the request body is not application/json",
     421: "the Host header is not one this registry answers for (DNS rebinding)",
+    429: "a budget's hard limit would be passed (budget-exceeded, naming the budget); its status is 402 or 429",
     502: "the target agent is unreachable, answered with an error, or answered outside its output schema",
     503: "a service the registry depends on is unavailable",
     504: "the target agent did not answer within call_timeout",
@@ -483,7 +486,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         "/v1/invoke": {"post": _operation(
             "Call AGENT.TOOL through the registry",
             _responses(_ref("InvocationResult"), "the tool's answer (a tool error is a result with isError)",
-                       *write, 404, 408, 409, 502, 504,
+                       *write, 402, 404, 408, 409, 429, 502, 504,
                        s400="malformed request, or arguments outside the tool's input schema (invalid-arguments)",
                        s403="the policy denied the call (policy-denied, with rule and run_id), an approver denied "
                             "it (approval-denied, with request_id), or a browser Origin not allowed",
@@ -586,6 +589,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
             parameters=[SECRET_REF], body=_json_body(_object({}), "an empty object"),
             operation_id="cutoverSecret")},
         **people_paths(read, write),
+        **budget_paths(read, write),
         "/v1/runs/{run_id}": {"get": _operation(
             "One run with its provenance JWS and the runs linked to it",
             _responses(_ref("RunDetail"), "the run", *read, 400, 404, s404="no such run",
@@ -635,6 +639,74 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         # An agent or a person sends a token; a caller on loopback without one is the local user
         # (registry.toml: allow_local_user, local_user_scopes), hence the empty alternative.
         "security": [{"agentToken": []}, {"personToken": []}, {}],
+    }
+
+
+BUDGET_FIELDS = {
+    "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+    "scope": {"enum": ["org", "agent"], "default": "org"},
+    "org": {"type": "string", "default": "default"},
+    "agent": _nullable("string", description="the spending agent, for scope agent"),
+    "period": {"enum": ["day", "week", "month", "fixed"], "default": "month"},
+    "starts_at": _nullable("string", format="date-time", description="a fixed period's window, with its offset"),
+    "ends_at": _nullable("string", format="date-time"),
+    "limit": {"type": "number", "exclusiveMinimum": 0, "description": "cost units per period"},
+    "alerts": _list({"type": "number", "exclusiveMinimum": 0, "maximum": 10}),
+    "hard": {"type": "boolean", "default": True, "description": "refuse calls past the limit (false: alert only)"},
+    "status": {"enum": [402, 429], "default": 429, "description": "what a refusal answers"},
+}
+SCHEMAS["Budget"] = _object(
+    {**BUDGET_FIELDS, "source": {"enum": ["config", "api"]},
+     "current": {"type": ["object", "null"], "description": "this period's spend; null outside a fixed window",
+                 "properties": {"period_start": {"type": "string"}, "period_end": {"type": "string"},
+                                "spent": {"type": "number"}, "remaining": {"type": "number"},
+                                "fraction": {"type": "number"}, "state": {"enum": ["ok", "alert", "exceeded"]}}},
+     "overrides": _list(_ref("BudgetOverride"))},
+    ["id", "scope", "org", "agent", "period", "limit", "alerts", "hard", "status", "source", "current", "overrides"],
+    description="A limit on what an organisation, or one agent in it, spends per period (budgets.py).")
+SCHEMAS["BudgetOverride"] = _object(
+    {"id": {"type": "string"}, "budget": {"type": "string"}, "granted_by": {"type": "string"},
+     "reason": {"type": "string"}, "created_at": {"type": "string"}, "expires_at": {"type": "string"}},
+    ["id", "budget", "granted_by", "reason", "created_at", "expires_at"])
+
+
+def budget_paths(read: tuple[int, ...], write: tuple[int, ...]) -> dict[str, Any]:
+    """Budgets (``budgets.py``): listed with their spend by anyone who may read, set by owners and admins."""
+    admins = "the caller is not an owner or admin (or an agent with registry:admin)"
+    budget_id = _param("budget_id", "path", {"type": "string"}, "the budget's id")
+    made = {"201": {"description": "the budget, with this period's spend",
+                    "content": {"application/json": {"schema": _ref("Budget")}}},
+            **_problems(*write, 403, 409, s403=admins, s409="the budget is defined in registry.toml")}
+    granted = {"201": {"description": "the override", "content": {"application/json": {"schema":
+                                                                                       _ref("BudgetOverride")}}},
+               **_problems(*write, 403, 404, s403=admins, s404="no such budget")}
+    return {
+        "/v1/budgets": {
+            "get": _operation("Every budget with this period's spend, state and active overrides",
+                              _responses(_object({"budgets": _list(_ref("Budget"))}, ["budgets"]), "the budgets",
+                                         *read), operation_id="listBudgets"),
+            "post": _operation("Create or replace a budget (one defined in registry.toml is changed there)", made,
+                               body=_json_body(_object(BUDGET_FIELDS, ["id", "limit"], additionalProperties=False)),
+                               operation_id="setBudget"),
+        },
+        "/v1/budgets/{budget_id}": {
+            "get": _operation("One budget with this period's spend",
+                              _responses(_ref("Budget"), "the budget", *read, 404, s404="no such budget"),
+                              parameters=[budget_id], operation_id="getBudget"),
+            "delete": _operation(
+                "Remove a budget made through the API, with its spend and overrides (the audit log keeps them)",
+                {"204": {"description": "removed"},
+                 **_problems(*read, 403, 404, 409, s403=admins, s404="no such budget",
+                             s409="the budget is defined in registry.toml")},
+                parameters=[budget_id], operation_id="removeBudget"),
+        },
+        "/v1/budgets/{budget_id}/override": {"post": _operation(
+            "Let calls past the budget's hard limit for some hours (audited)", granted,
+            parameters=[budget_id],
+            body=_json_body(_object({"hours": {"type": "number", "exclusiveMinimum": 0, "maximum": 8784,
+                                               "default": 1},
+                                     "reason": {"type": "string", "maxLength": 2000}})),
+            operation_id="overrideBudget")},
     }
 
 

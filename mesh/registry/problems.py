@@ -55,16 +55,21 @@ STATUS = {
     "unknown-prompt-version": 404,
     "learning-busy": 409,
     "lm-not-configured": 503,
+    # budgets (``budgets.py``): a refusal answers with the budget's own status, 402 or 429
+    "budget-exceeded": 429,
+    "unknown-budget": 404,
+    "budget-conflict": 409,
 }
 
 
 class Problem(Exception):
-    """A failure with a kind (``type``), a human title and a detail naming what went wrong."""
+    """A failure with a kind (``type``), a human title and a detail naming what went wrong; ``status``
+    replaces the kind's usual one where configuration chooses it (a budget's 402 or 429)."""
 
-    def __init__(self, kind: str, detail: str, **extra: Any):
+    def __init__(self, kind: str, detail: str, *, status: int | None = None, **extra: Any):
         super().__init__(detail)
         self.kind = kind
-        self.status = STATUS[kind]
+        self.status = status or STATUS[kind]
         self.detail = detail
         self.extra = extra
 

@@ -62,6 +62,7 @@ from mesh.client import RUN_META
 from mesh.manifest import MANIFEST_META, json_digest
 from mesh.registry import admission
 from mesh.registry.auth import Caller
+from mesh.registry.budgets import REFUSAL_RULE, Charge
 from mesh.registry.forward import AgentError, Relay
 from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry, now_ms
 from mesh.registry.policy import Decision
@@ -223,12 +224,13 @@ def resolve_descriptor(registry: Registry, call: Call) -> PinnedDescriptor:
 
 def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | PinnedDescriptor | None,
                  arguments: dict[str, Any], call: Call | None = None,
-                 credentials: list[dict[str, Any]] | None = None) -> dict:
+                 credentials: list[dict[str, Any]] | None = None, budget: dict[str, Any] | None = None) -> dict:
     """The Rego input: ``target.tool`` is the tool (or prompt, resource URI...) named, ``kind`` and
     ``method`` say which kind of request it is, ``target.scopes`` what the signed manifest requires for it.
     Reading a resource, getting a prompt and completing an argument change nothing (MCP defines them as
     reads): they are annotated read-only. ``credentials`` (``credentials.Credentials.policy_field``) names
-    the credentials a call would carry, by reference: the policy decides whether they may be attached."""
+    the credentials a call would carry, by reference: the policy decides whether they may be attached.
+    ``budget`` (``budgets.Budgets.policy_field``) is the call's cost and each budget it would spend from."""
     caller_reputation = registry.known_score(caller.agent) if caller.agent else None
     agent = pinned.agent if pinned else call.agent
     kind = call.kind if call else "tool"
@@ -243,6 +245,7 @@ def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | Pinned
                    "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent)},
         "arguments": arguments,
         **({"credentials": credentials} if credentials is not None else {}),
+        **({"budget": budget} if budget is not None else {}),
     }
 
 
@@ -294,7 +297,12 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
             await run.finish("invalid", Outcome("invalid", fault="caller"), error=detail)
             raise Problem("invalid-arguments", f"{agent}.{call.label}: {detail}", run_id=run.id)
 
-        run.policy_input = policy_input(registry, caller, pinned or described, arguments, call)
+        # What it would spend joins the one policy evaluation: the budgets are in memory, no round trip.
+        budgets = registry.budgets
+        charge = budgets.charge_for(caller.org, caller.agent,
+                                    budgets.cost_of(agent, call.label, pinned.cost if pinned else None))
+        run.policy_input = policy_input(registry, caller, pinned or described, arguments, call,
+                                        budget=budgets.policy_field(charge))
         decision = registry.policy.evaluate(run.policy_input)
         run.decision = decision
         if decision.approval_required:  # a person says yes first (approvals.py); a no is recorded and raised there
@@ -303,8 +311,13 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
             reasons = "; ".join(decision.reasons) or decision.rule  # each reads "rule: why"
             await run.finish("denied", Outcome("denied", fault="caller"), error=reasons)
             why = "; ".join(reason.removeprefix(f"{decision.rule}: ") for reason in decision.reasons[:1])
+            over = budgets.refusing(run.policy_input["budget"]) if decision.rule == REFUSAL_RULE else None
+            if over is not None:  # answered as the budget says (402 or 429), naming it
+                raise Problem("budget-exceeded", f"denied by rule {decision.rule!r}: {why or reasons}",
+                              status=over["status"], budget=over["id"], rule=decision.rule, run_id=run.id)
             raise Problem("policy-denied", f"denied by rule {decision.rule!r}: {why or reasons}",
                           rule=decision.rule, run_id=run.id)
+        run.charge = charge  # from here on the call reaches its target: it spends, whatever the outcome
 
         result = await _forward(registry, run, call, pinned, arguments, progress, relay)
         await _check_manifest(registry, run, call, result)
@@ -486,6 +499,7 @@ class _Run:
         self.policy_input: dict[str, Any] | None = None  # what the decision was taken on (audited, redacted)
         self.inner_failure: str | None = None  # set once forwarded: a call this one made that failed
         self.pinned_digest: str | None = None  # of the resource, template or prompt it stands on, once known
+        self.charge: Charge | None = None  # what it spends from which budgets, once allowed to reach its target
 
     def elapsed_ms(self) -> float:
         return now_ms() - self.started_ms
@@ -505,7 +519,7 @@ class _Run:
             "arguments_digest": self.arguments_digest, "status": status, "error": error, "latency_ms": latency,
             "policy_decision": None if decision is None else ("allow" if decision.allow else "deny"),
             "policy_rule": None if decision is None else decision.rule, "trace_id": self.trace_id,
-            "started_at": self.started_at,
+            "started_at": self.started_at, "cost": None if self.charge is None else self.charge.cost,
         }
         claims = {key: value for key, value in common.items() if key not in ("error", "started_at")}
         claims |= {"started_at": self.started_at.isoformat(), "run_id": self.id, "target_run_id": self.target_id,
@@ -513,7 +527,7 @@ class _Run:
                    "policy_input_digest": decision.input_digest if decision else None}
         runs = [{**common, "id": self.id, "parent_run_id": None, "log": "caller"},
                 {**common, "id": self.target_id, "parent_run_id": self.id, "log": "target"}]
-        pending = PendingCall(claims, runs)
+        pending = PendingCall(claims, runs, charge=self.charge)
         if decision is not None:
             pending.decision = {"run_id": self.id, "allow": decision.allow, "rule": decision.rule,
                                 "input_digest": decision.input_digest}
@@ -522,6 +536,8 @@ class _Run:
                                "policy_input": self.policy_input, "input_digest": decision.input_digest,
                                "run_id": self.id}
         await self.registry.runlog.record(pending)  # signed and committed, maybe with other calls (runlog.py)
+        if self.charge is not None:
+            self.registry.budgets.settle(self.charge)  # running totals and alerts follow what was committed
         if outcome is not None:
             self.registry.learn(self.agent, self.tool, outcome)
         telemetry.record_invoke(self.agent, self.tool, status, latency,

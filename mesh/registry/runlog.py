@@ -32,6 +32,7 @@ from mesh.provenance import BATCH_TYP, PROVENANCE_TYP, batch_statement, leaf_of
 from mesh.registry import audit, store
 
 if TYPE_CHECKING:
+    from mesh.registry.budgets import Charge
     from mesh.registry.node import Registry
 
 MAX_BATCH = 256  # calls per transaction: bounds the time one commit holds the audit log's lock
@@ -45,6 +46,7 @@ class PendingCall:
     runs: list[dict[str, Any]]  # RunRecord columns, caller side then target side; provenance added at commit
     decision: dict[str, Any] | None = None  # DecisionRecord columns
     audited: dict[str, Any] | None = None  # keyword arguments of ``audit.record_decision``
+    charge: Charge | None = None  # what it spends from which budgets, written with its runs (``budgets.py``)
     committed: anyio.Event = field(default_factory=anyio.Event)
     error: BaseException | None = None
 
@@ -130,6 +132,9 @@ class RunLog:
         with self.registry.engine.begin() as connection:
             store.record_calls(connection, [run for call in batch for run in call.runs],
                                [call.decision for call in batch if call.decision is not None])
+            for call in batch:
+                if call.charge is not None:
+                    self.registry.budgets.record(connection, call.charge)
             for call in batch:  # last: appending holds the audit log's lock until the commit
                 if call.audited is not None:
                     audit.record_decision(connection, **call.audited)

@@ -149,6 +149,7 @@ class ToolRecord(Base):
     blocked_reason: Mapped[str | None] = mapped_column(SafeText)
     wire: Mapped[dict[str, Any]] = mapped_column(JSON)  # the signed tool exactly as in tools/list
     signed_by: Mapped[str | None] = mapped_column(SafeString)  # kid of the key whose signature it was admitted on
+    cost: Mapped[float | None] = mapped_column(Double)  # cost units a call spends, as the manifest declares
 
 
 class DescriptorRecord(Base):
@@ -205,6 +206,7 @@ class RunRecord(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     provenance: Mapped[str | None] = mapped_column(SafeText)  # compact JWS
     provenance_proof: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)  # in a batch: claims, path
+    cost: Mapped[float | None] = mapped_column(Double)  # cost units charged to budgets (``budgets.py``); None: none
 
 
 class DecisionRecord(Base):
@@ -661,6 +663,74 @@ class ApiTokenRecord(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- budgets (``budgets.py``): limits per organisation or agent and period, their spend, alerts, overrides --
+
+
+class BudgetRecord(Base):
+    """A limit on what an organisation (or one agent in it) may spend per period, in cost units."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (CheckConstraint("scope IN ('org', 'agent')", name="scope"),
+                      CheckConstraint("period IN ('day', 'week', 'month', 'fixed')", name="period"))
+
+    id: Mapped[str] = mapped_column(SafeString(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(SafeString(64), server_default="default")
+    project_id: Mapped[str] = mapped_column(SafeString(64), server_default="default")
+    scope: Mapped[str] = mapped_column(SafeString(8))  # "org" or "agent"
+    agent: Mapped[str | None] = mapped_column(SafeString)  # the spending agent, for scope "agent"
+    period: Mapped[str] = mapped_column(SafeString(8))  # "day", "week", "month" (UTC calendar) or "fixed"
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the window of a "fixed" period
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cost_limit: Mapped[float] = mapped_column(Double)  # cost units per period
+    alerts: Mapped[list[float]] = mapped_column(JSON, default=list)  # fractions of the limit that alert once
+    hard: Mapped[bool] = mapped_column(Boolean, default=True)  # refuse calls past the limit
+    status: Mapped[int] = mapped_column(default=429)  # 402 or 429: how a refusal answers
+    source: Mapped[str] = mapped_column(SafeString(8))  # "config" (registry.toml) or "api"
+    created_by: Mapped[str] = mapped_column(SafeString)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BudgetSpendRecord(Base):
+    """What a budget has spent in one period: a running total, added to in the transaction of each run."""
+
+    __tablename__ = "budget_spend"
+
+    budget_id: Mapped[str] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    org_id: Mapped[str] = mapped_column(SafeString(64), server_default="default")
+    project_id: Mapped[str] = mapped_column(SafeString(64), server_default="default")
+    spent: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class BudgetAlertRecord(Base):
+    """A soft threshold crossed: one row per budget, period and threshold, so each alert fires once."""
+
+    __tablename__ = "budget_alerts"
+
+    budget_id: Mapped[str] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    threshold: Mapped[float] = mapped_column(Double, primary_key=True)
+    org_id: Mapped[str] = mapped_column(SafeString(64), server_default="default")
+    project_id: Mapped[str] = mapped_column(SafeString(64), server_default="default")
+    spent: Mapped[float] = mapped_column(Double)
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BudgetOverrideRecord(Base):
+    """An admin's leave for calls past a budget's hard limit until ``expires_at`` (kept after it ends)."""
+
+    __tablename__ = "budget_overrides"
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    budget_id: Mapped[str] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[str] = mapped_column(SafeString(64), server_default="default")
+    project_id: Mapped[str] = mapped_column(SafeString(64), server_default="default")
+    granted_by: Mapped[str] = mapped_column(SafeString)
+    reason: Mapped[str] = mapped_column(SafeText, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 # --- engines and schema -------------------------------------------------------------------------

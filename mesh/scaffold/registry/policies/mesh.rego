@@ -16,8 +16,15 @@
 #                "reputation": 0.0-1.0,
 #                "probe": bool},                     # a trial call past low_reputation, at most one a while
 #     "arguments": {...},
-#     "credentials": [{"ref": "gh-token", "system": "github", "agent": "builder" | "*", "org": "default"}]
-#   }                                                  # present when a call or sandbox would carry credentials
+#     "credentials": [{"ref": "gh-token", "system": "github", "agent": "builder" | "*", "org": "default"}],
+#                                                      # present when a call or sandbox would carry credentials
+#     "budget": {"cost": 1,                            # cost units this call would spend
+#                "budgets": [{"id": "acme-month", "scope": "org" | "agent", "org": "default", "agent": null,
+#                             "period": "day" | "week" | "month" | "fixed", "period_start": "2026-11-01T00:00:00+00:00",
+#                             "limit": 1000, "spent": 812.0, "remaining": 188.0, "fraction": 0.812,
+#                             "state": "ok" | "alert" | "exceeded", "hard": true, "status": 402 | 429,
+#                             "override": {"id": ..., "expires_at": ..., "granted_by": ...}}]}
+#   }                                                  # override: present only while an override is active
 #
 # Data, the [policy] table of registry/registry.toml:
 #   min_reputation     deny a target scored below this (default 0.3)
@@ -159,6 +166,16 @@ deny contains {"rule": "low_reputation", "reason": sprintf("%s reputation %v is 
 	is_number(input.target.reputation)
 	input.target.reputation < min_reputation
 	not input.target.probe == true
+}
+
+# --- budget_exceeded: a call whose cost would take a budget with a hard limit past it waits for the next
+# period, unless an admin's override is active. The registry answers with the budget's status (402 or 429).
+
+deny contains {"rule": "budget_exceeded", "reason": sprintf("budget %v: %v of %v cost units spent this %v period, the call costs %v", [b.id, b.spent, b.limit, b.period, input.budget.cost])} if {
+	some b in input.budget.budgets
+	b.hard == true
+	b.remaining < input.budget.cost
+	not b.override
 }
 
 # --- credential_not_allowed: a credential (by its secret_ref) goes only to the agent and target system it is
