@@ -559,11 +559,13 @@ def parser() -> argparse.ArgumentParser:
     p = secrets_sub.add_parser("rm", parents=[common], help="remove a credential and every version of it")
     p.add_argument("ref", help="the secret_ref")
 
+    from mesh.builder.cli import add_commands as add_builder_commands
     from mesh.learning.cli import add_commands as add_learning_commands
     from mesh.lm.cli import add_commands as add_lm_commands
 
     add_lm_commands(sub, common, COMMANDS)
     add_learning_commands(sub, common, client, COMMANDS)
+    add_builder_commands(sub, common, client, COMMANDS)
 
     p = sub.add_parser("login", parents=[client, common], help="sign in to a registry with its OpenID provider")
     p.add_argument("--no-device", action="store_true", help="use a loopback redirect even if a device code works")

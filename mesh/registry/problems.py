@@ -50,6 +50,8 @@ STATUS = {
     "unknown-prompt-version": 404,
     "learning-busy": 409,
     "lm-not-configured": 503,
+    # the agent builder (``mesh.builder``)
+    "agent-exists": 409,
 }
 
 
