@@ -22,7 +22,7 @@ BLUEPRINT = {
     "objectives": ["find passages that contradict each other", "suggest clearer wording"],
     "constraints": ["read-only: never change or delete anything"], "audience": "the engineers who write the docs",
     "capabilities": [
-        {"name": "search documentation passages", "why": "to quote the documents it reviews"},
+        {"name": "find the passages of the documents closest in meaning to a query", "why": "to quote what it reviews"},
         {"name": "delete outdated notes", "why": "to tidy up what it found"},
         {"name": "count words and estimate reading time", "why": "to flag passages too long to read"},
     ],

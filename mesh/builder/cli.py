@@ -74,7 +74,7 @@ def cmd_build(client: httpx.Client, args: argparse.Namespace) -> int:
         if args.validate and not args.write:
             if not args.name:
                 raise BlueprintProblem("--validate needs --name NAME (the agent to validate)")
-            return print_validation(_request(client, "POST", f"/v1/builder/{args.name}/validation",
+            return print_validation(_request(client, "POST", f"/v1/builder/{args.name}/validation", json={},
                                              timeout=BUILD_SECONDS))
         body = request_body(args)
     except BlueprintProblem as exc:
@@ -112,7 +112,7 @@ def cmd_build(client: httpx.Client, args: argparse.Namespace) -> int:
     start_agent(ws, answer["name"], str(client.base_url))
     wait_admitted(client, answer["name"])
     print(f"{answer['name']}: admitted by the registry at {client.base_url}")
-    return print_validation(_request(client, "POST", f"/v1/builder/{answer['name']}/validation",
+    return print_validation(_request(client, "POST", f"/v1/builder/{answer['name']}/validation", json={},
                                      timeout=BUILD_SECONDS))
 
 
