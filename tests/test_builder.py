@@ -26,6 +26,7 @@ from mesh.builder.blueprint import BlueprintProblem, Draft
 from mesh.builder.kit import KitTool, forbidden, select_kit
 from mesh.builder.module import signature_of
 from mesh.builder.tasks import split
+from mesh.knowledge import RecordStore
 from mesh.knowledge.records import Blueprint, CapabilityNeed
 
 from .builder_double import BLUEPRINT, QUESTIONS, VAGUE, builder_model
@@ -75,7 +76,7 @@ def test_a_read_only_role_gets_no_tool_that_may_change_state_or_reach_out():
     hits = [{"agent": "a", "tool": "weak", "relevance": 0.05, "reputation": 0.9, "annotations": safe},
             {"agent": "b", "tool": "shunned", "relevance": 0.9, "reputation": 0.1, "annotations": safe}]
     blueprint = Blueprint(role="r", capabilities=[CapabilityNeed(name="n")])
-    kit = select_kit(blueprint, discover=lambda q, k: hits, schema_of=lambda a, t: {},
+    kit = select_kit(blueprint, discover=lambda q, k: hits, pinned=lambda a, t: ({}, []),
                      workspace_kits=[("k", [KitTool(source="workspace", owner="k", tool="t", description="d")])],
                      embed=lambda texts: __import__("numpy").ones((len(texts), 2)))
     reasons = {t.ref: t.why for t in kit.left}
@@ -159,6 +160,7 @@ def test_mesh_build_shows_the_blueprint_and_kit_for_review_and_writes_no_agent(m
     search = taken["librarian.search"]  # ranked by the registry's discovery: relevance, reputation
     assert search["need"].startswith("find the passages") and search["relevance"] > 0 and search["reputation"] > 0
     assert "relevance" in search["why"] and search["input_schema"]["required"] == ["query"]
+    assert search["scopes"] == ["docs:read"]
     assert "read-only" in left["notes.delete_note"]["why"]
     assert "open world" in left["notes.fetch_web_page"]["why"]
     assert "textstats.text_stats" in taken and "mounted whole" in taken["textstats.text_stats"]["why"]
@@ -199,6 +201,10 @@ def test_an_edited_blueprint_is_built_signed_started_admitted_and_validated(mesh
 
     versions = httpx.get(f"{mesh.url}/v1/agents/doc-reviewer/prompts").json()["versions"]
     assert [(v["id"], v["system"], v["active"]) for v in versions] == [(build_record["prompt_version"], "role", True)]
+    with RecordStore.open(mesh.workspace / ".mesh") as store:  # the definition, as a compressed record
+        definitions = [record for _, record in store.records("agent_definition")]
+    assert [d.name for d in definitions] == ["doc-reviewer"]
+    assert definitions[0].blueprint.objectives[-1] == "keep every answer under 200 words"
 
 
 def test_the_built_agent_is_called_through_the_registry_with_its_kit_and_pack(mesh: Mesh, double: ModelDouble):

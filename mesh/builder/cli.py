@@ -106,6 +106,10 @@ def cmd_build(client: httpx.Client, args: argparse.Namespace) -> int:
     print(f"\nwrote {', '.join(answer['files'].values())}; signed {answer['manifest']}; prompt version "
           f"{answer['prompt_version'][:12]} ({answer['pack']['demos']} worked examples; "
           f"{answer['tasks']['training']} training tasks, {answer['tasks']['held_out']} held out)")
+    missing = [s for s in answer["grants"]["needed"] if s not in answer["grants"]["granted"]]
+    if missing:
+        print(f"its kit calls need scopes it is not granted: add to registry/registry.toml\n  [grants]\n  "
+              f"{answer['name']} = {json.dumps(answer['grants']['needed'])}")
     if not args.up:
         print(f"start it: mesh agent run {answer['name']} --registry {client.base_url}")
         return 0

@@ -40,6 +40,7 @@ class KitTool(BaseModel):
     description: str = ""
     annotations: dict[str, Any] = Field(default_factory=dict)
     input_schema: dict[str, Any] = Field(default_factory=dict)
+    scopes: list[str] = Field(default_factory=list, description="What a caller of it must be granted.")
     need: str = ""
     relevance: float | None = None
     reputation: float | None = None
@@ -65,6 +66,10 @@ class Kit(BaseModel):
     def kits(self) -> list[str]:
         return sorted({t.owner for t in self.taken if t.source == "workspace"})
 
+    def scopes(self) -> list[str]:
+        """The scopes the built agent must be granted (``[grants]``) to call its mesh tools."""
+        return sorted({scope for t in self.taken if t.source == "mesh" for scope in t.scopes})
+
 
 def constraints_of(blueprint: Blueprint) -> tuple[bool, bool]:
     """(read-only, no open world) as the blueprint's constraints say; a read-only role implies both."""
@@ -89,11 +94,12 @@ def need_text(need: Any) -> str:
     return f"{need.name}: {need.why}" if need.why else need.name
 
 
-def select_kit(blueprint: Blueprint, *, discover: Discover | None, schema_of: Callable[[str, str], dict[str, Any]],
+def select_kit(blueprint: Blueprint, *, discover: Discover | None,
+               pinned: Callable[[str, str], tuple[dict[str, Any], list[str]]],
                workspace_kits: Sequence[tuple[str, list[KitTool]]] = (), exclude_agents: Sequence[str] = (),
                embed: Callable[[list[str]], np.ndarray] | None = None) -> Kit:
     """The kit for ``blueprint``: per need, the best allowed verified tool of the mesh, plus the workspace
-    kits whose tools answer a need. ``discover`` None means no registry to ask (the kit says so)."""
+    kits whose tools answer a need. ``pinned(agent, tool)`` gives a taken tool's (input schema, scopes)."""
     read_only, no_open_world = constraints_of(blueprint)
     kit = Kit(read_only=read_only, no_open_world=no_open_world)
     seen: set[str] = set()
@@ -124,7 +130,8 @@ def select_kit(blueprint: Blueprint, *, discover: Discover | None, schema_of: Ca
                 if tool.proficiency else ""
             why = (f"best verified match for {need.name!r}: relevance {tool.relevance:.2f}, reputation "
                    f"{tool.reputation:.2f}{proficient}")
-            kit.taken.append(tool.model_copy(update={"why": why, "input_schema": schema_of(tool.owner, tool.tool)}))
+            schema, scopes = pinned(tool.owner, tool.tool)
+            kit.taken.append(tool.model_copy(update={"why": why, "input_schema": schema, "scopes": scopes}))
     _weigh_workspace_kits(kit, blueprint, workspace_kits, embed, read_only, no_open_world)
     return kit
 

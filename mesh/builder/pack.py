@@ -27,6 +27,7 @@ from mesh.lm.model import load_dspy
 
 TEMPLATES = Path(__file__).parent / "templates"
 ROLE_TOOL = "do_task"
+PROMPT_SYSTEM = "role"  # the role tool's prompt versions, beside the learning loop's per target system
 PASS = 0.5  # a bootstrapped answer becomes a demonstration when its mean rubric score reaches this
 MAX_DEMOS = 3
 DEMO_TOKENS = 1500  # the demonstrations' share of the role tool's prompt
@@ -63,6 +64,7 @@ class Pack(BaseModel):
     examples: list[dict[str, str]] = Field(default_factory=list)
     examples_text: str = ""
     program: dict[str, Any] = Field(default_factory=dict)
+    program_text: str = Field("", exclude=True, description="program.save's JSON exactly: what the version id names")
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -95,13 +97,13 @@ def guides(kit: Kit) -> list[ToolGuide]:
 
 
 def render_instructions(name: str, blueprint: Blueprint, tools: list[ToolGuide]) -> tuple[str, dict[str, str]]:
-    """(system instructions with the kit's tools, per-tool guidance) from the templates."""
+    """(system instructions listing the kit's tools with their guidance, per-tool guidance) from the templates."""
     env = environment()
-    system = env.get_template("system.md.j2").render(name=name, blueprint=blueprint)
-    listing = env.get_template("tools.md.j2").render(tools=tools)
     guidance = {tool.function: env.get_template("tool_guidance.md.j2").render(tool=tool, role=blueprint.role).strip()
                 for tool in tools}
-    return (system.strip() + ("\n\n" + listing.strip() if listing.strip() else "")), guidance
+    system = env.get_template("system.md.j2").render(name=name, blueprint=blueprint).strip()
+    listing = env.get_template("tools.md.j2").render(tools=tools, guidance=guidance).strip()
+    return (system + ("\n\n" + listing if listing else "")), guidance
 
 
 def role_program(instructions: str) -> Any:
@@ -140,7 +142,7 @@ def make_pack(name: str, blueprint: Blueprint, kit: Kit, tasks: RoleTasks, lm: A
                "training_score": round(sum(scores.values()) / len(scores), 4) if scores else None,
                "demos": len(demos), "demos_left_out": left_out}
     return Pack(version=version, instructions=instructions, tool_guidance=guidance, examples=demos,
-                examples_text=examples_text, program=json.loads(text), metrics=metrics)
+                examples_text=examples_text, program=json.loads(text), program_text=text, metrics=metrics)
 
 
 def _budgeted_demos(store: RecordStore, name: str, blueprint: Blueprint, demos: list[dict[str, str]],

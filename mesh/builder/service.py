@@ -14,7 +14,6 @@ Model calls run in worker threads, never on the registry's event loop.
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any
 
@@ -23,7 +22,7 @@ import anyio
 from mesh.builder import module
 from mesh.builder.blueprint import BlueprintProblem, Draft, read_brief
 from mesh.builder.kit import Kit, select_kit, workspace_kit_tools
-from mesh.builder.pack import ROLE_TOOL, make_pack
+from mesh.builder.pack import PROMPT_SYSTEM, ROLE_TOOL, make_pack
 from mesh.builder.tasks import RoleTasks, generate_tasks
 from mesh.builder.validation import compare
 from mesh.knowledge import AgentDefinition, ContextBudgeter, RecordStore
@@ -34,7 +33,6 @@ from mesh.registry.auth import Caller
 from mesh.registry.problems import Problem
 from mesh.workspace import Workspace, WorkspaceProblem
 
-PROMPT_SYSTEM = "role"  # the prompt versions of a built agent's role tool, beside the learning loop's per system
 CONTEXT_TOKENS = 1200  # what the records may add to a builder prompt
 
 
@@ -110,15 +108,17 @@ class BuilderService:
         def discover(query: str, k: int) -> list[dict[str, Any]]:
             return registry.discover(query, k=k)
 
-        def schema_of(agent: str, tool: str) -> dict[str, Any]:
-            pinned = registry.tools.get((agent, tool))
-            return dict((pinned.wire if pinned else {}).get("inputSchema") or {})
+        def pinned(agent: str, tool: str) -> tuple[dict[str, Any], list[str]]:
+            found = registry.tools.get((agent, tool))
+            if found is None:
+                return {}, []
+            return dict(found.wire.get("inputSchema") or {}), list(found.scopes)
 
         try:
             kits = workspace_kit_tools(self.workspace)
         except WorkspaceProblem as exc:
             raise Problem("bad-request", f"a workspace tool kit does not load: {exc}") from None
-        return select_kit(draft.blueprint, discover=discover, schema_of=schema_of, workspace_kits=kits,
+        return select_kit(draft.blueprint, discover=discover, pinned=pinned, workspace_kits=kits,
                           exclude_agents=[draft.name])
 
     # -- build: pack, module, signature, prompt version, record ------------------------------------------------
@@ -145,7 +145,7 @@ class BuilderService:
             raise Problem("agent-exists", str(exc)) from None
         await module.sign(ws, draft.name)
         with self.registry.sessions.begin() as session:
-            learning_records.add_version(session, draft.name, PROMPT_SYSTEM, pack.version, json.dumps(pack.program),
+            learning_records.add_version(session, draft.name, PROMPT_SYSTEM, pack.version, pack.program_text,
                                          lessons=[], demos=len(pack.examples), parent_id=None, plan_id=None,
                                          run_id=None, iteration=None, metrics=pack.metrics)
             learning_records.activate(session, draft.name, PROMPT_SYSTEM, pack.version, requester.id)
@@ -155,6 +155,7 @@ class BuilderService:
                 "files": {kind: str(path.relative_to(ws.root)) for kind, path in files.items()},
                 "manifest": str(ws.manifest_path(draft.name).relative_to(ws.root)),
                 "prompt_version": pack.version, "pack": {"metrics": pack.metrics, "demos": len(pack.examples)},
+                "grants": {"needed": kit.scopes(), "granted": self.registry.caller_scopes(draft.name)},
                 "tasks": {"training": len(tasks.training), "held_out": len(tasks.held_out),
                           "rubric": [c.name for c in tasks.rubric]}}
 
