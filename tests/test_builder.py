@@ -8,6 +8,7 @@ and the kit reach the built agent's prompt, the comparison is run and stored. No
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -23,15 +24,16 @@ import pytest
 from mcp import Client
 
 from mesh.builder.blueprint import BlueprintProblem, Draft
-from mesh.builder.kit import KitTool, forbidden, select_kit
-from mesh.builder.module import signature_of
+from mesh.builder.kit import Kit, KitTool, forbidden, select_kit
+from mesh.builder.module import agent_source, signature_of
+from mesh.builder.pack import Pack
 from mesh.builder.tasks import split
 from mesh.knowledge import RecordStore
 from mesh.knowledge.records import Blueprint, CapabilityNeed
 
 from .builder_double import BLUEPRINT, QUESTIONS, VAGUE, builder_model
-from .conftest import run_mesh
-from .lm_double import ModelDouble
+from .conftest import free_port, mesh_command, run_mesh
+from .lm_double import ModelDouble, fields
 from .test_registry_e2e import Mesh, running_mesh
 
 BRIEF = "Become a reviewer of our technical documentation who never changes anything"
@@ -94,6 +96,14 @@ def test_wrappers_are_typed_from_the_pinned_schema():
                                                                           "dict(arguments)")
 
 
+def test_blueprint_text_cannot_escape_the_module_docstring():
+    draft = Draft(name="x", brief='b"""', blueprint=Blueprint(role='r"""\nimport os\n"""', domain="d\\"))
+    source = agent_source(draft, Kit(), Pack(version="0" * 64, instructions="i"))
+    tree = ast.parse(source)
+    assert not any(isinstance(node, ast.Import) and node.names[0].name == "os" for node in tree.body)
+    assert ast.get_docstring(tree).startswith("x: r''' import os ''' (d\\)")
+
+
 def test_every_third_role_task_is_held_out():
     tasks = split([f"t{i}" for i in range(6)])
     assert [t.held_out for t in tasks] == [False, False, True, False, False, True]
@@ -101,6 +111,15 @@ def test_every_third_role_task_is_held_out():
 
 
 # -- through a real registry ----------------------------------------------------------------------------------
+
+
+def test_without_a_model_the_builder_says_how_to_configure_one(hello_workspace: Path, start):
+    port = free_port()
+    registry = start(mesh_command("registry", "run", "--workspace", str(hello_workspace), "--port", str(port)),
+                     env={"MESH_LM_MODEL": ""})
+    registry.wait_http(f"http://127.0.0.1:{port}/healthz")
+    answer = httpx.post(f"http://127.0.0.1:{port}/v1/builder", json={"brief": BRIEF}, timeout=30)
+    assert answer.status_code == 503 and "MESH_LM_MODEL" in answer.json()["detail"]
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +160,9 @@ def test_a_vague_brief_gets_questions_and_the_answers_go_into_the_blueprint(mesh
     assert answered["stage"] == "review" and answered["draft"]["blueprint"]["audience"] == "the QA team"
     refused = httpx.post(f"{mesh.url}/v1/builder", json={"brief": "  "}, timeout=30)
     assert refused.status_code == 400 and "brief" in refused.json()["detail"]
+    refused = httpx.post(f"{mesh.url}/v1/builder", json={"blueprint": {"name": "x", "brief": "b", "blueprint": {}}},
+                         timeout=30)
+    assert refused.status_code == 400 and "blueprint.role: Field required" in refused.json()["detail"]
     assert not (mesh.workspace / "agents" / "helper.py").exists()
 
 
@@ -239,7 +261,8 @@ def test_an_existing_agent_is_not_overwritten_without_force(mesh: Mesh):
     assert module.read_text() == before
 
 
-async def test_build_agent_on_the_mcp_face_elicits_answers_or_returns_the_questions(mesh: Mesh):
+async def test_build_agent_on_the_mcp_face_elicits_answers_or_returns_the_questions(mesh: Mesh,
+                                                                                        double: ModelDouble):
     asked: list[types.ElicitRequestParams] = []
 
     async def on_elicit(context, params: types.ElicitRequestParams) -> types.ElicitResult:
@@ -256,3 +279,8 @@ async def test_build_agent_on_the_mcp_face_elicits_answers_or_returns_the_questi
     async with Client(f"{mesh.url}/mcp", mode="2026-07-28") as client:
         result = await client.call_tool("build_agent", {"brief": VAGUE})
     assert result.structured_content["stage"] == "questions" and result.structured_content["questions"] == QUESTIONS
+
+    # The brief reader's prompt carries, through the budgeter, the agent definition kept by the build above.
+    reading = [fields(r["messages"][-1]["content"]) for r in double.requests
+               if "`questions`" in r["messages"][0]["content"]][-1]
+    assert "[agent_definition #" in reading["context"] and "doc-reviewer" in reading["context"]

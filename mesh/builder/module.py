@@ -18,7 +18,7 @@ from typing import Any
 
 from mesh.builder.blueprint import Draft
 from mesh.builder.kit import Kit
-from mesh.builder.pack import RESERVED, ROLE_TOOL, Pack, environment, guides
+from mesh.builder.pack import RESERVED, ROLE_TOOL, Pack, docstring_text, environment, guides
 from mesh.builder.tasks import RoleTasks
 from mesh.names import check_name
 from mesh.workspace import Workspace
@@ -71,10 +71,6 @@ def signature_of(schema: dict[str, Any]) -> tuple[str, str]:
     return ", ".join(first + rest), expression
 
 
-def _docstring_text(text: str) -> str:
-    return " ".join(text.replace("\\", "\\\\").replace('"""', "'''").split())
-
-
 def agent_source(draft: Draft, kit: Kit, pack: Pack) -> str:
     """The text of ``agents/NAME.py``."""
     tools = []
@@ -87,7 +83,7 @@ def agent_source(draft: Draft, kit: Kit, pack: Pack) -> str:
         hints = tool.annotations
         tools.append({"name": guide.function, "function": guide.function, "signature": signature,
                       "arguments": arguments, "owner": tool.owner, "tool": tool.tool, "ref": tool.ref,
-                      "description": _docstring_text(tool.description) or f"{tool.ref} of the mesh.",
+                      "description": docstring_text(tool.description) or f"{tool.ref} of the mesh.",
                       "read_only": bool(hints.get("readOnlyHint", False)),
                       "destructive": bool(hints.get("destructiveHint", not hints.get("readOnlyHint", False))),
                       "idempotent": bool(hints.get("idempotentHint", False)),
@@ -98,7 +94,7 @@ def agent_source(draft: Draft, kit: Kit, pack: Pack) -> str:
     description = f"{blueprint.role}" + (f" ({blueprint.domain})" if blueprint.domain else "") + \
         (f": {blueprint.objectives[0]}" if blueprint.objectives else "")
     return environment().get_template("agent.py.j2").render(
-        name=draft.name, brief=_docstring_text(draft.brief), blueprint=blueprint, description=description,
+        name=draft.name, brief=docstring_text(draft.brief), blueprint=blueprint, description=description,
         tools=tools, kits=kit.kits(), kit_reasons=kit_reasons, role_tool=ROLE_TOOL, version=pack.version)
 
 

@@ -36,11 +36,17 @@ RESERVED = {"agent", "pack", "Agent", "RolePack", "result_of", "Any", "annotatio
 
 def environment() -> jinja2.Environment:
     """The builder's templates: strict (a missing value is an error, not an empty string), Python literals
-    through ``pyrepr``."""
+    through ``pyrepr``, text inside a docstring through ``doc`` (it can neither end the docstring nor escape)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["pyrepr"] = repr
+    env.filters["doc"] = docstring_text
     return env
+
+
+def docstring_text(text: str) -> str:
+    """``text`` on one line, safe inside a triple-quoted docstring."""
+    return " ".join(str(text).replace("\\", "\\\\").replace('"""', "'''").split())
 
 
 class ToolGuide(BaseModel):
