@@ -187,6 +187,8 @@ def test_mesh_build_shows_the_blueprint_and_kit_for_review_and_writes_no_agent(m
     assert "open world" in left["notes.fetch_web_page"]["why"]
     assert "textstats.text_stats" in taken and "mounted whole" in taken["textstats.text_stats"]["why"]
     assert "librarian.search" in shown.stdout and "notes.delete_note" in shown.stdout
+    unreviewed = build(mesh, BRIEF, "--write")
+    assert unreviewed.returncode == 2 and "reviewed draft" in unreviewed.stderr
 
 
 def test_an_edited_blueprint_is_built_signed_started_admitted_and_validated(mesh: Mesh, started: list[int],

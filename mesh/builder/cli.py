@@ -4,8 +4,9 @@
     mesh build --blueprint .mesh/builder/ux-designer.json --write --up    # build, sign, start, validate
 
 Without ``--write`` nothing is written but the draft, saved for review under ``.mesh/builder/NAME.json``
-(or ``--save FILE``): edit it and run again with ``--blueprint FILE``. Questions about a vague brief are
-answered with ``--answer "QUESTION=ANSWER"`` (or by editing the draft). ``--up`` starts the agent
+(or ``--save FILE``): review or edit it, then build from it with ``--blueprint FILE --write`` (``--write``
+takes only a reviewed draft). Questions about a vague brief (exit code 3) are answered with
+``--answer "QUESTION=ANSWER"`` (or by editing the draft). ``--up`` starts the agent
 (``mesh agent run NAME --registry URL``, in the background, its output in ``.mesh/logs/NAME.log``), waits
 until the registry admits it, then validates it against a generic agent.
 """
@@ -83,6 +84,10 @@ def cmd_build(client: httpx.Client, args: argparse.Namespace) -> int:
     if args.up and not args.write:
         print("mesh: --up starts the agent the build writes: add --write (after reviewing the blueprint)",
               file=sys.stderr)
+        return 2
+    if args.write and not args.blueprint:
+        print("mesh: --write builds from a reviewed draft: run `mesh build \"BRIEF\"` first, then "
+              "`mesh build --blueprint FILE --write`", file=sys.stderr)
         return 2
     answer = _request(client, "POST", "/v1/builder", json={**body, "write": args.write, "force": args.force},
                       timeout=BUILD_SECONDS)

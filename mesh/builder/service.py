@@ -95,10 +95,13 @@ class BuilderService:
             raise Problem("bad-request", "answers must map each question to its answer (strings)")
         if name is not None and not isinstance(name, str):
             raise Problem("bad-request", "name must be a string")
-        lm, context = self.lm(), self.context(brief)
+        lm = self.lm()
+
+        def read() -> Draft:  # in a worker thread: the records' search and the model both take time
+            return read_brief(brief, lm, context=self.context(brief), answers=answers, name=name)
+
         try:
-            return await anyio.to_thread.run_sync(partial(read_brief, brief, lm, context=context, answers=answers,
-                                                          name=name))
+            return await anyio.to_thread.run_sync(read)
         except (BlueprintProblem, ValueError) as exc:
             raise Problem("bad-request", str(exc)) from None
 
@@ -132,9 +135,9 @@ class BuilderService:
             raise Problem("agent-exists", f"agents/{draft.name}.py exists; pass force to overwrite it")
         lm = self.lm()
         kit = await anyio.to_thread.run_sync(self.kit, draft)
-        context = self.context(draft.brief)
         try:
-            tasks = await anyio.to_thread.run_sync(partial(generate_tasks, draft.blueprint, lm, context=context))
+            tasks = await anyio.to_thread.run_sync(lambda: generate_tasks(draft.blueprint, lm,
+                                                                          context=self.context(draft.brief)))
         except ValueError as exc:
             raise Problem("bad-request", str(exc)) from None
         pack = await anyio.to_thread.run_sync(partial(make_pack, draft.name, draft.blueprint, kit, tasks, lm,
