@@ -6,9 +6,10 @@
 Without ``--write`` nothing is written but the draft, saved for review under ``.mesh/builder/NAME.json``
 (or ``--save FILE``): review or edit it, then build from it with ``--blueprint FILE --write`` (``--write``
 takes only a reviewed draft). Questions about a vague brief (exit code 3) are answered with
-``--answer "QUESTION=ANSWER"`` (or by editing the draft). ``--up`` starts the agent
-(``mesh agent run NAME --registry URL``, in the background, its output in ``.mesh/logs/NAME.log``), waits
-until the registry admits it, then validates it against a generic agent.
+``--answer "QUESTION=ANSWER"`` (or by editing the draft). ``--up`` starts the agent (``mesh agent run NAME
+--registry URL``, in the background, its output in ``.mesh/logs/NAME.log``; in a running ``mesh up`` of the
+workspace, ``mesh up`` starts it), waits until the registry admits it, then validates it against a generic
+agent.
 """
 
 from __future__ import annotations
@@ -118,7 +119,13 @@ def cmd_build(client: httpx.Client, args: argparse.Namespace) -> int:
     if not args.up:
         print(f"start it: mesh agent run {answer['name']} --registry {client.base_url}")
         return 0
-    start_agent(ws, answer["name"], str(client.base_url))
+    from mesh.supervisor import running_up
+
+    up = running_up(ws)
+    if up is not None and up["registry"].rstrip("/") == str(client.base_url).rstrip("/"):
+        print(f"{answer['name']}: the running `mesh up` (pid {up['pid']}) starts it")
+    else:
+        start_agent(ws, answer["name"], str(client.base_url))
     wait_admitted(client, answer["name"])
     print(f"{answer['name']}: admitted by the registry at {client.base_url}")
     return print_validation(_request(client, "POST", f"/v1/builder/{answer['name']}/validation", json={},
