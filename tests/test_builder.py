@@ -30,6 +30,8 @@ from mesh.builder.pack import Pack
 from mesh.builder.tasks import split
 from mesh.knowledge import RecordStore
 from mesh.knowledge.records import Blueprint, CapabilityNeed
+from mesh.supervisor import running_up
+from mesh.workspace import Workspace
 
 from .builder_double import BLUEPRINT, QUESTIONS, VAGUE, builder_model
 from .conftest import free_port, mesh_command, run_mesh
@@ -96,12 +98,24 @@ def test_wrappers_are_typed_from_the_pinned_schema():
                                                                           "dict(arguments)")
 
 
-def test_blueprint_text_cannot_escape_the_module_docstring():
+def test_blueprint_text_cannot_escape_the_module_docstring_or_a_comment():
     draft = Draft(name="x", brief='b"""', blueprint=Blueprint(role='r"""\nimport os\n"""', domain="d\\"))
-    source = agent_source(draft, Kit(), Pack(version="0" * 64, instructions="i"))
+    mounted = KitTool(source="workspace", owner="k", tool="t", why="answers 'n\nimport os'")
+    source = agent_source(draft, Kit(taken=[mounted]), Pack(version="0" * 64, instructions="i"))
     tree = ast.parse(source)
     assert not any(isinstance(node, ast.Import) and node.names[0].name == "os" for node in tree.body)
     assert ast.get_docstring(tree).startswith("x: r''' import os ''' (d\\)")
+
+
+def test_build_up_knows_a_running_mesh_up_of_the_workspace(tmp_path: Path):
+    ws = Workspace(tmp_path)
+    assert running_up(ws) is None
+    (tmp_path / ".mesh").mkdir()
+    (tmp_path / ".mesh" / "up.json").write_text(json.dumps({"pid": os.getpid(), "registry": "http://127.0.0.1:1"}))
+    assert running_up(ws) == {"pid": os.getpid(), "registry": "http://127.0.0.1:1"}
+    beyond_any_pid = 2**22 + 1  # above Linux's largest pid_max: no such process
+    (tmp_path / ".mesh" / "up.json").write_text(json.dumps({"pid": beyond_any_pid, "registry": "x"}))
+    assert running_up(ws) is None
 
 
 def test_every_third_role_task_is_held_out():
