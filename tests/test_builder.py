@@ -236,6 +236,7 @@ def test_an_edited_blueprint_is_built_signed_started_admitted_and_validated(mesh
     assert report["built"] == 1.0 and report["generic"] == 0.0 and report["difference"] == 1.0
     assert report["criteria"]["uses_kit"] == {"built": 1.0, "generic": 0.0, "difference": 1.0}
     assert all(row["generic"]["answer"] == "Here is a general answer." for row in report["tasks"])
+    assert report["lm"]["calls"] == 6  # per held-out task: the generic answer and two judgements
 
     versions = httpx.get(f"{mesh.url}/v1/agents/doc-reviewer/prompts").json()["versions"]
     assert [(v["id"], v["system"], v["active"]) for v in versions] == [(build_record["prompt_version"], "role", True)]

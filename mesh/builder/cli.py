@@ -111,7 +111,8 @@ def cmd_build(client: httpx.Client, args: argparse.Namespace) -> int:
         return 0
     print(f"\nwrote {', '.join(answer['files'].values())}; signed {answer['manifest']}; prompt version "
           f"{answer['prompt_version'][:12]} ({answer['pack']['demos']} worked examples; "
-          f"{answer['tasks']['training']} training tasks, {answer['tasks']['held_out']} held out)")
+          f"{answer['tasks']['training']} training tasks, {answer['tasks']['held_out']} held out; "
+          f"{spent(answer['lm'])})")
     missing = [s for s in answer["grants"]["needed"] if s not in answer["grants"]["granted"]]
     if missing:
         print(f"its kit calls need scopes it is not granted: add to registry/registry.toml\n  [grants]\n  "
@@ -162,13 +163,17 @@ def print_kit(kit: dict[str, Any]) -> None:
 
 
 def print_validation(report: dict[str, Any]) -> int:
-    print(f"\nvalidation on {report['held_out']} held-out tasks ({report['model']}): built {report['built']:.2f}, "
-          f"generic {report['generic']:.2f}, difference {report['difference']:+.2f}")
+    print(f"\nvalidation on {report['held_out']} held-out tasks ({report['model']}; {spent(report['lm'])}): "
+          f"built {report['built']:.2f}, generic {report['generic']:.2f}, difference {report['difference']:+.2f}")
     print(render(["CRITERION", "BUILT", "GENERIC", "DIFFERENCE"],
                  [[name, c["built"], c["generic"], f"{c['difference']:+.2f}"]
                   for name, c in report["criteria"].items()],
                  width=terminal_width()))
     return 0
+
+
+def spent(usage: dict[str, int]) -> str:
+    return f"{usage['calls']} model calls, {usage['prompt_tokens'] + usage['completion_tokens']} tokens"
 
 
 def start_agent(ws: Workspace, name: str, registry: str) -> subprocess.Popen[bytes]:

@@ -159,6 +159,7 @@ class BuilderService:
                 "manifest": str(ws.manifest_path(draft.name).relative_to(ws.root)),
                 "prompt_version": pack.version, "pack": {"metrics": pack.metrics, "demos": len(pack.examples)},
                 "grants": {"needed": kit.scopes(), "granted": self.registry.caller_scopes(draft.name)},
+                "lm": usage_json(lm),
                 "tasks": {"training": len(tasks.training), "held_out": len(tasks.held_out),
                           "rubric": [c.name for c in tasks.rubric]}}
 
@@ -189,5 +190,14 @@ class BuilderService:
             report = await compare(tasks, lm, ask_built, model=self.registry.config.lm.describe())
         except ValueError as exc:
             raise Problem("bad-request", str(exc)) from None
+        report["lm"] = usage_json(lm)
         module.save_validation(ws, name, report)
         return report
+
+
+def usage_json(lm: Any) -> dict[str, int]:
+    """The model calls and tokens a step spent (the server's own counts)."""
+    from mesh.lm.model import usage_since
+
+    usage = usage_since(lm)
+    return {"calls": usage.calls, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
