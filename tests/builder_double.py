@@ -16,6 +16,7 @@ from typing import Any
 from .lm_double import fields, reply
 
 VAGUE = "something useful"
+UNREADABLE = "a brief the model garbles"
 QUESTIONS = ["Whom does the agent work for?", "May it change anything, or is it read-only?"]
 BLUEPRINT = {
     "role": "documentation reviewer", "domain": "technical documentation",
@@ -37,6 +38,8 @@ def builder_model(messages: list[dict[str, Any]]) -> str:
     system = messages[0].get("content", "") if messages else ""
     current = fields(messages[-1].get("content", "")) if messages else {}
     if "`blueprint`" in system and "`questions`" in system:
+        if UNREADABLE in messages[-1].get("content", ""):
+            return "I would rather not fill in your fields."
         if VAGUE in current.get("brief", "") and current.get("answers") == "(none)":
             return reply(name="helper", blueprint=json.dumps({"role": "assistant"}), questions=json.dumps(QUESTIONS))
         blueprint = dict(BLUEPRINT)

@@ -33,7 +33,7 @@ from mesh.knowledge.records import Blueprint, CapabilityNeed
 from mesh.supervisor import running_up
 from mesh.workspace import Workspace
 
-from .builder_double import BLUEPRINT, QUESTIONS, VAGUE, builder_model
+from .builder_double import BLUEPRINT, QUESTIONS, UNREADABLE, VAGUE, builder_model
 from .conftest import free_port, mesh_command, run_mesh
 from .lm_double import ModelDouble, fields
 from .test_registry_e2e import Mesh, running_mesh
@@ -177,6 +177,9 @@ def test_a_vague_brief_gets_questions_and_the_answers_go_into_the_blueprint(mesh
     refused = httpx.post(f"{mesh.url}/v1/builder", json={"blueprint": {"name": "x", "brief": "b", "blueprint": {}}},
                          timeout=30)
     assert refused.status_code == 400 and "blueprint.role: Field required" in refused.json()["detail"]
+    garbled = httpx.post(f"{mesh.url}/v1/builder", json={"brief": UNREADABLE}, timeout=120)
+    assert garbled.status_code == 502 and "the model (openai/double at" in garbled.json()["detail"]
+    assert "double-key" not in garbled.text
     assert not (mesh.workspace / "agents" / "helper.py").exists()
 
 

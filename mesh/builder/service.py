@@ -14,8 +14,9 @@ Model calls run in worker threads, never on the registry's event loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -31,9 +32,11 @@ from mesh.lm.settings import NoModelConfigured
 from mesh.registry import proxy
 from mesh.registry.auth import Caller
 from mesh.registry.problems import Problem
+from mesh.signing import SigningProblem
 from mesh.workspace import Workspace, WorkspaceProblem
 
 CONTEXT_TOKENS = 1200  # what the records may add to a builder prompt
+T = TypeVar("T")
 
 
 class BuilderService:
@@ -64,6 +67,23 @@ class BuilderService:
             return build_lm(self.registry.config.lm)
         except NoModelConfigured as exc:
             raise Problem("lm-not-configured", str(exc)) from None
+
+    async def ask_model(self, step: Callable[[], T]) -> T:
+        """Run a step that asks the model, in a worker thread. A brief it cannot use is the caller's problem
+        (400); a model that fails, or answers what cannot be used, is the model's (502, its key never shown)."""
+        try:
+            return await anyio.to_thread.run_sync(step)
+        except BlueprintProblem as exc:
+            raise Problem("bad-request", str(exc)) from None
+        except Problem:
+            raise
+        except Exception as exc:
+            settings = self.registry.config.lm
+            message = " ".join(str(exc).split())[:300]
+            if settings.api_key is not None:
+                message = message.replace(settings.api_key.get_secret_value(), "***")
+            raise Problem("target-error", f"the model ({settings.describe()}) failed: {type(exc).__name__}: "
+                                          f"{message}") from None
 
     # -- draft: brief -> blueprint -> kit, nothing written ---------------------------------------------------
 
@@ -100,10 +120,7 @@ class BuilderService:
         def read() -> Draft:  # in a worker thread: the records' search and the model both take time
             return read_brief(brief, lm, context=self.context(brief), answers=answers, name=name)
 
-        try:
-            return await anyio.to_thread.run_sync(read)
-        except (BlueprintProblem, ValueError) as exc:
-            raise Problem("bad-request", str(exc)) from None
+        return await self.ask_model(read)
 
     def kit(self, draft: Draft) -> Kit:
         registry = self.registry
@@ -135,18 +152,16 @@ class BuilderService:
             raise Problem("agent-exists", f"agents/{draft.name}.py exists; pass force to overwrite it")
         lm = self.lm()
         kit = await anyio.to_thread.run_sync(self.kit, draft)
-        try:
-            tasks = await anyio.to_thread.run_sync(lambda: generate_tasks(draft.blueprint, lm,
-                                                                          context=self.context(draft.brief)))
-        except ValueError as exc:
-            raise Problem("bad-request", str(exc)) from None
-        pack = await anyio.to_thread.run_sync(partial(make_pack, draft.name, draft.blueprint, kit, tasks, lm,
-                                                      store=self.store()))
+        tasks = await self.ask_model(lambda: generate_tasks(draft.blueprint, lm, context=self.context(draft.brief)))
+        pack = await self.ask_model(partial(make_pack, draft.name, draft.blueprint, kit, tasks, lm, store=self.store()))
         try:
             files = module.write_agent(ws, draft, kit, pack, tasks, force=force)
         except module.AgentExists as exc:
             raise Problem("agent-exists", str(exc)) from None
-        await module.sign(ws, draft.name)
+        try:
+            await module.sign(ws, draft.name)
+        except (SigningProblem, WorkspaceProblem) as exc:
+            raise Problem("bad-request", f"agents/{draft.name}.py is written but not signed: {exc}") from None
         with self.registry.sessions.begin() as session:
             learning_records.add_version(session, draft.name, PROMPT_SYSTEM, pack.version, pack.program_text,
                                          lessons=[], demos=len(pack.examples), parent_id=None, plan_id=None,
