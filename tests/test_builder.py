@@ -304,3 +304,13 @@ async def test_build_agent_on_the_mcp_face_elicits_answers_or_returns_the_questi
     reading = [fields(r["messages"][-1]["content"]) for r in double.requests
                if "`questions`" in r["messages"][0]["content"]][-1]
     assert "[agent_definition #" in reading["context"] and "doc-reviewer" in reading["context"]
+
+
+def test_a_running_built_agent_is_validated_again_on_request(mesh: Mesh):
+    before = mesh.agent("doc-reviewer")["build"]["validation"]["validated_at"]
+    again = build(mesh, "--validate", "--name", "doc-reviewer")
+    assert again.returncode == 0, again.stderr
+    assert "validation on 2 held-out tasks" in again.stdout and "uses_kit" in again.stdout
+    assert mesh.agent("doc-reviewer")["build"]["validation"]["validated_at"] > before
+    unknown = httpx.post(f"{mesh.url}/v1/builder/librarian/validation", json={}, timeout=30)
+    assert unknown.status_code == 404 and "not made by the builder" in unknown.json()["detail"]

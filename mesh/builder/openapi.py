@@ -35,8 +35,9 @@ def builder_document(write: tuple[int, ...]) -> dict[str, Any]:
     return {
         "/v1/builder": {"post": _operation(
             "Brief -> blueprint and capability kit for review (or questions); with write, the agent built and signed",
-            _responses(answer, "the draft and kit, the questions, or what was written", *write, 403, 409, 503,
-                       s403=admin, s409="agents/NAME.py exists and force was not given", s503=no_model),
+            _responses(answer, "the draft and kit, the questions, or what was written", *write, 403, 409, 502, 503,
+                       s403=admin, s409="agents/NAME.py exists and force was not given",
+                       s502="the model failed, or answered what cannot be used", s503=no_model),
             body=_json_body(request), operation_id="buildAgent")},
         "/v1/builder/{name}/validation": {"post": _operation(
             "The built agent against a generic one (same model) on its held-out role tasks; kept with the agent",
