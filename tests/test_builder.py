@@ -314,3 +314,29 @@ def test_a_running_built_agent_is_validated_again_on_request(mesh: Mesh):
     assert mesh.agent("doc-reviewer")["build"]["validation"]["validated_at"] > before
     unknown = httpx.post(f"{mesh.url}/v1/builder/librarian/validation", json={}, timeout=30)
     assert unknown.status_code == 404 and "not made by the builder" in unknown.json()["detail"]
+
+
+def test_the_role_tool_serves_the_prompt_version_the_registry_has_active(mesh: Mesh, double: ModelDouble):
+    """A rebuild is a new prompt version and the running agent serves it; a rollback (the learning loop's
+    `activate`) brings the earlier one back, without restarting the agent."""
+    first = mesh.agent("doc-reviewer")["build"]["prompt_version"]
+    draft = json.loads((mesh.workspace / ".mesh" / "builder" / "doc-reviewer.json").read_text())
+    draft["blueprint"]["objectives"].append("name the audience in every answer")
+    edited = mesh.workspace / ".mesh" / "builder" / "doc-reviewer-2.json"
+    edited.write_text(json.dumps(draft))
+    rebuilt = build(mesh, "--blueprint", str(edited), "--write", "--force")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    second = mesh.agent("doc-reviewer")["build"]["prompt_version"]
+    versions = httpx.get(f"{mesh.url}/v1/agents/doc-reviewer/prompts").json()
+    assert second != first and versions["active"] == {"role": second} and len(versions["versions"]) == 2
+
+    def served_instructions() -> str:
+        before = len(double.requests)
+        done = mesh.invoke("doc-reviewer", "do_task", {"task": "Review the page on key rotation."})
+        assert done.status_code == 200, done.text
+        return double.requests[before]["messages"][0]["content"]
+
+    assert "name the audience in every answer" in served_instructions()
+    rolled = httpx.post(f"{mesh.url}/v1/agents/doc-reviewer/prompts/{first}/activate", json={}, timeout=30)
+    assert rolled.status_code == 200, rolled.text
+    assert "name the audience in every answer" not in served_instructions()
