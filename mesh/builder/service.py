@@ -14,6 +14,7 @@ Model calls run in worker threads, never on the registry's event loop.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -45,6 +46,7 @@ class BuilderService:
     def __init__(self, registry: Any):
         self.registry = registry
         self._store: RecordStore | None = None
+        self._opening = threading.Lock()  # builds' worker threads may ask for the store at once
 
     @property
     def workspace(self) -> Workspace:
@@ -52,8 +54,9 @@ class BuilderService:
 
     def store(self) -> RecordStore:
         """The workspace's records (agent definitions, optimization examples), opened on first use."""
-        if self._store is None:
-            self._store = RecordStore.open(self.registry.config.workspace.state_dir)
+        with self._opening:
+            if self._store is None:
+                self._store = RecordStore.open(self.registry.config.workspace.state_dir)
         return self._store
 
     def context(self, text: str) -> str:
