@@ -594,6 +594,7 @@ def parser() -> argparse.ArgumentParser:
     p = secrets_sub.add_parser("rm", parents=[common], help="remove a credential and every version of it")
     p.add_argument("ref", help="the secret_ref")
 
+    from mesh.builder.cli import add_commands as add_builder_commands
     from mesh.learning.cli import add_commands as add_learning_commands
     from mesh.lm.cli import add_commands as add_lm_commands
 
@@ -602,6 +603,7 @@ def parser() -> argparse.ArgumentParser:
     from mesh.registry.budgets_cli import add_commands as add_budget_commands
 
     add_budget_commands(sub, client, late_client, COMMANDS)
+    add_builder_commands(sub, common, client, COMMANDS)
 
     p = sub.add_parser("login", parents=[client, common], help="sign in to a registry with its OpenID provider")
     p.add_argument("--no-device", action="store_true", help="use a loopback redirect even if a device code works")

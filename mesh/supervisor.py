@@ -4,6 +4,8 @@ Each child runs in its own session (process group), so Ctrl-C in the terminal re
 which then stops the agents first and the registry last: SIGTERM to each group, SIGKILL after a grace
 period. A child's output is forwarded line by line, prefixed with its name. An agent that fails to start
 is reported with its last output line while the rest of the mesh comes up; the registry dying ends the mesh.
+An agent that appears in ``agents/`` while the mesh runs (``mesh build`` writes one) is started once it is
+signed. ``.mesh/up.json`` says, while the mesh runs, which process supervises it and at which registry.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from typing import Any, TextIO
 import httpx
 
 from mesh.serving import free_port
-from mesh.workspace import Workspace
+from mesh.workspace import Workspace, WorkspaceProblem
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7300
 TAIL_LINES = 20
+STATE_FILE = "up.json"  # under the workspace's .mesh/: {"pid", "registry"} while `mesh up` runs
+ADOPT_EVERY = 1.0  # seconds between looks for new agents in agents/
 
 
 class Console:
@@ -163,8 +167,10 @@ class Supervisor:
                 return 0 if self.stopping else 1
             self.out.write(self.summary() + "\n")
             self.out.flush()
+            self._write_state()
             return self.serve()
         finally:
+            self._state_path().unlink(missing_ok=True)
             running = [c for c in self.children() if c.alive]
             if running:
                 self.console.write(f"mesh: stopping {len(running)} processes (Ctrl-C again to stop them at once)")
@@ -200,8 +206,12 @@ class Supervisor:
     def serve(self) -> int:
         """Block until asked to stop (0) or until the registry dies (1); report agents that exit meanwhile."""
         reported: set[str] = set()
+        next_look = time.monotonic() + ADOPT_EVERY
         while not self.stopping:
             time.sleep(0.25)
+            if time.monotonic() >= next_look:
+                self.adopt_new_agents()
+                next_look = time.monotonic() + ADOPT_EVERY
             for agent in self.agents:
                 if agent.ready and not agent.alive and agent.name not in reported:
                     reported.add(agent.name)
@@ -210,6 +220,27 @@ class Supervisor:
                 self.console.write(f"mesh: the registry stopped ({self.registry.exit_reason()}); stopping the mesh")
                 return 1
         return 0
+
+    def adopt_new_agents(self) -> list[str]:
+        """Start the agents that appeared in ``agents/`` since the mesh came up, once signed (or any, with
+        ``--dev``, which signs on start); each is then admitted like the first ones. Their names."""
+        known = {agent.name for agent in self.agents}
+        try:
+            names = [n for n in self.agent_names() if n not in known]
+        except WorkspaceProblem:  # agents/ is gone for now: look again next time
+            return []
+        ready = [n for n in names if "--dev" in self.agent_flags or self.workspace.manifest_path(n).is_file()
+                 or self.workspace.manifest_path(n, local=True).is_file()]
+        taken = {self.port, *(int(a.base_url.rsplit(":", 1)[1]) for a in self.agents)}
+        new = []
+        for name in ready:
+            self.console.write(f"mesh: new agent {name} in {self.workspace.agents_dir}: starting it ...")
+            port = _unused_port(self.host, taken)
+            new.append(self._spawn(name, self.agent_command(name, port), self.url(port)))
+        self.agents.extend(new)
+        self._wait_ready(new)
+        self._wait_admitted([agent for agent in new if agent.ready])
+        return [agent.name for agent in new]
 
     def request_stop(self) -> None:
         """Ask ``up()`` to stop; asking again skips the grace period."""
@@ -253,6 +284,13 @@ class Supervisor:
         return str(script) if script.is_file() else "mesh"
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _state_path(self) -> Path:
+        return self.workspace.state_dir / STATE_FILE
+
+    def _write_state(self) -> None:
+        self.workspace.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_path().write_text(json.dumps({"pid": os.getpid(), "registry": self.registry_url}) + "\n")
 
     def _spawn(self, name: str, args: list[str], base_url: str) -> Child:
         child = Child(name, args, base_url)
@@ -351,6 +389,16 @@ def desktop_config(mcp_url: str) -> dict[str, Any]:
 def vscode_config(mcp_url: str) -> dict[str, Any]:
     """VS Code speaks streamable HTTP itself: the registry's URL is enough."""
     return {"servers": {"mcpmesh": {"type": "http", "url": mcp_url}}}
+
+
+def running_up(workspace: Workspace) -> dict[str, Any] | None:
+    """``{"pid", "registry"}`` of the `mesh up` supervising ``workspace`` now, or None."""
+    try:
+        state = json.loads((workspace.state_dir / STATE_FILE).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
 
 
 def stdio_config(agent: str, workspace: Path, mesh: str = "mesh") -> dict[str, Any]:

@@ -161,10 +161,13 @@ def print_agents(client: httpx.Client) -> int:
         return 0
     width = terminal_width()
     assessed = any(a.get("proficiency") for a in agents)  # the column shows once an agent was assessed
+    built = any(a.get("blueprint") for a in agents)  # ... and the role once the builder made one (mesh build)
     print(render(
-        ["AGENT", "STATUS", "REPUTATION", "TOOLS", *(["PROFICIENCY"] if assessed else []), "ENDPOINT"],
+        ["AGENT", "STATUS", "REPUTATION", "TOOLS", *(["PROFICIENCY"] if assessed else []),
+         *(["ROLE"] if built else []), "ENDPOINT"],
         [[a["name"], a.get("status"), _score(a.get("reputation")), len(a.get("tools", [])),
-          *([_proficiency(a.get("proficiency"))] if assessed else []), a.get("endpoint")]
+          *([_proficiency(a.get("proficiency"))] if assessed else []),
+          *([(a.get("blueprint") or {}).get("role", "")] if built else []), a.get("endpoint")]
          for a in agents],
         width=width,
     ))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -77,3 +78,35 @@ def test_mesh_up_runs_every_agent_reports_a_broken_one_and_stops_them_all(repo_w
     while any(alive(child) for child in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(alive(child) for child in children)
+
+
+def test_an_agent_written_while_the_mesh_runs_is_started_once_signed(hello_workspace: Path, start):
+    """What `mesh build` relies on in a running `mesh up`: a new, signed module of agents/ is started and admitted."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    up = start(mesh_command("up", "--workspace", str(hello_workspace), "--port", str(port)))
+    deadline = time.monotonic() + 120
+    while "mcpmesh is up" not in up.output():
+        assert time.monotonic() < deadline and up.popen.poll() is None, up.output()
+        time.sleep(0.3)
+    state = json.loads((hello_workspace / ".mesh" / "up.json").read_text())
+    assert state == {"pid": up.pid, "registry": url}
+
+    (hello_workspace / "agents" / "second.py").write_text(
+        'from mesh import Agent\n\nagent = Agent("second", description="A second agent.")\n\n\n'
+        '@agent.tool(read_only=True, idempotent=True, open_world=False)\ndef ping() -> str:\n'
+        '    """Answer pong."""\n    return "pong"\n')
+    signed = run_mesh("sign", "second", "--workspace", str(hello_workspace))
+    assert signed.returncode == 0, signed.stderr
+    deadline = time.monotonic() + 120
+    while "mesh: second admitted" not in up.output():  # the supervisor says so once the registry does
+        assert time.monotonic() < deadline, up.output()
+        time.sleep(0.3)
+    assert "new agent second" in up.output()
+    assert httpx.get(f"{url}/v1/agents/second").json()["status"] == "active"
+    called = run_mesh("call", "second.ping", "--registry", url)
+    assert called.returncode == 0 and "pong" in called.stdout
+
+    up.popen.send_signal(signal.SIGINT)
+    assert up.popen.wait(timeout=60) == 0
+    assert not (hello_workspace / ".mesh" / "up.json").exists()

@@ -40,9 +40,12 @@ GATEWAY = ["2xx", "3xx", "4xx", "502", "504"]
 CONFIG = schemathesis.Config.from_dict({"operations": [{
     "include-operation-id": ["invoke", "register", "recheckAgent", "getSandboxState"],
     "checks": {"not_a_server_error": {"expected-statuses": GATEWAY}},
-}, {  # learning refuses with 503 while no language model is configured (this mesh has none)
-    "include-operation-id": ["runLearningPlan", "assessLearningPlan"],
+}, {  # learning and the builder refuse with 503 while no language model is configured (this mesh has none)
+    "include-operation-id": ["runLearningPlan", "assessLearningPlan", "buildAgent"],
     "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "503"]}},
+}, {  # validating a built agent calls it, and needs the model
+    "include-operation-id": ["validateBuiltAgent"],
+    "checks": {"not_a_server_error": {"expected-statuses": [*GATEWAY, "503"]}},
 }]})
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -155,6 +158,7 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
         "/v1/agents/{name}/prompts/{version}", "/v1/agents/{name}/prompts/{version}/activate",
         "/v1/learning-plans/{plan_id}", "/v1/learning-plans/{plan_id}/run", "/v1/learning-plans/{plan_id}/assess",
         "/v1/learning-runs/{run_id}", "/v1/learning-runs/{run_id}/cancel", "/v1/learning-runs/{run_id}/attempts",
+        "/v1/builder", "/v1/builder/{name}/validation",  # the agent builder (mesh/builder)
         # people and sign-in (people.py, oidc.py)
         "/.well-known/oauth-protected-resource", "/v1/auth/login", "/v1/auth/callback", "/v1/users/me",
         "/v1/tokens", "/v1/tokens/{token_id}", "/v1/orgs", "/v1/orgs/{org}/members", "/v1/orgs/{org}/members/{user_id}",
@@ -188,7 +192,8 @@ def test_only_the_routes_that_call_an_agent_may_answer_a_gateway_error(api: sche
     for path, method in OPERATIONS:
         allowed = api.config.checks_config_for(operation=api[path][method]).not_a_server_error.expected_statuses
         calls_an_agent = {("POST", "/v1/invoke"), ("POST", "/v1/agents"), ("POST", "/v1/agents/{name}/recheck"),
-                          ("GET", "/v1/agents/{name}/sandboxes/{sandbox_id}/state")}
+                          ("GET", "/v1/agents/{name}/sandboxes/{sandbox_id}/state"),
+                          ("POST", "/v1/builder/{name}/validation")}
         assert ("502" in allowed) == ((method, path) in calls_an_agent), path
 
 

@@ -25,6 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from mesh import telemetry
+from mesh.builder import module as builder_module
+from mesh.builder.routes import routes as builder_routes
 from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.learning import records as learning_records
 from mesh.learning.routes import routes as learning_routes
@@ -121,8 +123,13 @@ def build_app(registry: Registry) -> Starlette:
         allowed(registry, request, "read")
         with registry.sessions.begin() as session:
             assessed = learning_records.proficiency_by_agent(session)  # per agent, per target system
-            return JSONResponse({"agents": [{**registry.agent_json(a), "proficiency": assessed.get(a.name, {})}
-                                            for a in store.list_agents(session)]})
+            listed = [{**registry.agent_json(a), "proficiency": assessed.get(a.name, {})}
+                      for a in store.list_agents(session)]
+        for document in listed:  # what the builder made an agent for (mesh ls shows its role)
+            build = builder_module.read_build(registry.config.workspace, document["name"])
+            if build is not None:
+                document["blueprint"] = build.get("blueprint")
+        return JSONResponse({"agents": listed})
 
     async def agents_or_register(request: Request) -> JSONResponse:
         """One route for both, so that a wrong method's 405 names both in Allow."""
@@ -141,6 +148,8 @@ def build_app(registry: Registry) -> Starlette:
                                         for r in store.list_revocations(session, name)]
             document["recent_runs"] = [run_json(r) for r in store.list_runs(session, name, limit=20)]
             document["proficiency"] = learning_records.proficiency(session, name)  # per target system
+        # The builder's record (brief, blueprint, kit, prompt version, validation), for agents it made.
+        document["build"] = builder_module.summary(builder_module.read_build(registry.config.workspace, name))
         return JSONResponse(document)
 
     async def agent_jwks(request: Request) -> JSONResponse:
@@ -335,6 +344,7 @@ def build_app(registry: Registry) -> Starlette:
             *credentials.routes(registry),  # /secrets, /secrets/{ref}, .../rotate, .../cutover
             *budgets.routes(registry),  # /budgets, /budgets/{budget_id}, .../override
             *learning_routes(registry, sandboxes.front),  # plans, runs (in sandboxes), assessments, prompts
+            *builder_routes(registry),  # /builder, /builder/{name}/validation
         ]),
         # One agent through the registry, as a virtual server, with the keys to check what it lists.
         Route("/agents/{name}/mcp", agent_mcp_app),

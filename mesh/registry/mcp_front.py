@@ -55,6 +55,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
+from mesh.builder.mcp_tool import TOOL as BUILD_AGENT
+from mesh.builder.mcp_tool import build_agent
 from mesh.client import PROBLEM_META, RUN_META
 from mesh.registry import proxy
 from mesh.registry.auth import Caller
@@ -253,8 +255,13 @@ class Front:
         return await self.carry(ctx, proxy.Call(agent, tool, "tool", params.arguments or {}))
 
     async def own_tool(self, ctx: ServerRequestContext[Any, Any], name: str, arguments: dict[str, Any]) -> Any:
-        """The registry's own tools on ``/mcp``: ``discover`` and ``invoke``."""
+        """The registry's own tools on ``/mcp``: ``discover``, ``invoke`` and ``build_agent`` (``mesh.builder``)."""
         try:
+            if name == "build_agent":
+                elicits = (ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+                           and getattr(ctx.session.client_capabilities, "elicitation", None) is not None)
+                return _structured(await build_agent(self.registry.builder, self._caller(ctx, "admin"), arguments,
+                                                     session_asker(ctx.session, ctx.request_id) if elicits else None))
             if name == "discover":
                 self._caller(ctx, "read")
                 hits = self.registry.discover(str(arguments.get("query", "")), k=int(arguments.get("k", 10)),
@@ -468,5 +475,6 @@ _OWN_TOOLS = [
                    "type": "object", "required": ["agent", "tool", "arguments"], "properties": {
                        "agent": {"type": "string"}, "tool": {"type": "string"},
                        "arguments": {"type": "object", "additionalProperties": True}}}),
+    types.Tool(**BUILD_AGENT),
 ]
 _OWN_TOOL_NAMES = frozenset(tool.name for tool in _OWN_TOOLS)

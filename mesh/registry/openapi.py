@@ -610,6 +610,9 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
 
     learning_paths, learning_schemas = learning_document(read, write)  # learning plans, runs, prompts
     paths.update(learning_paths)
+    from mesh.builder.openapi import builder_document
+
+    paths.update(builder_document(write))  # the agent builder
     return {
         "openapi": "3.1.0",
         "info": {

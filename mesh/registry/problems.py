@@ -59,6 +59,8 @@ STATUS = {
     "budget-exceeded": 429,
     "unknown-budget": 404,
     "budget-conflict": 409,
+    # the agent builder (``mesh.builder``)
+    "agent-exists": 409,
 }
 
 
