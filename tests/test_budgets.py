@@ -380,3 +380,37 @@ def test_bad_budget_requests_are_problems_naming_what_is_wrong(mesh: Mesh):
     assert missing.status_code == 404 and "no budget 'nothing'" in missing.json()["detail"]
     hours = httpx.post(f"{mesh.url}/v1/budgets/org-month/override", json={"hours": -1})
     assert hours.status_code == 400 and "hours" in hours.json()["detail"]
+
+
+def test_a_budget_that_asks_for_approval_holds_the_call_and_a_yes_lets_the_caller_past_it(mesh: Mesh):
+    """``approve_overrun``: past the hard limit, the call waits for an approver (``approvals.py``) instead of
+    being refused; the yes grants the budget an override, so the next call passes without asking."""
+    for other in ("org-today", "echo-week"):  # earlier tests' budgets, out of this one's way
+        httpx.delete(f"{mesh.url}/v1/budgets/{other}")
+    if not budget(mesh, "org-month")["overrides"]:
+        httpx.post(f"{mesh.url}/v1/budgets/org-month/override", json={"hours": 1, "reason": "not this test's"})
+    made = httpx.post(f"{mesh.url}/v1/budgets", json={"id": "asked-day", "period": "day", "limit": 1,
+                                                       "approve_overrun": True, "override_hours": 2})
+    assert made.status_code == 201, made.text
+    assert mesh.invoke("echo", "echo", {"text": "within"}).status_code == 200  # 1 of 1
+
+    answers: list[httpx.Response] = []
+    held = threading.Thread(target=lambda: answers.append(mesh.invoke("echo", "echo", {"text": "past"})))
+    held.start()
+    pending: list[dict] = []
+    wait_until(lambda: pending.extend(httpx.get(f"{mesh.url}/v1/approvals/requests",
+                                                params={"status": "requested"}).json()["requests"]) or pending,
+               what="the call held for approval")
+    request = pending[0]
+    assert (request["rule"], request["agent"], request["tool"]) == ("budget_override", "echo", "echo")
+    assert "budget asked-day" in " ".join(request["reasons"])
+    approved = httpx.post(f"{mesh.url}/v1/approvals/requests/{request['id']}/approve", json={"note": "ship it"})
+    assert approved.status_code == 200, approved.text
+    held.join(timeout=60)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+
+    overrides = budget(mesh, "asked-day")["overrides"]
+    assert [(o["granted_by"], o["reason"]) for o in overrides] == [("user:local", f"approval request {request['id']}")]
+    assert mesh.invoke("echo", "echo", {"text": "after"}).status_code == 200  # the override stands: not asked
+    assert httpx.get(f"{mesh.url}/v1/approvals/requests", params={"status": "requested"}).json()["requests"] == []
+    httpx.delete(f"{mesh.url}/v1/budgets/asked-day")

@@ -211,7 +211,8 @@ class Approvals:
         where = f"{run.agent}.{run.tool}"
         if decided.status == "approved":
             await self._step(record.id, "executed", actor=REGISTRY_ACTOR)
-            return replace(decision, allow=True, approvers=(), reasons=[
+            return replace(decision, allow=True, approvers=(), approved_by=decided.decided_by,
+                           approval_request=record.id, reasons=[
                 *decision.reasons, f"approved: request {record.id} by {decided.decided_by} ({decided.decided_via})"])
         if decided.status == "denied":
             why = f"; {decided.note}" if decided.note else ""

@@ -86,6 +86,10 @@ class BudgetSpec(BaseModel):
     alerts: list[float] = Field(default_factory=lambda: [0.8, 1.0])  # fractions of the limit: soft alerts
     hard: bool = True  # refuse a call that would spend past the limit (false: alert only)
     status: Literal[402, 429] = 429  # what a refusal answers: 402 Payment Required or 429 Too Many Requests
+    # Past the hard limit, a call waits for an approver (``approvals.py``) instead of being refused; a yes
+    # grants an override of ``override_hours`` (recorded and audited), so the calls after it pass unasked.
+    approve_overrun: bool = False
+    override_hours: float = Field(1.0, gt=0, le=24 * 31, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def consistent(self) -> BudgetSpec:
@@ -243,7 +247,7 @@ class Budgets:
         entry = {"id": spec.id, "scope": spec.scope, "org": spec.org, "agent": spec.agent, "period": spec.period,
                  "period_start": start.isoformat(), "limit": spec.limit, "spent": round(spent, 6),
                  "remaining": round(spec.limit - spent, 6), "fraction": round(fraction, 6), "state": state,
-                 "hard": spec.hard, "status": spec.status}
+                 "hard": spec.hard, "status": spec.status, "approve_overrun": spec.approve_overrun}
         override = self.active_override(spec.id, now)
         if override is not None:
             entry["override"] = {"id": override.id, "expires_at": override.expires_at.isoformat(),
@@ -262,6 +266,20 @@ class Budgets:
             if entry["hard"] and entry["remaining"] < field["cost"] and "override" not in entry:
                 return entry
         return None
+
+    async def grant_approved_overrun(self, field: dict[str, Any], *, by: str, request_id: str | None) -> list[str]:
+        """A person approved a call past a budget that asks for approval (``approve_overrun``): each such
+        budget the call would overrun gets an override of its ``override_hours``. Returns their ids."""
+        granted = []
+        for entry in field.get("budgets", ()):
+            if entry["hard"] and entry["remaining"] < field["cost"] and "override" not in entry \
+                    and entry.get("approve_overrun"):
+                spec = self.require(entry["id"])
+                expires = datetime.now(UTC) + timedelta(hours=spec.override_hours)
+                await anyio.to_thread.run_sync(lambda spec=spec, expires=expires: self.grant_override(
+                    spec.id, by=by, expires_at=expires, reason=f"approval request {request_id}"))
+                granted.append(spec.id)
+        return granted
 
     # -- spending ---------------------------------------------------------------------------------------
 

@@ -657,6 +657,10 @@ BUDGET_FIELDS = {
     "alerts": _list({"type": "number", "exclusiveMinimum": 0, "maximum": 10}),
     "hard": {"type": "boolean", "default": True, "description": "refuse calls past the limit (false: alert only)"},
     "status": {"enum": [402, 429], "default": 429, "description": "what a refusal answers"},
+    "approve_overrun": {"type": "boolean", "default": False,
+                        "description": "past the hard limit, a call waits for an approver instead of being "
+                                       "refused; a yes grants an override of override_hours"},
+    "override_hours": {"type": "number", "exclusiveMinimum": 0, "maximum": 744, "default": 1},
 }
 SCHEMAS["Budget"] = _object(
     {**BUDGET_FIELDS, "source": {"enum": ["config", "api"]},

@@ -82,6 +82,8 @@ class Decision:
     reasons: list[str]
     input_digest: str
     approvers: tuple[str, ...] = ()
+    approved_by: str | None = None  # once a person approved a held call (``approvals.py``): who
+    approval_request: str | None = None  # ... and by which request
 
     @property
     def approval_required(self) -> bool:

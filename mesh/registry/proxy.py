@@ -307,6 +307,9 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
         run.decision = decision
         if decision.approval_required:  # a person says yes first (approvals.py); a no is recorded and raised there
             run.decision = decision = await registry.approvals.hold(run, decision, progress, relay)
+            # A yes to a call past a budget that asks for approval lets the caller past it for a while.
+            await budgets.grant_approved_overrun(run.policy_input["budget"], by=decision.approved_by or "",
+                                                 request_id=decision.approval_request)
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or decision.rule  # each reads "rule: why"
             await run.finish("denied", Outcome("denied", fault="caller"), error=reasons)

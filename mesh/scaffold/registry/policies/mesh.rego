@@ -23,6 +23,7 @@
 #                             "period": "day" | "week" | "month" | "fixed", "period_start": "2026-11-01T00:00:00+00:00",
 #                             "limit": 1000, "spent": 812.0, "remaining": 188.0, "fraction": 0.812,
 #                             "state": "ok" | "alert" | "exceeded", "hard": true, "status": 402 | 429,
+#                             "approve_overrun": false,   # past the limit: ask an approver, not refuse
 #                             "override": {"id": ..., "expires_at": ..., "granted_by": ...}}]}
 #   }                                                  # override: present only while an override is active
 #
@@ -170,12 +171,24 @@ deny contains {"rule": "low_reputation", "reason": sprintf("%s reputation %v is 
 
 # --- budget_exceeded: a call whose cost would take a budget with a hard limit past it waits for the next
 # period, unless an admin's override is active. The registry answers with the budget's status (402 or 429).
+# A budget with approve_overrun asks an approver instead (budget_override): a yes grants an override.
 
-deny contains {"rule": "budget_exceeded", "reason": sprintf("budget %v: %v of %v cost units spent this %v period, the call costs %v", [b.id, b.spent, b.limit, b.period, input.budget.cost])} if {
-	some b in input.budget.budgets
+budget_overrun(b) if {
 	b.hard == true
 	b.remaining < input.budget.cost
 	not b.override
+}
+
+deny contains {"rule": "budget_exceeded", "reason": sprintf("budget %v: %v of %v cost units spent this %v period, the call costs %v", [b.id, b.spent, b.limit, b.period, input.budget.cost])} if {
+	some b in input.budget.budgets
+	budget_overrun(b)
+	not b.approve_overrun == true
+}
+
+approval_required contains {"rule": "budget_override", "reason": sprintf("budget %v: %v of %v cost units spent this %v period, the call costs %v", [b.id, b.spent, b.limit, b.period, input.budget.cost]), "roles": approver_roles} if {
+	some b in input.budget.budgets
+	budget_overrun(b)
+	b.approve_overrun == true
 }
 
 # --- credential_not_allowed: a credential (by its secret_ref) goes only to the agent and target system it is
