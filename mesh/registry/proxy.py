@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from mesh import telemetry
 from mesh.client import RUN_META
 from mesh.manifest import MANIFEST_META, json_digest
-from mesh.registry import admission, audit, store
+from mesh.registry import admission, audit, store, tenancy
 from mesh.registry.auth import Caller
 from mesh.registry.forward import AgentError, Relay
 from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry, now_ms
@@ -226,20 +226,24 @@ def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | Pinned
     """The Rego input: ``target.tool`` is the tool (or prompt, resource URI...) named, ``kind`` and
     ``method`` say which kind of request it is, ``target.scopes`` what the signed manifest requires for it.
     Reading a resource, getting a prompt and completing an argument change nothing (MCP defines them as
-    reads): they are annotated read-only. ``credentials`` (``credentials.Credentials.policy_field``) names
-    the credentials a call would carry, by reference: the policy decides whether they may be attached."""
+    reads): they are annotated read-only. ``caller.org``/``caller.project`` say where the caller acts and
+    ``target.org``/``target.project`` where the agent belongs (``tenancy.py``). ``credentials``
+    (``credentials.Credentials.policy_field``) names the credentials a call would carry, by reference: the
+    policy decides whether they may be attached."""
     caller_reputation = registry.known_score(caller.agent) if caller.agent else None
     agent = pinned.agent if pinned else call.agent
+    acting, owner = registry.tenancy.of_caller(caller), registry.tenancy.of(agent)
     kind = call.kind if call else "tool"
     tool = isinstance(pinned, PinnedTool)
     return {
         "kind": kind, "method": METHODS[kind],
         "caller": {"id": caller.id, "kind": caller.kind, "scopes": caller.scopes, "reputation": caller_reputation,
                    "proficiency": registry.proficiencies.get(caller.agent, {}) if caller.agent else {},
-                   "org": caller.org, "role": caller.acting_role},
+                   "org": acting.org, "project": acting.project, "role": caller.acting_role},
         "target": {"agent": agent, "tool": pinned.name if tool else call.name, "kind": kind,
                    "annotations": pinned.annotations if tool else _READ, "scopes": pinned.scopes if pinned else [],
-                   "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent)},
+                   "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent),
+                   "org": owner.org, "project": owner.project},
         "arguments": arguments,
         **({"credentials": credentials} if credentials is not None else {}),
     }
@@ -279,7 +283,9 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
     with telemetry.span("mesh.invoke", context=context, kind=SpanKind.SERVER, **attributes) as span:
         trace_id = _trace_id(span)
         run = _Run(registry, caller, agent, call.label, arguments, trace_id, parent_run_id)
-        # Unknown or blocked: refused before anything is recorded.
+        # Unknown (or another project's: the same to the caller) or blocked: refused before anything is recorded.
+        if not registry.tenancy.visible(caller, agent):
+            raise tenancy.unknown_agent(agent)
         pinned = described = None
         if call.kind == "tool":
             pinned = resolve(registry, agent, call.name)
@@ -497,6 +503,8 @@ class _Run:
                 error = f"an inner call failed: {self.inner_failure}" + (f"; then {error}" if error else "")
         latency = round(self.elapsed_ms(), 3)
         decision = self.decision
+        owner = self.registry.tenancy.of(self.agent)  # both records are the target's project's (calls stay in one)
+        tenant_columns = {"org_id": owner.org, "project_id": owner.project}
         common = {
             "caller": self.caller.id, "agent": self.agent, "tool": self.tool,
             "arguments_digest": self.arguments_digest, "status": status, "error": error, "latency_ms": latency,
@@ -509,14 +517,16 @@ class _Run:
                    "caused_by": self.parent_run_id, "tool_digest": self._tool_digest(),
                    "policy_input_digest": decision.input_digest if decision else None}
         provenance = self.registry.sign_provenance(claims)
-        runs = [{**common, "id": self.id, "parent_run_id": None, "log": "caller", "provenance": provenance},
-                {**common, "id": self.target_id, "parent_run_id": self.id, "log": "target", "provenance": provenance}]
+        runs = [{**common, **tenant_columns, "id": self.id, "parent_run_id": None, "log": "caller",
+                 "provenance": provenance},
+                {**common, **tenant_columns, "id": self.target_id, "parent_run_id": self.id, "log": "target",
+                 "provenance": provenance}]
 
         recorded = None if decision is None else {"run_id": self.id, "allow": decision.allow, "rule": decision.rule,
-                                                   "input_digest": decision.input_digest}
+                                                   "input_digest": decision.input_digest, **tenant_columns}
 
         def write() -> None:
-            with self.registry.engine.begin() as connection:
+            with tenancy.acting_as(owner), self.registry.engine.begin() as connection:
                 store.record_call(connection, runs, recorded)
                 if decision is not None:  # last: appending holds the audit log's lock until the commit
                     audit.record_decision(connection, caller=self.caller.id, subject=f"{self.agent}.{self.tool}",

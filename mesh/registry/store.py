@@ -1046,12 +1046,15 @@ def list_reputation(session: Session, agent: str | None = None) -> list[Reputati
 
 
 def save_reputation(
-    session: Session, agent: str, tool: str, *, state: dict[str, Any], score: float
+    session: Session, agent: str, tool: str, *, state: dict[str, Any], score: float, tenant: Any = None
 ) -> ReputationRecord:
-    """Store the estimators' state and score for an agent (``tool=""``) or one of its tools."""
+    """Store the estimators' state and score for an agent (``tool=""``) or one of its tools; a new record
+    belongs to ``tenant`` (a ``tenancy.Tenant``: the agent's, when the registry saves for every tenant)."""
     record = session.get(ReputationRecord, (agent, tool))
     if record is None:
         record = ReputationRecord(agent=agent, tool=tool)
+        if tenant is not None:
+            record.org_id, record.project_id = tenant.org, tenant.project
         session.add(record)
     record.state = state
     record.score = score

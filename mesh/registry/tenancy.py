@@ -34,17 +34,19 @@ transaction from the context (``enforce_rls``); with no context that role sees n
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_criteria
 
 from mesh.registry import store
+from mesh.registry.auth import Caller
+from mesh.registry.config import CONFIG_FILE, ConfigProblem, RegistryConfig
 from mesh.registry.problems import Problem
 
 HEADER = "X-Project-Id"
@@ -192,13 +194,12 @@ def enforce_rls(engine: Engine, role: str) -> None:
 # --- the registry's side: who acts where ----------------------------------------------------------------------
 
 
-def configured_projects(agents: dict[str, Any]) -> dict[str, Tenant]:
-    """Each agent's project from registry.toml's ``[agents.NAME] project``; a ValueError names a bad one."""
-    assigned = {}
-    for name, settings in agents.items():
-        if isinstance(settings, dict) and "project" in settings:
-            assigned[name] = Tenant.parse(settings["project"], f"[agents.{name}] project")
-    return assigned
+def assigned_projects(config: RegistryConfig) -> dict[str, Tenant]:
+    """Each agent's project from registry.toml's ``[agents.NAME] project``; a ConfigProblem names a bad one."""
+    try:
+        return {name: Tenant.parse(value, f"[agents.{name}] project") for name, value in config.agent_projects.items()}
+    except ValueError as exc:
+        raise ConfigProblem(f"{CONFIG_FILE}: {exc}") from None
 
 
 def requested(header: str | None, org: str | None) -> Tenant:
@@ -219,3 +220,76 @@ def requested(header: str | None, org: str | None) -> Tenant:
 def unknown_agent(name: str) -> Problem:
     """What a caller hears of an agent of another tenant: exactly what it hears of one that does not exist."""
     return Problem("unknown-agent", f"no agent {name!r} is registered")
+
+
+class Tenancy:
+    """What one registry process knows of tenants, in memory so a call costs no database read: which project
+    each agent belongs to, which projects exist, and so where each caller acts."""
+
+    def __init__(self, sessions: sessionmaker[Session], assigned: dict[str, Tenant], default_org: str):
+        self.sessions = sessions
+        self.assigned = assigned  # from registry.toml: where an agent goes when it is admitted
+        self.default_org = default_org
+        self.agents: dict[str, Tenant] = {}  # admitted agent -> its project
+        self.projects: set[Tenant] = set()
+
+    def load(self) -> None:
+        """At start, as the registry: make every project registry.toml names (and the default organisation's
+        ``default``), then read which agent belongs where."""
+        with as_registry(), self.sessions.begin() as session:
+            for tenant in sorted({*self.assigned.values(), Tenant(self.default_org, DEFAULT_PROJECT)}):
+                if session.get(store.OrgRecord, tenant.org) is None:
+                    session.add(store.OrgRecord(id=tenant.org, name=tenant.org))
+                    session.flush()
+                store.add_project(session, tenant.org, tenant.project)
+            self.projects = {Tenant(p.org_id, p.id) for p in store.list_projects(session)}
+            self.agents = {a.name: Tenant(a.org_id, a.project_id) for a in store.list_agents(session)}
+
+    def of(self, agent: str) -> Tenant:
+        """The project ``agent`` belongs to (admitted), or will belong to (registry.toml, else the default)."""
+        return self.agents.get(agent) or self.assigned.get(agent) or DEFAULT
+
+    def admitted(self, agent: str) -> None:
+        self.agents[agent] = self.of(agent)
+
+    def of_caller(self, caller: Caller) -> Tenant:
+        """Where ``caller`` acts: as placed by ``place``; else an agent in its own project, anyone else in
+        the default project of their organisation."""
+        if caller.project is not None and caller.org is not None:
+            return Tenant(caller.org, caller.project)
+        if caller.agent is not None:
+            return self.of(caller.agent)
+        return Tenant(caller.org or self.default_org, DEFAULT_PROJECT)
+
+    def place(self, caller: Caller, header: str | None) -> Caller:
+        """``caller`` with the organisation and project it acts in on this request (``X-Project-Id``)."""
+        if caller.kind == "anonymous":
+            return caller
+        if caller.agent is not None:
+            tenant = self.of(caller.agent)
+            if header and header.strip() != tenant.key:
+                raise Problem("unknown-project", f"agent {caller.agent!r} acts in its own project only ({tenant})")
+        else:
+            tenant = requested(header, caller.org or self.default_org)
+            if tenant not in self.projects and not self._exists(tenant):
+                raise Problem("unknown-project", f"no project {tenant} in organisation {tenant.org!r}")
+        if (caller.org, caller.project) == (tenant.org, tenant.project):
+            return caller
+        return replace(caller, org=tenant.org, project=tenant.project)
+
+    def _exists(self, tenant: Tenant) -> bool:
+        """A project made by another registry process sharing the database (read only for one not known)."""
+        with as_registry(), self.sessions.begin() as session:
+            found = store.get_project(session, tenant.org, tenant.project) is not None
+        if found:
+            self.projects.add(tenant)
+        return found
+
+    def visible(self, caller: Caller, agent: str) -> bool:
+        """May ``caller`` know ``agent`` exists? Only when it is admitted into the project the caller acts in."""
+        tenant = self.agents.get(agent)
+        return tenant is not None and tenant == self.of_caller(caller)
+
+    def visible_agents(self, caller: Caller, agents: Iterable[str]) -> list[str]:
+        tenant = self.of_caller(caller)
+        return [agent for agent in agents if self.agents.get(agent) == tenant]

@@ -87,7 +87,7 @@ class Sandboxes:
 
     def create(self, caller: Caller, agent: str, body: dict[str, Any]) -> store.SandboxRecord:
         request = _parse(SandboxRequest, body)
-        if agent not in self.registry.endpoints:
+        if not self.registry.tenancy.visible(caller, agent):  # unregistered, or another project's
             raise Problem("unknown-agent", f"no agent {agent!r} is registered")
         self._check_services(request.required_services, request.services)
         now = self.clock()
