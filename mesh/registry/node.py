@@ -468,7 +468,7 @@ class Registry:
             raise Problem("bad-request", f"k must be between 1 and 100, not {k}")
         mine = None if caller is None else self.tenancy.of_caller(caller)
         everyone_here = mine is None or set(self.tenancy.agents.values()) <= {mine}
-        wanted = k if everyone_here else max(k, self.discovery.searchable)  # then keep the caller's own
+        wanted = k if everyone_here else max(k, self.discovery.searchable())  # then keep the caller's own
         hits = self.discovery.search(query, k=wanted, agent=agent, read_only=read_only, reputation=self.known_score,
                                      proficiency=lambda name: self.proficiencies.get(name, {}))
         if not everyone_here:
@@ -586,7 +586,7 @@ def run_json(run: store.RunRecord) -> dict[str, Any]:
         "agent": run.agent, "tool": run.tool, "arguments_digest": run.arguments_digest, "status": run.status,
         "error": run.error, "latency_ms": run.latency_ms, "policy_decision": run.policy_decision,
         "policy_rule": run.policy_rule, "trace_id": run.trace_id, "started_at": run.started_at.isoformat(),
-        "provenance": run.provenance,
+        "provenance": run.provenance, "project": f"{run.org_id}/{run.project_id}",
     }
 
 

@@ -116,6 +116,7 @@ RUN = _object(
         "trace_id": _nullable("string"),
         "started_at": {"type": "string", "format": "date-time"},
         "provenance": _nullable("string", description="compact JWS; verify it against /.well-known/jwks.json"),
+        "project": {"type": "string", "description": "ORG/PROJECT the run belongs to (its target agent's)"},
     },
     ["id", "parent_run_id", "log", "caller", "agent", "tool", "status", "started_at", "provenance"],
 )

@@ -271,7 +271,8 @@ class Tenancy:
                 raise Problem("unknown-project", f"agent {caller.agent!r} acts in its own project only ({tenant})")
         else:
             tenant = requested(header, caller.org or self.default_org)
-            if tenant not in self.projects and not self._exists(tenant):
+            # Every organisation has its ``default`` project (a row once registry.toml assigns an agent to it).
+            if tenant.project != DEFAULT_PROJECT and tenant not in self.projects and not self._exists(tenant):
                 raise Problem("unknown-project", f"no project {tenant} in organisation {tenant.org!r}")
         if (caller.org, caller.project) == (tenant.org, tenant.project):
             return caller
