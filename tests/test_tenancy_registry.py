@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mesh.client import MeshError
 from mesh.registry.policy import PolicyEngine
 
-from .conftest import copy_repo_workspace
+from .conftest import copy_repo_workspace, run_mesh
 from .test_registry_e2e import ECHO, Mesh, agent_client
 
 LIBRARY = {"X-Project-Id": "default/library"}
@@ -150,3 +150,21 @@ def test_the_shipped_policy_denies_a_cross_project_call(tmp_path: Path):
     denied = decide("default", "library")
     assert not denied.allow and denied.rule == "cross_project"
     assert "acts in default/default; librarian.search belongs to default/library" in denied.reasons[0]
+
+
+def test_the_cli_acts_in_its_current_project(mesh: Mesh):
+    def mesh_ls() -> str:
+        listed = run_mesh("ls", "--registry", mesh.url, cwd=mesh.workspace)
+        assert listed.returncode == 0, listed.stderr
+        return listed.stdout
+
+    assert "echo" in mesh_ls() and "librarian" not in mesh_ls()
+    bad = run_mesh("project", "use", "Not/A Project", cwd=mesh.workspace)
+    assert bad.returncode == 1 and "is not 'ORG/PROJECT'" in bad.stderr
+    assert run_mesh("project", "use", "default/library", cwd=mesh.workspace).returncode == 0
+    try:
+        assert run_mesh("project", "show", cwd=mesh.workspace).stdout.strip() == "default/library"
+        assert "librarian" in mesh_ls() and "echo" not in mesh_ls()
+    finally:
+        assert run_mesh("project", "use", "-", cwd=mesh.workspace).returncode == 0
+    assert "echo" in mesh_ls()

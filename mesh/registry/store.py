@@ -1276,7 +1276,5 @@ def _require(record: T | None, problem: str) -> T:
     return record
 
 
-# Last: tenancy's rules build on the models above and hold on every session of this store.
-from mesh.registry import tenancy as _tenancy  # noqa: E402
-
-_tenancy.install()
+# Last: tenancy's rules build on the models above and hold on every session (it installs them on import).
+from mesh.registry import tenancy as _tenancy  # noqa: E402, F401

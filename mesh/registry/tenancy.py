@@ -156,7 +156,8 @@ def _stamp_and_check(session: Session, _context: Any, _instances: Any) -> None:
 
 
 def install() -> None:
-    """Put the rules on every SQLAlchemy session (idempotent; ``store`` calls it once on import)."""
+    """Put the rules on every SQLAlchemy session (idempotent; done when this module is imported, which
+    ``store`` does)."""
     if not event.contains(Session, "do_orm_execute", _only_acting_tenant):
         event.listen(Session, "do_orm_execute", _only_acting_tenant)
         event.listen(Session, "before_flush", _stamp_and_check)
@@ -294,3 +295,11 @@ class Tenancy:
     def visible_agents(self, caller: Caller, agents: Iterable[str]) -> list[str]:
         tenant = self.of_caller(caller)
         return [agent for agent in agents if self.agents.get(agent) == tenant]
+
+    def elsewhere(self, caller: Caller, agent: str) -> bool:
+        """Is ``agent`` admitted into a project other than the caller's? (Not yet admitted: not elsewhere.)"""
+        tenant = self.agents.get(agent)
+        return tenant is not None and tenant != self.of_caller(caller)
+
+
+install()
