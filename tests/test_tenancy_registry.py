@@ -5,6 +5,7 @@ unknown, and the shipped policy denies one too."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,9 +14,19 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from sqlalchemy import text
+from starlette.testclient import TestClient
 
 from mesh.client import MeshError
+from mesh.registry import store
+from mesh.registry.app import build_app
+from mesh.registry.config import RegistryConfig
+from mesh.registry.migrations.rls import REGISTRY_ROLE
+from mesh.registry.node import Registry
 from mesh.registry.policy import PolicyEngine
+from mesh.registry.reputation import Outcome
+from mesh.registry.tenancy import Tenant
+from mesh.workspace import Workspace
 
 from .conftest import copy_repo_workspace, run_mesh
 from .test_registry_e2e import ECHO, Mesh, agent_client
@@ -168,3 +179,47 @@ def test_the_cli_acts_in_its_current_project(mesh: Mesh):
     finally:
         assert run_mesh("project", "use", "-", cwd=mesh.workspace).returncode == 0
     assert "echo" in mesh_ls()
+
+
+def test_the_registry_runs_under_row_level_security_as_its_own_role(tmp_path: Path, postgres_url: str):
+    """``[registry] database_role``: the registry connects as mesh_registry (not the tables' owner), loads
+    every project's pins as the registry, and serves each caller only its project's rows."""
+    owner = store.connect(postgres_url)
+    store.migrate(owner)
+    with owner.begin() as connection:
+        connection.execute(text("INSERT INTO projects (org_id, id, name, created_at) "
+                                "VALUES ('default', 'library', 'library', now())"))
+        for name, project in (("mine", "default"), ("theirs", "library")):
+            connection.execute(text("INSERT INTO agents (name, endpoint, status, version, description, registered_at, "
+                                    "last_seen, flags, org_id, project_id) VALUES (:name, 'http://127.0.0.1:1/mcp', "
+                                    "'active', '', '', now(), now(), '[]', 'default', :project)"),
+                               {"name": name, "project": project})
+            connection.execute(text("INSERT INTO runs (id, log, caller, agent, tool, status, started_at, org_id, "
+                                    "project_id) VALUES (:id, 'caller', 'user:local', :name, 't', 'ok', now(), "
+                                    "'default', :project)"),
+                               {"id": str(uuid.uuid4()), "name": name, "project": project})
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    config = RegistryConfig.from_workspace(workspace, database_url=postgres_url, database_role=REGISTRY_ROLE)
+    registry = Registry.open(config)
+    try:
+        assert registry.engine.url.database == owner.url.database
+        with registry.engine.connect() as connection:
+            assert connection.scalar(text("SELECT current_user")) == REGISTRY_ROLE
+        assert registry.tenancy.agents == {"mine": Tenant("default", "default"),
+                                           "theirs": Tenant("default", "library")}
+        with TestClient(build_app(registry), base_url="http://127.0.0.1:7300", client=("127.0.0.1", 5000)) as local:
+            assert [a["name"] for a in local.get("/v1/agents").json()["agents"]] == ["mine"]
+            assert [r["agent"] for r in local.get("/v1/runs").json()["runs"]] == ["mine"]
+            assert local.get("/v1/agents/theirs").status_code == 404
+            library = local.get("/v1/runs", headers=LIBRARY).json()["runs"]
+            assert [r["agent"] for r in library] == ["theirs"]
+            assert local.get(f"/v1/runs/{library[0]['id']}").status_code == 404
+            assert local.post("/v1/tokens", json={"name": "under rls"}).status_code == 201  # people's tables too
+        registry.learn("theirs", "t", Outcome("ok", latency_ms=1.0))
+        registry.save_reputations()  # as the registry, each record in its agent's project
+        with owner.begin() as connection:
+            saved = set(connection.execute(text("SELECT agent, project_id FROM reputation")))
+        assert saved == {("theirs", "library")}
+    finally:
+        registry.engine.dispose()
+        owner.dispose()

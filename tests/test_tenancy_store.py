@@ -7,8 +7,6 @@ upgrades a database at 0008 holding runs without losing them.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +23,6 @@ from mesh.registry.auth import PERMISSIONS, ROLES
 from mesh.registry.migrations.rls import REGISTRY_ROLE
 from mesh.registry.store import RunRecord, SandboxRecord, ToolRecord
 from mesh.registry.tenancy import TenancyViolation, Tenant, acting_as, as_registry
-from tests.conftest import POSTGRES_VARIABLE, postgres_schema
 
 ACME = Tenant("acme", "web")
 BETA = Tenant("beta", "api")
@@ -140,15 +137,6 @@ def test_the_permissions_tables_agree_with_the_code(sessions: sessionmaker[Sessi
 
 
 # --- PostgreSQL: row-level security holds by itself, as the least-privilege role ---------------------------
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    server = os.environ.get(POSTGRES_VARIABLE)
-    if not server:
-        pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
-    with postgres_schema(server, "mesh_tenancy") as url:
-        yield url
 
 
 def names(engine: Any, sql: str = "SELECT name FROM agents ORDER BY name") -> list[str]:
