@@ -282,6 +282,7 @@ PEOPLE_SCHEMAS = {
             "id": {"type": "string", "description": "user:ID (user:local), or agent:NAME"},
             "kind": {"enum": ["user", "agent"]},
             "org": _nullable("string", description="the organisation the caller acts in"),
+            "project": {"type": "string", "description": "ORG/PROJECT it acts in (X-Project-Id; an agent: its own)"},
             "role": _nullable("string", description="owner, admin, member or viewer there (null: none)"),
             "via": _nullable("string", description="loopback, oidc or api-token"),
             "scopes": _list({"type": "string"}),
