@@ -238,7 +238,9 @@ class Registry:
         descriptions: dict[str, str] = {}
         self.tenancy.load()
         with tenancy.as_registry(), self.sessions.begin() as session:  # every tenant's pins, for every call
-            store.sync_permissions(session, PERMISSIONS, (*ROLES, "agent"))
+            # auth.PERMISSIONS is the one source of truth: tables that drifted from it are rewritten.
+            if store.sync_permissions(session, PERMISSIONS, (*ROLES, "agent")):
+                log.warning("the roles and permissions tables differed from auth.PERMISSIONS: rewritten")
             for agent in store.list_agents(session):
                 self.endpoints[agent.name] = agent.endpoint
                 descriptions[agent.name] = agent.description or ""
