@@ -827,13 +827,20 @@ def sync_permissions(session: Session, permissions: dict[str, tuple[frozenset[st
     """Make the permissions tables say what ``permissions`` says (the code is the one source of truth);
     returns whether they had drifted and were rewritten."""
     role_rows, action_rows, grants = permission_rows(permissions, roles)
-    held = ({(r.name, r.rank) for r in session.scalars(select(RoleRecord))},
-            {(p.action, p.scope) for p in session.scalars(select(PermissionRecord))},
-            {(g.role, g.action) for g in session.scalars(select(RolePermissionRecord))})
     wanted = ({(r["name"], r["rank"]) for r in role_rows}, {(p["action"], p["scope"]) for p in action_rows},
               {(g["role"], g["action"]) for g in grants})
-    if held == wanted:
+
+    def held() -> tuple[set[Any], set[Any], set[Any]]:
+        return ({(r.name, r.rank) for r in session.scalars(select(RoleRecord))},
+                {(p.action, p.scope) for p in session.scalars(select(PermissionRecord))},
+                {(g.role, g.action) for g in session.scalars(select(RolePermissionRecord))})
+
+    if held() == wanted:
         return False
+    if session.get_bind().dialect.name == "postgresql":  # registry processes starting together take turns
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        if held() == wanted:
+            return False
     session.execute(delete(RolePermissionRecord))
     session.execute(delete(PermissionRecord))
     session.execute(delete(RoleRecord))
