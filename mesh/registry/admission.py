@@ -56,9 +56,7 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
     is audited and leaves the agent's earlier admission, pins and trust as they were. The agent and its
     pins belong to the project the registry assigns it (``tenancy.Tenancy.of``), never one it asks for."""
     with tenancy.acting_as(registry.tenancy.of(name)):
-        answer = await _admit(registry, name, endpoint, manifest_json, jwks, trust)
-    registry.tenancy.admitted(name)
-    return answer
+        return await _admit(registry, name, endpoint, manifest_json, jwks, trust)
 
 
 async def _admit(registry: Registry, name: str, endpoint: str, manifest_json: dict[str, Any],
@@ -136,6 +134,7 @@ async def _admit(registry: Registry, name: str, endpoint: str, manifest_json: di
         del registry.descriptors[key]
     registry.descriptors.update(others)
     registry.endpoints[name] = endpoint
+    registry.tenancy.admitted(name)  # callable from now on, like its pins, by callers of its project
     registry.manifest_digests[name] = manifest.digest
     registry.admitted_here.add(name)
     await registry.index_agent(name)
