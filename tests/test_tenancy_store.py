@@ -188,7 +188,7 @@ def upgrade_to(engine: Any, revision: str) -> None:
         command.upgrade(config, revision)
 
 
-def test_an_existing_database_upgrades_keeping_its_runs_and_pins(database_url: str) -> None:
+def test_an_existing_database_upgrades_and_downgrades_keeping_its_runs_and_pins(database_url: str) -> None:
     engine = store.connect(database_url)
     try:
         upgrade_to(engine, "0008")
@@ -212,5 +212,19 @@ def test_an_existing_database_upgrades_keeping_its_runs_and_pins(database_url: s
             assert store.get_project(session, "default", "default") is not None
         with acting_as(ACME), sessions.begin() as session:
             assert store.list_runs(session) == []
+        downgrade_to(engine, "0008")  # and back: nothing lost either way (SQLite's rebuilds cascade otherwise)
+        with engine.begin() as connection:
+            assert [connection.scalar(text(f"SELECT count(*) FROM {table}")) for table in ("runs", "tools")] == [3, 1]
+        store.migrate(engine)
+        with sessions.begin() as session:
+            assert len(store.list_runs(session)) == 3 and len(store.list_tools(session)) == 1
     finally:
         engine.dispose()
+
+
+def downgrade_to(engine: Any, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(store.MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)

@@ -19,7 +19,9 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -123,13 +125,19 @@ def upgrade() -> None:
 
 
 def _sqlite_agents_refer_to_projects() -> None:
-    """SQLite adds a foreign key only by rebuilding the table, and dropping the old ``agents`` (foreign keys
-    on) deletes its tools and descriptors by their cascade: they are kept aside and put back."""
+    with _rebuilding_agents() as batch:
+        batch.create_foreign_key(op.f("fk_agents_org_id_projects"), "projects", ["org_id", "project_id"],
+                                 ["org_id", "id"], ondelete="CASCADE")
+
+
+@contextmanager
+def _rebuilding_agents() -> Iterator[Any]:
+    """SQLite changes a foreign key only by rebuilding the table, and dropping the old ``agents`` (foreign
+    keys on) deletes its tools and descriptors by their cascade: they are kept aside and put back."""
     for table in PINS:
         op.execute(f"CREATE TEMP TABLE keep_{table} AS SELECT * FROM {table}")
     with op.batch_alter_table("agents", recreate="always") as batch:
-        batch.create_foreign_key(op.f("fk_agents_org_id_projects"), "projects", ["org_id", "project_id"],
-                                 ["org_id", "id"], ondelete="CASCADE")
+        yield batch
     for table in PINS:
         op.execute(f"INSERT INTO {table} SELECT * FROM keep_{table}")
         op.execute(f"DROP TABLE keep_{table}")
@@ -142,12 +150,21 @@ def downgrade() -> None:
     op.drop_table("permissions")
     op.drop_table("roles")
     op.drop_table("org_policies")
-    with op.batch_alter_table("agents") as batch:
-        batch.drop_constraint(op.f("fk_agents_org_id_projects"), type_="foreignkey")
     op.drop_index(op.f("ix_runs_org_id_project_id_started_at"), "runs")
     op.drop_index(op.f("ix_agents_org_id_project_id"), "agents")
-    for table in TENANT_TABLES:
-        with op.batch_alter_table(table) as batch:
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_constraint(op.f("fk_agents_org_id_projects"), "agents", type_="foreignkey")
+        for table in TENANT_TABLES:
+            op.drop_column(table, "project_id")
+            op.drop_column(table, "org_id")
+    else:
+        # SQLite's own DROP COLUMN rewrites no table (a rebuild would cascade: runs -> decisions, ...).
+        for table in TENANT_TABLES:
+            if table != "agents":
+                op.execute(f"ALTER TABLE {table} DROP COLUMN project_id")
+                op.execute(f"ALTER TABLE {table} DROP COLUMN org_id")
+        with _rebuilding_agents() as batch:  # its columns are in its foreign key: only a rebuild drops them
+            batch.drop_constraint(op.f("fk_agents_org_id_projects"), type_="foreignkey")
             batch.drop_column("project_id")
             batch.drop_column("org_id")
     op.drop_table("projects")
