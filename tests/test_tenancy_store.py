@@ -136,6 +136,20 @@ def test_the_permissions_tables_agree_with_the_code(sessions: sessionmaker[Sessi
         assert store.sync_permissions(session, PERMISSIONS, (*ROLES, "agent")) is False
 
 
+def test_an_organisations_settings_are_its_own(tenants: sessionmaker[Session]) -> None:
+    with tenants.begin() as session:
+        store.set_org_policy(session, "acme", "approval_timeout_s", 300, by="user:local")
+        store.set_org_policy(session, "acme", "budget_webhook", {"url": "https://hooks.example/acme"}, by="user:local")
+        store.set_org_policy(session, "beta", "approval_timeout_s", 60, by="user:local")
+    with tenants.begin() as session:
+        assert store.org_policy(session, "acme") == {"approval_timeout_s": 300,
+                                                    "budget_webhook": {"url": "https://hooks.example/acme"}}
+        store.set_org_policy(session, "acme", "budget_webhook", None, by="user:local")
+    with tenants.begin() as session:
+        assert store.org_policy(session, "acme") == {"approval_timeout_s": 300}
+        assert store.org_policy(session, "beta") == {"approval_timeout_s": 60}
+
+
 # --- PostgreSQL: row-level security holds by itself, as the least-privilege role ---------------------------
 
 

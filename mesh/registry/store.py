@@ -810,6 +810,27 @@ def delete_project(session: Session, org_id: str, project_id: str) -> list[str]:
     return agents
 
 
+def org_policy(session: Session, org_id: str) -> dict[str, Any]:
+    """An organisation's settings (``org_policies``) as ``{key: value}``."""
+    query = select(OrgPolicyRecord).where(OrgPolicyRecord.org_id == org_id)
+    return {record.key: record.value for record in session.scalars(query)}
+
+
+def set_org_policy(session: Session, org_id: str, key: str, value: Any, *, by: str) -> OrgPolicyRecord | None:
+    """Set one setting of an organisation (e.g. "approval_timeout_s", "budget_webhook"); None removes it."""
+    record = session.get(OrgPolicyRecord, (org_id, key))
+    if value is None:
+        if record is not None:
+            session.delete(record)
+        return record
+    if record is None:
+        record = OrgPolicyRecord(org_id=org_id, key=key)
+        session.add(record)
+    record.value, record.updated_by, record.updated_at = value, by, utcnow()
+    session.flush()
+    return record
+
+
 def permission_rows(permissions: dict[str, tuple[frozenset[str], str]],
                     roles: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of ``roles``, ``permissions`` and ``role_permissions`` that a permissions matrix (``auth.PERMISSIONS``)
