@@ -1,7 +1,7 @@
 """Tenancy in the store: run as one tenant, each store operation neither sees nor changes another's rows.
 
 On SQLite and PostgreSQL through the same session rules (``tenancy.py``); on PostgreSQL also with raw SQL as
-the least-privilege role ``mesh_registry``, to show row-level security holds by itself. And migration 0009
+the least-privilege role ``mesh_registry``, to show row-level security holds by itself. And migration 0015
 upgrades a database at 0008 holding runs without losing them.
 """
 
@@ -126,7 +126,7 @@ def test_deleting_a_project_removes_its_agents_pins_but_keeps_runs_and_audit(
 
 def test_the_permissions_tables_agree_with_the_code(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
-        assert store.sync_permissions(session, PERMISSIONS, (*ROLES, "agent")) is False  # seeded by 0009
+        assert store.sync_permissions(session, PERMISSIONS, (*ROLES, "agent")) is False  # seeded by 0015
         grants = {(g.role, g.action) for g in session.scalars(select(store.RolePermissionRecord))}
         assert ("viewer", "read") in grants and ("viewer", "invoke") not in grants
         session.execute(text("DELETE FROM role_permissions WHERE role = 'owner' AND action = 'members'"))
@@ -191,7 +191,7 @@ def test_row_level_security_holds_for_raw_sql_as_the_registry_role(postgres_url:
         owner.dispose()
 
 
-# --- migration 0009 upgrades a database at 0008 that holds runs -------------------------------------------------
+# --- migration 0015 upgrades a database from before tenancy (0008) that holds runs ---------------------------
 
 
 def upgrade_to(engine: Any, revision: str) -> None:
@@ -226,7 +226,7 @@ def test_an_existing_database_upgrades_and_downgrades_keeping_its_runs_and_pins(
             assert store.get_project(session, "default", "default") is not None
         with acting_as(ACME), sessions.begin() as session:
             assert store.list_runs(session) == []
-        downgrade_to(engine, "0008")  # and back: nothing lost either way (SQLite's rebuilds cascade otherwise)
+        downgrade_to(engine, "0014")  # and back: nothing lost either way (SQLite's rebuilds cascade otherwise)
         with engine.begin() as connection:
             assert [connection.scalar(text(f"SELECT count(*) FROM {table}")) for table in ("runs", "tools")] == [3, 1]
         store.migrate(engine)

@@ -29,7 +29,7 @@ from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.learning import records as learning_records
 from mesh.learning.routes import routes as learning_routes
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import a2a_front, admission, audit, credentials, oidc, people, proxy, store, tenancy
+from mesh.registry import a2a_front, admission, approvals, audit, credentials, oidc, people, proxy, store, tenancy
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -281,6 +281,7 @@ def build_app(registry: Registry) -> Starlette:
         async with (anyio.create_task_group() as group, mesh_mcp.session_manager.run(),
                     agent_mcp.session_manager.run(), sandboxes.running()):
             registry.forwarder = Forwarder()
+            group.start_soon(registry.runlog.run)  # group commit of run records (runlog.py)
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
             if registry.embedded_database:
@@ -331,7 +332,8 @@ def build_app(registry: Registry) -> Starlette:
             Route("/invoke", problem_json(invoke), methods=["POST"]),
             Route("/runs", problem_json(runs), methods=["GET"]),
             Route("/runs/{run_id}", problem_json(run), methods=["GET"]),
-            *sandboxes.api_routes(),
+            *approvals.routes(registry),  # /approvals/requests...: calls waiting for a person (before /approvals/{id})
+            *sandboxes.api_routes(),  # /approvals: standing approvals of connected sandboxes
             *audit.routes(registry),  # /audit, /audit/export, /audit/checkpoints
             *credentials.routes(registry),  # /secrets, /secrets/{ref}, .../rotate, .../cutover
             *learning_routes(registry, sandboxes.front),  # plans, runs (in sandboxes), assessments, prompts

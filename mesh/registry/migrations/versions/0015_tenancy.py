@@ -3,7 +3,8 @@ organisation settings and the permissions tables.
 
 - ``projects`` (org_id, id, name): the default organisation gets the project ``default``.
 - ``org_id`` and ``project_id`` on the tenant tables (``TENANT_TABLES``): existing rows go to
-  ``default/default``, so an existing registry keeps its agents, pins and runs. Agents refer to their
+  ``default/default``, so an existing registry keeps its agents, pins and runs. ``approval_requests``
+  (0010) has its columns already. Agents refer to their
   project (ON DELETE CASCADE; on SQLite by rebuilding ``agents``, its pins kept aside meanwhile).
 - On PostgreSQL: the least-privilege role ``mesh_registry`` with its grants, and a forced ``tenant``
   policy on each tenant table (``migrations/rls.py``); ``projects``, ``org_policies`` and the credentials
@@ -12,8 +13,8 @@ organisation settings and the permissions tables.
   ``role_permissions``, seeded from ``auth.PERMISSIONS``: the code stays the one source of truth and the
   registry rewrites the tables at start when they drifted (``store.sync_permissions``).
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-11-30
 """
 
@@ -30,8 +31,8 @@ from mesh.registry.auth import PERMISSIONS, ROLES
 from mesh.registry.migrations.rls import create_registry_role, disable_tenant_rls, enable_tenant_rls
 from mesh.registry.store import DEFAULT_TENANT, UTCDateTime, permission_rows, utcnow
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0015"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -41,6 +42,8 @@ TENANT_TABLES = (
     "capability_assessments", "prompt_versions", "active_prompts",
 )
 PINS = ("tools", "descriptors")  # the tables that refer to agents
+# Made with their org_id and project_id by an earlier revision: here they only get their row-level security.
+TENANT_TABLES_WITH_COLUMNS = ("approval_requests",)
 ORG_TABLES = ("projects", "org_policies", "credentials", "credential_versions")
 
 
@@ -118,7 +121,7 @@ def upgrade() -> None:
     op.bulk_insert(role_permissions, grants)
 
     create_registry_role(op)
-    for table in TENANT_TABLES:
+    for table in (*TENANT_TABLES, *TENANT_TABLES_WITH_COLUMNS):
         enable_tenant_rls(op, table)
     for table in ORG_TABLES:
         enable_tenant_rls(op, table, project=False)
@@ -144,7 +147,7 @@ def _rebuilding_agents() -> Iterator[Any]:
 
 
 def downgrade() -> None:
-    for table in (*TENANT_TABLES, *ORG_TABLES):
+    for table in (*TENANT_TABLES, *TENANT_TABLES_WITH_COLUMNS, *ORG_TABLES):
         disable_tenant_rls(op, table)
     op.drop_table("role_permissions")
     op.drop_table("permissions")
