@@ -18,9 +18,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.learning import records as learning
-from mesh.registry import store
-from mesh.registry.auth import PERMISSIONS, ROLES
+from mesh.registry import approvals, store
+from mesh.registry.auth import PERMISSIONS, ROLES, Caller
 from mesh.registry.migrations.rls import REGISTRY_ROLE
+from mesh.registry.problems import Problem
 from mesh.registry.store import RunRecord, SandboxRecord, ToolRecord
 from mesh.registry.tenancy import TenancyViolation, Tenant, acting_as, as_registry
 
@@ -134,6 +135,21 @@ def test_the_permissions_tables_agree_with_the_code(sessions: sessionmaker[Sessi
         assert store.sync_permissions(session, PERMISSIONS, (*ROLES, "agent")) is True
         assert session.get(store.RolePermissionRecord, ("owner", "members")) is not None
         assert store.sync_permissions(session, PERMISSIONS, (*ROLES, "agent")) is False
+
+
+def test_approval_requests_belong_to_the_project_they_were_made_in(tenants: sessionmaker[Session]) -> None:
+    local = Caller("user:local", "user", ["*"], org="default", role="owner")
+    with acting_as(ACME), tenants.begin() as session:
+        request = approvals.create(session, caller=local, agent="alpha", tool="search", rule="needs_approval",
+                                   reasons=["a person says yes first"], approvers=["admin"], timeout=60)
+        assert (request.org_id, request.project_id) == ("acme", "web")
+    with acting_as(BETA), tenants.begin() as session:
+        assert approvals.listing(session) == []
+        assert session.get(store.ApprovalRequestRecord, request.id) is None
+        with pytest.raises(Problem, match="no approval request"):  # another project's: unknown here
+            approvals.transition(session, request.id, "approved", actor="user:local")
+    with acting_as(ACME), tenants.begin() as session:
+        assert [r.id for r in approvals.listing(session)] == [request.id]
 
 
 def test_an_organisations_settings_are_its_own(tenants: sessionmaker[Session]) -> None:
