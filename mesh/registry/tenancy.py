@@ -1,10 +1,13 @@
 """Tenancy: which organisation and project a piece of work acts in, and the store rules that follow.
 
 Organisations and projects own agents, their pins (tools, descriptors), runs, decisions, reputations,
-sandboxes and their runs, approvals, learning records and prompt versions: every such table has
-``org_id`` and ``project_id`` columns (``store.Tenanted``). Agent names stay unique in one registry (a
-name is the agent's identity, bound to its keys), so the registry's in-memory maps stay keyed by name
-and ``Registry.tenants`` says which project each agent belongs to.
+sandboxes and their runs, approvals and approval requests, learning records and prompt versions: every
+such table has ``org_id`` and ``project_id`` columns (``store.Tenanted``). A table added later joins by
+subclassing ``store.Tenanted`` and calling ``migrations/rls.enable_tenant_rls`` in its migration.
+
+Agent names stay unique in one registry (a name is the agent's identity, bound to its keys), so the
+registry's in-memory maps stay keyed by name, and ``Registry.tenancy`` (``Tenancy``) says which project
+each agent belongs to.
 
 Who acts where:
 
