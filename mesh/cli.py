@@ -433,6 +433,22 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     return login.tokens_list(workspace, registry)
 
 
+@command("project")
+def cmd_project(args: argparse.Namespace) -> int:
+    from mesh import projects
+
+    workspace = Workspace(Path(args.workspace))
+    if args.project_command == "use":
+        try:
+            path = projects.use(workspace, None if args.project == "-" else args.project)
+        except ValueError as exc:
+            raise RegistryProblem(str(exc)) from exc
+        say(f"acting in {args.project if args.project != '-' else 'the default project'} ({path})")
+        return 0
+    print(projects.current(workspace) or "(none: the default project of your organisation)")
+    return 0
+
+
 # -- argument parsing ---------------------------------------------------------------------------------
 
 
@@ -619,6 +635,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=float, default=None, help="how long it lives (default: [auth] token_days)")
     p.add_argument("--org", default=None, help="the organisation it acts in (default: the one you act in)")
     tokens_sub.add_parser("ls", parents=[client, common], help="your tokens (never their secrets)")
+    project = sub.add_parser("project", help="the project (ORG/PROJECT) mesh commands act in")
+    project_sub = project.add_subparsers(dest="project_command", required=True)
+    p = project_sub.add_parser("use", parents=[common], help="act in ORG/PROJECT from now on ('-': the default)")
+    p.add_argument("project", metavar="ORG/PROJECT")
+    project_sub.add_parser("show", parents=[common], help="the current project")
     p = tokens_sub.add_parser("revoke", parents=[client, common], help="revoke a token now")
     p.add_argument("token_id", metavar="ID", help="the token's id, as `mesh tokens ls` shows it")
     return top

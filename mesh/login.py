@@ -25,6 +25,7 @@ import httpx
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
 
+from mesh import projects
 from mesh.workspace import Workspace
 
 LOGIN_FILE = "login.json"
@@ -98,13 +99,14 @@ def _entry(token: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def headers(workspace: Workspace, registry: str) -> dict[str, str]:
+    """The token (as ``bearer``) and the current project (``mesh project use``, as ``X-Project-Id``)."""
     token = bearer(workspace, registry)
-    return {"authorization": f"Bearer {token}"} if token else {}
+    return ({"authorization": f"Bearer {token}"} if token else {}) | projects.header(workspace)
 
 
 def cli_headers(registry: str) -> dict[str, str]:
     """What `mesh ls`, `discover`, `call` and `runs` send: ``$MESH_TOKEN``, else the sign-in saved in the
-    current folder's ``.mesh/``, else nothing."""
+    current folder's ``.mesh/``, else nothing; and the current project, if one is set."""
     return headers(Workspace(), registry.rstrip("/"))
 
 

@@ -181,6 +181,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema alone (skipped without ``MESH_TEST_DATABASE_URL``), for what only it has."""
+    server = os.environ.get(POSTGRES_VARIABLE)
+    if not server:
+        pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    with postgres_schema(server) as url:
+        yield url
+
+
+@pytest.fixture
 def engine(database_url: str) -> Iterator[Any]:
     """The registry's store on that database, migrated to the newest revision."""
     from mesh.registry import store

@@ -414,3 +414,37 @@ def test_a_budget_that_asks_for_approval_holds_the_call_and_a_yes_lets_the_calle
     assert mesh.invoke("echo", "echo", {"text": "after"}).status_code == 200  # the override stands: not asked
     assert httpx.get(f"{mesh.url}/v1/approvals/requests", params={"status": "requested"}).json()["requests"] == []
     httpx.delete(f"{mesh.url}/v1/budgets/asked-day")
+
+
+def test_a_budget_belongs_to_its_organisation_and_is_unknown_to_another(tmp_path: Path,
+                                                                        sessions: sessionmaker[Session]):
+    """Budgets are listed, read, changed and overridden only within the organisation the caller acts in."""
+    from starlette.testclient import TestClient
+
+    from mesh.registry.app import build_app
+    from mesh.registry.config import RegistryConfig
+    from mesh.registry.node import Registry
+    from mesh.workspace import Workspace
+
+    from .conftest import copy_repo_workspace
+    from .test_people import a_person, bearer
+
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    registry = Registry.open(RegistryConfig.from_workspace(workspace, database_url=str(sessions.kw["bind"].url)))
+    _, acme = a_person(registry, "ann", "owner", org="acme")
+    with TestClient(build_app(registry), base_url="http://127.0.0.1:7300", client=("10.1.2.3", 5000)) as remote, \
+            TestClient(build_app(registry), base_url="http://127.0.0.1:7300", client=("127.0.0.1", 5000)) as local:
+        made = remote.post("/v1/budgets", json={"id": "acme-day", "period": "day", "limit": 3}, headers=bearer(acme))
+        assert made.status_code == 201 and made.json()["org"] == "acme"  # the caller's organisation by default
+        home = local.post("/v1/budgets", json={"id": "home-day", "period": "day", "limit": 3})
+        assert home.json()["org"] == "default"
+
+        assert [b["id"] for b in remote.get("/v1/budgets", headers=bearer(acme)).json()["budgets"]] == ["acme-day"]
+        assert "acme-day" not in [b["id"] for b in local.get("/v1/budgets").json()["budgets"]]
+        for answer in (local.get("/v1/budgets/acme-day"), local.delete("/v1/budgets/acme-day"),
+                       local.post("/v1/budgets/acme-day/override", json={"hours": 1}),
+                       local.post("/v1/budgets", json={"id": "acme-day", "org": "default", "limit": 99})):
+            assert answer.status_code == 404 and "no budget 'acme-day'" in answer.json()["detail"], answer.text
+        elsewhere = remote.post("/v1/budgets", json={"id": "x-day", "org": "default", "limit": 1}, headers=bearer(acme))
+        assert elsewhere.status_code == 403 and "acts in organisation 'acme'" in elsewhere.json()["detail"]
+        assert remote.get("/v1/budgets/acme-day", headers=bearer(acme)).json()["limit"] == 3  # untouched

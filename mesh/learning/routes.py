@@ -54,6 +54,8 @@ def routes(registry: Any, sandbox_front: Any = None) -> list[Route]:
     def trainer(request: Request, agent: str) -> Caller:
         """The agent itself or an administrator may change what it learns."""
         caller = allowed(registry, request, "read")
+        if registry.tenancy.elsewhere(caller, agent):  # another project's agent is unknown here
+            raise Problem("unknown-agent", f"no agent {agent!r} is registered")
         if not (caller.is_admin or caller.agent == agent):
             raise Problem("forbidden", f"{caller.id} may not train {agent}: only the agent or an administrator may")
         return caller

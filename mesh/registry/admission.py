@@ -21,7 +21,7 @@ from mesh import card
 from mesh.keys import TrustStore
 from mesh.manifest import KINDS, SIGNATURE_META, Manifest, ManifestProblem, descriptor_digest, verify_descriptor
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import audit, store
+from mesh.registry import audit, store, tenancy
 from mesh.registry.forward import AgentError
 from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry
 from mesh.registry.problems import Problem
@@ -53,7 +53,14 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
     """Admit (or re-admit) ``name`` under the keys ``trust`` holds for it; returns what changed.
 
     The caller has authenticated the agent already. Raises a ``registration-refused`` Problem; a refusal
-    is audited and leaves the agent's earlier admission, pins and trust as they were."""
+    is audited and leaves the agent's earlier admission, pins and trust as they were. The agent and its
+    pins belong to the project the registry assigns it (``tenancy.Tenancy.of``), never one it asks for."""
+    with tenancy.acting_as(registry.tenancy.of(name)):
+        return await _admit(registry, name, endpoint, manifest_json, jwks, trust)
+
+
+async def _admit(registry: Registry, name: str, endpoint: str, manifest_json: dict[str, Any],
+                 jwks: dict[str, Any] | None, trust: TrustStore) -> dict[str, Any]:
     if not (endpoint.startswith(("http://", "https://")) and len(endpoint) <= 2048):
         raise Problem("bad-request", "endpoint must be an http(s) URL of at most 2048 characters")
     try:
@@ -128,6 +135,7 @@ async def admit(registry: Registry, name: str, endpoint: str, manifest_json: dic
         del registry.descriptors[key]
     registry.descriptors.update(others)
     registry.endpoints[name] = endpoint
+    registry.tenancy.admitted(name)  # callable from now on, like its pins, by callers of its project
     registry.manifest_digests[name] = manifest.digest
     registry.admitted_here.add(name)
     await registry.index_agent(name)
@@ -190,6 +198,11 @@ async def recheck(registry: Registry, name: str) -> list[str] | None:
     endpoint = registry.endpoints.get(name)
     if endpoint is None:
         raise Problem("unknown-agent", f"no agent {name!r} is registered")
+    with tenancy.acting_as(registry.tenancy.of(name)):
+        return await _recheck(registry, name, endpoint)
+
+
+async def _recheck(registry: Registry, name: str, endpoint: str) -> list[str] | None:
     try:
         listed = {kind: {item["name"]: item for item in items}
                   for kind, items in (await live_descriptors(registry, endpoint)).items()}

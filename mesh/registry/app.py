@@ -31,7 +31,19 @@ from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.learning import records as learning_records
 from mesh.learning.routes import routes as learning_routes
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import a2a_front, admission, approvals, audit, budgets, credentials, oidc, people, proxy, store
+from mesh.registry import (
+    a2a_front,
+    admission,
+    approvals,
+    audit,
+    budgets,
+    credentials,
+    oidc,
+    people,
+    proxy,
+    store,
+    tenancy,
+)
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -166,7 +178,9 @@ def build_app(registry: Registry) -> Starlette:
     async def recheck(request: Request) -> JSONResponse:
         """Re-list an agent's tools now and block any that changed after approval."""
         name = path_name(request)
-        allowed(registry, request, "recheck", name)
+        caller = allowed(registry, request, "recheck", name)
+        if not registry.tenancy.visible(caller, name):
+            raise tenancy.unknown_agent(name)
         blocked = await admission.recheck(registry, name)
         if blocked is None:
             raise Problem("target-unavailable", f"cannot list the tools of {name!r}; it is marked down")
@@ -191,6 +205,8 @@ def build_app(registry: Registry) -> Starlette:
         """An operator revokes one of an agent's keys (scope registry:admin; the local user has it)."""
         name = path_name(request)
         caller = allowed(registry, request, "admin", name)
+        if not registry.tenancy.visible(caller, name):
+            raise tenancy.unknown_agent(name)
         body = await read_json(registry, request)
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
@@ -202,7 +218,7 @@ def build_app(registry: Registry) -> Starlette:
 
     async def discover(request: Request) -> JSONResponse:
         """Verified tools ranked by words, names and meaning (fused), weighted by reputation; see discovery.py."""
-        allowed(registry, request, "read")
+        caller = allowed(registry, request, "read")
         params = request.query_params
         if not params.get("q"):
             raise Problem("bad-request", "discover needs a query: ?q=TEXT")
@@ -217,7 +233,8 @@ def build_app(registry: Registry) -> Starlette:
             raise Problem("bad-request", f"read_only must be true or false, not {read_only[:20]!r}")
         flag = None if read_only is None else BOOLEANS[read_only.lower()]
         agent_filter = query_name(params.get("agent"), "agent")
-        return JSONResponse({"results": registry.discover(params["q"], k=k, agent=agent_filter, read_only=flag)})
+        return JSONResponse({"results": registry.discover(params["q"], k=k, agent=agent_filter, read_only=flag,
+                                                          caller=caller)})
 
     async def invoke(request: Request) -> JSONResponse:
         """Call AGENT.TOOL through the registry (caller, schema, policy, forward, provenance, reputation)."""

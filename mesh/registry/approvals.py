@@ -52,7 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mesh.registry import audit, store
+from mesh.registry import audit, store, tenancy
 from mesh.registry.auth import AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.policy import Decision
 from mesh.registry.problems import Problem, problem_json
@@ -86,8 +86,7 @@ def create(session: Session, *, caller: Caller, agent: str, tool: str, rule: str
     at = now or store.utcnow()
     record = _Record(kind=kind, status="requested", caller=caller.id, agent=agent, tool=tool, rule=rule,
                      reasons=list(reasons), approvers=list(approvers), run_id=run_id,
-                     arguments_digest=arguments_digest, requested_at=at, expires_at=at + timedelta(seconds=timeout),
-                     org_id=caller.org or "default", project_id="default")
+                     arguments_digest=arguments_digest, requested_at=at, expires_at=at + timedelta(seconds=timeout))
     session.add(record)
     session.flush()
     _audit(session, record, "requested", actor=caller.id, at=at)
@@ -229,7 +228,8 @@ class Approvals:
         """Record a request for what ``decision`` held (any ``kind``); wait on it with ``wait``."""
 
         def write() -> store.ApprovalRequestRecord:
-            with self.registry.sessions.begin() as session:
+            # The request belongs to the called agent's project (``tenancy.py``): its approvers act there.
+            with tenancy.acting_as(self.registry.tenancy.of(agent)), self.registry.sessions.begin() as session:
                 record = create(session, caller=caller, agent=agent, tool=tool, rule=decision.rule,
                                 reasons=decision.reasons, approvers=list(decision.approvers),
                                 timeout=self.settings.timeout, kind=kind, run_id=run_id,

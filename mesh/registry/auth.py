@@ -44,7 +44,8 @@ class Caller:
     kind: str  # "agent", "user" or "anonymous"
     scopes: list[str] = field(default_factory=list)
     kid: str | None = None  # the key an agent's token was signed with
-    org: str | None = None  # the organisation a person acts in (until tenancy: whose registry this is)
+    org: str | None = None  # the organisation the caller acts in (a person's token's; an agent's project's)
+    project: str | None = None  # the project of ``org`` it acts in (``tenancy.py``: X-Project-Id, an agent's own)
     role: str | None = None  # a person's role in ``org``: owner, admin, member, viewer (None: no membership)
     via: str | None = None  # how a person proved it: "loopback", "oidc" or "api-token"
     token_id: str | None = None  # the personal API token used, when ``via`` is "api-token"

@@ -508,10 +508,13 @@ def routes(registry: Registry) -> list[Any]:
     budgets = registry.budgets
 
     def answered(action: str, handler: Any) -> Any:
+        """``handler(request, by, org)``: ``org`` is the organisation the caller acts in (``tenancy.py``); a
+        budget of another organisation is unknown to it, as one that does not exist."""
+
         async def wrapped(request: Request) -> Response:
             try:
                 caller = allowed(registry, request, action)
-                return await handler(request, caller.id)
+                return await handler(request, caller.id, registry.tenancy.of_caller(caller).org)
             except BudgetProblem as problem:
                 return Problem(problem.kind, str(problem)).response()
             except Problem as problem:
@@ -526,26 +529,37 @@ def routes(registry: Registry) -> list[Any]:
             raise Problem("bad-request", "the request body must be a JSON object")
         return body
 
-    async def listing(request: Request, by: str) -> Response:
-        """Every budget with this period's spend, state and active overrides."""
-        return JSONResponse({"budgets": budgets.listing()})
+    def own(budget_id: str, org: str) -> BudgetSpec:
+        spec = budgets.require(budget_id)
+        if spec.org != org:
+            raise BudgetProblem("unknown-budget", f"no budget {spec.id!r}")
+        return spec
 
-    async def put(request: Request, by: str) -> Response:
+    async def listing(request: Request, by: str, org: str) -> Response:
+        """Every budget of the caller's organisation with this period's spend, state and active overrides."""
+        return JSONResponse({"budgets": [b for b in budgets.listing() if b["org"] == org]})
+
+    async def put(request: Request, by: str, org: str) -> Response:
         """Create or replace a budget (one defined in registry.toml is changed there)."""
-        spec = read_spec(await body_of(request))
+        body = await body_of(request)
+        spec = read_spec({"org": org, **body})
+        if spec.org != org:
+            raise Problem("forbidden", f"{by} acts in organisation {org!r}: it cannot set a budget of {spec.org!r}")
+        if spec.id in budgets.specs:  # replacing one: it must be this organisation's
+            own(spec.id, org)
         budgets.put(spec, by)
         return JSONResponse(budgets.to_json(spec), status_code=201)
 
-    async def one(request: Request, by: str) -> Response:
+    async def one(request: Request, by: str, org: str) -> Response:
         """One budget with this period's spend."""
-        return JSONResponse(budgets.to_json(budgets.require(request.path_params["budget_id"])))
+        return JSONResponse(budgets.to_json(own(request.path_params["budget_id"], org)))
 
-    async def remove(request: Request, by: str) -> Response:
+    async def remove(request: Request, by: str, org: str) -> Response:
         """Remove a budget made through the API, with its spend and overrides (the audit log keeps them)."""
-        budgets.remove(request.path_params["budget_id"], by)
+        budgets.remove(own(request.path_params["budget_id"], org).id, by)
         return Response(status_code=204)
 
-    async def override(request: Request, by: str) -> Response:
+    async def override(request: Request, by: str, org: str) -> Response:
         """Let calls past the budget's hard limit for ``hours`` (default 1), with a ``reason``."""
         body = await body_of(request)
         hours, reason = body.get("hours", 1), body.get("reason", "")
@@ -553,7 +567,7 @@ def routes(registry: Registry) -> list[Any]:
             raise Problem("bad-request", "hours must be a number above 0 and at most a year (8784)")
         if not isinstance(reason, str) or len(reason) > 2000:
             raise Problem("bad-request", "reason must be a string of at most 2000 characters")
-        granted = budgets.grant_override(request.path_params["budget_id"], by=by, reason=reason,
+        granted = budgets.grant_override(own(request.path_params["budget_id"], org).id, by=by, reason=reason,
                                          expires_at=datetime.now(UTC) + timedelta(hours=hours))
         return JSONResponse(granted, status_code=201)
 

@@ -92,11 +92,15 @@ class RegistryConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(7300, ge=0, le=65535)
     database_url: str | None = None
+    # PostgreSQL: connect as this least-privilege role under row-level security (``tenancy.py``), e.g.
+    # "mesh_registry", which the migrations create; the login role must be a member. None: as the login role.
+    database_role: str | None = None
     strict: bool = False
     trust_local_keys: bool = False  # `mesh up` sets it: trust keys under this workspace's .mesh/
     allow_local_user: bool = True  # a caller on loopback without a token acts as "user:local"
     local_user_scopes: list[str] = Field(default_factory=lambda: ["*"])
     grants: dict[str, list[str]] = Field(default_factory=dict)  # agent -> scopes it holds as a caller
+    agent_projects: dict[str, str] = Field(default_factory=dict)  # agent -> "ORG/PROJECT" ([agents.NAME] project)
     policy: dict[str, Any] = Field(default_factory=dict)  # data for the Rego policy
     call_timeout: PositiveFloat = 30.0
     recheck_interval: PositiveFloat = 30.0  # seconds between re-listing each agent's tools (rug-pull check)
@@ -126,6 +130,8 @@ class RegistryConfig(BaseModel):
         settings = {
             **section,
             "grants": document.get("grants", {}),
+            "agent_projects": {name: settings["project"] for name, settings in (document.get("agents") or {}).items()
+                               if isinstance(settings, dict) and "project" in settings},
             "auth": document.get("auth", {}),
             "approvals": document.get("approvals", {}),
             "budgets": document.get("budgets", {}),

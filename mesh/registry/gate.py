@@ -4,7 +4,8 @@ In order: the ``Host`` must be one of the registry's own (DNS rebinding), a brow
 on the allow-list (a web page must not act as the local user), a body must be JSON and no bigger than
 ``max_body_bytes``, and the caller must be known — an agent by its token, or the local user on
 loopback — except on the few routes that authenticate by themselves or are public. The caller found
-here is kept in ``request.state.caller`` for the routes.
+here, placed in the project it acts in (``tenancy.py``: ``X-Project-Id``, an agent's own), is kept in
+``request.state.caller`` for the routes, which run acting as that project.
 
 Refusals are problem+json on ``/v1`` and JSON-RPC errors on the MCP endpoints, with the HTTP status
 that names the problem: 421 foreign host, 403 foreign origin, 415 not JSON, 413 too large, 401 no caller.
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mesh.registry import tenancy
 from mesh.registry.auth import ANONYMOUS, AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.node import Registry
 from mesh.registry.oidc import www_authenticate
@@ -116,7 +118,12 @@ class Gate:
         except Refused as refused:
             await self.refusal(scope, refused)(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        caller = scope["state"]["caller"]
+        if caller.kind == "anonymous":  # an open route: it names whom it acts for itself (registration)
+            await self.app(scope, receive, send)
+            return
+        with tenancy.acting_as(self.registry.tenancy.of_caller(caller)):  # the store shows only its project
+            await self.app(scope, receive, send)
 
     async def admit(self, scope: Scope, receive: Receive) -> Receive:
         """Check one request; return the ``receive`` to pass on (a replay when the body had to be read)."""
@@ -149,6 +156,10 @@ class Gate:
                 error = "invalid_token" if bearer_of(headers) else None
                 raise Refused(Problem("unauthenticated", str(exc)), {"www-authenticate": www_authenticate(base, error)}
                               ) from exc
+            try:
+                caller = self.registry.tenancy.place(caller, headers.get(tenancy.HEADER))
+            except Problem as problem:
+                raise Refused(problem) from problem
         scope.setdefault("state", {})["caller"] = caller
         return receive
 

@@ -109,7 +109,7 @@ class Front:
         """The one agent of ``/agents/{name}/mcp``."""
         request = ctx.request
         name = request.path_params.get("name", "") if isinstance(request, Request) else ""
-        if name not in self.registry.endpoints:
+        if not self.registry.tenancy.visible(self._caller(ctx, "read"), name):  # another project's: unknown
             raise MCPError(types.INVALID_PARAMS, f"no agent {name[:80]!r} is registered")
         return name
 
@@ -123,7 +123,10 @@ class Front:
         return agent, own
 
     def agents(self, ctx: ServerRequestContext[Any, Any]) -> list[str]:
-        return sorted(self.registry.endpoints) if self.whole_mesh else [self.agent_of(ctx)]
+        """The agents this face shows the caller: on ``/mcp`` those of the project it acts in."""
+        if not self.whole_mesh:
+            return [self.agent_of(ctx)]
+        return self.registry.tenancy.visible_agents(self._caller(ctx, "read"), sorted(self.registry.endpoints))
 
     def relay(self, ctx: ServerRequestContext[Any, Any]) -> Relay:
         """The client, as the agent should know it: capabilities, log level, a way to send it notifications;
@@ -263,9 +266,10 @@ class Front:
                 return _structured(await build_agent(self.registry.builder, self._caller(ctx, "admin"), arguments,
                                                      session_asker(ctx.session, ctx.request_id) if elicits else None))
             if name == "discover":
-                self._caller(ctx, "read")
+                caller = self._caller(ctx, "read")
                 hits = self.registry.discover(str(arguments.get("query", "")), k=int(arguments.get("k", 10)),
-                                              agent=arguments.get("agent"), read_only=arguments.get("read_only"))
+                                              agent=arguments.get("agent"), read_only=arguments.get("read_only"),
+                                              caller=caller)
                 return _structured({"result": hits})
             if not (isinstance(arguments.get("agent"), str) and isinstance(arguments.get("tool"), str)):
                 raise Problem("bad-request", "invoke needs agent and tool (strings) and arguments (an object)")

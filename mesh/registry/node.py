@@ -24,9 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
 from mesh.manifest import Manifest, ManifestProblem
 from mesh.names import NameProblem, check_name
-from mesh.registry import audit, store
+from mesh.registry import audit, store, tenancy
 from mesh.registry.auth import (
     ANONYMOUS,
+    PERMISSIONS,
+    ROLES,
     AuthProblem,
     Caller,
     claimed_agent,
@@ -213,6 +215,8 @@ class Registry:
         # agent -> target system -> latest assessed score (``mesh.learning``), for discovery and the policy
         self.proficiencies: dict[str, dict[str, float]] = {}
         self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
+        # Which project each agent belongs to, and where each caller acts (``tenancy.py``).
+        self.tenancy = tenancy.Tenancy(sessions, tenancy.assigned_projects(config), config.auth.default_org)
         self.runlog = RunLog(self)  # writes run records, grouping calls that finish together
         # limits per organisation or agent and period, their running spend in memory (``budgets.py``)
         self.budgets = Budgets(config.budgets, sessions, default_org=config.auth.default_org)
@@ -220,8 +224,12 @@ class Registry:
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
         ws = config.workspace
-        engine = store.connect(store.database_url(ws.root, config.database_url))
+        url = store.database_url(ws.root, config.database_url)
+        engine = store.connect(url)
         store.migrate(engine)
+        if config.database_role:  # migrated as the tables' owner; from now on under row-level security
+            engine.dispose()
+            engine = store.connect_as(url, config.database_role)
         policy = PolicyEngine(ws.root / "registry" / "policies", data=config.policy)
         ring = KeyRing.open(ws.state_dir / "keys" / REGISTRY_KEYS, create=True)  # not an agent's: no agent name
         registry = cls(config, store.session_factory(engine), policy, ring.active(), ring.public_jwks())
@@ -234,7 +242,11 @@ class Registry:
     def load(self) -> None:
         """Rebuild the in-memory view (pinned tools, endpoints, reputations, discovery) after a start."""
         descriptions: dict[str, str] = {}
-        with self.sessions.begin() as session:
+        self.tenancy.load()
+        with tenancy.as_registry(), self.sessions.begin() as session:  # every tenant's pins, for every call
+            # auth.PERMISSIONS is the one source of truth: tables that drifted from it are rewritten.
+            if store.sync_permissions(session, PERMISSIONS, (*ROLES, "agent")):
+                log.warning("the roles and permissions tables differed from auth.PERMISSIONS: rewritten")
             for agent in store.list_agents(session):
                 self.endpoints[agent.name] = agent.endpoint
                 descriptions[agent.name] = agent.description or ""
@@ -258,7 +270,7 @@ class Registry:
     async def index_agent(self, agent: str) -> None:
         """Make discovery show exactly ``agent``'s verified tools (embedding and Faiss run off the loop),
         then tell whoever listens for changes (the MCP faces, which tell their clients)."""
-        with self.sessions.begin() as session:
+        with tenancy.acting_as(self.tenancy.of(agent)), self.sessions.begin() as session:
             record = store.get_agent(session, agent)
             description = (record.description or "") if record is not None else ""
         upsert = functools.partial(self.discovery.upsert, agent, self.verified_wire(agent), description=description)
@@ -421,7 +433,7 @@ class Registry:
         signature, rests on keys the registry no longer trusts. The next registration is then checked in full.
         Returns the tools' names, and the other kinds' as ``KIND:NAME``."""
         trust = self.cached_trust(agent)
-        with self.sessions.begin() as session:
+        with tenancy.acting_as(self.tenancy.of(agent)), self.sessions.begin() as session:
             record = store.get_agent(session, agent)
             manifest_problem = None
             if record is not None and record.manifest:
@@ -457,12 +469,18 @@ class Registry:
             audit.append(session, actor=actor, action=action, subject=subject[:200], outcome=outcome,
                          detail=detail, remote=remote, data=data)
 
-    def discover(self, query: str, *, k: int = 10, agent: str | None = None,
-                 read_only: bool | None = None) -> list[dict[str, Any]]:
+    def discover(self, query: str, *, k: int = 10, agent: str | None = None, read_only: bool | None = None,
+                 caller: Caller | None = None) -> list[dict[str, Any]]:
+        """The best verified tools for ``query``; for a ``caller``, only those of the project it acts in."""
         if not 1 <= k <= 100:
             raise Problem("bad-request", f"k must be between 1 and 100, not {k}")
-        hits = self.discovery.search(query, k=k, agent=agent, read_only=read_only, reputation=self.known_score,
+        mine = None if caller is None else self.tenancy.of_caller(caller)
+        everyone_here = mine is None or set(self.tenancy.agents.values()) <= {mine}
+        wanted = k if everyone_here else max(k, self.discovery.searchable())  # then keep the caller's own
+        hits = self.discovery.search(query, k=wanted, agent=agent, read_only=read_only, reputation=self.known_score,
                                      proficiency=lambda name: self.proficiencies.get(name, {}))
+        if not everyone_here:
+            hits = [hit for hit in hits if self.tenancy.agents.get(hit.agent) == mine][:k]
         return [hit.to_json() for hit in hits]
 
     # -- reputation ---------------------------------------------------------------------------------------
@@ -485,10 +503,11 @@ class Registry:
         changed, self._unsaved = self._unsaved, set()
         if not changed:
             return
-        with self.sessions.begin() as session:
+        with tenancy.as_registry(), self.sessions.begin() as session:
             for agent, tool in sorted(changed):
                 reputation = self.reputations[(agent, tool)]
-                store.save_reputation(session, agent, tool, state=reputation.to_state(), score=reputation.score())
+                store.save_reputation(session, agent, tool, state=reputation.to_state(), score=reputation.score(),
+                                      tenant=self.tenancy.of(agent))
 
     def proficiency(self, agent: str, system: str) -> float | None:
         """``agent``'s latest assessed score (0..1) on a target ``system``, None when never assessed.
@@ -578,6 +597,7 @@ def run_json(run: store.RunRecord) -> dict[str, Any]:
         "error": run.error, "latency_ms": run.latency_ms, "policy_decision": run.policy_decision,
         "policy_rule": run.policy_rule, "trace_id": run.trace_id, "started_at": run.started_at.isoformat(),
         "provenance": run.provenance, "provenance_proof": run.provenance_proof, "cost": run.cost,
+        "project": f"{run.org_id}/{run.project_id}",
     }
 
 

@@ -119,6 +119,7 @@ RUN = _object(
         "provenance_proof": _nullable("object", description="when the JWS signs a batch of calls (a Merkle "
                                       "root): this run's claims, leaf index, batch size and audit path"),
         "cost": _nullable("number", description="cost units it spent from budgets; null: it reached no agent"),
+        "project": {"type": "string", "description": "ORG/PROJECT the run belongs to (its target agent's)"},
     },
     ["id", "parent_run_id", "log", "caller", "agent", "tool", "status", "started_at", "provenance"],
 )
@@ -284,6 +285,7 @@ PEOPLE_SCHEMAS = {
             "id": {"type": "string", "description": "user:ID (user:local), or agent:NAME"},
             "kind": {"enum": ["user", "agent"]},
             "org": _nullable("string", description="the organisation the caller acts in"),
+            "project": {"type": "string", "description": "ORG/PROJECT it acts in (X-Project-Id; an agent: its own)"},
             "role": _nullable("string", description="owner, admin, member or viewer there (null: none)"),
             "via": _nullable("string", description="loopback, oidc or api-token"),
             "scopes": _list({"type": "string"}),

@@ -337,7 +337,8 @@ def routes(registry: Registry) -> list[Route]:
     async def me(request: Request) -> JSONResponse:
         """Who the caller is: the person, the organisation and role they act in, all their memberships."""
         caller = caller_of(registry, request)
-        document: dict[str, Any] = {"id": caller.id, "kind": caller.kind, "org": caller.org, "role": caller.role,
+        document: dict[str, Any] = {"id": caller.id, "kind": caller.kind, "org": caller.org,
+                                    "project": registry.tenancy.of_caller(caller).key, "role": caller.role,
                                     "via": caller.via, "scopes": caller.scopes, "token_id": caller.token_id}
         if caller.user is not None:
             with registry.sessions.begin() as session:

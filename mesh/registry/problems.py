@@ -38,6 +38,7 @@ STATUS = {
     "credential-refused": 403,
     "credential-exists": 409,
     "unknown-org": 404,
+    "unknown-project": 404,
     "unknown-user": 404,
     "unknown-token": 404,
     "tool-blocked": 409,

@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from mesh import telemetry
 from mesh.client import RUN_META
 from mesh.manifest import MANIFEST_META, json_digest
-from mesh.registry import admission
+from mesh.registry import admission, tenancy
 from mesh.registry.auth import Caller
 from mesh.registry.budgets import REFUSAL_RULE, Charge
 from mesh.registry.forward import AgentError, Relay
@@ -228,21 +228,25 @@ def policy_input(registry: Registry, caller: Caller, pinned: PinnedTool | Pinned
     """The Rego input: ``target.tool`` is the tool (or prompt, resource URI...) named, ``kind`` and
     ``method`` say which kind of request it is, ``target.scopes`` what the signed manifest requires for it.
     Reading a resource, getting a prompt and completing an argument change nothing (MCP defines them as
-    reads): they are annotated read-only. ``credentials`` (``credentials.Credentials.policy_field``) names
-    the credentials a call would carry, by reference: the policy decides whether they may be attached.
-    ``budget`` (``budgets.Budgets.policy_field``) is the call's cost and each budget it would spend from."""
+    reads): they are annotated read-only. ``caller.org``/``caller.project`` say where the caller acts and
+    ``target.org``/``target.project`` where the agent belongs (``tenancy.py``). ``credentials``
+    (``credentials.Credentials.policy_field``) names the credentials a call would carry, by reference: the
+    policy decides whether they may be attached. ``budget`` (``budgets.Budgets.policy_field``) is the call's
+    cost and each budget it would spend from."""
     caller_reputation = registry.known_score(caller.agent) if caller.agent else None
     agent = pinned.agent if pinned else call.agent
+    acting, owner = registry.tenancy.of_caller(caller), registry.tenancy.of(agent)
     kind = call.kind if call else "tool"
     tool = isinstance(pinned, PinnedTool)
     return {
         "kind": kind, "method": METHODS[kind],
         "caller": {"id": caller.id, "kind": caller.kind, "scopes": caller.scopes, "reputation": caller_reputation,
                    "proficiency": registry.proficiencies.get(caller.agent, {}) if caller.agent else {},
-                   "org": caller.org, "role": caller.acting_role},
+                   "org": acting.org, "project": acting.project, "role": caller.acting_role},
         "target": {"agent": agent, "tool": pinned.name if tool else call.name, "kind": kind,
                    "annotations": pinned.annotations if tool else _READ, "scopes": pinned.scopes if pinned else [],
-                   "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent)},
+                   "reputation": registry.reputation(agent).score(), "probe": registry.probe_due(agent),
+                   "org": owner.org, "project": owner.project},
         "arguments": arguments,
         **({"credentials": credentials} if credentials is not None else {}),
         **({"budget": budget} if budget is not None else {}),
@@ -283,7 +287,9 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
     with telemetry.span("mesh.invoke", context=context, kind=SpanKind.SERVER, **attributes) as span:
         trace_id = _trace_id(span)
         run = _Run(registry, caller, agent, call.label, arguments, trace_id, parent_run_id)
-        # Unknown or blocked: refused before anything is recorded.
+        # Unknown (or another project's: the same to the caller) or blocked: refused before anything is recorded.
+        if not registry.tenancy.visible(caller, agent):
+            raise tenancy.unknown_agent(agent)
         pinned = described = None
         if call.kind == "tool":
             pinned = resolve(registry, agent, call.name)
@@ -299,7 +305,7 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
 
         # What it would spend joins the one policy evaluation: the budgets are in memory, no round trip.
         budgets = registry.budgets
-        charge = budgets.charge_for(caller.org, caller.agent,
+        charge = budgets.charge_for(registry.tenancy.of_caller(caller).org, caller.agent,
                                     budgets.cost_of(agent, call.label, pinned.cost if pinned else None))
         run.policy_input = policy_input(registry, caller, pinned or described, arguments, call,
                                         budget=budgets.policy_field(charge))
@@ -517,6 +523,8 @@ class _Run:
                 error = f"an inner call failed: {self.inner_failure}" + (f"; then {error}" if error else "")
         latency = round(self.elapsed_ms(), 3)
         decision = self.decision
+        owner = self.registry.tenancy.of(self.agent)  # both records are the target's project's (calls stay in one)
+        tenant_columns = {"org_id": owner.org, "project_id": owner.project}
         common = {
             "caller": self.caller.id, "agent": self.agent, "tool": self.tool,
             "arguments_digest": self.arguments_digest, "status": status, "error": error, "latency_ms": latency,
@@ -528,12 +536,12 @@ class _Run:
         claims |= {"started_at": self.started_at.isoformat(), "run_id": self.id, "target_run_id": self.target_id,
                    "caused_by": self.parent_run_id, "tool_digest": self._tool_digest(),
                    "policy_input_digest": decision.input_digest if decision else None}
-        runs = [{**common, "id": self.id, "parent_run_id": None, "log": "caller"},
-                {**common, "id": self.target_id, "parent_run_id": self.id, "log": "target"}]
+        runs = [{**common, **tenant_columns, "id": self.id, "parent_run_id": None, "log": "caller"},
+                {**common, **tenant_columns, "id": self.target_id, "parent_run_id": self.id, "log": "target"}]
         pending = PendingCall(claims, runs, charge=self.charge)
         if decision is not None:
             pending.decision = {"run_id": self.id, "allow": decision.allow, "rule": decision.rule,
-                                "input_digest": decision.input_digest}
+                                "input_digest": decision.input_digest, **tenant_columns}
             pending.audited = {"caller": self.caller.id, "subject": f"{self.agent}.{self.tool}",
                                "allow": decision.allow, "rule": decision.rule, "reasons": decision.reasons,
                                "policy_input": self.policy_input, "input_digest": decision.input_digest,

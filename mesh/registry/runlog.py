@@ -29,7 +29,7 @@ import anyio
 from mesh import merkle, telemetry
 from mesh.manifest import canonical
 from mesh.provenance import BATCH_TYP, PROVENANCE_TYP, batch_statement, leaf_of
-from mesh.registry import audit, store
+from mesh.registry import audit, store, tenancy
 
 if TYPE_CHECKING:
     from mesh.registry.budgets import Charge
@@ -129,7 +129,8 @@ class RunLog:
                 run["provenance"], run["provenance_proof"] = signed, proof
 
     def _write(self, batch: list[PendingCall]) -> None:
-        with self.registry.engine.begin() as connection:
+        # The registry's own work: a batch may hold calls of several projects, each row naming its own.
+        with tenancy.as_registry(), self.registry.engine.begin() as connection:
             store.record_calls(connection, [run for call in batch for run in call.runs],
                                [call.decision for call in batch if call.decision is not None])
             for call in batch:

@@ -112,10 +112,28 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class AgentRecord(Base):
+DEFAULT_TENANT = "default"  # the organisation and project rows belong to until tenancy says otherwise
+
+
+class Tenanted:
+    """A row owned by one organisation's project (``tenancy.py``): the store shows and writes it only in
+    that tenant's context, and on PostgreSQL row-level security holds the same line.
+
+    Both columns stay unset on a new row until its flush, where the acting tenant fills them in (or the
+    registry's own work gives them, or they default to ``default/default``)."""
+
+    org_id: Mapped[str] = mapped_column(SafeString(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
+    project_id: Mapped[str] = mapped_column(SafeString(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
+
+
+class AgentRecord(Tenanted, Base):
     """An agent the registry knows, with the signed manifest it was admitted (or refused) on."""
 
     __tablename__ = "agents"
+    __table_args__ = (
+        ForeignKeyConstraint(["org_id", "project_id"], ["projects.org_id", "projects.id"], ondelete="CASCADE"),
+        Index("ix_agents_org_id_project_id", "org_id", "project_id"),
+    )
 
     name: Mapped[str] = mapped_column(SafeString, primary_key=True)
     endpoint: Mapped[str] = mapped_column(SafeText)
@@ -131,7 +149,7 @@ class AgentRecord(Base):
     flags: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
-class ToolRecord(Base):
+class ToolRecord(Tenanted, Base):
     """One tool of an agent as admitted: its schemas, scopes and the digest it is pinned to."""
 
     __tablename__ = "tools"
@@ -152,7 +170,7 @@ class ToolRecord(Base):
     cost: Mapped[float | None] = mapped_column(Double)  # cost units a call spends, as the manifest declares
 
 
-class DescriptorRecord(Base):
+class DescriptorRecord(Tenanted, Base):
     """A resource, resource template or prompt of an agent as admitted: its signed wire form, scopes and pin.
 
     Tools keep their own table (their schemas are columns the call path compiles); the other kinds are
@@ -173,7 +191,7 @@ class DescriptorRecord(Base):
     signed_by: Mapped[str | None] = mapped_column(SafeString)  # kid of the key whose signature it was admitted on
 
 
-class RunRecord(Base):
+class RunRecord(Tenanted, Base):
     """One call, as logged for one side of it.
 
     A proxied call is recorded twice: in the caller's log and in the target's; the target-side record
@@ -188,6 +206,7 @@ class RunRecord(Base):
         Index("ix_runs_agent_started_at", "agent", "started_at"),
         Index("ix_runs_caller_started_at", "caller", "started_at"),
         Index("ix_runs_started_at", "started_at"),
+        Index("ix_runs_org_id_project_id_started_at", "org_id", "project_id", "started_at"),
     )
 
     id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
@@ -209,7 +228,7 @@ class RunRecord(Base):
     cost: Mapped[float | None] = mapped_column(Double)  # cost units charged to budgets (``budgets.py``); None: none
 
 
-class DecisionRecord(Base):
+class DecisionRecord(Tenanted, Base):
     """A policy evaluation, kept with a digest of its input so it can be replayed and audited."""
 
     __tablename__ = "policy_decisions"
@@ -222,7 +241,7 @@ class DecisionRecord(Base):
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class ReputationRecord(Base):
+class ReputationRecord(Tenanted, Base):
     """The learnt reputation of an agent (``tool == ""``) or of one of its tools.
 
     ``state`` is the JSON the reputation module's estimators serialize to (a few numbers each), so a
@@ -359,7 +378,7 @@ class CredentialVersionRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class SandboxRecord(Base):
+class SandboxRecord(Tenanted, Base):
     """A sandbox an agent practises in: which services (OpenAPI specs of the workspace), how they answer
     (``mode``: mock, emulated or connected), their per-service configuration, and until when it lives.
 
@@ -392,7 +411,7 @@ class SandboxRecord(Base):
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class SandboxRunRecord(Base):
+class SandboxRunRecord(Tenanted, Base):
     """One attempt at a sandbox's tool: what was asked, what the service answered, and the registry run
     that carried it (``run_id``: its provenance is there). Kept through resets and after removal."""
 
@@ -415,7 +434,7 @@ class SandboxRunRecord(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class ApprovalRecord(Base):
+class ApprovalRecord(Tenanted, Base):
     """An operator's yes to something that leaves the machine: for now, an agent's sandbox calling a
     service's real endpoint (``scope`` "sandbox:connected"). Revoking keeps the record."""
 
@@ -433,7 +452,7 @@ class ApprovalRecord(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class ApprovalRequestRecord(Base):
+class ApprovalRequestRecord(Tenanted, Base):
     """One call (or other act) the policy held for a person's approval, and each step of its life:
     requested -> approved -> executed, or requested -> denied | expired (``approvals.py`` moves it).
     Not to be confused with ``ApprovalRecord``, a standing approval of connected sandboxes."""
@@ -445,8 +464,6 @@ class ApprovalRequestRecord(Base):
     )
 
     id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
-    org_id: Mapped[str] = mapped_column(SafeString(64), default="default", server_default="default")
-    project_id: Mapped[str] = mapped_column(SafeString(64), default="default", server_default="default")
     kind: Mapped[str] = mapped_column(SafeString(32), default="call")  # "call"; later e.g. "budget-override"
     status: Mapped[str] = mapped_column(SafeString(16), default="requested")
     caller: Mapped[str] = mapped_column(SafeString)  # who made the call that waits
@@ -469,7 +486,7 @@ class ApprovalRequestRecord(Base):
 # --- learning (``mesh.learning``): plans, runs and their iterations, attempts, assessments, prompts -----
 
 
-class LearningPlanRecord(Base):
+class LearningPlanRecord(Tenanted, Base):
     """A curriculum for one agent on one target system: objectives, ordered tasks with checks, a rubric."""
 
     __tablename__ = "learning_plans"
@@ -489,7 +506,7 @@ class LearningPlanRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class LearningRunRecord(Base):
+class LearningRunRecord(Tenanted, Base):
     """One run of the learning loop over a plan: its budget, what it spent, how it ended."""
 
     __tablename__ = "learning_runs"
@@ -509,7 +526,7 @@ class LearningRunRecord(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class LearningIterationRecord(Base):
+class LearningIterationRecord(Tenanted, Base):
     """The metrics of one iteration of a learning run, and the error analysis that ended it."""
 
     __tablename__ = "learning_iterations"
@@ -530,7 +547,7 @@ class LearningIterationRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class LearningAttemptRecord(Base):
+class LearningAttemptRecord(Tenanted, Base):
     """One attempt at a task: input, every tool call (with the registry's run ids), output, error, verdict.
 
     Stands in for the sandbox's ``sandbox_runs`` until those exist; ``run_id`` is a learning run's or an
@@ -560,7 +577,7 @@ class LearningAttemptRecord(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class CapabilityAssessmentRecord(Base):
+class CapabilityAssessmentRecord(Tenanted, Base):
     """An agent scored on held-out tasks of a system by the plan's rubric, with the attempts as evidence."""
 
     __tablename__ = "capability_assessments"
@@ -578,7 +595,7 @@ class CapabilityAssessmentRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class PromptVersionRecord(Base):
+class PromptVersionRecord(Tenanted, Base):
     """An optimized program (``program.save`` JSON), its id the SHA-256 of that JSON, with where it came from."""
 
     __tablename__ = "prompt_versions"
@@ -598,7 +615,7 @@ class PromptVersionRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class ActivePromptRecord(Base):
+class ActivePromptRecord(Tenanted, Base):
     """Which prompt version an agent serves for a system; a rollback points it at an earlier one."""
 
     __tablename__ = "active_prompts"
@@ -618,6 +635,61 @@ class OrgRecord(Base):
     id: Mapped[str] = mapped_column(SafeString(64), primary_key=True)  # a slug, e.g. "default", "acme"
     name: Mapped[str] = mapped_column(SafeString)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ProjectRecord(Base):
+    """A project of an organisation: what agents and everything they do belong to (``tenancy.py``).
+
+    Deleting one removes its agents, and their pins with them (foreign keys, ON DELETE CASCADE); runs,
+    decisions and the audit log are history and stay."""
+
+    __tablename__ = "projects"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[str] = mapped_column(SafeString(64), primary_key=True)  # a slug, unique in its organisation
+    name: Mapped[str] = mapped_column(SafeString)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OrgPolicyRecord(Base):
+    """An organisation's settings: how long an approval may wait, where budget alerts go, and the like.
+
+    One row per setting (``key``), its value JSON, so a new setting needs no migration."""
+
+    __tablename__ = "org_policies"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(SafeString(64), primary_key=True)  # e.g. "approval_timeout_s", "budget_webhook"
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_by: Mapped[str] = mapped_column(SafeString)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RoleRecord(Base):
+    """A role of ``auth.ROLES`` (and ``agent``), with its rank: the tables mirror ``auth.PERMISSIONS``."""
+
+    __tablename__ = "roles"
+
+    name: Mapped[str] = mapped_column(SafeString(16), primary_key=True)
+    rank: Mapped[int]  # 0 is the most (owner); "agent" ranks last
+
+
+class PermissionRecord(Base):
+    """An action of ``auth.PERMISSIONS`` and the scope a personal API token must hold for it."""
+
+    __tablename__ = "permissions"
+
+    action: Mapped[str] = mapped_column(SafeString(32), primary_key=True)
+    scope: Mapped[str] = mapped_column(SafeString(64))
+
+
+class RolePermissionRecord(Base):
+    """That a role may do an action."""
+
+    __tablename__ = "role_permissions"
+
+    role: Mapped[str] = mapped_column(ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True)
+    action: Mapped[str] = mapped_column(ForeignKey("permissions.action", ondelete="CASCADE"), primary_key=True)
 
 
 class UserRecord(Base):
@@ -787,6 +859,8 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            # Migrations work across tenants: forced row-level security (0015) must not hide rows from them.
+            connection.execute(text("SELECT set_config('app.org_id', '*', true)"))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
@@ -794,6 +868,111 @@ def migrate(engine: Engine) -> None:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose records stay readable after commit (the registry returns them in responses)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def connect_as(url: str | URL, role: str | None) -> Engine:
+    """``connect``, then on PostgreSQL with a ``role`` (``[registry] database_role``): connect as that
+    least-privilege role, under row-level security keyed by the acting tenant (``tenancy.enforce_rls``)."""
+    engine = connect(url)
+    if role:
+        from mesh.registry.tenancy import enforce_rls
+
+        enforce_rls(engine, role)
+    return engine
+
+
+# --- projects and the permissions tables ----------------------------------------------------------
+
+
+def add_project(session: Session, org_id: str, project_id: str, name: str | None = None) -> ProjectRecord:
+    """Create a project in an organisation (which must exist); returns the existing one if it does."""
+    record = session.get(ProjectRecord, (org_id, project_id))
+    if record is None:
+        record = ProjectRecord(org_id=org_id, id=project_id, name=name or project_id)
+        session.add(record)
+        session.flush()
+    return record
+
+
+def get_project(session: Session, org_id: str, project_id: str) -> ProjectRecord | None:
+    return session.get(ProjectRecord, (org_id, project_id))
+
+
+def list_projects(session: Session, org_id: str | None = None) -> list[ProjectRecord]:
+    query = select(ProjectRecord).order_by(ProjectRecord.org_id, ProjectRecord.id)
+    if org_id is not None:
+        query = query.where(ProjectRecord.org_id == org_id)
+    return list(session.scalars(query))
+
+
+def delete_project(session: Session, org_id: str, project_id: str) -> list[str]:
+    """Remove a project and its agents, whose pins (tools, descriptors) go with them; runs, decisions and
+    the audit log are history and stay. Returns the agents removed."""
+    agents = list(session.scalars(select(AgentRecord.name).where(AgentRecord.org_id == org_id,
+                                                                  AgentRecord.project_id == project_id)))
+    session.execute(delete(ProjectRecord).where(ProjectRecord.org_id == org_id, ProjectRecord.id == project_id))
+    return agents
+
+
+def org_policy(session: Session, org_id: str) -> dict[str, Any]:
+    """An organisation's settings (``org_policies``) as ``{key: value}``."""
+    query = select(OrgPolicyRecord).where(OrgPolicyRecord.org_id == org_id)
+    return {record.key: record.value for record in session.scalars(query)}
+
+
+def set_org_policy(session: Session, org_id: str, key: str, value: Any, *, by: str) -> OrgPolicyRecord | None:
+    """Set one setting of an organisation (e.g. "approval_timeout_s", "budget_webhook"); None removes it."""
+    record = session.get(OrgPolicyRecord, (org_id, key))
+    if value is None:
+        if record is not None:
+            session.delete(record)
+        return record
+    if record is None:
+        record = OrgPolicyRecord(org_id=org_id, key=key)
+        session.add(record)
+    record.value, record.updated_by, record.updated_at = value, by, utcnow()
+    session.flush()
+    return record
+
+
+def permission_rows(permissions: dict[str, tuple[frozenset[str], str]],
+                    roles: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of ``roles``, ``permissions`` and ``role_permissions`` that a permissions matrix (``auth.PERMISSIONS``)
+    and its roles, most to least, stand for."""
+    ranked = list(roles)
+    role_rows = [{"name": role, "rank": rank} for rank, role in enumerate(ranked)]
+    permission_rows_ = [{"action": action, "scope": scope} for action, (_, scope) in sorted(permissions.items())]
+    grants = [{"role": role, "action": action} for action, (allowed, _) in sorted(permissions.items())
+              for role in ranked if role in allowed]
+    return role_rows, permission_rows_, grants
+
+
+def sync_permissions(session: Session, permissions: dict[str, tuple[frozenset[str], str]],
+                     roles: Iterable[str]) -> bool:
+    """Make the permissions tables say what ``permissions`` says (the code is the one source of truth);
+    returns whether they had drifted and were rewritten."""
+    role_rows, action_rows, grants = permission_rows(permissions, roles)
+    wanted = ({(r["name"], r["rank"]) for r in role_rows}, {(p["action"], p["scope"]) for p in action_rows},
+              {(g["role"], g["action"]) for g in grants})
+
+    def held() -> tuple[set[Any], set[Any], set[Any]]:
+        return ({(r.name, r.rank) for r in session.scalars(select(RoleRecord))},
+                {(p.action, p.scope) for p in session.scalars(select(PermissionRecord))},
+                {(g.role, g.action) for g in session.scalars(select(RolePermissionRecord))})
+
+    if held() == wanted:
+        return False
+    if session.get_bind().dialect.name == "postgresql":  # registry processes starting together take turns
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        if held() == wanted:
+            return False
+    session.execute(delete(RolePermissionRecord))
+    session.execute(delete(PermissionRecord))
+    session.execute(delete(RoleRecord))
+    session.execute(insert(RoleRecord), role_rows)
+    session.execute(insert(PermissionRecord), action_rows)
+    session.execute(insert(RolePermissionRecord), grants)
+    return True
 
 
 # --- agents and tools ---------------------------------------------------------------------------
@@ -1001,12 +1180,15 @@ def list_reputation(session: Session, agent: str | None = None) -> list[Reputati
 
 
 def save_reputation(
-    session: Session, agent: str, tool: str, *, state: dict[str, Any], score: float
+    session: Session, agent: str, tool: str, *, state: dict[str, Any], score: float, tenant: Any = None
 ) -> ReputationRecord:
-    """Store the estimators' state and score for an agent (``tool=""``) or one of its tools."""
+    """Store the estimators' state and score for an agent (``tool=""``) or one of its tools; a new record
+    belongs to ``tenant`` (a ``tenancy.Tenant``: the agent's, when the registry saves for every tenant)."""
     record = session.get(ReputationRecord, (agent, tool))
     if record is None:
         record = ReputationRecord(agent=agent, tool=tool)
+        if tenant is not None:
+            record.org_id, record.project_id = tenant.org, tenant.project
         session.add(record)
     record.state = state
     record.score = score
@@ -1226,3 +1408,7 @@ def _require(record: T | None, problem: str) -> T:
     if record is None:
         raise LookupError(problem)
     return record
+
+
+# Last: tenancy's rules build on the models above and hold on every session (it installs them on import).
+from mesh.registry import tenancy as _tenancy  # noqa: E402, F401

@@ -86,9 +86,9 @@ class Sandboxes:
     # -- sandboxes -------------------------------------------------------------------------------------
 
     def create(self, caller: Caller, agent: str, body: dict[str, Any]) -> store.SandboxRecord:
-        request = _parse(SandboxRequest, body)
-        if agent not in self.registry.endpoints:
+        if not self.registry.tenancy.visible(caller, agent):  # unregistered, or another project's
             raise Problem("unknown-agent", f"no agent {agent!r} is registered")
+        request = _parse(SandboxRequest, body)
         self._check_services(request.required_services, request.services)
         now = self.clock()
         with self.registry.sessions.begin() as session:

@@ -7,14 +7,16 @@
 #                "scopes": ["notes:read", ...],      # a user holding "*" holds every scope
 #                "reputation": 0.0-1.0 | null,
 #                "proficiency": {"petstore": 0.0-1.0, ...},   # latest assessed score per system (mesh learn)
-#                "org": "default" | null,              # the organisation a person acts in
+#                "org": "default",                    # the organisation and project the caller acts in
+#                "project": "default",                 # (an agent: its own; a person: X-Project-Id)
 #                "role": "owner" | "admin" | "member" | "viewer" | "agent" | null},
 #     "target": {"agent": "librarian", "tool": "search",
 #                "annotations": {"readOnlyHint": bool, "destructiveHint": bool,
 #                                "idempotentHint": bool, "openWorldHint": bool},   # any may be absent
 #                "scopes": ["notes:read", ...],      # scopes the tool requires
 #                "reputation": 0.0-1.0,
-#                "probe": bool},                     # a trial call past low_reputation, at most one a while
+#                "probe": bool,                      # a trial call past low_reputation, at most one a while
+#                "org": "default", "project": "default"},   # the project the target agent belongs to
 #     "arguments": {...},
 #     "credentials": [{"ref": "gh-token", "system": "github", "agent": "builder" | "*", "org": "default"}],
 #                                                      # present when a call or sandbox would carry credentials
@@ -99,6 +101,15 @@ deny contains {"rule": "malformed_input", "reason": problem} if {
 deny contains {"rule": "anonymous_caller", "reason": sprintf("caller kind %v is not allowed", [input.caller.kind])} if {
 	not input.caller.kind in {"agent", "user"}
 	not data.allow_anonymous == true
+}
+
+# --- cross_project: a caller calls only agents of the project it acts in. The registry already answers a
+# call to another project's agent as unknown; this rule is the policy's own statement of it, and the place to
+# allow a pair of projects to work together (e.g. `not [input.caller.project, input.target.project] in ...`).
+
+deny contains {"rule": "cross_project", "reason": sprintf("%v acts in %v/%v; %s belongs to %v/%v", [input.caller.id, input.caller.org, input.caller.project, target_name, input.target.org, input.target.project])} if {
+	is_string(input.target.project)
+	[input.caller.org, input.caller.project] != [input.target.org, input.target.project]
 }
 
 # --- missing_scope: the caller must hold every scope the tool requires.
