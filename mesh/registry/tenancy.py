@@ -41,7 +41,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
@@ -49,8 +49,10 @@ from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker, with_loader_c
 
 from mesh.registry import store
 from mesh.registry.auth import Caller
-from mesh.registry.config import CONFIG_FILE, ConfigProblem, RegistryConfig
 from mesh.registry.problems import Problem
+
+if TYPE_CHECKING:
+    from mesh.registry.config import RegistryConfig
 
 HEADER = "X-Project-Id"
 DEFAULT_ORG = DEFAULT_PROJECT = "default"
@@ -200,6 +202,8 @@ def enforce_rls(engine: Engine, role: str) -> None:
 
 def assigned_projects(config: RegistryConfig) -> dict[str, Tenant]:
     """Each agent's project from registry.toml's ``[agents.NAME] project``; a ConfigProblem names a bad one."""
+    from mesh.registry.config import CONFIG_FILE, ConfigProblem  # the store imports this module, config the store
+
     try:
         return {name: Tenant.parse(value, f"[agents.{name}] project") for name, value in config.agent_projects.items()}
     except ValueError as exc:
