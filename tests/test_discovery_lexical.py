@@ -113,3 +113,15 @@ def test_scores_after_an_update_match_an_index_built_afresh():
             fresh.add(id_, document_)
     assert index.search(query, 40) == fresh.search(query, 40)
     assert index.search(query, 1)[0][0] == 100
+
+
+def test_a_floor_keeps_only_scores_near_the_best():
+    index = LexicalIndex()
+    for id_ in range(60):
+        index.add(id_, bag(" ".join(["mail"] * (id_ % 6)) + f" filler words number {id_}"), group=id_ % 2)
+    for filters in ({}, {"group": 1}, {"ids": range(10, 40)}):
+        everything = index.search(terms("mail"), 100, **filters)
+        kept = index.search(terms("mail"), 100, floor=0.9, **filters)
+        assert kept == [(id_, score) for id_, score in everything if score >= 0.9 * everything[0][1]]
+        assert 0 < len(kept) < len(everything)
+    assert index.search(terms("mail"), 3, floor=0.5) == index.search(terms("mail"), 3)[:3]

@@ -53,7 +53,16 @@ at least three words long; a fragment of fewer than two search terms joins the n
 is ranked on its own (all rankers, fused), and a tool's relevance is its best over the needs, which
 interleaves the needs' rankings: every need's first tool ties with the others' firsts, then the
 seconds, and so on (ranking the whole query as well added nothing on the benchmark, and cost a fifth
-more). At most ``MAX_NEEDS`` needs (the rest join the last), embedded in one batch.
+more). At most ``MAX_NEEDS`` needs (the rest join the last). The needs travel together: one encoder
+call embeds them all, each BM25 ranker scores them in one pass (its filters worked out once, the
+``LEXICAL_FLOOR`` applied inside the index), and Faiss answers them in one search per partition. The
+ranking is the same as searching each need alone; what a need still adds is the encoder reading its
+words (the largest part, see ``bench/bench_discovery.py``'s floor) and its own graph walk and BM25 sums.
+
+**Weighing only what can win.** Reputation and proficiency only scale a relevance, by at most
+``proficiency_factor(1)`` up, so candidates are weighed best relevance first and weighing stops at the
+first one whose relevance times that bound is below the k-th score found: the top k is exact, and the
+callbacks run for a few dozen tools instead of every candidate of every need.
 
 How filters stay exact without scanning 100k vectors:
 
@@ -501,17 +510,13 @@ class DiscoveryIndex:
         """A BM25 ranker's candidates per need: at most ``DEPTH``; in a fusion, none under ``LEXICAL_FLOOR``
         of the need's best."""
         group = None if read_only is None else int(read_only)
-        if agent is not None:
-            entry = self._agents.get(agent)
-            if entry is None:
-                return [[] for _ in queries]
-            found = index.search_many(queries, DEPTH, group=group, ids=[tool.id for tool in entry.tools])
-        else:
-            found = index.search_many(queries, DEPTH, group=group)
-        if len(self.rankers) == 1:  # alone, a ranker's whole ranking is its answer
-            return found
-        return [[(id_, bm25) for id_, bm25 in hits if bm25 >= LEXICAL_FLOOR * hits[0][1]] if hits else []
-                for hits in found]
+        floor = LEXICAL_FLOOR if len(self.rankers) > 1 else 0.0  # alone, a ranker's whole ranking is its answer
+        if agent is None:
+            return index.search_many(queries, DEPTH, group=group, floor=floor)
+        entry = self._agents.get(agent)
+        if entry is None:
+            return [[] for _ in queries]
+        return index.search_many(queries, DEPTH, group=group, ids=[tool.id for tool in entry.tools], floor=floor)
 
     def _semantic_candidates(
         self, vectors: np.ndarray, agent: str | None, read_only: bool | None

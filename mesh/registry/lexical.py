@@ -176,13 +176,16 @@ class LexicalIndex:
                 self._compact()
 
     def search(
-        self, query_terms: list[str], k: int, *, group: int | None = None, ids: Iterable[int] | None = None
+        self, query_terms: list[str], k: int, *, group: int | None = None, ids: Iterable[int] | None = None,
+        floor: float = 0.0,
     ) -> list[tuple[int, float]]:
-        """The ``k`` best ``(id, bm25)`` pairs with a positive score, best first."""
-        return self.search_many([query_terms], k, group=group, ids=ids)[0]
+        """The ``k`` best ``(id, bm25)`` pairs with a positive score, best first; with a ``floor``, only
+        those scoring at least ``floor`` times the best (cheaper than cutting a longer list afterwards)."""
+        return self.search_many([query_terms], k, group=group, ids=ids, floor=floor)[0]
 
     def search_many(
-        self, queries: list[list[str]], k: int, *, group: int | None = None, ids: Iterable[int] | None = None
+        self, queries: list[list[str]], k: int, *, group: int | None = None, ids: Iterable[int] | None = None,
+        floor: float = 0.0,
     ) -> list[list[tuple[int, float]]]:
         """``search`` for each query's terms, with the filters (``group``, ``ids``) worked out once."""
         with self._lock:
@@ -196,12 +199,12 @@ class LexicalIndex:
                 allowed = np.zeros(size, dtype=np.bool_)
                 allowed[[self._slot_of[i] for i in ids if i in self._slot_of]] = True
                 keep &= allowed
-            return [self._search(query_terms, k, keep) for query_terms in queries]
+            return [self._search(query_terms, k, keep, floor) for query_terms in queries]
 
     # -- internals (called with the lock held) --------------------------------------------------------
 
-    def _search(self, query_terms: list[str], k: int, keep: np.ndarray) -> list[tuple[int, float]]:
-        """One query's ``k`` best among the slots ``keep`` marks."""
+    def _search(self, query_terms: list[str], k: int, keep: np.ndarray, floor: float) -> list[tuple[int, float]]:
+        """One query's ``k`` best among the slots ``keep`` marks, none under ``floor`` times the best."""
         wanted = [self._vocabulary[t] for t in dict.fromkeys(query_terms) if t in self._vocabulary]
         parts = [self._impact(term_id) for term_id in wanted if self._df[term_id]]
         if not parts:
@@ -209,11 +212,16 @@ class LexicalIndex:
         slots = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
         contributions = np.concatenate([part[1] for part in parts]) if len(parts) > 1 else parts[0][1]
         scores = np.bincount(slots, contributions, minlength=len(keep))
-        candidates = np.flatnonzero((scores > 0) & keep)
+        scores *= keep
+        best = scores.max()
+        if best <= 0:
+            return []
+        candidates = np.flatnonzero(scores >= best * floor if floor > 0 else scores > 0)
         if len(candidates) > k:
             candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
         order = candidates[np.argsort(-scores[candidates], kind="stable")]
-        return [(self._id_of[slot], float(scores[slot])) for slot in order.tolist()]
+        id_of = self._id_of
+        return [(id_of[slot], score) for slot, score in zip(order.tolist(), scores[order].tolist(), strict=True)]
 
     def _impact(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
         """A term's posting slots and each one's BM25 contribution, from the live counts (cached until
