@@ -125,3 +125,13 @@ def test_a_floor_keeps_only_scores_near_the_best():
         assert kept == [(id_, score) for id_, score in everything if score >= 0.9 * everything[0][1]]
         assert 0 < len(kept) < len(everything)
     assert index.search(terms("mail"), 3, floor=0.5) == index.search(terms("mail"), 3)[:3]
+
+
+def test_equal_scores_go_by_admission_order():
+    index = LexicalIndex()
+    for id_ in (5, 3, 9, 1):
+        index.add(id_, bag("send mail"))
+    index.add(7, bag("mail mail mail"))
+    assert [id_ for id_, _ in index.search(terms("send mail"), 10)] == [5, 3, 9, 1, 7]
+    cut = [id_ for id_, _ in index.search(terms("send"), 3)]  # which ties make the cut is not promised
+    assert len(cut) == 3 and cut == sorted(cut, key=[5, 3, 9, 1].index)

@@ -204,7 +204,8 @@ class LexicalIndex:
     # -- internals (called with the lock held) --------------------------------------------------------
 
     def _search(self, query_terms: list[str], k: int, keep: np.ndarray, floor: float) -> list[tuple[int, float]]:
-        """One query's ``k`` best among the slots ``keep`` marks, none under ``floor`` times the best."""
+        """One query's ``k`` best among the slots ``keep`` marks, none under ``floor`` times the best; equal
+        scores (common among short names) go by admission order, not by how a partial sort left them."""
         wanted = [self._vocabulary[t] for t in dict.fromkeys(query_terms) if t in self._vocabulary]
         parts = [self._impact(term_id) for term_id in wanted if self._df[term_id]]
         if not parts:
@@ -217,8 +218,8 @@ class LexicalIndex:
         if best <= 0:
             return []
         candidates = np.flatnonzero(scores >= best * floor if floor > 0 else scores > 0)
-        if len(candidates) > k:
-            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+        if len(candidates) > k:  # keep them in slot order, so equal scores go by admission order
+            candidates = np.sort(candidates[np.argpartition(-scores[candidates], k - 1)[:k]])
         order = candidates[np.argsort(-scores[candidates], kind="stable")]
         id_of = self._id_of
         return [(id_of[slot], score) for slot, score in zip(order.tolist(), scores[order].tolist(), strict=True)]
