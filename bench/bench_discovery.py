@@ -14,7 +14,12 @@ and the hybrid (with and without splitting a query into needs).
 
 **Latency.** Tools are synthetic but varied (verb x noun x qualifier x domain, from a fixed seed), 50
 to an agent, about half of them annotated read-only; reputation is a dict lookup, as the registry's
-would be. Searches run the default (hybrid) index.
+would be. Searches run the default (hybrid) index. Ordinary queries are one need; task queries have
+three or four needs (``needs``), either the fixed task of earlier runs (two of its needs never change)
+or needs drawn afresh for every query. For the three-need queries it prints where the CPU goes (the
+encoder, each BM25 ranker, the HNSW searches, and the rest: splitting, fusion, weighing, hits), the
+same with BM25's term cache emptied before every query (as right after an admission), and the floor:
+the encoder alone for 1 to 4 needs, which no change to discovery can go under.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mesh import embedding
 from mesh.manifest import Manifest
-from mesh.registry.discovery import DiscoveryIndex
+from mesh.registry.discovery import MAX_NEEDS, DiscoveryIndex
+from mesh.registry.discovery import needs as discovery_needs
 
 DATA = Path(__file__).resolve().parent / "data"
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
@@ -114,12 +122,25 @@ def queries(rng: random.Random) -> list[str]:
     ]
 
 
+def tasks(rng: random.Random, count: int) -> list[str]:
+    """Task queries of ``count`` (2 to 4) needs, each need drawn afresh: "A, then B and C, then D"."""
+    drawn = [queries(rng) for _ in range(count)]
+    joints = [", then ", " and ", ", then "]
+    texts = []
+    for parts in zip(*drawn, strict=True):
+        text = parts[0]
+        for joint, part in zip(joints, parts[1:], strict=False):
+            text += joint + part
+        texts.append(text)
+    return texts
+
+
 def percentiles(samples_ms: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(samples_ms, n=100, method="inclusive")
     return statistics.median(samples_ms), cuts[98]
 
 
-def timed(run: Callable[[str], object], texts: list[str]) -> tuple[tuple[float, float], tuple[float, float]]:
+def timed(run: Callable[[str], object], texts: list) -> tuple[tuple[float, float], tuple[float, float]]:
     """(p50, p99) of wall time and of this thread's CPU time, in ms.
 
     Searching is single-threaded, so CPU time is the latency a query would have on an idle core; the
@@ -134,6 +155,57 @@ def timed(run: Callable[[str], object], texts: list[str]) -> tuple[tuple[float, 
         wall.append((time.perf_counter() - start) * 1000)
         cpu.append((time.thread_time() - start_cpu) * 1000)
     return percentiles(wall), percentiles(cpu)
+
+
+@contextmanager
+def cpu_by_part(index: DiscoveryIndex) -> Iterator[dict[str, float]]:
+    """Add each part's CPU seconds to the yielded dict while searching: the encoder, each BM25 ranker
+    and the HNSW searches (the parts are wrapped on this one index only, and unwrapped after)."""
+    spent: dict[str, float] = defaultdict(float)
+    parts = [(index.embedder, "embed", "encoder (all needs, one batch)"),
+             (index._lexical, "search_many", "BM25 lexical (all needs)"),
+             (index._names, "search_many", "BM25 names (all needs)")]
+    parts += [(partition, "search_many", "HNSW (both partitions)") for partition in index._indexes.values()]
+
+    def wrapped(call: Callable, label: str) -> Callable:
+        def run(*args, **kwargs):
+            start = time.thread_time()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                spent[label] += time.thread_time() - start
+        return run
+
+    for owner, name, label in parts:
+        setattr(owner, name, wrapped(getattr(owner, name), label))
+    try:
+        yield spent
+    finally:
+        for owner, name, _ in parts:
+            vars(owner).pop(name, None)
+
+
+def profile(index: DiscoveryIndex, texts: list[str], reputation: Callable, *, cold_terms: bool = False) -> str:
+    """Mean CPU ms per query by part (see ``cpu_by_part``); the rest is splitting, fusion, weighing, hits."""
+    total = 0.0
+    with cpu_by_part(index) as spent:
+        for text in texts:
+            if cold_terms:
+                index._lexical._impacts.clear()
+                index._names._impacts.clear()
+            start = time.thread_time()
+            index.search(text, k=10, reputation=reputation)
+            total += time.thread_time() - start
+    figures = dict(spent)
+    figures["rest"] = total - sum(spent.values())
+    per_query = lambda seconds: seconds * 1000 / len(texts)  # noqa: E731
+    return f"total {per_query(total):.2f} = " + " + ".join(f"{label} {per_query(value):.2f}"
+                                                           for label, value in figures.items())
+
+
+def latency(run: Callable, items: list) -> str:
+    (p50, p99), (cpu50, cpu99) = timed(run, items)
+    return f"p50 {p50:6.3f}  p99 {p99:6.3f} ms   (cpu p50 {cpu50:6.3f}  p99 {cpu99:6.3f} ms)"
 
 
 def bench(size: int) -> list[tuple[str, str]]:
@@ -155,11 +227,19 @@ def bench(size: int) -> list[tuple[str, str]]:
         ("search k=10 read_only", lambda q: index.search(q, k=10, read_only=True, reputation=reputation)),
         ("search k=10 agent=", lambda q: index.search(q, k=10, agent=rng.choice(names), reputation=reputation)),
         ("search k=10 task of 3 needs", lambda q: index.search(TASK.format(q=q), k=10, reputation=reputation)),
-        ("  of which embed query", lambda q: index.embedder.embed([q])),
     ]
+    search = lambda q: index.search(q, k=10, reputation=reputation)  # noqa: E731
+    by_needs = {count: tasks(random.Random(SEED + count), count) for count in (2, 3, 4)}
     for label, run in cases:
-        (p50, p99), (cpu50, cpu99) = timed(run, texts)
-        rows.append((label, f"p50 {p50:6.3f}  p99 {p99:6.3f} ms   (cpu p50 {cpu50:6.3f}  p99 {cpu99:6.3f} ms)"))
+        rows.append((label, latency(run, texts)))
+    for count in (3, 4):
+        rows.append((f"search k=10 {count} needs, all drawn", latency(search, by_needs[count])))
+    rows.append(("3 needs: CPU ms by part", profile(index, by_needs[3], reputation)))
+    rows.append(("  the same, BM25 term cache cold", profile(index, by_needs[3], reputation, cold_terms=True)))
+    needs = {1: [[text] for text in texts]}
+    needs.update({count: [discovery_needs(text) for text in by_needs[count]] for count in (2, 3, 4)})
+    for count in range(1, MAX_NEEDS + 1):
+        rows.append((f"floor: the encoder alone, {count} need(s)", latency(index.embedder.embed, needs[count])))
 
     upserts = []
     for agent in names[:5]:  # the first add after a bulk build pays a one-off cost inside Faiss

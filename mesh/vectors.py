@@ -109,15 +109,25 @@ class VectorIndex:
         matrix = self._as_matrix(query)
         if matrix.shape[0] != 1:
             raise ValueError(f"search() takes one query vector, got {matrix.shape[0]}")
+        return self.search_many(matrix, k)[0]
+
+    def search_many(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+        """``search`` for each row of ``queries`` (shape ``(n, d)``) in one Faiss call, which saves the
+        per-call overhead when one request asks several questions (discovery's needs)."""
+        matrix = self._as_matrix(queries)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         faiss.normalize_L2(matrix)
         with self._lock:
             k = min(k, len(self._positions))
-            if k == 0:
-                return []
+            if k == 0 or not len(matrix):
+                return [[] for _ in range(len(matrix))]
             scores, positions = self._index.search(matrix, k, params=self._params)
-            return [(self._ids[p], float(s)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
+            ids = self._ids
+            return [
+                [(ids[p], s) for s, p in zip(row_scores.tolist(), row_positions.tolist(), strict=True) if p >= 0]
+                for row_scores, row_positions in zip(scores, positions, strict=True)
+            ]
 
     # -- internals (called with the lock held) --------------------------------------------------------
 

@@ -210,3 +210,37 @@ def test_admission_and_removal_update_both_rankers_one_agent_at_a_time():
     discovery.remove("bbc-news")
     assert "bbc-news" not in {hit.agent for hit in discovery.search("football league scores", k=100)}
     assert discovery.searchable() == sum(map(len, tools.values()))
+
+
+@pytest.mark.parametrize("query", [
+    "Search GitHub for issues about memory leaks, then post a summary to the #eng Slack channel",
+    "Find out why the api pod keeps crashing: describe it, read its logs, then restart the deployment",
+    "帮我查一下上海的天气，然后推荐几道今天吃的菜",
+])
+def test_needs_ranked_together_rank_as_each_need_alone(index: DiscoveryIndex, query: str):
+    """All needs go through each ranker in one call; every hit keeps the ranks its need has on its own."""
+    hits = index.search(query, k=30)
+    assert len({hit.need for hit in hits}) >= 2
+    alone = {need: {f"{hit.agent}/{hit.tool}": hit for hit in index.search(need, k=200)} for need in needs(query)}
+    for hit in hits:
+        same = alone[hit.need][f"{hit.agent}/{hit.tool}"]
+        assert (hit.lexical_rank, hit.name_rank, hit.semantic_rank) == (
+            same.lexical_rank, same.name_rank, same.semantic_rank)
+        assert hit.relevance == same.relevance
+        assert hit.similarity == pytest.approx(same.similarity, abs=1e-5) if same.similarity else hit.similarity is None
+        # a tool's relevance is its best over the needs
+        assert hit.relevance == max(need_hits[key].relevance for need_hits in alone.values()
+                                    if (key := f"{hit.agent}/{hit.tool}") in need_hits)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_the_top_k_is_the_head_of_a_longer_ranking_whatever_the_weights(index: DiscoveryIndex, k: int):
+    """Weighing stops at the first candidate that cannot reach the top k; that must never change the top k."""
+    reputations = {agent: (i % 7) / 6 for i, agent in enumerate(load()[0])}
+    assessed = {"github": {"github": 1.0}, "gitlab": {"gitlab": 0.0}}
+    weights = {"reputation": lambda agent, _tool: reputations.get(agent),
+               "proficiency": lambda agent: assessed.get(agent, {})}
+    for query in ("list open issues in the repository", "read a file, then send a message", "take a screenshot"):
+        assert found(index.search(query, k=k, **weights)) == found(index.search(query, k=300, **weights))[:k]
+        assert [hit.score for hit in index.search(query, k=k, **weights)] == [
+            hit.score for hit in index.search(query, k=300, **weights)[:k]]

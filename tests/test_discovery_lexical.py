@@ -84,3 +84,54 @@ def test_stop_words_alone_match_nothing():
     index.add(1, bag("the and of"))
     assert index.search(terms("the and of"), 10) == []
     assert "the" in lexical.STOP_WORDS
+
+
+def test_several_queries_at_once_rank_as_each_alone():
+    index = LexicalIndex()
+    for id_ in range(200):
+        index.add(id_, bag(f"{['send', 'read', 'list'][id_ % 3]} {['mail', 'files', 'issues'][id_ % 5 % 3]} {id_}"),
+                  group=id_ % 2)
+    queries = [terms("send mail"), terms("read files"), terms("nothing here"), terms("list issues 7")]
+    for filters in ({}, {"group": 1}, {"ids": range(0, 200, 3)}, {"group": 0, "ids": [1, 2, 3, 4]}):
+        assert index.search_many(queries, 10, **filters) == [index.search(query, 10, **filters) for query in queries]
+
+
+def test_scores_after_an_update_match_an_index_built_afresh():
+    """A term's cached BM25 contributions are dropped whenever the index changes (counts and lengths move)."""
+    documents = {id_: bag(f"search {'mail' if id_ % 4 else 'files'} report {id_}") for id_ in range(40)}
+    index = LexicalIndex()
+    for id_, document_ in documents.items():
+        index.add(id_, document_)
+    query = terms("search mail report")
+    index.search(query, 40)  # fills the cache
+    index.add(100, bag("mail mail report"))
+    index.remove([3, 5])
+    documents[100] = bag("mail mail report")
+    fresh = LexicalIndex()
+    for id_, document_ in documents.items():
+        if id_ not in (3, 5):
+            fresh.add(id_, document_)
+    assert index.search(query, 40) == fresh.search(query, 40)
+    assert index.search(query, 1)[0][0] == 100
+
+
+def test_a_floor_keeps_only_scores_near_the_best():
+    index = LexicalIndex()
+    for id_ in range(60):
+        index.add(id_, bag(" ".join(["mail"] * (id_ % 6)) + f" filler words number {id_}"), group=id_ % 2)
+    for filters in ({}, {"group": 1}, {"ids": range(10, 40)}):
+        everything = index.search(terms("mail"), 100, **filters)
+        kept = index.search(terms("mail"), 100, floor=0.9, **filters)
+        assert kept == [(id_, score) for id_, score in everything if score >= 0.9 * everything[0][1]]
+        assert 0 < len(kept) < len(everything)
+    assert index.search(terms("mail"), 3, floor=0.5) == index.search(terms("mail"), 3)[:3]
+
+
+def test_equal_scores_go_by_admission_order():
+    index = LexicalIndex()
+    for id_ in (5, 3, 9, 1):
+        index.add(id_, bag("send mail"))
+    index.add(7, bag("mail mail mail"))
+    assert [id_ for id_, _ in index.search(terms("send mail"), 10)] == [5, 3, 9, 1, 7]
+    cut = [id_ for id_, _ in index.search(terms("send"), 3)]  # which ties make the cut is not promised
+    assert len(cut) == 3 and cut == sorted(cut, key=[5, 3, 9, 1].index)

@@ -43,6 +43,18 @@ def test_flat_and_hnsw_agree_on_top1_and_keep_ids(data):
 
 
 @pytest.mark.parametrize("exact_below", [20_000, 500])
+def test_several_queries_in_one_call_answer_as_each_alone(data, exact_below):
+    ids, vectors, queries = data
+    index = VectorIndex(DIM, exact_below=exact_below)
+    index.add(ids, vectors)
+    index.remove(ids[:10])  # dead positions are skipped in a batch too
+    together = index.search_many(queries[:20], 7)
+    assert together == [index.search(query, 7) for query in queries[:20]]
+    assert all(ids[i] not in {hit for hit, _ in together[i]} for i in range(10))
+    assert index.search_many(queries[:0], 3) == []
+
+
+@pytest.mark.parametrize("exact_below", [20_000, 500])
 def test_remove_and_replace(data, exact_below):
     ids, vectors, _ = data
     index = VectorIndex(DIM, exact_below=exact_below)

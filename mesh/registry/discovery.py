@@ -53,7 +53,16 @@ at least three words long; a fragment of fewer than two search terms joins the n
 is ranked on its own (all rankers, fused), and a tool's relevance is its best over the needs, which
 interleaves the needs' rankings: every need's first tool ties with the others' firsts, then the
 seconds, and so on (ranking the whole query as well added nothing on the benchmark, and cost a fifth
-more). At most ``MAX_NEEDS`` needs (the rest join the last), embedded in one batch.
+more). At most ``MAX_NEEDS`` needs (the rest join the last). The needs travel together: one encoder
+call embeds them all, each BM25 ranker scores them in one pass (its filters worked out once, the
+``LEXICAL_FLOOR`` applied inside the index), and Faiss answers them in one search per partition. The
+ranking is the same as searching each need alone; what a need still adds is the encoder reading its
+words (the largest part, see ``bench/bench_discovery.py``'s floor) and its own graph walk and BM25 sums.
+
+**Weighing only what can win.** Reputation and proficiency only scale a relevance, by at most
+``proficiency_factor(1)`` up, so candidates are weighed best relevance first and weighing stops at the
+first one whose relevance times that bound is below the k-th score found: the top k is exact, and the
+callbacks run for a few dozen tools instead of every candidate of every need.
 
 How filters stay exact without scanning 100k vectors:
 
@@ -429,17 +438,26 @@ class DiscoveryIndex:
         split = needs(query) if self.split_needs else ([query.strip()] if query.strip() else [])
         if not split:
             return []
-        vectors = self.embedder.embed(split) if "semantic" in self.rankers else [None] * len(split)
+        vectors = self.embedder.embed(split) if "semantic" in self.rankers else None
         best: dict[int, tuple[float, int]] = {}  # tool id -> (fused relevance, the need that gave it)
         with self._lock:
-            rankings = [self._rank(text, vector, agent, read_only) for text, vector in zip(split, vectors, strict=True)]
+            rankings = self._rank(split, vectors, agent, read_only)
             for position, ranking in enumerate(rankings):
                 for id_, relevance in ranking.relevance.items():
                     if id_ not in best or relevance > best[id_][0]:
                         best[id_] = (relevance, position)
-            candidates = [(self._tools[id_], relevance, position) for id_, (relevance, position) in best.items()]
-        rows = []
+            candidates = sorted(((relevance, id_, position) for id_, (relevance, position) in best.items()),
+                                reverse=True)
+            tools = self._tools
+            candidates = [(tools[id_], relevance, position) for relevance, id_, position in candidates]
+        # Weighing can only shrink a relevance (reputation) or raise it by at most ``proficiency_factor(1)``,
+        # so once a candidate's best possible score falls below the k-th score found, none after it can
+        # reach the top k: the rest are never weighed.
+        most = proficiency_factor(1.0) if proficiency is not None else 1.0
+        rows, kth = [], []  # kth: a min-heap of the k best scores so far
         for tool, relevance, position in candidates:
+            if len(kth) == k and relevance * most < kth[0]:
+                break
             known = reputation(tool.agent, tool.name) if reputation is not None else None
             trust = UNKNOWN_REPUTATION if known is None else min(max(float(known), 0.0), 1.0)
             skill = matched_system(proficiency(tool.agent), split[position], tool.name, tool.title or "",
@@ -447,6 +465,10 @@ class DiscoveryIndex:
             value = score(relevance, trust) * (proficiency_factor(skill[1]) if skill else 1.0)
             # (agent, name) is unique, so sorting never compares the rest of a row
             rows.append((-value, -relevance, tool.agent, tool.name, tool, position, trust, known, skill))
+            if len(kth) < k:
+                heapq.heappush(kth, value)
+            elif value > kth[0]:
+                heapq.heapreplace(kth, value)
         rows.sort()
         return [
             _hit(tool, rankings[position], split[position] if len(split) > 1 else None, -value, trust, known, skill)
@@ -455,59 +477,66 @@ class DiscoveryIndex:
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _rank(self, text: str, vector: np.ndarray | None, agent: str | None, read_only: bool | None) -> _Ranking:
-        """Each ranker's ranks for one need, and their reciprocal rank fusion (see the module docstring)."""
-        ranking = _Ranking()
-        query_terms = lexical.name_terms(text)  # words, and identifiers kept whole (a query may name a tool)
-        if "lexical" in self.rankers:
-            found = self._lexical_candidates(self._lexical, query_terms, agent, read_only)
-            ranking.lexical = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
-        if "names" in self.rankers:
-            found = self._lexical_candidates(self._names, query_terms, agent, read_only)
-            ranking.names = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
-        if "semantic" in self.rankers and vector is not None and vector.any():
-            found = self._semantic_candidates(vector, agent, read_only)
-            ranking.semantic = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
-            ranking.similarity = dict(found)
+    def _rank(
+        self, texts: list[str], vectors: np.ndarray | None, agent: str | None, read_only: bool | None
+    ) -> list[_Ranking]:
+        """Each need's ranks by each ranker, and their reciprocal rank fusion (see the module docstring).
+
+        Every ranker answers all the needs in one call (one BM25 pass with the filters worked out once,
+        one Faiss search per partition), which is what keeps a several-need query near a plain one.
+        """
+        rankings = [_Ranking() for _ in texts]
+        query_terms = [lexical.name_terms(text) for text in texts]  # words, and identifiers kept whole
+        for ranker, index in (("lexical", self._lexical), ("names", self._names)):
+            if ranker in self.rankers:
+                for ranking, found in zip(rankings, self._lexical_candidates(index, query_terms, agent, read_only),
+                                          strict=True):
+                    setattr(ranking, ranker, {id_: rank for rank, (id_, _) in enumerate(found, 1)})
+        if "semantic" in self.rankers and vectors is not None:
+            for ranking, found in zip(rankings, self._semantic_candidates(vectors, agent, read_only), strict=True):
+                ranking.semantic = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
+                ranking.similarity = dict(found)
         best_possible = len(self.rankers) / (RRF_K + 1)
-        relevance = ranking.relevance
-        for ranks in (ranking.lexical, ranking.names, ranking.semantic):
-            for id_, rank in ranks.items():
-                relevance[id_] = relevance.get(id_, 0.0) + 1.0 / (RRF_K + rank) / best_possible
-        return ranking
+        for ranking in rankings:
+            relevance = ranking.relevance
+            for ranks in (ranking.lexical, ranking.names, ranking.semantic):
+                for id_, rank in ranks.items():
+                    relevance[id_] = relevance.get(id_, 0.0) + 1.0 / (RRF_K + rank) / best_possible
+        return rankings
 
     def _lexical_candidates(
-        self, index: lexical.LexicalIndex, query_terms: list[str], agent: str | None, read_only: bool | None
-    ) -> list[tuple[int, float]]:
-        """A BM25 ranker's candidates: at most ``DEPTH``; in a fusion, none under ``LEXICAL_FLOOR`` of the best."""
+        self, index: lexical.LexicalIndex, queries: list[list[str]], agent: str | None, read_only: bool | None
+    ) -> list[list[tuple[int, float]]]:
+        """A BM25 ranker's candidates per need: at most ``DEPTH``; in a fusion, none under ``LEXICAL_FLOOR``
+        of the need's best."""
         group = None if read_only is None else int(read_only)
-        if agent is not None:
-            entry = self._agents.get(agent)
-            if entry is None:
-                return []
-            found = index.search(query_terms, DEPTH, group=group, ids=[tool.id for tool in entry.tools])
-        else:
-            found = index.search(query_terms, DEPTH, group=group)
-        if not found or len(self.rankers) == 1:  # alone, a ranker's whole ranking is its answer
-            return found
-        return [(id_, bm25) for id_, bm25 in found if bm25 >= LEXICAL_FLOOR * found[0][1]]
+        floor = LEXICAL_FLOOR if len(self.rankers) > 1 else 0.0  # alone, a ranker's whole ranking is its answer
+        if agent is None:
+            return index.search_many(queries, DEPTH, group=group, floor=floor)
+        entry = self._agents.get(agent)
+        if entry is None:
+            return [[] for _ in queries]
+        return index.search_many(queries, DEPTH, group=group, ids=[tool.id for tool in entry.tools], floor=floor)
 
     def _semantic_candidates(
-        self, vector: np.ndarray, agent: str | None, read_only: bool | None
-    ) -> list[tuple[int, float]]:
-        """The ``DEPTH`` most similar searchable tools with a positive cosine, most similar first."""
+        self, vectors: np.ndarray, agent: str | None, read_only: bool | None
+    ) -> list[list[tuple[int, float]]]:
+        """Per need, the ``DEPTH`` most similar searchable tools with a positive cosine, most similar first
+        (a need whose vector is all zeros, with no known token, matches nothing)."""
+        asked = [row for row, vector in enumerate(vectors) if vector.any()]
+        found: list[list[tuple[int, float]]] = [[] for _ in vectors]
         if agent is not None:
-            found = [(tool.id, similarity) for tool, similarity in self._scan_agent(agent, vector, read_only)]
-        else:
-            partitions = (True, False) if read_only is None else (read_only,)
-            found = [
-                hit
-                for partition in partitions
-                if len(self._indexes[partition])
-                for hit in self._indexes[partition].search(vector, DEPTH)
-            ]
-        return heapq.nlargest(DEPTH, ((id_, similarity) for id_, similarity in found if similarity > 0),
-                              key=itemgetter(1))
+            for row in asked:
+                found[row] = [(tool.id, similarity) for tool, similarity in self._scan_agent(agent, vectors[row],
+                                                                                               read_only)]
+        elif asked:
+            for partition in (True, False) if read_only is None else (read_only,):
+                if len(self._indexes[partition]):
+                    for row, hits in zip(asked, self._indexes[partition].search_many(vectors[asked], DEPTH),
+                                         strict=True):
+                        found[row].extend(hits)
+        return [heapq.nlargest(DEPTH, ((id_, similarity) for id_, similarity in hits if similarity > 0),
+                               key=itemgetter(1)) for hits in found]
 
     def _new_tool(self, agent: str, spec: dict[str, Any], agent_description: str) -> _Tool:
         id_ = self._ids.get((agent, spec["name"]))

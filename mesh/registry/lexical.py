@@ -7,6 +7,12 @@ that numpy reads in place), a document's terms kept as two small arrays for its 
 computed at query time from the live counts (``N``, document frequencies, average length). A query
 scores every posting of its terms with one ``np.bincount``: a few tenths of a millisecond at 100k tools.
 
+A term's BM25 contributions (one per posting) depend only on the live counts, so they are computed on
+the first query that uses the term and kept until the index next changes (any add or remove clears
+them): a registry is read far more often than it admits tools, and queries reuse their words. Kept,
+they take at most as much memory as the postings themselves. ``search_many`` ranks several queries
+(discovery's needs) with the filters applied once.
+
 Removing a document marks its slot dead and takes it out of the counts at once; its stale postings are
 skipped by the ``alive`` mask and dropped when a quarter of the slots are dead (a compaction, like
 ``VectorIndex``'s), so updates never rebuild the index.
@@ -129,6 +135,7 @@ class LexicalIndex:
         self._group = _Growable(np.int8)
         self._total_length = 0.0
         self._dead = 0
+        self._impacts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # term id -> (slots, BM25 parts)
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -140,6 +147,7 @@ class LexicalIndex:
         """Index one document (an id already present is replaced)."""
         with self._lock:
             self._remove(id_)
+            self._impacts.clear()
             slot = len(self._id_of)
             term_ids = np.fromiter((self._term_id(term) for term in bag), dtype=np.int32, count=len(bag))
             weights = np.fromiter(bag.values(), dtype=np.float32, count=len(bag))
@@ -168,42 +176,71 @@ class LexicalIndex:
                 self._compact()
 
     def search(
-        self, query_terms: list[str], k: int, *, group: int | None = None, ids: Iterable[int] | None = None
+        self, query_terms: list[str], k: int, *, group: int | None = None, ids: Iterable[int] | None = None,
+        floor: float = 0.0,
     ) -> list[tuple[int, float]]:
-        """The ``k`` best ``(id, bm25)`` pairs with a positive score, best first."""
+        """The ``k`` best ``(id, bm25)`` pairs with a positive score, best first; with a ``floor``, only
+        those scoring at least ``floor`` times the best (cheaper than cutting a longer list afterwards)."""
+        return self.search_many([query_terms], k, group=group, ids=ids, floor=floor)[0]
+
+    def search_many(
+        self, queries: list[list[str]], k: int, *, group: int | None = None, ids: Iterable[int] | None = None,
+        floor: float = 0.0,
+    ) -> list[list[tuple[int, float]]]:
+        """``search`` for each query's terms, with the filters (``group``, ``ids``) worked out once."""
         with self._lock:
-            live = len(self._slot_of)
-            wanted = [self._vocabulary[t] for t in dict.fromkeys(query_terms) if t in self._vocabulary]
-            wanted = [t for t in wanted if self._df[t]]
-            if not live or not wanted:
-                return []
-            average = self._total_length / live
-            lengths = self._length.data
-            parts_slots, parts_scores = [], []
-            for term_id in wanted:
-                df = self._df[term_id]
-                idf = math.log(1.0 + (live - df + 0.5) / (df + 0.5))
-                slots_buffer, tfs_buffer = self._postings[term_id]
-                slots = np.frombuffer(slots_buffer, dtype=np.int32).copy()
-                tfs = np.frombuffer(tfs_buffer, dtype=np.float32)
-                norm = K1 * (1.0 - B + B * lengths[slots] / average)
-                parts_slots.append(slots)
-                parts_scores.append(idf * tfs * (K1 + 1.0) / (tfs + norm))
-                del tfs  # release the buffer export before anyone appends again
-            scores = np.bincount(np.concatenate(parts_slots), np.concatenate(parts_scores))
-            candidates = np.flatnonzero(scores > 0)
-            keep = self._alive.data[candidates]  # dead slots keep stale postings until compaction
+            if not self._slot_of:
+                return [[] for _ in queries]
+            size = len(self._id_of)
+            keep = self._alive.data[:size].copy()  # dead slots keep stale postings until compaction
             if group is not None:
-                keep &= self._group.data[candidates] == group
+                keep &= self._group.data[:size] == group
             if ids is not None:
-                keep &= np.isin(candidates, [self._slot_of[i] for i in ids if i in self._slot_of])
-            candidates = candidates[keep]
-            if len(candidates) > k:
-                candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-            order = candidates[np.argsort(-scores[candidates], kind="stable")]
-            return [(self._id_of[slot], float(scores[slot])) for slot in order.tolist()]
+                allowed = np.zeros(size, dtype=np.bool_)
+                allowed[[self._slot_of[i] for i in ids if i in self._slot_of]] = True
+                keep &= allowed
+            return [self._search(query_terms, k, keep, floor) for query_terms in queries]
 
     # -- internals (called with the lock held) --------------------------------------------------------
+
+    def _search(self, query_terms: list[str], k: int, keep: np.ndarray, floor: float) -> list[tuple[int, float]]:
+        """One query's ``k`` best among the slots ``keep`` marks, none under ``floor`` times the best; equal
+        scores (common among short names) go by admission order, not by how a partial sort left them."""
+        wanted = [self._vocabulary[t] for t in dict.fromkeys(query_terms) if t in self._vocabulary]
+        parts = [self._impact(term_id) for term_id in wanted if self._df[term_id]]
+        if not parts:
+            return []
+        slots = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
+        contributions = np.concatenate([part[1] for part in parts]) if len(parts) > 1 else parts[0][1]
+        scores = np.bincount(slots, contributions, minlength=len(keep))
+        scores *= keep
+        best = scores.max()
+        if best <= 0:
+            return []
+        candidates = np.flatnonzero(scores >= best * floor if floor > 0 else scores > 0)
+        if len(candidates) > k:  # keep them in slot order, so equal scores go by admission order
+            candidates = np.sort(candidates[np.argpartition(-scores[candidates], k - 1)[:k]])
+        order = candidates[np.argsort(-scores[candidates], kind="stable")]
+        id_of = self._id_of
+        return [(id_of[slot], score) for slot, score in zip(order.tolist(), scores[order].tolist(), strict=True)]
+
+    def _impact(self, term_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """A term's posting slots and each one's BM25 contribution, from the live counts (cached until
+        the index changes; see the module docstring)."""
+        cached = self._impacts.get(term_id)
+        if cached is not None:
+            return cached
+        live = len(self._slot_of)
+        df = self._df[term_id]
+        idf = math.log(1.0 + (live - df + 0.5) / (df + 0.5))
+        slots_buffer, tfs_buffer = self._postings[term_id]
+        slots = np.frombuffer(slots_buffer, dtype=np.int32).copy()
+        tfs = np.frombuffer(tfs_buffer, dtype=np.float32)
+        norm = K1 * (1.0 - B + B * self._length.data[slots] / (self._total_length / live))
+        contributions = idf * tfs * (K1 + 1.0) / (tfs + norm)
+        del tfs  # release the buffer export before anyone appends again
+        self._impacts[term_id] = (slots, contributions)
+        return slots, contributions
 
     def _term_id(self, term: str) -> int:
         term_id = self._vocabulary.get(term)
@@ -217,6 +254,7 @@ class LexicalIndex:
         slot = self._slot_of.pop(id_, None)
         if slot is None:
             return
+        self._impacts.clear()
         term_ids, _ = self._doc_terms[slot]
         for term_id in term_ids.tolist():
             self._df[term_id] -= 1
@@ -227,6 +265,7 @@ class LexicalIndex:
 
     def _compact(self) -> None:
         """Rebuild the posting lists from the live documents, renumbering their slots from 0."""
+        self._impacts.clear()
         live = [(self._id_of[slot], slot) for slot in sorted(self._slot_of.values())]
         documents = [(id_, self._doc_terms[slot], self._group.data[slot]) for id_, slot in live]
         self._postings = [(array("i"), array("f")) for _ in self._postings]
