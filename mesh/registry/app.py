@@ -17,6 +17,7 @@ from uuid import UUID
 import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -29,7 +30,7 @@ from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.learning import records as learning_records
 from mesh.learning.routes import routes as learning_routes
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import a2a_front, admission, audit, credentials, oidc, people, proxy, store
+from mesh.registry import a2a_front, admission, audit, credentials, oidc, people, proxy, replicas, store
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -94,7 +95,8 @@ def build_app(registry: Registry) -> Starlette:
     sandboxes = SandboxRoutes(registry)  # /v1/agents/{name}/sandboxes..., /v1/approvals, each sandbox's MCP
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools)})
+        return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools),
+                             "replica": registry.replica_id})
 
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(registry.provenance_jwks)
@@ -278,6 +280,8 @@ def build_app(registry: Registry) -> Starlette:
             registry.forwarder = Forwarder()
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
+            if registry.channel is not None:  # PostgreSQL: hear what other replicas change
+                group.start_soon(replicas.listen_forever, registry)
             if registry.embedded_database:
                 group.start_soon(checkpoint_forever, registry)
             group.start_soon(audit.checkpoint_forever, registry)  # signed checkpoints of the audit log
@@ -359,7 +363,10 @@ async def save_reputations_forever(registry: Registry, interval: float = 1.0) ->
     """Reputation is learned on every call but written at most once a second, off the call path."""
     while True:
         await anyio.sleep(interval)
-        await anyio.to_thread.run_sync(registry.save_reputations)
+        try:
+            await anyio.to_thread.run_sync(registry.save_reputations)
+        except SQLAlchemyError as exc:  # e.g. two replicas creating one row at once: kept, saved next time
+            log.warning("saving reputations failed, will retry: %s", exc)
 
 
 async def checkpoint_forever(registry: Registry, interval: float = 1.0) -> None:

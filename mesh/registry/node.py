@@ -19,12 +19,13 @@ from typing import Any
 import anyio
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
 from mesh.manifest import Manifest, ManifestProblem, canonical
 from mesh.names import NameProblem, check_name
-from mesh.registry import audit, store
+from mesh.registry import audit, replicas, store
 from mesh.registry.auth import (
     ANONYMOUS,
     AuthProblem,
@@ -200,7 +201,7 @@ class Registry:
         self.embedded_database = self.engine.dialect.name == "sqlite"
         self._trust_cache: dict[str, tuple[TrustStore, float]] = {}
         self._tokens: dict[str, _KnownToken] = {}
-        self._unsaved: set[tuple[str, str]] = set()
+        self._unsaved: dict[tuple[str, str], list[Outcome]] = {}  # outcomes learnt here, not saved yet
         self.last_forwarded: dict[str, float] = {}  # agent -> monotonic time a call last reached it
         self.manifest_digests: dict[str, str] = {}  # agent -> digest of the manifest it was admitted on
         # What the call path (``proxy.py``) remembers between calls, all of it bounded:
@@ -211,6 +212,13 @@ class Registry:
         # agent -> target system -> latest assessed score (``mesh.learning``), for discovery and the policy
         self.proficiencies: dict[str, dict[str, float]] = {}
         self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
+        # Other registry processes on the same PostgreSQL database hear of this one's changes (``replicas.py``).
+        self.replica_id = replicas.new_replica_id()
+        self.channel: str | None = None
+        self.listening = anyio.Event()  # set once this replica hears the others
+        if not self.embedded_database:
+            self.channel = replicas.channel(self.engine)
+            replicas.watch(sessions, self.replica_id, self.channel)
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -245,6 +253,30 @@ class Registry:
             self.proficiencies = store.proficiencies(session)
         self.discovery.upsert_many({agent: self.verified_wire(agent) for agent in self.endpoints},
                                    descriptions=descriptions)
+
+    async def reload_agent(self, agent: str) -> None:
+        """Re-read what the database says of ``agent`` (another replica changed it): endpoint, pins and
+        manifest digest; forget its cached keys and tokens so a revocation holds at once; re-index it."""
+        with self.sessions.begin() as session:
+            record = store.get_agent(session, agent)
+            tools = store.list_tools(session, agent)
+            described = store.list_descriptors(session, agent)
+        for key in [key for key in self.tools if key[0] == agent]:
+            del self.tools[key]
+        for key in [key for key in self.descriptors if key[0] == agent]:
+            del self.descriptors[key]
+        self.tools.update({(agent, t.name): PinnedTool.from_record(t) for t in tools})
+        self.descriptors.update({(agent, d.kind, d.name): PinnedDescriptor.from_record(d) for d in described})
+        if record is None:
+            self.endpoints.pop(agent, None)
+            self.manifest_digests.pop(agent, None)
+        else:
+            self.endpoints[agent] = record.endpoint
+            if record.manifest_digest:
+                self.manifest_digests[agent] = record.manifest_digest
+        self.admitted_here.discard(agent)  # admitted elsewhere: its next registration here is checked in full
+        self.forget_trust(agent)
+        await self.index_agent(agent)
 
     def verified_wire(self, agent: str) -> list[dict[str, Any]]:
         return [t.wire for (a, _), t in self.tools.items() if a == agent and t.status == "verified"]
@@ -472,17 +504,63 @@ class Registry:
             if key not in self.reputations:
                 self.reputations[key] = Reputation()
             self.reputations[key].learn_one(outcome)
-            self._unsaved.add(key)
+            self._unsaved.setdefault(key, []).append(outcome)
 
     def save_reputations(self) -> None:
-        """Write the reputations that changed since the last save (every second, and at shutdown)."""
-        changed, self._unsaved = self._unsaved, set()
+        """Add the outcomes learnt since the last save (every second, and at shutdown) to the stored reputations.
+
+        Several registries may share the database, each learning from the calls it carries. Each applies its
+        own outcomes to the stored state under a row lock, so no replica's save overwrites another's; the
+        state then held in memory is the stored one (every replica's outcomes) plus what was learnt here since.
+        """
+        changed, self._unsaved = self._unsaved, {}
         if not changed:
             return
+        for attempt in range(3):
+            try:
+                merged = self._add_outcomes(changed)
+                break
+            except IntegrityError:  # another replica stored a first reputation for the same key just now
+                if attempt < 2:
+                    continue
+                self._keep_unsaved(changed)
+                raise
+            except Exception:
+                self._keep_unsaved(changed)
+                raise
+        self._adopt(merged)
+
+    def _add_outcomes(self, changed: dict[tuple[str, str], list[Outcome]]) -> dict[tuple[str, str], dict[str, Any]]:
+        merged = {}
         with self.sessions.begin() as session:
-            for agent, tool in sorted(changed):
-                reputation = self.reputations[(agent, tool)]
-                store.save_reputation(session, agent, tool, state=reputation.to_state(), score=reputation.score())
+            for agent, tool in sorted(changed):  # always in one order: two replicas cannot deadlock
+                record = store.load_reputation(session, agent, tool, for_update=True)
+                reputation = Reputation.from_state(record.state) if record is not None else Reputation()
+                for outcome in changed[(agent, tool)]:
+                    reputation.learn_one(outcome)
+                merged[(agent, tool)] = state = reputation.to_state()
+                store.save_reputation(session, agent, tool, state=state, score=reputation.score())
+        return merged
+
+    def _keep_unsaved(self, changed: dict[tuple[str, str], list[Outcome]]) -> None:
+        """Put back outcomes a save could not store, in front of those learnt since: the next save has them."""
+        for key, outcomes in changed.items():
+            self._unsaved[key] = outcomes + self._unsaved.get(key, [])
+
+    def reload_reputations(self, keys: list[tuple[str, str]]) -> None:
+        """Take the stored reputations of ``keys`` (another replica saved them) as the base of what is known."""
+        with self.sessions.begin() as session:
+            stored = {(agent, tool): record.state for agent, tool in keys
+                      if (record := store.load_reputation(session, agent, tool)) is not None}
+        self._adopt(stored)
+
+    def _adopt(self, states: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """Hold stored states in memory, each with the outcomes learnt here and not saved yet replayed on it."""
+        for key, state in states.items():
+            reputation = Reputation.from_state(state)
+            for outcome in list(self._unsaved.get(key, [])):
+                reputation.learn_one(outcome)
+            self.reputations[key] = reputation
 
     def proficiency(self, agent: str, system: str) -> float | None:
         """``agent``'s latest assessed score (0..1) on a target ``system``, None when never assessed.

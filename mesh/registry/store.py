@@ -881,8 +881,12 @@ def record_decision(
 # --- reputation ---------------------------------------------------------------------------------
 
 
-def load_reputation(session: Session, agent: str, tool: str = "") -> ReputationRecord | None:
-    return session.get(ReputationRecord, (agent, tool))
+def load_reputation(session: Session, agent: str, tool: str = "", *,
+                    for_update: bool = False) -> ReputationRecord | None:
+    """The stored reputation; ``for_update`` locks its row until the transaction ends (PostgreSQL), so a
+    registry adding its outcomes to it cannot overwrite another's."""
+    return session.get(ReputationRecord, (agent, tool), with_for_update=for_update or None,
+                       populate_existing=for_update)
 
 
 def list_reputation(session: Session, agent: str | None = None) -> list[ReputationRecord]:
