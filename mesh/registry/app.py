@@ -30,7 +30,18 @@ from mesh.keys import KeyProblem, b64url, b64url_decode
 from mesh.learning import records as learning_records
 from mesh.learning.routes import routes as learning_routes
 from mesh.names import NAME_RULE, is_valid_name
-from mesh.registry import a2a_front, admission, audit, credentials, oidc, people, proxy, replicas, store
+from mesh.registry import (
+    a2a_front,
+    admission,
+    audit,
+    credentials,
+    idempotency,
+    oidc,
+    people,
+    proxy,
+    replicas,
+    store,
+)
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -222,9 +233,31 @@ def build_app(registry: Registry) -> Starlette:
         parent = request.headers.get("x-mesh-parent-run")
         if parent is not None and not is_run_id(parent):
             raise Problem("bad-request", "x-mesh-parent-run must be a run id")
-        outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"), parent_run_id=parent,
-                                     trace_context=dict(request.headers))
-        return JSONResponse(outcome.to_json())
+        key = request.headers.get(idempotency.HEADER)
+        if key is None:
+            outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"),
+                                         parent_run_id=parent, trace_context=dict(request.headers))
+            return JSONResponse(outcome.to_json())
+
+        async def call() -> idempotency.Answer:
+            try:
+                outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"),
+                                             parent_run_id=parent, trace_context=dict(request.headers))
+            except Problem as problem:
+                return idempotency.Answer(problem.status, problem.to_json(), problem.extra.get("run_id"))
+            return idempotency.Answer(200, outcome.to_json(), outcome.run_id)
+
+        request_digest = idempotency.fingerprint("http", agent_name, tool, body.get("arguments"))
+        try:
+            answer = await idempotency.once(registry, caller.id, idempotency.check_key(key), request_digest, call)
+        except Problem as problem:
+            response = problem.response()
+            if "retry_after" in problem.extra:
+                response.headers["Retry-After"] = str(problem.extra["retry_after"])
+            return response
+        return JSONResponse(answer.document, status_code=answer.status,
+                            media_type="application/json" if answer.status < 400 else "application/problem+json",
+                            headers={idempotency.REPLAYED_HEADER: "true"} if answer.replayed else None)
 
     async def runs(request: Request) -> JSONResponse:
         """Recent runs, newest first, a page at a time (``next_cursor``)."""

@@ -89,6 +89,7 @@ class RegistryConfig(BaseModel):
     grants: dict[str, list[str]] = Field(default_factory=dict)  # agent -> scopes it holds as a caller
     policy: dict[str, Any] = Field(default_factory=dict)  # data for the Rego policy
     call_timeout: PositiveFloat = 30.0
+    retry_attempts: PositiveInt = 3  # sends of a read-only or idempotent tool's call the agent never answered
     recheck_interval: PositiveFloat = 30.0  # seconds between re-listing each agent's tools (rug-pull check)
     probe_interval: NonNegativeFloat = 60.0  # a target no call reached for this long gets one trial call
     # The front door (``gate.py``): which Host and Origin headers are ours, how big a body may be.

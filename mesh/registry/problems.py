@@ -36,6 +36,8 @@ STATUS = {
     "unknown-user": 404,
     "unknown-token": 404,
     "tool-blocked": 409,
+    "call-in-progress": 409,  # a call with the same idempotency key is still running (``idempotency.py``)
+    "idempotency-key-reused": 409,  # the key was used for a different request
     "payload-too-large": 413,
     "unsupported-media-type": 415,
     "misdirected-request": 421,

@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from mesh import telemetry
 from mesh.client import RUN_META
 from mesh.manifest import MANIFEST_META, json_digest
-from mesh.registry import admission, audit, store
+from mesh.registry import admission, audit, retries, store
 from mesh.registry.auth import Caller
 from mesh.registry.forward import AgentError, Relay
 from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry, now_ms
@@ -362,12 +362,19 @@ async def _forward(registry: Registry, run: _Run, call: Call, pinned: PinnedTool
         with (_in_flight(registry, run), telemetry.span("mesh.forward", kind=SpanKind.CLIENT, **attributes),
               anyio.fail_after(timeout)):
             meta = telemetry.inject_meta({RUN_META: run.target_id})  # the agent's span continues this one
-            if pinned is not None:
-                return await registry.forwarder.call_tool(
-                    endpoint, pinned.name, arguments, meta=meta, progress=progress, relay=relay, extra=call.extra,
-                    input_schema=pinned.wire.get("inputSchema"))
-            return await registry.forwarder.request(endpoint, call.method, call.params(arguments), meta=meta,
-                                                    progress=progress, relay=relay)
+
+            async def send() -> Any:
+                assert registry.forwarder is not None
+                if pinned is not None:
+                    return await registry.forwarder.call_tool(
+                        endpoint, pinned.name, arguments, meta=meta, progress=progress, relay=relay,
+                        extra=call.extra, input_schema=pinned.wire.get("inputSchema"))
+                return await registry.forwarder.request(endpoint, call.method, call.params(arguments), meta=meta,
+                                                        progress=progress, relay=relay)
+
+            # A tool safe to repeat is sent again when the agent never answered (``retries.py``).
+            return await retries.send(send, repeatable=pinned is None or retries.safe_to_repeat(pinned.annotations),
+                                      attempts=registry.config.retry_attempts)
     except TimeoutError as exc:
         await run.finish("timeout", Outcome("timeout", latency_ms=run.elapsed_ms()),
                          error=f"no answer within {timeout:g} s")

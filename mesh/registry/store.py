@@ -627,6 +627,28 @@ class ApiTokenRecord(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class IdempotencyKeyRecord(Base):
+    """A call made with an ``Idempotency-Key``: claimed while it runs, then the answer its retries get
+    (``idempotency.py``). Keyed by who called and their key; ``fingerprint`` is what they asked for."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (CheckConstraint("state IN ('running', 'done')", name="state"),
+                      Index("ix_idempotency_keys_created_at", "created_at"))
+
+    org_id: Mapped[str] = mapped_column(SafeString(64), primary_key=True, default="default", server_default="default")
+    project_id: Mapped[str] = mapped_column(SafeString(64), primary_key=True, default="default",
+                                            server_default="default")
+    caller: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    key: Mapped[str] = mapped_column(SafeString(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(SafeString(80))
+    state: Mapped[str] = mapped_column(SafeString(8), default="running")
+    status: Mapped[int | None] = mapped_column()  # the HTTP status of the answer, once done
+    answer: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    run_id: Mapped[str | None] = mapped_column(SafeString(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 # --- engines and schema -------------------------------------------------------------------------
 
 
