@@ -142,6 +142,14 @@ def test_a_revocation_made_in_one_replica_is_enforced_by_the_other(replicas: Rep
     assert replicas.agent("b", "marked")["tools"][0]["status"] == "blocked"
 
 
+def test_a_retry_with_an_idempotency_key_on_the_other_replica_gets_the_first_answer(replicas: Replicas):
+    key = {"Idempotency-Key": "replicas-" + os.urandom(8).hex()}
+    first = replicas.invoke("a", "echo", "echo", {"text": "once"}, headers=key)
+    retry = replicas.invoke("b", "echo", "echo", {"text": "once"}, headers=key)
+    assert first.status_code == retry.status_code == 200, retry.text
+    assert retry.json()["run_id"] == first.json()["run_id"] and retry.headers["idempotent-replayed"] == "true"
+
+
 def test_a_replica_killed_under_load_leaves_the_other_serving_and_loses_no_acknowledged_run(replicas: Replicas):
     acknowledged: list[str] = []
     failed_on_a = 0
