@@ -251,10 +251,7 @@ def build_app(registry: Registry) -> Starlette:
         try:
             answer = await idempotency.once(registry, caller.id, idempotency.check_key(key), request_digest, call)
         except Problem as problem:
-            response = problem.response()
-            if "retry_after" in problem.extra:
-                response.headers["Retry-After"] = str(problem.extra["retry_after"])
-            return response
+            return problem.response()
         return JSONResponse(answer.document, status_code=answer.status,
                             media_type="application/json" if answer.status < 400 else "application/problem+json",
                             headers={idempotency.REPLAYED_HEADER: "true"} if answer.replayed else None)

@@ -1,5 +1,5 @@
-"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]`` and ``[oidc]``
-tables of ``registry/registry.toml``.
+"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]``, ``[breaker]`` and
+``[oidc]`` tables of ``registry/registry.toml``.
 
 Every setting has a default, so a workspace without the file runs as a local, single-user mesh. The
 settings are a pydantic model: a misspelt key or a value of the wrong type is one line naming the file,
@@ -73,6 +73,17 @@ class OidcConfig(BaseModel):
         return self
 
 
+class BreakerConfig(BaseModel):
+    """``[breaker]``: when a per-agent circuit breaker opens, how long it stays open, how it probes (``breaker.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: PositiveInt = 5  # target failures in a row that open it
+    trip_below: float | None = Field(None, ge=0, le=1)  # reputation that opens it; default [policy] min_reputation
+    open_seconds: NonNegativeFloat | None = None  # how long it refuses calls; default [registry] probe_interval
+    probe_calls: PositiveInt = 1  # calls let through at a time while half-open
+
+
 class RegistryConfig(BaseModel):
     """What a registry process needs to know; ``from_workspace`` reads it, keywords override."""
 
@@ -104,6 +115,7 @@ class RegistryConfig(BaseModel):
     trust_ttl: NonNegativeFloat = 5.0  # seconds a process keeps an agent's trusted keys before re-reading them
     lm: LMSettings = Field(default_factory=LMSettings)  # the model LM features use (``mesh.lm``); none by default
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     oidc: OidcConfig | None = None
 
     @classmethod
@@ -116,6 +128,7 @@ class RegistryConfig(BaseModel):
             **section,
             "grants": document.get("grants", {}),
             "auth": document.get("auth", {}),
+            "breaker": document.get("breaker", {}),
             **({"oidc": document["oidc"]} if "oidc" in document else {}),
             "policy": {"min_reputation": 0.3, "allow_destructive": [], **document.get("policy", {})},
         }
@@ -171,11 +184,11 @@ def describe(error: ValidationError, model: type[BaseModel], table: str | None =
     location = [str(part) for part in first["loc"]]
     key = location[0] if location else "?"
     if table is None:
-        table = "" if key in ("grants", "policy", "auth", "oidc") else "[registry] "
+        table = "" if key in ("grants", "policy", "auth", "breaker", "oidc") else "[registry] "
     where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
     if first["type"] == "extra_forbidden":
         known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm", "auth",
-                                                                    "oidc")]
+                                                                    "breaker", "oidc")]
         guess = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
         return f"{where}: unknown setting{hint}"

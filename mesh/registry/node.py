@@ -35,6 +35,7 @@ from mesh.registry.auth import (
     unverified_parts,
     verify_token,
 )
+from mesh.registry.breaker import HALF_OPEN, Breakers, Thresholds
 from mesh.registry.config import RegistryConfig
 from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
@@ -212,6 +213,13 @@ class Registry:
         # agent -> target system -> latest assessed score (``mesh.learning``), for discovery and the policy
         self.proficiencies: dict[str, dict[str, float]] = {}
         self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
+        self.breakers = Breakers(Thresholds(  # per agent circuit breakers (``breaker.py``)
+            consecutive_failures=config.breaker.consecutive_failures,
+            trip_below=config.breaker.trip_below if config.breaker.trip_below is not None else float(
+                config.policy.get("min_reputation", 0.3)),
+            open_seconds=config.breaker.open_seconds if config.breaker.open_seconds is not None else
+            config.probe_interval,
+            probe_calls=config.breaker.probe_calls, probe_timeout=config.call_timeout + 5))
         # Other registry processes on the same PostgreSQL database hear of this one's changes (``replicas.py``).
         self.replica_id = replicas.new_replica_id()
         self.channel: str | None = None
@@ -570,10 +578,10 @@ class Registry:
         return self.proficiencies.get(agent, {}).get(system)
 
     def probe_due(self, agent: str) -> bool:
-        """Has no call reached ``agent`` for a probe interval? Then the policy may let one through even
-        if its reputation is low: without new evidence a shunned agent could never recover."""
-        last = self.last_forwarded.get(agent)
-        return last is None or time.monotonic() - last >= self.config.probe_interval
+        """Is a call to ``agent`` now a probe (its circuit breaker is half-open and let it through)? Then the
+        policy lets it pass even if its reputation is low: without new evidence a shunned agent could never
+        recover."""
+        return self.breakers.get(agent).state == HALF_OPEN
 
     def known_score(self, agent: str, tool: str = "") -> float | None:
         """The score learned for ``agent`` (or one tool, else its agent), None when nobody has called it.
@@ -624,6 +632,7 @@ class Registry:
         document: dict[str, Any] = {
             "name": record.name, "status": record.status, "endpoint": record.endpoint, "version": record.version,
             "description": record.description, "reputation": self.reputation_json(record.name),
+            "breaker": self.breakers.to_json(record.name),
             "last_seen": record.last_seen.isoformat(), "flags": record.flags, "tools": tools,
         }
         if detail:

@@ -286,6 +286,8 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
         else:
             described = resolve_descriptor(registry, call)
             run.pinned_digest = described.digest
+        # An agent that keeps failing is not called until its breaker lets a probe through (``breaker.py``).
+        registry.breakers.admit(agent, run.id, registry.reputation(agent).score())
 
         errors = sorted(pinned.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path)) if pinned else []
         if errors:
@@ -537,6 +539,7 @@ class _Run:
             await anyio.to_thread.run_sync(write)  # a database server: wait off the event loop
         if outcome is not None:
             self.registry.learn(self.agent, self.tool, outcome)
+        self.registry.breakers.record(self.agent, self.id, outcome, self.registry.reputation(self.agent).score())
         telemetry.record_invoke(self.agent, self.tool, status, latency,
                                 decision=common["policy_decision"], rule=common["policy_rule"])
 
