@@ -249,22 +249,18 @@ def cmd_registry(args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     config = RegistryConfig.from_workspace(ws, host=args.host, port=args.port, strict=args.strict or None,
                                            trust_local_keys=args.trust_local_keys or None)
-    telemetry.configure_from_env("mesh-registry", scrape=True)  # /metrics, whatever the exporter
-    registry = Registry.open(config)  # once here: the schema is migrated and the signing key made before workers
-    say(f"registry: HTTP API {config.base_url}/v1  MCP {config.base_url}/mcp  "
-        f"({len(registry.endpoints)} agents known{f', {args.workers} workers' if args.workers > 1 else ''})")
     if args.workers != 1:
         from mesh.registry import replicas
 
         try:
-            replicas.check_workers(registry.engine, args.workers)
+            replicas.run_workers(config, args.workers, announce=say)
         except replicas.WorkersProblem as exc:
             raise WorkspaceProblem(str(exc)) from None
-        registry.engine.dispose()
-        replicas.run_workers(str(ws.root), args.workers, {"host": config.host, "port": config.port,
-                                                          "strict": config.strict,
-                                                          "trust_local_keys": config.trust_local_keys})
         return 0
+    telemetry.configure_from_env("mesh-registry", scrape=True)  # /metrics, whatever the exporter
+    registry = Registry.open(config)
+    say(f"registry: HTTP API {config.base_url}/v1  MCP {config.base_url}/mcp  "
+        f"({len(registry.endpoints)} agents known)")
     telemetry.observe_reputation(registry.agent_scores)
     uvicorn.run(build_app(registry), host=config.host, port=config.port, log_level="warning")
     return 0

@@ -196,9 +196,9 @@ def test_workers_share_one_port(tmp_path: Path):
         process = Process(mesh_command("registry", "run", "--workspace", str(workspace), "--port", str(port),
                                        "--workers", "2"), tmp_path / "registry.log", {"MESH_DATABASE_URL": database})
         try:
-            process.wait_http(f"http://127.0.0.1:{port}/healthz")
+            process.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=240)  # two registries starting at once
             seen: set[str] = set()
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 240  # the other worker may still be starting
             while len(seen) < 2 and time.monotonic() < deadline:
                 # A new connection each time: the kernel hands each to one of the listening workers.
                 seen.add(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()["replica"])

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mesh.registry import store
 
 if TYPE_CHECKING:
+    from mesh.registry.config import RegistryConfig
     from mesh.registry.node import Registry
 
 log = logging.getLogger(__name__)
@@ -169,17 +171,31 @@ async def reload_everything(registry: Registry) -> None:
 WORKER_SETTINGS = "MESH_REGISTRY_WORKER"  # the settings each worker process builds its registry from (JSON)
 
 
-def run_workers(workspace: str, workers: int, overrides: dict[str, Any]) -> None:
+def run_workers(config: RegistryConfig, workers: int, announce: Callable[[str], None] = log.warning) -> None:
     """Serve the registry from ``workers`` processes sharing one listening socket (uvicorn's workers).
 
     Each worker is a full replica: its own registry built by ``worker_app``, kept in step with the others
-    through the database. The parent prepares what must happen once (schema, the registry's signing key)
-    and then only supervises: uvicorn starts a new worker in place of one that dies."""
+    through the database. This process first does what must happen once (refuse SQLite, migrate the
+    schema, make the registry's signing key), then only supervises: uvicorn starts a new worker in place
+    of one that dies."""
     import uvicorn
 
-    os.environ[WORKER_SETTINGS] = json.dumps({"workspace": workspace, **overrides})
-    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=overrides["host"],
-                port=overrides["port"], log_level="warning")
+    from mesh.keys import KeyRing
+    from mesh.registry.node import REGISTRY_KEYS
+
+    engine = store.connect(store.database_url(config.workspace.root, config.database_url))
+    try:
+        check_workers(engine, workers)
+        store.migrate(engine)
+    finally:
+        engine.dispose()
+    KeyRing.open(config.workspace.state_dir / "keys" / REGISTRY_KEYS, create=True)
+    overrides = {"host": config.host, "port": config.port, "strict": config.strict,
+                 "trust_local_keys": config.trust_local_keys}
+    os.environ[WORKER_SETTINGS] = json.dumps({"workspace": str(config.workspace.root), **overrides})
+    announce(f"registry: HTTP API {config.base_url}/v1  MCP {config.base_url}/mcp  ({workers} workers)")
+    uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=config.host, port=config.port,
+                log_level="warning")
 
 
 def worker_app() -> Any:
