@@ -7,8 +7,8 @@ Three states, per agent, in each registry process:
   leaves the agent's reputation below ``trip_below``, opens the breaker. A success resets the count.
   A reputation found below ``trip_below`` when a call arrives (another replica's calls lowered it)
   opens it too.
-- **open**: calls are refused at once, before anything is recorded or forwarded (problem
-  ``circuit-open``, 503, with ``Retry-After``), for ``open_seconds``.
+- **open**: calls are refused at once, before they are checked or forwarded (problem ``circuit-open``,
+  503, with ``Retry-After``; the run is recorded as ``circuit_open``), for ``open_seconds``.
 - **half-open**: then up to ``probe_calls`` calls at a time go through as probes (the policy sees
   ``target.probe: true``, so its ``low_reputation`` rule lets them pass). A probe that fails opens the
   breaker again; one that succeeds closes it once the reputation is back at ``trip_below`` or above,

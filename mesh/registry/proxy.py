@@ -287,7 +287,12 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
             described = resolve_descriptor(registry, call)
             run.pinned_digest = described.digest
         # An agent that keeps failing is not called until its breaker lets a probe through (``breaker.py``).
-        registry.breakers.admit(agent, run.id, registry.reputation(agent).score())
+        try:
+            registry.breakers.admit(agent, run.id, registry.reputation(agent).score())
+        except Problem as problem:  # a refusal like a policy denial's: recorded, and costs the target nothing
+            await run.finish("circuit_open", Outcome("denied", fault="caller"), error=problem.detail)
+            problem.extra["run_id"] = run.id
+            raise
 
         errors = sorted(pinned.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path)) if pinned else []
         if errors:
