@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mesh.registry.config import RegistryConfig
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome
 
@@ -40,6 +41,16 @@ class Thresholds:
     open_seconds: float
     probe_calls: int
     probe_timeout: float  # a probe not heard back from within this long frees its place
+
+    @classmethod
+    def of(cls, config: RegistryConfig) -> Thresholds:
+        """``[breaker]``, with ``trip_below`` defaulting to ``[policy] min_reputation`` and ``open_seconds`` to
+        ``[registry] probe_interval``."""
+        breaker = config.breaker
+        trip_below = breaker.trip_below if breaker.trip_below is not None else config.policy.get("min_reputation", 0.3)
+        open_seconds = breaker.open_seconds if breaker.open_seconds is not None else config.probe_interval
+        return cls(consecutive_failures=breaker.consecutive_failures, trip_below=float(trip_below),
+                   open_seconds=open_seconds, probe_calls=breaker.probe_calls, probe_timeout=config.call_timeout + 5)
 
 
 @dataclass

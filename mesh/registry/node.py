@@ -213,13 +213,7 @@ class Registry:
         # agent -> target system -> latest assessed score (``mesh.learning``), for discovery and the policy
         self.proficiencies: dict[str, dict[str, float]] = {}
         self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
-        self.breakers = Breakers(Thresholds(  # per agent circuit breakers (``breaker.py``)
-            consecutive_failures=config.breaker.consecutive_failures,
-            trip_below=config.breaker.trip_below if config.breaker.trip_below is not None else float(
-                config.policy.get("min_reputation", 0.3)),
-            open_seconds=config.breaker.open_seconds if config.breaker.open_seconds is not None else
-            config.probe_interval,
-            probe_calls=config.breaker.probe_calls, probe_timeout=config.call_timeout + 5))
+        self.breakers = Breakers(Thresholds.of(config))  # per agent circuit breakers (``breaker.py``)
         # Other registry processes on the same PostgreSQL database hear of this one's changes (``replicas.py``).
         self.replica_id = replicas.new_replica_id()
         self.channel: str | None = None

@@ -14,7 +14,7 @@
 #                                "idempotentHint": bool, "openWorldHint": bool},   # any may be absent
 #                "scopes": ["notes:read", ...],      # scopes the tool requires
 #                "reputation": 0.0-1.0,
-#                "probe": bool},                     # a trial call past low_reputation, at most one a while
+#                "probe": bool},                     # a probe call its half-open circuit breaker let through
 #     "arguments": {...},
 #     "credentials": [{"ref": "gh-token", "system": "github", "agent": "builder" | "*", "org": "default"}]
 #   }                                                  # present when a call or sandbox would carry credentials
@@ -113,7 +113,8 @@ deny contains {"rule": "destructive_not_allowed", "reason": sprintf("%s is destr
 }
 
 # --- low_reputation: stop calling a target the mesh has learned not to trust. A call marked as a probe
-# (the registry lets one through per probe interval) still goes, or the target could never earn its way back.
+# (the target's circuit breaker is half-open and let it through) still goes, or the target could never earn its
+# way back.
 
 deny contains {"rule": "low_reputation", "reason": sprintf("%s reputation %v is below %v", [target_name, input.target.reputation, min_reputation])} if {
 	is_number(input.target.reputation)
