@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -203,6 +204,7 @@ class Registry:
         self._trust_cache: dict[str, tuple[TrustStore, float]] = {}
         self._tokens: dict[str, _KnownToken] = {}
         self._unsaved: dict[tuple[str, str], list[Outcome]] = {}  # outcomes learnt here, not saved yet
+        self._unsaved_lock = threading.Lock()  # learnt on the event loop, saved from a worker thread
         self.last_forwarded: dict[str, float] = {}  # agent -> monotonic time a call last reached it
         self.manifest_digests: dict[str, str] = {}  # agent -> digest of the manifest it was admitted on
         # What the call path (``proxy.py``) remembers between calls, all of it bounded:
@@ -217,7 +219,6 @@ class Registry:
         # Other registry processes on the same PostgreSQL database hear of this one's changes (``replicas.py``).
         self.replica_id = replicas.new_replica_id()
         self.channel: str | None = None
-        self.listening = anyio.Event()  # set once this replica hears the others
         if not self.embedded_database:
             self.channel = replicas.channel(self.engine)
             replicas.watch(sessions, self.replica_id, self.channel)
@@ -506,7 +507,8 @@ class Registry:
             if key not in self.reputations:
                 self.reputations[key] = Reputation()
             self.reputations[key].learn_one(outcome)
-            self._unsaved.setdefault(key, []).append(outcome)
+            with self._unsaved_lock:
+                self._unsaved.setdefault(key, []).append(outcome)
 
     def save_reputations(self) -> None:
         """Add the outcomes learnt since the last save (every second, and at shutdown) to the stored reputations.
@@ -515,7 +517,8 @@ class Registry:
         own outcomes to the stored state under a row lock, so no replica's save overwrites another's; the
         state then held in memory is the stored one (every replica's outcomes) plus what was learnt here since.
         """
-        changed, self._unsaved = self._unsaved, {}
+        with self._unsaved_lock:
+            changed, self._unsaved = self._unsaved, {}
         if not changed:
             return
         for attempt in range(3):
@@ -546,8 +549,9 @@ class Registry:
 
     def _keep_unsaved(self, changed: dict[tuple[str, str], list[Outcome]]) -> None:
         """Put back outcomes a save could not store, in front of those learnt since: the next save has them."""
-        for key, outcomes in changed.items():
-            self._unsaved[key] = outcomes + self._unsaved.get(key, [])
+        with self._unsaved_lock:
+            for key, outcomes in changed.items():
+                self._unsaved[key] = outcomes + self._unsaved.get(key, [])
 
     def reload_reputations(self, keys: list[tuple[str, str]]) -> None:
         """Take the stored reputations of ``keys`` (another replica saved them) as the base of what is known."""
@@ -560,7 +564,9 @@ class Registry:
         """Hold stored states in memory, each with the outcomes learnt here and not saved yet replayed on it."""
         for key, state in states.items():
             reputation = Reputation.from_state(state)
-            for outcome in list(self._unsaved.get(key, [])):
+            with self._unsaved_lock:
+                unsaved = list(self._unsaved.get(key, []))
+            for outcome in unsaved:
                 reputation.learn_one(outcome)
             self.reputations[key] = reputation
 

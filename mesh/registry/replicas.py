@@ -130,7 +130,6 @@ async def listen_forever(registry: Registry) -> None:
                 if not first:  # notifications sent while we were away are lost: read everything again
                     await reload_everything(registry)
                 first = False
-                registry.listening.set()
                 async for notification in connection.notifies():
                     await handle(registry, notification.payload)
         except psycopg.Error as exc:
