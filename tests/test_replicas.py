@@ -33,7 +33,7 @@ from .conftest import (
 from .test_registry_e2e import ECHO, wait_until
 
 SERVER = os.environ.get(POSTGRES_VARIABLE)
-pytestmark = pytest.mark.skipif(not SERVER, reason=f"set {POSTGRES_VARIABLE} to run replicas on PostgreSQL")
+needs_postgres = pytest.mark.skipif(not SERVER, reason=f"set {POSTGRES_VARIABLE} to run replicas on PostgreSQL")
 
 
 class Replicas:
@@ -75,13 +75,14 @@ class Replicas:
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    if not SERVER:
+        pytest.skip(f"set {POSTGRES_VARIABLE} to run replicas on PostgreSQL")
     workspace = copy_repo_workspace(tmp_path_factory.mktemp("replicas") / "ws")
     (workspace / "agents" / "echo.py").write_text(ECHO)
     (workspace / "agents" / "marked.py").write_text(ECHO.replace('Agent("echo"', 'Agent("marked"'))
     config = workspace / "registry" / "registry.toml"
     # A long key cache: a revocation must reach the other replica by notification, not by the cache expiring.
     config.write_text(config.read_text().replace("[registry]\n", "[registry]\ntrust_ttl = 600\n", 1))
-    assert SERVER is not None
     with postgres_schema(SERVER, "mesh_replicas") as database:
         mesh = Replicas(workspace, tmp_path_factory.mktemp("logs"), database)
         try:
@@ -188,6 +189,7 @@ def test_a_replica_killed_under_load_leaves_the_other_serving_and_loses_no_ackno
     assert len(acknowledged) > 60 and lost == []
 
 
+@needs_postgres
 def test_workers_share_one_port(tmp_path: Path):
     workspace = copy_repo_workspace(tmp_path / "ws")
     assert SERVER is not None
@@ -214,8 +216,11 @@ def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path: Path):
     assert refused.returncode == 1
     assert "--workers 2 needs a PostgreSQL database" in refused.stderr
     assert "Traceback" not in refused.stderr
+    refused = run_mesh("up", "--workspace", str(workspace), "--port", str(free_port()), "--workers", "3")
+    assert refused.returncode == 1 and "--workers 3 needs a PostgreSQL database" in refused.stderr
 
 
+@needs_postgres
 def test_replicas_saving_reputation_at_once_lose_no_outcome(tmp_path: Path):
     """In one process, no listener: each save adds its outcomes to what the database holds, under a row lock,
     whatever the other replica saved meanwhile (and even when both save at the same moment)."""
