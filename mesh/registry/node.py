@@ -266,6 +266,7 @@ class Registry:
             record = store.get_agent(session, agent)
             tools = store.list_tools(session, agent)
             described = store.list_descriptors(session, agent)
+        before = (self.endpoints.get(agent), self.agent_tools(agent), self.agent_descriptors(agent))
         for key in [key for key in self.tools if key[0] == agent]:
             del self.tools[key]
         for key in [key for key in self.descriptors if key[0] == agent]:
@@ -281,7 +282,8 @@ class Registry:
                 self.manifest_digests[agent] = record.manifest_digest
         self.admitted_here.discard(agent)  # admitted elsewhere: its next registration here is checked in full
         self.forget_trust(agent)
-        await self.index_agent(agent)
+        if (self.endpoints.get(agent), self.agent_tools(agent), self.agent_descriptors(agent)) != before:
+            await self.index_agent(agent)  # only what changed is embedded again and told to MCP clients
 
     def verified_wire(self, agent: str) -> list[dict[str, Any]]:
         return [t.wire for (a, _), t in self.tools.items() if a == agent and t.status == "verified"]

@@ -12,8 +12,8 @@ revokes, or saves reputation — the transaction that makes the change also send
 - ``listen_forever(registry)``: one task per registry holding a psycopg connection that ``LISTEN``s;
   each notification from another replica reloads what it names from the database (``Registry.reload_agent``
   re-reads pins, drops cached keys and tokens, re-indexes discovery; ``Registry.reload_reputations``).
-  After a lost connection it reconnects and reloads every agent, since notifications sent meanwhile
-  are gone.
+  Once listening (at start, and again after a lost connection) it reloads every agent, since
+  notifications sent before are gone; only agents whose pins changed are re-indexed.
 
 The channel is named after the database schema, so registries on different schemas of one database
 (tests do that) do not hear each other. SQLite has no notifications: there the registry runs as one
@@ -121,15 +121,14 @@ async def listen_forever(registry: Registry) -> None:
     import psycopg
 
     attempt = 0
-    first = True
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(conninfo(registry.engine), autocommit=True) as connection:
                 await connection.execute(f'LISTEN "{registry.channel}"')
                 attempt = 0
-                if not first:  # notifications sent while we were away are lost: read everything again
-                    await reload_everything(registry)
-                first = False
+                # Notifications sent before we listened (since the registry loaded, or while the connection
+                # was down) are lost: read everything again; only what changed is re-indexed.
+                await reload_everything(registry)
                 async for notification in connection.notifies():
                     await handle(registry, notification.payload)
         except psycopg.Error as exc:
