@@ -102,3 +102,12 @@ def test_open_shows_how_long_it_still_refuses():
     assert shown["state"] == OPEN and 0 < shown["retry_after"] <= 30.0
     fresh = breakers().to_json("never-called")
     assert fresh["state"] == CLOSED and fresh["failures_in_a_row"] == 0 and "reason" not in fresh
+
+
+def test_by_default_the_reputation_alone_opens_it():
+    b = breakers(consecutive_failures=0)
+    for run in range(10):
+        call(b, str(run), ERROR, score=HEALTHY)  # failing, yet still trusted: the breaker stays closed
+    assert b.get("a").state == CLOSED
+    call(b, "low", ERROR, score=SHUNNED)
+    assert b.get("a").state == OPEN

@@ -157,7 +157,7 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
         "/v1/tokens", "/v1/tokens/{token_id}", "/v1/orgs", "/v1/orgs/{org}/members", "/v1/orgs/{org}/members/{user_id}"}
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
-    assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "504"}
+    assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "503", "504"}
     assert invoke["504"]["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
     revoke = document["paths"]["/v1/agents/{name}/keys/{kid}/revoke"]["post"]
     assert [p["name"] for p in revoke["parameters"] if p["in"] == "path"] == ["name", "kid"]

@@ -3,8 +3,9 @@
 Three states, per agent, in each registry process:
 
 - **closed**: calls go through. A failure the target is to blame for (``Outcome.blames_target``: an error,
-  timeout, invalid answer, unreachable) counts; ``consecutive_failures`` of them in a row, or one that
-  leaves the agent's reputation below ``trip_below``, opens the breaker. A success resets the count.
+  timeout, invalid answer, unreachable) that leaves the agent's reputation below ``trip_below`` opens the
+  breaker; so do ``consecutive_failures`` of them in a row, when set (0, the default: the reputation
+  alone decides, as the policy's ``low_reputation`` rule did before). A success resets the count.
   A reputation found below ``trip_below`` when a call arrives (another replica's calls lowered it)
   opens it too.
 - **open**: calls are refused at once, before they are checked or forwarded (problem ``circuit-open``,
@@ -116,7 +117,7 @@ class Breakers:
                 breaker.move(OPEN, f"a probe call failed ({outcome.status})")
             elif breaker.state == CLOSED:
                 breaker.failures += 1
-                if breaker.failures >= limits.consecutive_failures:
+                if 0 < limits.consecutive_failures <= breaker.failures:
                     breaker.move(OPEN, f"{breaker.failures} failures in a row (the last: {outcome.status})")
                 elif score < limits.trip_below:
                     breaker.move(OPEN, f"reputation {score:.3f} is below {limits.trip_below:g}")

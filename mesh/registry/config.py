@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -78,7 +79,7 @@ class BreakerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    consecutive_failures: PositiveInt = 5  # target failures in a row that open it
+    consecutive_failures: NonNegativeInt = 0  # target failures in a row that open it too; 0: reputation alone
     trip_below: float | None = Field(None, ge=0, le=1)  # reputation that opens it; default [policy] min_reputation
     open_seconds: NonNegativeFloat | None = None  # how long it refuses calls; default [registry] probe_interval
     probe_calls: PositiveInt = 1  # calls let through at a time while half-open
