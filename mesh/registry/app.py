@@ -310,9 +310,8 @@ def build_app(registry: Registry) -> Starlette:
             registry.forwarder = Forwarder()
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
-            if registry.channel is not None:  # PostgreSQL: hear what other replicas change, share commits
+            if registry.channel is not None:  # PostgreSQL: hear what other replicas change
                 group.start_soon(replicas.listen_forever, registry)
-                group.start_soon(registry.group_commit.run)
             if registry.embedded_database:
                 group.start_soon(checkpoint_forever, registry)
             group.start_soon(audit.checkpoint_forever, registry)  # signed checkpoints of the audit log

@@ -41,7 +41,6 @@ from mesh.registry.config import RegistryConfig
 from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
 from mesh.registry.forward import Forwarder
-from mesh.registry.group_commit import GroupCommit
 from mesh.registry.people import People, is_api_token
 from mesh.registry.policy import PolicyEngine
 from mesh.registry.problems import Problem
@@ -217,7 +216,6 @@ class Registry:
         self.proficiencies: dict[str, dict[str, float]] = {}
         self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
         self.breakers = Breakers(Thresholds.of(config))  # per agent circuit breakers (``breaker.py``)
-        self.group_commit = GroupCommit(self.engine)  # run records of calls ending together share a commit
         # Other registry processes on the same PostgreSQL database hear of this one's changes (``replicas.py``).
         self.replica_id = replicas.new_replica_id()
         self.channel: str | None = None

@@ -56,7 +56,6 @@ from mcp.shared.uri_template import UriTemplate
 from mcp.types import CallToolResult, InputRequiredResult
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
-from sqlalchemy import Connection
 
 from mesh import telemetry
 from mesh.client import RUN_META
@@ -530,19 +529,19 @@ class _Run:
         recorded = None if decision is None else {"run_id": self.id, "allow": decision.allow, "rule": decision.rule,
                                                    "input_digest": decision.input_digest}
 
-        def write(connection: Connection) -> None:
-            store.record_call(connection, runs, recorded)
-            if decision is not None:  # last: appending holds the audit log's lock until the commit
-                audit.record_decision(connection, caller=self.caller.id, subject=f"{self.agent}.{self.tool}",
-                                      allow=decision.allow, rule=decision.rule, reasons=decision.reasons,
-                                      policy_input=self.policy_input, input_digest=decision.input_digest,
-                                      run_id=self.id)
+        def write() -> None:
+            with self.registry.engine.begin() as connection:
+                store.record_call(connection, runs, recorded)
+                if decision is not None:  # last: appending holds the audit log's lock until the commit
+                    audit.record_decision(connection, caller=self.caller.id, subject=f"{self.agent}.{self.tool}",
+                                          allow=decision.allow, rule=decision.rule, reasons=decision.reasons,
+                                          policy_input=self.policy_input, input_digest=decision.input_digest,
+                                          run_id=self.id)
 
         if self.registry.embedded_database:
-            with self.registry.engine.begin() as connection:  # an SQLite commit in WAL mode takes tens of µs
-                write(connection)
-        else:  # a database server: off the event loop, in a commit shared with calls finishing alongside
-            await self.registry.group_commit.write(write)
+            write()  # an SQLite commit in WAL mode takes tens of µs: less than a hop to a thread
+        else:
+            await anyio.to_thread.run_sync(write)  # a database server: wait off the event loop
         if outcome is not None:
             self.registry.learn(self.agent, self.tool, outcome)
         self.registry.breakers.record(self.agent, self.id, outcome, self.registry.reputation(self.agent).score())
