@@ -341,9 +341,34 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 @command("approve")
 def cmd_approve(args: argparse.Namespace) -> int:
+    """``mesh approve ID``: a call waiting for approval; ``mesh approve AGENT SERVICE``: connected sandboxes."""
+    if len(args.target) == 1:
+        if args.base_url is not None:
+            raise RegistryProblem("--base-url goes with `mesh approve AGENT SERVICE` (a sandbox), not a request ID")
+        from mesh.tables import decide_approval
+
+        return decide_approval(registry_url(args), args.target[0], "approve", args.note)
+    if len(args.target) != 2:
+        raise RegistryProblem("mesh approve takes a request ID (a waiting call), or AGENT SERVICE (connected "
+                              "sandboxes), not more")
     from mesh.sandbox import commands
 
-    return commands.approve(registry_url(args), args.agent, args.service, args.note, args.base_url)
+    agent, service = args.target
+    return commands.approve(registry_url(args), agent, service, args.note, args.base_url)
+
+
+@command("deny")
+def cmd_deny(args: argparse.Namespace) -> int:
+    from mesh.tables import decide_approval
+
+    return decide_approval(registry_url(args), args.request_id, "deny", args.note)
+
+
+@command("approvals")
+def cmd_approvals(args: argparse.Namespace) -> int:
+    from mesh.tables import print_approvals
+
+    return print_approvals(registry_url(args), args.status)
 
 
 @command("sandbox")
@@ -518,11 +543,21 @@ def parser() -> argparse.ArgumentParser:
                                  help="check a run's provenance against the registry's published key")
     verify.add_argument("run_id", metavar="ID", help="the run's id, or its first 8 characters or more")
 
-    p = sub.add_parser("approve", parents=[client], help="operator: let AGENT's connected sandboxes reach SERVICE")
-    p.add_argument("agent", metavar="AGENT")
-    p.add_argument("service", metavar="SERVICE", help="an OpenAPI spec of the workspace, by name")
-    p.add_argument("--base-url", default=None, help="the real endpoint it may reach (default: the spec's server)")
+    p = sub.add_parser("approve", parents=[client],
+                       help="approve a waiting call (ID, from `mesh approvals`), or, as an operator, let AGENT's "
+                            "connected sandboxes reach SERVICE (AGENT SERVICE)")
+    p.add_argument("target", nargs="+", metavar="ID | AGENT SERVICE",
+                   help="a request ID; or an agent and an OpenAPI spec of the workspace, by name")
+    p.add_argument("--base-url", default=None, help="AGENT SERVICE only: the real endpoint it may reach "
+                                                     "(default: the spec's server)")
     p.add_argument("--note", default=None, help="why, kept with the approval and in the audit log")
+    p = sub.add_parser("deny", parents=[client], help="refuse a call waiting for approval")
+    p.add_argument("request_id", metavar="ID", help="the request's id, from `mesh approvals`")
+    p.add_argument("--note", default=None, help="why, told to the caller and kept in the audit log")
+    p = sub.add_parser("approvals", parents=[client], help="calls waiting for a person's approval")
+    p.add_argument("--status", default="requested",
+                   choices=["requested", "approved", "denied", "expired", "executed", "all"],
+                   help="requests in another state (default: those waiting)")
     sandbox = sub.add_parser("sandbox", help="list, create, show, reset or remove sandboxes")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
     p = sandbox_sub.add_parser("ls", parents=[client], help="active sandboxes (--removed: expired, deleted too)")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import wraps
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -241,6 +242,34 @@ def print_runs(client: httpx.Client, limit: int = 20, agent: str | None = None, 
     return 0
 
 
+@_command
+def print_approvals(client: httpx.Client, status: str = "requested") -> int:
+    """``mesh approvals``: calls the policy holds for a person's approval, oldest first (``status``: another
+    state, or ``all``). ``mesh approve ID`` or ``mesh deny ID`` decides one."""
+    found = _request(client, "GET", "/v1/approvals/requests", params={"status": status})["requests"]
+    if not found:
+        print("no calls wait for approval" if status == "requested" else f"no {status} approval requests",
+              file=sys.stderr)
+        return 0
+    print(render(
+        ["REQUESTED", "ID", "CALLER", "TOOL", "RULE", "STATUS", "APPROVERS", "DECIDED BY"],
+        [[_when(r.get("requested_at")), r.get("id"), r.get("caller"), f"{r.get('agent')}.{r.get('tool')}",
+          r.get("rule"), r.get("status"), " ".join(r.get("approvers") or []), r.get("decided_by")] for r in found],
+        width=terminal_width(),
+    ))
+    return 0
+
+
+@_command
+def decide_approval(client: httpx.Client, request_id: str, verdict: str, note: str | None = None) -> int:
+    """``mesh approve ID`` / ``mesh deny ID`` (``verdict``: approve or deny): decide a waiting call."""
+    body = {"note": note} if note else {}
+    decided = _request(client, "POST", f"/v1/approvals/requests/{quote(request_id, safe='')}/{verdict}", json=body)
+    print(f"{decided['status']}: {decided['agent']}.{decided['tool']} called by {decided['caller']} "
+          f"(request {decided['id']})")
+    return 0
+
+
 RUN_FIELDS = ["id", "log", "caller", "agent", "tool", "status", "error", "latency_ms", "policy_decision",
               "policy_rule", "arguments_digest", "trace_id", "started_at", "parent_run_id"]
 
@@ -262,14 +291,14 @@ def print_run(client: httpx.Client, run_id: str) -> int:
 def verify_run(client: httpx.Client, run_id: str) -> int:
     """``mesh runs verify ID``: check a run's provenance signature against the registry's published JWKS
     and that the signed claims say what the record says; print what that proves."""
-    from mesh.keys import KeyProblem, TrustStore, b64url_decode
+    from mesh.keys import TrustStore, b64url_decode
+    from mesh.provenance import ProvenanceProblem, verified_claims
 
     run = _request(client, "GET", f"/v1/runs/{run_id}")
     jwks = _request(client, "GET", "/.well-known/jwks.json")
     try:
-        claims = json.loads(TrustStore.from_jwks(jwks).verify_compact(run.get("provenance") or "",
-                                                                      expected_typ="mcpmesh-provenance+jws"))
-    except (KeyProblem, ValueError) as exc:
+        claims = verified_claims(run, TrustStore.from_jwks(jwks))
+    except ProvenanceProblem as exc:
         print(f"mesh: run {run.get('id')}: its provenance does not verify: {exc}", file=sys.stderr)
         return 1
     signed_id = claims.get("run_id") if run.get("log") == "caller" else claims.get("target_run_id")
@@ -283,7 +312,10 @@ def verify_run(client: httpx.Client, run_id: str) -> int:
         return 1
     kid = json.loads(b64url_decode(run["provenance"].split(".")[0])).get("kid")
     rule = f" by rule {claims['policy_rule']}" if claims.get("policy_rule") else ""
-    print(f"verified: run {run['id']} is signed by the registry's key {kid}. It proves that {claims['caller']} "
+    batch = run.get("provenance_proof")
+    signed = (f"is in a batch of {batch['size']} calls whose Merkle root is signed by the registry's key {kid}"
+              if batch else f"is signed by the registry's key {kid}")
+    print(f"verified: run {run['id']} {signed}. It proves that {claims['caller']} "
           f"called {claims['agent']}.{claims['tool']} with arguments {claims['arguments_digest']}; the policy "
           f"decided {claims.get('policy_decision') or 'nothing (refused before it)'}{rule}; the tool was "
           f"{claims.get('tool_digest') or 'unknown'}; the call ended {claims['status']} "

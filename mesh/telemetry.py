@@ -60,6 +60,7 @@ INSTRUMENTATION = "mesh"
 INVOKE_CALLS = "mesh.invoke.calls"
 INVOKE_DURATION = "mesh.invoke.duration"
 POLICY_DECISIONS = "mesh.policy.decisions"
+RUN_BATCH_SIZE = "mesh.runlog.batch_size"  # calls per commit of run records (group commit)
 REPUTATION_SCORE = "mesh.reputation.score"
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Telemetry:
     invoke_counter: Counter | None = field(default=None, repr=False)
     invoke_latency: Histogram | None = field(default=None, repr=False)
     policy_counter: Counter | None = field(default=None, repr=False)
+    batch_sizes: Histogram | None = field(default=None, repr=False)
     scrape: bool = False  # metrics are also kept for a Prometheus scrape
 
     @property
@@ -174,6 +176,8 @@ def _install(service_name: str, exporter: Exporter, endpoint: str | None, scrape
     )
     telemetry.policy_counter = meter.create_counter(POLICY_DECISIONS, unit="{decision}",
                                                     description="Policy decisions, by outcome and rule")
+    telemetry.batch_sizes = meter.create_histogram(RUN_BATCH_SIZE, unit="{call}",
+                                                   description="Calls whose run records committed together")
     return telemetry
 
 
@@ -285,3 +289,10 @@ def record_invoke(agent: str, tool: str, status: str, latency_ms: float, *, deci
     telemetry.invoke_latency.record(latency_ms, attributes)
     if decision is not None and telemetry.policy_counter is not None:
         telemetry.policy_counter.add(1, {"mesh.agent": agent, "mesh.decision": decision, "mesh.rule": rule or ""})
+
+
+def record_batch(size: int) -> None:
+    """One commit of run records, holding ``size`` calls (``registry/runlog.py``)."""
+    telemetry = _current
+    if telemetry is not None and telemetry.batch_sizes is not None:
+        telemetry.batch_sizes.record(size)

@@ -146,6 +146,9 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
         "/v1/agents/{name}/sandboxes/{sandbox_id}", "/v1/agents/{name}/sandboxes/{sandbox_id}/reset",
         "/v1/agents/{name}/sandboxes/{sandbox_id}/runs", "/v1/agents/{name}/sandboxes/{sandbox_id}/state",
         "/v1/sandboxes", "/v1/approvals", "/v1/approvals/{approval_id}",
+        # calls held for approval (approvals.py)
+        "/v1/approvals/requests", "/v1/approvals/requests/{request_id}", "/v1/approvals/requests/{request_id}/approve",
+        "/v1/approvals/requests/{request_id}/deny",
         "/v1/audit", "/v1/audit/export", "/v1/audit/checkpoints", "/v1/secrets", "/v1/secrets/{ref}",
         "/v1/secrets/{ref}/rotate", "/v1/secrets/{ref}/cutover",
         "/v1/lm", "/v1/agents/{name}/learning-plans", "/v1/agents/{name}/assessments", "/v1/agents/{name}/prompts",
@@ -157,7 +160,8 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
         "/v1/tokens", "/v1/tokens/{token_id}", "/v1/orgs", "/v1/orgs/{org}/members", "/v1/orgs/{org}/members/{user_id}"}
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
-    assert set(invoke) == {"200", "400", "401", "403", "404", "409", "413", "415", "421", "502", "503", "504"}
+    assert set(invoke) == {"200", "400", "401", "403", "404", "408", "409", "413", "415", "421", "502", "503",
+                           "504"}
     assert invoke["504"]["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
     revoke = document["paths"]["/v1/agents/{name}/keys/{kid}/revoke"]["post"]
     assert [p["name"] for p in revoke["parameters"] if p["in"] == "path"] == ["name", "kid"]

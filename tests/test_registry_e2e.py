@@ -125,14 +125,16 @@ ECHO = ECHO_AGENT.format(description="Return the text unchanged.")
 def running_mesh(tmp_path_factory: pytest.TempPathFactory, label: str, agents: Sequence[str], *,
                  sources: Mapping[str, str] | None = None, settings: Mapping[str, str] | None = None) -> Iterator[Mesh]:
     """This repository's workspace (fresh-clone state) with extra agent ``sources`` (name -> module text)
-    and registry.toml ``settings`` (table -> lines, each replacing the file's line for that key), then a
-    registry and ``agents`` running; every process is stopped at the end."""
+    and registry.toml ``settings`` (table -> lines, each replacing the file's line for that key; a missing
+    table is added), then a registry and ``agents`` running; every process is stopped at the end."""
     workspace = copy_repo_workspace(tmp_path_factory.mktemp(label) / "ws")
     for name, source in (sources or {}).items():
         (workspace / "agents" / f"{name}.py").write_text(source)
     config = workspace / "registry" / "registry.toml"
     text = config.read_text()
     for table, lines in (settings or {}).items():
+        if f"[{table}]\n" not in text:  # a table the file does not have yet
+            text += f"\n[{table}]\n"
         for line in filter(None, (line.strip() for line in lines.splitlines())):
             key = line.partition("=")[0].strip()
             text = re.sub(rf"(?m)^{re.escape(key)}\s*=.*\n?", "", text)

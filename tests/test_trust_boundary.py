@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -165,6 +166,44 @@ def test_a_run_can_be_shown_and_its_provenance_verified_from_the_cli(mesh: Mesh)
     assert "user:local called echo.echo with arguments sha256:" in verified.stdout
     unknown = run_mesh("runs", "show", "0123456789", "--registry", mesh.url)
     assert unknown.returncode == 1 and "no run '0123456789'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_concurrent_calls_are_each_on_disk_and_each_verifiable_alone(mesh: Mesh):
+    """Calls that finish together may commit as one batch with one signature (``runlog.py``): each is still
+    recorded with what it was, and its own provenance proves it, with the registry's JWKS alone."""
+    from mesh.keys import TrustStore
+    from mesh.provenance import verified_claims
+
+    async def call_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            answers: list[httpx.Response] = []
+
+            async def one(n: int) -> None:
+                answers.append(await http.post(f"{mesh.url}/v1/invoke", json={
+                    "agent": "echo", "tool": "echo", "arguments": {"text": f"call {n}"}}))
+
+            async with anyio.create_task_group() as group:
+                for n in range(24):
+                    group.start_soon(one, n)
+            return answers
+
+    answers = anyio.run(call_all)
+    assert [a.status_code for a in answers] == [200] * 24
+    trust = TrustStore.from_jwks(httpx.get(f"{mesh.url}/.well-known/jwks.json").json())
+    for answer in answers:
+        run = httpx.get(f"{mesh.url}/v1/runs/{answer.json()['run_id']}").json()
+        claims = verified_claims(run, trust)
+        assert (claims["run_id"], claims["agent"], claims["tool"], claims["status"]) == (run["id"], "echo", "echo",
+                                                                                          "ok")
+        assert claims["arguments_digest"] == run["arguments_digest"]
+        target = next(linked for linked in run["linked"] if linked["log"] == "target")
+        assert verified_claims(target, trust)["target_run_id"] == target["id"]
+    batched = [a.json()["run_id"] for a in answers
+               if httpx.get(f"{mesh.url}/v1/runs/{a.json()['run_id']}").json()["provenance_proof"]]
+    if batched:  # the CLI says so too (whether calls shared a commit depends on timing)
+        verified = run_mesh("runs", "--registry", mesh.url, "verify", batched[0])
+        assert verified.returncode == 0, verified.stderr
+        assert "calls whose Merkle root is signed by the registry's key" in verified.stdout
 
 
 def test_an_owner_revokes_a_key_with_the_cli_and_comes_back_with_a_new_one(mesh: Mesh):

@@ -33,6 +33,7 @@ from mesh.names import NAME_RULE, is_valid_name
 from mesh.registry import (
     a2a_front,
     admission,
+    approvals,
     audit,
     credentials,
     idempotency,
@@ -308,6 +309,7 @@ def build_app(registry: Registry) -> Starlette:
         async with (anyio.create_task_group() as group, mesh_mcp.session_manager.run(),
                     agent_mcp.session_manager.run(), sandboxes.running()):
             registry.forwarder = Forwarder()
+            group.start_soon(registry.runlog.run)  # group commit of run records (runlog.py)
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
             if registry.channel is not None:  # PostgreSQL: hear what other replicas change
@@ -360,7 +362,8 @@ def build_app(registry: Registry) -> Starlette:
             Route("/invoke", problem_json(invoke), methods=["POST"]),
             Route("/runs", problem_json(runs), methods=["GET"]),
             Route("/runs/{run_id}", problem_json(run), methods=["GET"]),
-            *sandboxes.api_routes(),
+            *approvals.routes(registry),  # /approvals/requests...: calls waiting for a person (before /approvals/{id})
+            *sandboxes.api_routes(),  # /approvals: standing approvals of connected sandboxes
             *audit.routes(registry),  # /audit, /audit/export, /audit/checkpoints
             *credentials.routes(registry),  # /secrets, /secrets/{ref}, .../rotate, .../cutover
             *learning_routes(registry, sandboxes.front),  # plans, runs (in sandboxes), assessments, prompts

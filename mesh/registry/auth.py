@@ -194,6 +194,8 @@ PERMISSIONS: dict[str, tuple[frozenset[str], str]] = {
     "sandbox": (_roles("owner admin"), "registry:admin"),
     # let an agent's connected sandboxes reach a real service, or take that back
     "approve": (_roles("owner admin"), "registry:admin"),
+    # approve or deny a call the policy holds for approval (``approvals.py``); the rule may narrow the roles
+    "approve-calls": (_roles("owner admin"), "registry:approve"),
     # read and export the audit log (an agent granted scope audit:read may too)
     "audit:read": (_roles("owner admin"), "audit:read"),
     # store, rotate and remove credentials, never read their values (an agent granted secrets:admin may too)
@@ -203,10 +205,10 @@ PERMISSIONS: dict[str, tuple[frozenset[str], str]] = {
 OWN_ACTIONS = frozenset({"recheck", "sandbox"})
 # A token scope that grants more grants the lesser ones too.
 SCOPE_IMPLIES = {"*": {"registry:read", "registry:invoke", "registry:tokens", "registry:admin", "audit:read",
-                       "secrets:admin"},
+                       "secrets:admin", "registry:approve"},
                  "registry:admin": {"registry:read", "registry:invoke", "registry:tokens", "audit:read",
-                                    "secrets:admin"},
-                 "registry:invoke": {"registry:read"}}
+                                    "secrets:admin", "registry:approve"},
+                 "registry:invoke": {"registry:read"}, "registry:approve": {"registry:read"}}
 
 
 def token_allows(scopes: list[str], needed: str) -> bool:

@@ -1,5 +1,5 @@
-"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]``, ``[breaker]`` and
-``[oidc]`` tables of ``registry/registry.toml``.
+"""Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]``, ``[oidc]``,
+``[approvals]`` and ``[breaker]`` tables of ``registry/registry.toml``.
 
 Every setting has a default, so a workspace without the file runs as a local, single-user mesh. The
 settings are a pydantic model: a misspelt key or a value of the wrong type is one line naming the file,
@@ -74,6 +74,15 @@ class OidcConfig(BaseModel):
         return self
 
 
+class ApprovalsConfig(BaseModel):
+    """``[approvals]``: how long a call the policy wants approved waits for a person (``approvals.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout: PositiveFloat = 300.0  # seconds a call waits for an approver before it is refused (expired)
+    poll_interval: PositiveFloat = 1.0  # seconds between looks at the database (another process may decide)
+
+
 class BreakerConfig(BaseModel):
     """``[breaker]``: when a per-agent circuit breaker opens, how long it stays open, how it probes (``breaker.py``)."""
 
@@ -118,6 +127,7 @@ class RegistryConfig(BaseModel):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     oidc: OidcConfig | None = None
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
 
     @classmethod
     def from_workspace(cls, workspace: Workspace, **overrides: Any) -> RegistryConfig:
@@ -129,6 +139,7 @@ class RegistryConfig(BaseModel):
             **section,
             "grants": document.get("grants", {}),
             "auth": document.get("auth", {}),
+            "approvals": document.get("approvals", {}),
             "breaker": document.get("breaker", {}),
             **({"oidc": document["oidc"]} if "oidc" in document else {}),
             "policy": {"min_reputation": 0.3, "allow_destructive": [], **document.get("policy", {})},
@@ -185,12 +196,18 @@ def describe(error: ValidationError, model: type[BaseModel], table: str | None =
     location = [str(part) for part in first["loc"]]
     key = location[0] if location else "?"
     if table is None:
-        table = "" if key in ("grants", "policy", "auth", "breaker", "oidc") else "[registry] "
+        table = "" if key in ("grants", "policy", "auth", "oidc", "approvals", "breaker") else "[registry] "
     where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
     if first["type"] == "extra_forbidden":
+        if len(location) > 1 and key in TABLES:  # a key inside one of the tables: guess among that table's
+            model, key = TABLES[key], location[-1]
         known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm", "auth",
-                                                                    "breaker", "oidc")]
+                                                                    "oidc", "approvals", "breaker")]
         guess = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
         return f"{where}: unknown setting{hint}"
     return f"{where}: {first['msg']}, not {first.get('input')!r}"
+
+
+TABLES: dict[str, type[BaseModel]] = {"auth": AuthConfig, "oidc": OidcConfig, "approvals": ApprovalsConfig,
+                                      "breaker": BreakerConfig}

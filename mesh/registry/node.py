@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
-from mesh.manifest import Manifest, ManifestProblem, canonical
+from mesh.manifest import Manifest, ManifestProblem
 from mesh.names import NameProblem, check_name
 from mesh.registry import audit, replicas, store
 from mesh.registry.auth import (
@@ -45,10 +45,10 @@ from mesh.registry.people import People, is_api_token
 from mesh.registry.policy import PolicyEngine
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome, Reputation
+from mesh.registry.runlog import RunLog
 from mesh.signing import read_jwks
 
 log = logging.getLogger(__name__)
-PROVENANCE_TYP = "mcpmesh-provenance+jws"
 REGISTRY_KEYS = "_registry"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -215,6 +215,7 @@ class Registry:
         # agent -> target system -> latest assessed score (``mesh.learning``), for discovery and the policy
         self.proficiencies: dict[str, dict[str, float]] = {}
         self.people = People(config, sessions)  # signed-in people, personal API tokens, the local user
+        self.runlog = RunLog(self)  # writes run records, grouping calls that finish together
         self.breakers = Breakers(Thresholds.of(config))  # per agent circuit breakers (``breaker.py``)
         # Other registry processes on the same PostgreSQL database hear of this one's changes (``replicas.py``).
         self.replica_id = replicas.new_replica_id()
@@ -610,10 +611,12 @@ class Registry:
         return Credentials.open(self.config.workspace, self.sessions, policy=self.policy,
                                 reputation=lambda agent: self.reputation(agent).score(), scopes=self.caller_scopes)
 
-    # -- provenance -----------------------------------------------------------------------------------------
+    @functools.cached_property
+    def approvals(self) -> Any:
+        """Calls held for a person's approval (``approvals.py``): ``hold`` one, ``decide`` one."""
+        from mesh.registry.approvals import Approvals  # it builds on this module
 
-    def sign_provenance(self, claims: dict[str, Any]) -> str:
-        return self.provenance_key.sign(canonical(claims), PROVENANCE_TYP)
+        return Approvals(self)
 
     # -- views --------------------------------------------------------------------------------------------------
 
@@ -658,7 +661,7 @@ def run_json(run: store.RunRecord) -> dict[str, Any]:
         "agent": run.agent, "tool": run.tool, "arguments_digest": run.arguments_digest, "status": run.status,
         "error": run.error, "latency_ms": run.latency_ms, "policy_decision": run.policy_decision,
         "policy_rule": run.policy_rule, "trace_id": run.trace_id, "started_at": run.started_at.isoformat(),
-        "provenance": run.provenance,
+        "provenance": run.provenance, "provenance_proof": run.provenance_proof,
     }
 
 

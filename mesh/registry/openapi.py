@@ -116,6 +116,8 @@ RUN = _object(
         "trace_id": _nullable("string"),
         "started_at": {"type": "string", "format": "date-time"},
         "provenance": _nullable("string", description="compact JWS; verify it against /.well-known/jwks.json"),
+        "provenance_proof": _nullable("object", description="when the JWS signs a batch of calls (a Merkle "
+                                      "root): this run's claims, leaf index, batch size and audit path"),
     },
     ["id", "parent_run_id", "log", "caller", "agent", "tool", "status", "started_at", "provenance"],
 )
@@ -319,6 +321,7 @@ PROBLEMS = {
          "or the token or signed statement does not verify; the detail says why",
     403: "forbidden: a browser Origin not allowed, or the caller lacks the right, or the route's own refusal",
     404: "not found",
+    408: "the call waited for approval and no one approved it in time (approval-expired)",
     409: "the tool is blocked (it changed after approval, or its signing key was revoked)",
     413: "the request body is larger than max_body_bytes",
     415: "the request body is not application/json",
@@ -480,17 +483,20 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         "/v1/invoke": {"post": _operation(
             "Call AGENT.TOOL through the registry",
             _responses(_ref("InvocationResult"), "the tool's answer (a tool error is a result with isError)",
-                       *write, 404, 409, 502, 503, 504,
+                       *write, 404, 408, 409, 502, 503, 504,
                        s400="malformed request, or arguments outside the tool's input schema (invalid-arguments)",
-                       s403="the policy denied the call (policy-denied, with rule and run_id), or a browser "
-                            "Origin not allowed",
+                       s403="the policy denied the call (policy-denied, with rule and run_id), an approver denied "
+                            "it (approval-denied, with request_id), or a browser Origin not allowed",
+                       s408="the policy held the call for approval and no one approved it within [approvals] "
+                            "timeout (approval-expired, with request_id and run_id)",
                        s404="unknown agent or tool",
                        s409="the tool is blocked (tool-blocked); a call with this Idempotency-Key is still running "
                             "(call-in-progress, with Retry-After) or the key was used for another request "
                             "(idempotency-key-reused)",
                        s503="the agent's circuit breaker is open (circuit-open, with Retry-After and the breaker)"),
-            description="Checked in order: caller, pinned tool, arguments against its pinned schema, policy; then "
-                        "forwarded, the answer checked against the tool's signed output schema, and the run "
+            description="Checked in order: caller, pinned tool, arguments against its pinned schema, policy (which "
+                        "may hold the call until a person approves it: /v1/approvals/requests); then forwarded, "
+                        "the answer checked against the tool's signed output schema, and the run "
                         "recorded with signed provenance.",
             parameters=[_param("x-mesh-parent-run", "header", {"type": "string", "format": "uuid"},
                                "the run this call is made for (an agent calling on behalf of a call it serves)"),
@@ -598,6 +604,10 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
     from mesh.sandbox import api_doc  # its routes, written beside them; it builds on the helpers above
 
     paths |= api_doc.sandbox_paths()
+
+    from mesh.registry.approvals import openapi_paths as approval_paths
+
+    paths |= approval_paths(read, write)  # calls held for approval
 
     from mesh.learning.openapi import learning_document
 

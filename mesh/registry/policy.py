@@ -2,8 +2,9 @@
 
 Every ``*.rego`` file in the workspace's ``registry/policies/`` is compiled once into a regopy bundle;
 each call then costs one ``set_input`` + ``query_bundle_entrypoint``. The policy answers
-``data.mesh.authz.decision = {"allow": bool, "deny": [{"rule": name, "reason": text}, ...]}`` for an
-input shaped like this (``registry/policies/mesh.rego`` documents it too)::
+``data.mesh.authz.decision = {"allow": bool, "deny": [{"rule": name, "reason": text}, ...],
+"approval_required": [{"rule": name, "reason": text, "roles": [role, ...]}, ...]}`` for an input shaped
+like this (``registry/policies/mesh.rego`` documents it too)::
 
     {"caller": {"id": "agent:librarian" | "user:local", "kind": "agent" | "user",
                 "scopes": [...], "reputation": 0.0-1.0 | null},
@@ -13,8 +14,11 @@ input shaped like this (``registry/policies/mesh.rego`` documents it too)::
                 "scopes": [...required...], "reputation": 0.0-1.0},
      "arguments": {...}}
 
-Settings from ``registry.toml`` (``min_reputation``, ``allow_destructive``, ``allow_anonymous``) reach
-the policy as ``data``. The engine fails closed: an undefined or failing decision denies the call.
+Settings from ``registry.toml`` (``min_reputation``, ``allow_destructive``, ``approve_destructive``,
+``allow_anonymous``, ...) reach the policy as ``data``. The engine fails closed: an undefined or failing
+decision denies the call. A call no rule denies but some rule wants approved is neither allowed nor
+denied: its ``Decision`` names the roles that may approve it (``approvers``), and the call path waits for
+one of them (``approvals.py``); to a reader that only looks at ``allow`` it is refused.
 
 Editing a policy file takes effect without a restart: ``evaluate`` looks at the files' mtimes at most
 once per ``check_interval`` seconds. A file that no longer compiles leaves the last good bundle in
@@ -41,6 +45,7 @@ from mesh.manifest import json_digest
 log = logging.getLogger(__name__)
 
 ENTRYPOINT = "mesh/authz/decision"
+DEFAULT_APPROVERS = ("admin", "owner")  # who may approve when an approval rule names no roles
 # Bound to a variable: reading an undefined, unbound result aborts the process (FIELD-NOTES).
 QUERY = "decision := data.mesh.authz.decision"
 
@@ -68,12 +73,19 @@ class PolicyError(Exception):
 
 @dataclass(frozen=True)
 class Decision:
-    """The answer for one call: ``rule`` is the first deny rule by name, or ``"allow"``."""
+    """The answer for one call: ``rule`` is the first deny rule by name (or, when the call needs an approval,
+    the first approval rule), else ``"allow"``. ``approvers``: the roles that may approve, when the call
+    needs an approval (every approval rule's roles, intersected); empty otherwise."""
 
     allow: bool
     rule: str
     reasons: list[str]
     input_digest: str
+    approvers: tuple[str, ...] = ()
+
+    @property
+    def approval_required(self) -> bool:
+        return bool(self.approvers)
 
 
 def input_digest(value: Any) -> str:
@@ -211,9 +223,34 @@ def _decision(answer: dict[str, Any], digest: str) -> Decision:
     )
     if answer["allow"] and not denials:
         return Decision(True, "allow", [], digest)
+    if not denials and answer.get("approval_required"):
+        return _approval(answer["approval_required"], digest)
     if not denials:  # allow is false yet no rule says why
         denials = [("deny", "the policy denied the call without a reason")]
     return Decision(False, denials[0][0], [f"{rule}: {reason}" for rule, reason in denials], digest)
+
+
+def _approval(items: Any, digest: str) -> Decision:
+    """Approval required: the rules and reasons, and the roles every rule accepts (none in common: denied)."""
+    asked: list[tuple[str, str]] = []
+    roles: set[str] | None = None
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            return _denied(digest, "policy_error", f"an approval_required entry must be an object, not {item!r}")
+        named = item.get("roles")
+        if named is not None:
+            if not (isinstance(named, list) and all(isinstance(role, str) for role in named)):
+                return _denied(digest, "policy_error", f"approval_required roles must be strings, not {named!r}")
+            roles = set(named) if roles is None else roles & set(named)
+        asked.append((str(item.get("rule", "approval_required")), str(item.get("reason", ""))))
+    if not asked:
+        return _denied(digest, "policy_error", "approval_required must be a set of objects")
+    asked.sort()
+    reasons = [f"{rule}: {reason}" for rule, reason in asked]
+    approvers = tuple(sorted(roles)) if roles is not None else DEFAULT_APPROVERS
+    if not approvers:
+        return Decision(False, asked[0][0], [*reasons, f"{asked[0][0]}: no role may approve every rule"], digest)
+    return Decision(False, asked[0][0], reasons, digest, approvers)
 
 
 def _denied(digest: str, rule: str, reason: str) -> Decision:

@@ -28,6 +28,11 @@ STATUS = {
     "unknown-sandbox": 404,
     "unknown-approval": 404,
     "approval-required": 403,
+    # a call the policy held for approval (``approvals.py``): denied, or no one answered in time; a step
+    # the approval's state machine does not allow (deciding it twice, approving an expired one)
+    "approval-denied": 403,
+    "approval-expired": 408,
+    "approval-conflict": 409,
     "sandbox-expired": 410,
     "unknown-credential": 404,
     "credential-refused": 403,

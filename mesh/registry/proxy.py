@@ -1,10 +1,10 @@
 """The path of every call through the registry.
 
 caller (already authenticated) → arguments that canonical JSON can hold → the pinned tool → arguments
-checked against the pinned schema → policy → forward (``forward.py``) → the agent still serves the
-manifest it was admitted on → the answer checked against the signed output schema → record the run in
-both agents' logs, with signed provenance → learn reputation → return. Every failure after the pinned
-tool is known is recorded too.
+checked against the pinned schema → policy (which may hold the call until a person approves it:
+``approvals.py``) → forward (``forward.py``) → the agent still serves the manifest it was admitted on →
+the answer checked against the signed output schema → record the run in both agents' logs, with signed
+provenance → learn reputation → return. Every failure after the pinned tool is known is recorded too.
 
 Every kind of MCP request the registry carries takes this path (``Call.kind``): a tool call, a resource
 read, a prompt get, a completion. The policy's input names the kind and the MCP method, so a policy can
@@ -60,13 +60,14 @@ from pydantic import ValidationError
 from mesh import telemetry
 from mesh.client import RUN_META
 from mesh.manifest import MANIFEST_META, json_digest
-from mesh.registry import admission, audit, retries, store
+from mesh.registry import admission, retries
 from mesh.registry.auth import Caller
 from mesh.registry.forward import AgentError, Relay
 from mesh.registry.node import PinnedDescriptor, PinnedTool, Registry, now_ms
 from mesh.registry.policy import Decision
 from mesh.registry.problems import Problem
 from mesh.registry.reputation import Outcome
+from mesh.registry.runlog import PendingCall
 
 MAX_SAFE_INTEGER = 2**53 - 1  # beyond it RFC 8785 (and JavaScript) cannot hold an integer exactly
 # HTTP statuses by which an agent refuses the request itself (its size or form): the caller's fault.
@@ -303,6 +304,8 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
         run.policy_input = policy_input(registry, caller, pinned or described, arguments, call)
         decision = registry.policy.evaluate(run.policy_input)
         run.decision = decision
+        if decision.approval_required:  # a person says yes first (approvals.py); a no is recorded and raised there
+            run.decision = decision = await registry.approvals.hold(run, decision, progress, relay)
         if not decision.allow:
             reasons = "; ".join(decision.reasons) or decision.rule  # each reads "rule: why"
             await run.finish("denied", Outcome("denied", fault="caller"), error=reasons)
@@ -502,7 +505,7 @@ class _Run:
         return now_ms() - self.started_ms
 
     async def finish(self, status: str, outcome: Outcome | None, *, error: str | None = None) -> None:
-        """Sign the provenance and write both records (and the decision) before the caller hears back."""
+        """Write both records (and the decision), with signed provenance, before the caller hears back."""
         if status != "ok":
             _tell_parent(self.registry, self.caller, self.parent_run_id,
                          f"{self.agent}.{self.tool} ({status}, run {self.id}): {error or status}")
@@ -522,26 +525,17 @@ class _Run:
         claims |= {"started_at": self.started_at.isoformat(), "run_id": self.id, "target_run_id": self.target_id,
                    "caused_by": self.parent_run_id, "tool_digest": self._tool_digest(),
                    "policy_input_digest": decision.input_digest if decision else None}
-        provenance = self.registry.sign_provenance(claims)
-        runs = [{**common, "id": self.id, "parent_run_id": None, "log": "caller", "provenance": provenance},
-                {**common, "id": self.target_id, "parent_run_id": self.id, "log": "target", "provenance": provenance}]
-
-        recorded = None if decision is None else {"run_id": self.id, "allow": decision.allow, "rule": decision.rule,
-                                                   "input_digest": decision.input_digest}
-
-        def write() -> None:
-            with self.registry.engine.begin() as connection:
-                store.record_call(connection, runs, recorded)
-                if decision is not None:  # last: appending holds the audit log's lock until the commit
-                    audit.record_decision(connection, caller=self.caller.id, subject=f"{self.agent}.{self.tool}",
-                                          allow=decision.allow, rule=decision.rule, reasons=decision.reasons,
-                                          policy_input=self.policy_input, input_digest=decision.input_digest,
-                                          run_id=self.id)
-
-        if self.registry.embedded_database:
-            write()  # an SQLite commit in WAL mode takes tens of µs: less than a hop to a thread
-        else:
-            await anyio.to_thread.run_sync(write)  # a database server: wait off the event loop
+        runs = [{**common, "id": self.id, "parent_run_id": None, "log": "caller"},
+                {**common, "id": self.target_id, "parent_run_id": self.id, "log": "target"}]
+        pending = PendingCall(claims, runs)
+        if decision is not None:
+            pending.decision = {"run_id": self.id, "allow": decision.allow, "rule": decision.rule,
+                                "input_digest": decision.input_digest}
+            pending.audited = {"caller": self.caller.id, "subject": f"{self.agent}.{self.tool}",
+                               "allow": decision.allow, "rule": decision.rule, "reasons": decision.reasons,
+                               "policy_input": self.policy_input, "input_digest": decision.input_digest,
+                               "run_id": self.id}
+        await self.registry.runlog.record(pending)  # signed and committed, maybe with other calls (runlog.py)
         if outcome is not None:
             self.registry.learn(self.agent, self.tool, outcome)
         self.registry.breakers.record(self.agent, self.id, outcome, self.registry.reputation(self.agent).score())

@@ -176,7 +176,9 @@ class RunRecord(Base):
     """One call, as logged for one side of it.
 
     A proxied call is recorded twice: in the caller's log and in the target's; the target-side record
-    points at the caller-side one through ``parent_run_id``, and each carries its own provenance JWS.
+    points at the caller-side one through ``parent_run_id``; both carry the call's provenance: a JWS over
+    its claims, or over the Merkle root of the batch it committed in, with the run's inclusion proof
+    (``mesh.provenance``).
     """
 
     __tablename__ = "runs"
@@ -202,6 +204,7 @@ class RunRecord(Base):
     trace_id: Mapped[str | None] = mapped_column(SafeString)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     provenance: Mapped[str | None] = mapped_column(SafeText)  # compact JWS
+    provenance_proof: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)  # in a batch: claims, path
 
 
 class DecisionRecord(Base):
@@ -426,6 +429,39 @@ class ApprovalRecord(Base):
     note: Mapped[str | None] = mapped_column(SafeText)
     base_url: Mapped[str | None] = mapped_column(SafeString)  # the endpoint approved; None: the spec's server
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApprovalRequestRecord(Base):
+    """One call (or other act) the policy held for a person's approval, and each step of its life:
+    requested -> approved -> executed, or requested -> denied | expired (``approvals.py`` moves it).
+    Not to be confused with ``ApprovalRecord``, a standing approval of connected sandboxes."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (
+        CheckConstraint("status IN ('requested', 'approved', 'denied', 'expired', 'executed')", name="status"),
+        Index("ix_approval_requests_status_requested_at", "status", "requested_at"),
+    )
+
+    id: Mapped[str] = mapped_column(SafeString(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    org_id: Mapped[str] = mapped_column(SafeString(64), default="default", server_default="default")
+    project_id: Mapped[str] = mapped_column(SafeString(64), default="default", server_default="default")
+    kind: Mapped[str] = mapped_column(SafeString(32), default="call")  # "call"; later e.g. "budget-override"
+    status: Mapped[str] = mapped_column(SafeString(16), default="requested")
+    caller: Mapped[str] = mapped_column(SafeString)  # who made the call that waits
+    agent: Mapped[str] = mapped_column(SafeString)
+    tool: Mapped[str] = mapped_column(SafeString)  # as runs name it: the tool, else KIND:NAME
+    arguments_digest: Mapped[str | None] = mapped_column(SafeString)
+    run_id: Mapped[str | None] = mapped_column(SafeString(36), index=True)  # the caller-side run, once written
+    rule: Mapped[str] = mapped_column(SafeString)  # the first policy rule that asked for the approval
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    approvers: Mapped[list[str]] = mapped_column(JSON, default=list)  # roles that may approve
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    decided_by: Mapped[str | None] = mapped_column(SafeString)  # who approved or denied; "registry" for expiry
+    decided_via: Mapped[str | None] = mapped_column(SafeString(16))  # "api", "elicitation" or "timeout"
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(SafeText)  # the approver's word on it
+    executed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # --- learning (``mesh.learning``): plans, runs and their iterations, attempts, assessments, prompts -----
@@ -831,14 +867,16 @@ def record_run(session: Session, run: RunRecord) -> RunRecord:
     return run
 
 
-def record_call(connection: Connection, runs: list[dict[str, Any]], decision: dict[str, Any] | None) -> None:
-    """Log one call's run records (dicts of RunRecord columns) and its policy decision with plain inserts.
+def record_calls(connection: Connection, runs: list[dict[str, Any]], decisions: list[dict[str, Any]]) -> None:
+    """Log calls' run records (dicts of RunRecord columns) and their policy decisions with plain inserts.
 
-    The proxy's hot path: Core statements on a connection cost a fraction of ORM units of work.
+    The proxy's hot path (``runlog.py``: calls that finish together commit together): Core statements on a
+    connection cost a fraction of ORM units of work, one ``executemany`` per table a fraction of that.
     """
     connection.execute(insert(RunRecord), runs)
-    if decision is not None:
-        connection.execute(insert(DecisionRecord), [{"decided_at": utcnow(), **decision}])
+    if decisions:
+        decided_at = utcnow()
+        connection.execute(insert(DecisionRecord), [{"decided_at": decided_at, **d} for d in decisions])
 
 
 def get_run(session: Session, run_id: str) -> RunRecord | None:

@@ -3,7 +3,7 @@
 ``org_id`` and ``project_id`` are there for tenancy to scope the table by; until then every row is "default".
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0014 (re-chained after main's 0010 and 0014)
 Create Date: 2026-11-30
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0008"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

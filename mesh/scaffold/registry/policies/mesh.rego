@@ -25,14 +25,28 @@
 #   allow_anonymous    let callers that are neither an agent nor a user through (default false)
 #   allow_credentials  ["agent.system", "agent.*", ...] where credentials may be attached (default: wherever
 #                      the credential's own scope says)
-#   allow_credentials  ["agent.system", "agent.*", ...] where credentials may be attached (default: wherever
-#                      the credential's own scope says)
+#   approve_destructive  ["agent.tool", "agent.*", ...] destructive tools a person may approve call by call,
+#                      instead of their being refused (allow_destructive still lets them through unasked)
+#   approve_open_world ["agent.tool", "agent.*", ...] open-world tools (openWorldHint true) that need an approval
+#   approver_roles     roles that may approve when a rule names none (default ["owner", "admin"])
 #
-# Output: data.mesh.authz.decision = {"allow": bool, "deny": [{"rule": name, "reason": text}, ...]}.
-# Any policy file may add `deny contains {"rule": ..., "reason": ...} if ...` to this package.
+# Output: data.mesh.authz.decision = {"allow": bool, "deny": [{"rule": name, "reason": text}, ...],
+#                                     "approval_required": [{"rule": name, "reason": text, "roles": [...]}, ...]}.
+# Any policy file may add `deny contains {"rule": ..., "reason": ...} if ...` to this package, or
+# `approval_required contains {"rule": ..., "reason": ..., "roles": [...]} if ...`: a call no rule denies but
+# some rule wants approved waits for a person holding one of the roles (mesh/registry/approvals.py); "roles"
+# may be left out (approver_roles then). A denial always wins over an approval.
 package mesh.authz
 
-decision := {"allow": count(deny) == 0, "deny": deny}
+decision := {
+	"allow": count(deny) + count(approval_required) == 0,
+	"deny": deny,
+	"approval_required": approval_required,
+}
+
+default approver_roles := ["owner", "admin"]
+
+approver_roles := data.approver_roles
 
 default min_reputation := 0.3
 
@@ -107,9 +121,35 @@ destructive_allowed if target_name in data.allow_destructive
 
 destructive_allowed if sprintf("%s.*", [input.target.agent]) in data.allow_destructive
 
+destructive_approvable if target_name in data.approve_destructive
+
+destructive_approvable if sprintf("%s.*", [input.target.agent]) in data.approve_destructive
+
 deny contains {"rule": "destructive_not_allowed", "reason": sprintf("%s is destructive and not in allow_destructive", [target_name])} if {
 	destructive
 	not destructive_allowed
+	not destructive_approvable
+}
+
+# --- destructive_needs_approval: listed in approve_destructive (and not in allow_destructive): a person approves
+# each call.
+
+approval_required contains {"rule": "destructive_needs_approval", "reason": sprintf("%s is destructive", [target_name]), "roles": approver_roles} if {
+	destructive
+	not destructive_allowed
+	destructive_approvable
+}
+
+# --- open_world_needs_approval: a tool that reaches outside the mesh (openWorldHint true), listed in
+# approve_open_world.
+
+open_world_approvable if target_name in data.approve_open_world
+
+open_world_approvable if sprintf("%s.*", [input.target.agent]) in data.approve_open_world
+
+approval_required contains {"rule": "open_world_needs_approval", "reason": sprintf("%s reaches outside the mesh", [target_name]), "roles": approver_roles} if {
+	input.target.annotations.openWorldHint == true
+	open_world_approvable
 }
 
 # --- low_reputation: stop calling a target the mesh has learned not to trust. A call marked as a probe
@@ -146,26 +186,3 @@ deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %
 	not credential_listed(credential)
 }
 
-# --- credential_not_allowed: a credential (by its secret_ref) goes only to the agent and target system it is
-# stored for; when [policy] allow_credentials is set, only to the agent.system pairs it lists as well.
-
-credential_for_target(credential) if credential.agent == input.target.agent
-
-credential_for_target(credential) if credential.agent == "*"
-
-credential_listed(_) if not data.allow_credentials
-
-credential_listed(credential) if sprintf("%s.%s", [input.target.agent, credential.system]) in data.allow_credentials
-
-credential_listed(_) if sprintf("%s.*", [input.target.agent]) in data.allow_credentials
-
-deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %v is not for agent %v", [credential.ref, input.target.agent])} if {
-	some credential in input.credentials
-	not credential_for_target(credential)
-}
-
-deny contains {"rule": "credential_not_allowed", "reason": sprintf("credential %v for %v.%v is not in allow_credentials", [credential.ref, input.target.agent, credential.system])} if {
-	some credential in input.credentials
-	credential_for_target(credential)
-	not credential_listed(credential)
-}
