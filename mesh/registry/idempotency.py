@@ -15,8 +15,9 @@ How a key is used (``once``):
 - A retry with the same key and the same request gets the stored answer, marked ``Idempotent-Replayed:
   true`` over HTTP (``"io.mcpmesh/idempotent-replayed": true`` in an MCP result's ``_meta``).
 - A retry while the first call still runs gets 409 ``call-in-progress``, with ``Retry-After``: it does
-  not wait, so a client never holds two connections for one call. A claim older than the call timeout
-  plus ``STALE_GRACE`` belongs to a registry that died mid-call; the next retry takes it over and runs.
+  not wait, so a client never holds two connections for one call. A claim older than the longest a call
+  can take (``[approvals] timeout`` waiting for an approver, then ``call_timeout``) plus ``STALE_GRACE``
+  belongs to a registry that died mid-call; the next retry takes it over and runs.
 - The same key with a different request (agent, tool, arguments, or the other face) is 422
   ``idempotency-key-reused``.
 - Keys are per caller: one caller's key never answers another's call. They are kept ``KEEP`` (a day).
@@ -46,7 +47,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 REPLAYED_META = "io.mcpmesh/idempotent-replayed"
 MAX_KEY_LENGTH = 255
 KEEP = timedelta(days=1)
-STALE_GRACE = 30.0  # seconds past the call timeout after which a running claim is taken to be abandoned
+STALE_GRACE = 30.0  # seconds past the longest a call can take, after which a running claim is abandoned
 PURGE_EVERY = 60.0  # seconds between deletions of expired keys, per process
 
 
@@ -123,8 +124,9 @@ def _claim(registry: Registry, caller: str, key: str, request: str) -> Answer | 
             assert record.status is not None and record.answer is not None
             return Answer(record.status, record.answer, record.run_id, replayed=True)
         age = (store.utcnow() - record.created_at).total_seconds()
-        if age < registry.config.call_timeout + STALE_GRACE:
-            wait = max(1, round(registry.config.call_timeout - age))
+        longest = registry.config.call_timeout + registry.config.approvals.timeout  # held for approval, then run
+        if age < longest + STALE_GRACE:
+            wait = max(1, round(longest - age))
             raise Problem("call-in-progress", f"a call with idempotency key {key!r} is still running; retry after "
                                               f"it ends (in at most {wait} s)", retry_after=wait)
         taken = session.execute(  # abandoned by a registry that died mid-call: take it over, if nobody did
