@@ -252,16 +252,17 @@ def test_replicas_saving_reputation_at_once_lose_no_outcome(tmp_path: Path):
 
 @needs_postgres
 def test_a_change_too_big_to_name_in_one_notification_says_everything(tmp_path: Path):
-    """PostgreSQL refuses a notification over 8000 bytes, and the transaction with it: a save naming hundreds
+    """PostgreSQL refuses a notification over 8000 bytes, and the transaction with it: a flush naming hundreds
     of reputations must still commit, and tell the others to reload everything."""
     import json
 
     import psycopg
 
     from mesh.registry import replicas as replication
+    from mesh.registry import store
     from mesh.registry.config import RegistryConfig
     from mesh.registry.node import Registry
-    from mesh.registry.reputation import Outcome
+    from mesh.registry.reputation import Outcome, Reputation
     from mesh.workspace import Workspace
 
     workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
@@ -271,13 +272,16 @@ def test_a_change_too_big_to_name_in_one_notification_says_everything(tmp_path: 
         try:
             with psycopg.connect(replication.conninfo(registry.engine), autocommit=True) as listener:
                 listener.execute(f'LISTEN "{registry.channel}"')
-                for tool in range(400):
-                    registry.learn("echo", f"tool_with_a_longish_name_{tool}", Outcome("ok", latency_ms=1.0))
-                registry.save_reputations()  # 401 keys: far more than one notification can name
+                reputation = Reputation()
+                reputation.learn_one(Outcome("ok", latency_ms=1.0))
+                with registry.sessions.begin() as session:  # one flush naming 400 reputations
+                    session.add_all(store.ReputationRecord(agent="echo", tool=f"tool_with_a_longish_name_{tool}",
+                                                           state=reputation.to_state(), score=reputation.score())
+                                    for tool in range(400))
                 heard = [json.loads(n.payload) for n in listener.notifies(timeout=5, stop_after=1)]
             assert heard == [{"origin": registry.replica_id, "everything": True}]
             fresh = Registry.open(RegistryConfig(workspace=workspace, database_url=database))
-            assert fresh.reputation("echo").calls == 400 and len(fresh.reputations) == 401
+            assert len(fresh.reputations) == 400  # the transaction committed
             fresh.engine.dispose()
         finally:
             registry.engine.dispose()

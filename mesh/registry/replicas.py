@@ -5,10 +5,10 @@ the discovery index). When one replica changes what others hold in memory — ad
 revokes, or saves reputation — the transaction that makes the change also sends a notification
 (``pg_notify``), so the others hear of it exactly when it commits, and not at all if it rolls back.
 
-- ``watch(sessions, replica)``: session hooks that, at every flush, note which agents' admission
+- ``watch(sessions, replica)``: a session hook that, at every flush, notes which agents' admission
   records (agents, tools, descriptors, trusted keys, revocations) and which reputations changed, and
-  just before the commit send one notification naming them, in the same transaction (one saying
-  "everything" when the names would not fit in PostgreSQL's 8000 bytes). A heartbeat that only moves an agent's
+  sends a notification naming them, in the same transaction (PostgreSQL delivers it at the commit; one
+  saying "everything" when the names would not fit in its 8000 bytes). A heartbeat that only moves an agent's
   ``last_seen`` is not a change anyone else needs.
 - ``listen_forever(registry)``: one task per registry holding a psycopg connection that ``LISTEN``s;
   each notification from another replica reloads what it names from the database (``Registry.reload_agent``
@@ -51,7 +51,6 @@ AGENT_RECORDS: dict[type, str] = {
 }
 HEARTBEAT_ONLY = frozenset({"last_seen"})
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0)  # seconds between attempts to listen again; the last one repeats
-NOTED = "mesh.replicas.noted"  # session.info key: (agents, reputation keys) changed in this transaction
 MAX_PAYLOAD = 7900  # bytes; a notification naming more says "everything" instead (PostgreSQL's limit is 8000)
 
 
@@ -82,19 +81,11 @@ def channel(engine: Engine) -> str:
 
 
 def watch(sessions: sessionmaker[Session], replica: str, channel_name: str) -> None:
-    """Send, inside each transaction that changes admissions or reputations, one notification naming them."""
+    """Send, inside each transaction that changes admissions or reputations, a notification naming them."""
 
     @event.listens_for(sessions, "after_flush")
-    def note(session: Session, _context: Any) -> None:
+    def notify(session: Session, _context: Any) -> None:
         agents, reputations = _changes(session)
-        noted = session.info.setdefault(NOTED, (set(), set()))
-        noted[0].update(agents)
-        noted[1].update(reputations)
-
-    @event.listens_for(sessions, "before_commit")
-    def notify(session: Session) -> None:
-        session.flush()  # what is still pending is noted too
-        agents, reputations = session.info.pop(NOTED, (set(), set()))
         if not (agents or reputations):
             return
         payload = json.dumps({"origin": replica, "agents": sorted(agents), "reputations": sorted(reputations)})
@@ -102,10 +93,6 @@ def watch(sessions: sessionmaker[Session], replica: str, channel_name: str) -> N
             payload = json.dumps({"origin": replica, "everything": True})
         session.connection().execute(text("SELECT pg_notify(:channel, :payload)"),
                                      {"channel": channel_name, "payload": payload})
-
-    @event.listens_for(sessions, "after_rollback")
-    def forget(session: Session) -> None:
-        session.info.pop(NOTED, None)
 
 
 def _changes(session: Session) -> tuple[set[str], set[tuple[str, str]]]:
