@@ -249,11 +249,19 @@ def cmd_registry(args: argparse.Namespace) -> int:
     ws = Workspace(args.workspace)
     config = RegistryConfig.from_workspace(ws, host=args.host, port=args.port, strict=args.strict or None,
                                            trust_local_keys=args.trust_local_keys or None)
+    if args.workers != 1:
+        from mesh.registry import replicas
+
+        try:
+            replicas.run_workers(config, args.workers, announce=say)
+        except replicas.WorkersProblem as exc:
+            raise WorkspaceProblem(str(exc)) from None
+        return 0
     telemetry.configure_from_env("mesh-registry", scrape=True)  # /metrics, whatever the exporter
     registry = Registry.open(config)
-    telemetry.observe_reputation(registry.agent_scores)
     say(f"registry: HTTP API {config.base_url}/v1  MCP {config.base_url}/mcp  "
         f"({len(registry.endpoints)} agents known)")
+    telemetry.observe_reputation(registry.agent_scores)
     uvicorn.run(build_app(registry), host=config.host, port=config.port, log_level="warning")
     return 0
 
@@ -284,7 +292,8 @@ def revoke_for_operator(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from mesh.supervisor import run_up
 
-    return run_up(Path(args.workspace).resolve(), args.host, args.port, agent_flags=["--dev"] if args.dev else [])
+    return run_up(Path(args.workspace).resolve(), args.host, args.port, agent_flags=["--dev"] if args.dev else [],
+                  workers=args.workers)
 
 
 def registry_url(args: argparse.Namespace) -> str:
@@ -505,6 +514,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="trust only keys published in manifests/")
     p.add_argument("--trust-local-keys", action="store_true",
                    help="also trust this workspace's local keys under .mesh/ (what `mesh up` does)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="registry processes sharing the port (default 1; more than 1 needs PostgreSQL)")
     p = registry_sub.add_parser("revoke", parents=[common],
                                 help="operator: refuse an agent's key (the running registry, else its database)")
     p.add_argument("agent", help="the agent")
@@ -517,6 +528,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="default: registry.toml, else 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: registry.toml, else 7300")
     p.add_argument("--dev", action="store_true", help="agents re-sign on start instead of refusing changed tools")
+    p.add_argument("--workers", type=int, default=1,
+                   help="registry processes sharing the port (default 1; more than 1 needs PostgreSQL)")
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--registry", default=os.environ.get("MESH_REGISTRY_URL", "http://127.0.0.1:7300"),

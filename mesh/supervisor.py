@@ -117,6 +117,7 @@ class Supervisor:
         port: int = DEFAULT_PORT,
         python: str = sys.executable,
         agent_flags: Sequence[str] = (),
+        workers: int = 1,
         ready_timeout: float = 90.0,
         grace: float = 10.0,
         out: TextIO | None = None,
@@ -127,6 +128,7 @@ class Supervisor:
         self.port = port
         self.python = python
         self.agent_flags = list(agent_flags)
+        self.workers = workers
         self.ready_timeout = ready_timeout
         self.grace = grace
         self.out = out or sys.stdout
@@ -151,7 +153,8 @@ class Supervisor:
 
     def registry_command(self) -> list[str]:
         return [self.python, "-m", "mesh.cli", "registry", "run", "--workspace", str(self.workspace.root),
-                "--host", self.host, "--port", str(self.port), "--trust-local-keys"]
+                "--host", self.host, "--port", str(self.port), "--trust-local-keys",
+                *(["--workers", str(self.workers)] if self.workers != 1 else [])]
 
     def agent_command(self, name: str, port: int) -> list[str]:
         return [self.python, "-m", "mesh.cli", "agent", "run", name, "--workspace", str(self.workspace.root),
@@ -407,14 +410,24 @@ def stdio_config(agent: str, workspace: Path, mesh: str = "mesh") -> dict[str, A
 
 
 def run_up(workspace: Path, host: str | None = None, port: int | None = None, *,
-           agent_flags: Sequence[str] = ()) -> int:
+           agent_flags: Sequence[str] = (), workers: int = 1) -> int:
     """``mesh up``: host and port default to ``[registry]`` in registry/registry.toml, then 127.0.0.1:7300."""
     from mesh.registry.config import RegistryConfig
 
     ws = Workspace(workspace)
     ws.require()
     config = RegistryConfig.from_workspace(ws, host=host, port=port)  # a bad registry.toml: one line, at once
-    return Supervisor(ws, host=config.host, port=config.port, agent_flags=agent_flags).up()
+    if workers > 1:  # refused here, at once, rather than by the registry process after it starts
+        from mesh.registry import replicas, store
+
+        engine = store.connect(store.database_url(ws.root, config.database_url))
+        try:
+            replicas.check_workers(engine, workers)
+        except replicas.WorkersProblem as exc:
+            raise WorkspaceProblem(str(exc)) from None
+        finally:
+            engine.dispose()
+    return Supervisor(ws, host=config.host, port=config.port, agent_flags=agent_flags, workers=workers).up()
 
 
 def _answers(url: str, client: httpx.Client | None = None) -> bool:

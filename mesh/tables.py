@@ -163,9 +163,9 @@ def print_agents(client: httpx.Client) -> int:
     assessed = any(a.get("proficiency") for a in agents)  # the column shows once an agent was assessed
     built = any(a.get("blueprint") for a in agents)  # ... and the role once the builder made one (mesh build)
     print(render(
-        ["AGENT", "STATUS", "REPUTATION", "TOOLS", *(["PROFICIENCY"] if assessed else []),
+        ["AGENT", "STATUS", "REPUTATION", "BREAKER", "TOOLS", *(["PROFICIENCY"] if assessed else []),
          *(["ROLE"] if built else []), "ENDPOINT"],
-        [[a["name"], a.get("status"), _score(a.get("reputation")), len(a.get("tools", [])),
+        [[a["name"], a.get("status"), _score(a.get("reputation")), _breaker(a.get("breaker")), len(a.get("tools", [])),
           *([_proficiency(a.get("proficiency"))] if assessed else []),
           *([(a.get("blueprint") or {}).get("role", "")] if built else []), a.get("endpoint")]
          for a in agents],
@@ -426,6 +426,14 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 # -- cell formats ---------------------------------------------------------------------------------------
+
+
+def _breaker(breaker: Any) -> str | None:
+    """A circuit breaker's state, with how long an open one still refuses calls."""
+    if not isinstance(breaker, dict):
+        return None
+    state = breaker.get("state")
+    return f"{state} ({breaker['retry_after']:g}s)" if state == "open" and "retry_after" in breaker else state
 
 
 def _score(reputation: Any) -> float | None:

@@ -25,6 +25,8 @@ def workspace_with(tmp_path: Path, toml: str) -> Workspace:
     ("[registry]\nmax_body_bytes = 0", "[registry] max_body_bytes: Input should be greater than 0"),
     ("[grants]\nresearcher = 'docs:read'", "grants.researcher: Input should be a valid list"),
     ("registry = 3", "[registry] must be a table"),
+    ("[breaker]\nprobe_call = 2", "breaker.probe_call: unknown setting"),
+    ("[breaker]\ntrip_below = 1.5", "breaker.trip_below: Input should be less than or equal to 1"),
 ])
 def test_a_mistake_is_one_line_naming_the_key(tmp_path: Path, toml: str, expected: str):
     with pytest.raises(ConfigProblem) as problem:
@@ -46,3 +48,16 @@ def test_the_cli_says_it_in_one_line_without_a_traceback(tmp_path: Path, command
     assert answer.returncode == 1
     assert answer.stderr.strip() == ("mesh: registry/registry.toml: [registry] call_timout: unknown setting "
                                      "(did you mean call_timeout?)")
+
+
+
+def test_breaker_thresholds_default_to_the_policy_and_the_probe_interval(tmp_path: Path):
+    from mesh.registry.breaker import Thresholds
+
+    toml = "[registry]\nprobe_interval = 7.0\n[policy]\nmin_reputation = 0.4\n[breaker]\nconsecutive_failures = 2"
+    limits = Thresholds.of(RegistryConfig.from_workspace(workspace_with(tmp_path, toml)))
+    assert (limits.consecutive_failures, limits.trip_below, limits.open_seconds, limits.probe_calls) == (2, 0.4, 7.0, 1)
+    toml += "\ntrip_below = 0.2\nopen_seconds = 1.5"
+    (tmp_path / "registry" / "registry.toml").write_text(toml)
+    limits = Thresholds.of(RegistryConfig.from_workspace(Workspace(tmp_path)))
+    assert (limits.trip_below, limits.open_seconds) == (0.2, 1.5)

@@ -167,6 +167,7 @@ def test_the_document_lists_every_route_with_its_problems(api: schemathesis.Base
     assert document == openapi_document()  # what this module fuzzes below is what the registry serves
     invoke = document["paths"]["/v1/invoke"]["post"]["responses"]
     assert set(invoke) == {"200", "400", "401", "402", "403", "404", "408", "409", "413", "415", "421", "429", "502",
+                           "503",
                            "504"}
     assert invoke["504"]["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
     revoke = document["paths"]["/v1/agents/{name}/keys/{kid}/revoke"]["post"]

@@ -139,7 +139,7 @@ def test_text_and_other_content_are_shown():
 
 AGENTS = {"agents": [{
     "name": "librarian", "status": "verified", "endpoint": "http://127.0.0.1:5001/mcp",
-    "reputation": {"score": 0.8123, "success": 1.0},
+    "reputation": {"score": 0.8123, "success": 1.0}, "breaker": {"state": "open", "retry_after": 12.5},
     "tools": [{"name": "search", "status": "verified", "description": "Find passages\nabout a topic.",
                "annotations": {}, "scopes": ["docs:read"]}],
 }]}
@@ -153,8 +153,8 @@ def test_ls_prints_agents_then_tools(capsys):
     client = registry(lambda request: httpx.Response(200, json=AGENTS))
     assert print_agents("http://registry.test", client=client) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["AGENT", "STATUS", "REPUTATION", "TOOLS", "ENDPOINT"]
-    assert out[1].split() == ["librarian", "verified", "0.81", "1", "http://127.0.0.1:5001/mcp"]
+    assert out[0].split() == ["AGENT", "STATUS", "REPUTATION", "BREAKER", "TOOLS", "ENDPOINT"]
+    assert out[1].split() == ["librarian", "verified", "0.81", "open", "(12.5s)", "1", "http://127.0.0.1:5001/mcp"]
     assert out[3].split()[:2] == ["TOOL", "STATUS"]
     assert out[4] == "librarian.search  verified  Find passages about a topic."
 

@@ -17,6 +17,7 @@ from uuid import UUID
 import anyio
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -38,9 +39,11 @@ from mesh.registry import (
     audit,
     budgets,
     credentials,
+    idempotency,
     oidc,
     people,
     proxy,
+    replicas,
     store,
     tenancy,
 )
@@ -108,7 +111,8 @@ def build_app(registry: Registry) -> Starlette:
     sandboxes = SandboxRoutes(registry)  # /v1/agents/{name}/sandboxes..., /v1/approvals, each sandbox's MCP
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools)})
+        return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools),
+                             "replica": registry.replica_id})
 
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(registry.provenance_jwks)
@@ -246,9 +250,28 @@ def build_app(registry: Registry) -> Starlette:
         parent = request.headers.get("x-mesh-parent-run")
         if parent is not None and not is_run_id(parent):
             raise Problem("bad-request", "x-mesh-parent-run must be a run id")
-        outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"), parent_run_id=parent,
-                                     trace_context=dict(request.headers))
-        return JSONResponse(outcome.to_json())
+        key = request.headers.get(idempotency.HEADER)
+        if key is None:
+            outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"),
+                                         parent_run_id=parent, trace_context=dict(request.headers))
+            return JSONResponse(outcome.to_json())
+
+        async def call() -> idempotency.Answer:
+            try:
+                outcome = await proxy.invoke(registry, caller, agent_name, tool, body.get("arguments"),
+                                             parent_run_id=parent, trace_context=dict(request.headers))
+            except Problem as problem:
+                return idempotency.Answer(problem.status, problem.to_json(), problem.extra.get("run_id"))
+            return idempotency.Answer(200, outcome.to_json(), outcome.run_id)
+
+        request_digest = idempotency.fingerprint("http", agent_name, tool, body.get("arguments"))
+        try:
+            answer = await idempotency.once(registry, caller.id, idempotency.check_key(key), request_digest, call)
+        except Problem as problem:
+            return problem.response()
+        return JSONResponse(answer.document, status_code=answer.status,
+                            media_type="application/json" if answer.status < 400 else "application/problem+json",
+                            headers={idempotency.REPLAYED_HEADER: "true"} if answer.replayed else None)
 
     async def runs(request: Request) -> JSONResponse:
         """Recent runs, newest first, a page at a time (``next_cursor``)."""
@@ -305,6 +328,8 @@ def build_app(registry: Registry) -> Starlette:
             group.start_soon(registry.runlog.run)  # group commit of run records (runlog.py)
             group.start_soon(admission.recheck_forever, registry)
             group.start_soon(save_reputations_forever, registry)
+            if registry.channel is not None:  # PostgreSQL: hear what other replicas change
+                group.start_soon(replicas.listen_forever, registry)
             if registry.embedded_database:
                 group.start_soon(checkpoint_forever, registry)
             group.start_soon(audit.checkpoint_forever, registry)  # signed checkpoints of the audit log
@@ -391,7 +416,10 @@ async def save_reputations_forever(registry: Registry, interval: float = 1.0) ->
     """Reputation is learned on every call but written at most once a second, off the call path."""
     while True:
         await anyio.sleep(interval)
-        await anyio.to_thread.run_sync(registry.save_reputations)
+        try:
+            await anyio.to_thread.run_sync(registry.save_reputations)
+        except SQLAlchemyError as exc:  # e.g. two replicas creating one row at once: kept, saved next time
+            log.warning("saving reputations failed, will retry: %s", exc)
 
 
 async def checkpoint_forever(registry: Registry, interval: float = 1.0) -> None:

@@ -1,5 +1,5 @@
 """Registry settings: the ``[registry]``, ``[policy]``, ``[grants]``, ``[lm]``, ``[auth]``, ``[oidc]``,
-``[approvals]`` and ``[budgets]`` tables of ``registry/registry.toml``.
+``[approvals]``, ``[budgets]`` and ``[breaker]`` tables of ``registry/registry.toml``.
 
 Every setting has a default, so a workspace without the file runs as a local, single-user mesh. The
 settings are a pydantic model: a misspelt key or a value of the wrong type is one line naming the file,
@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -83,6 +84,17 @@ class ApprovalsConfig(BaseModel):
     poll_interval: PositiveFloat = 1.0  # seconds between looks at the database (another process may decide)
 
 
+class BreakerConfig(BaseModel):
+    """``[breaker]``: when a per-agent circuit breaker opens, how long it stays open, how it probes (``breaker.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: NonNegativeInt = 0  # target failures in a row that open it too; 0: reputation alone
+    trip_below: float | None = Field(None, ge=0, le=1)  # reputation that opens it; default [policy] min_reputation
+    open_seconds: NonNegativeFloat | None = None  # how long it refuses calls; default [registry] probe_interval
+    probe_calls: PositiveInt = 1  # calls let through at a time while half-open
+
+
 class RegistryConfig(BaseModel):
     """What a registry process needs to know; ``from_workspace`` reads it, keywords override."""
 
@@ -103,6 +115,7 @@ class RegistryConfig(BaseModel):
     agent_projects: dict[str, str] = Field(default_factory=dict)  # agent -> "ORG/PROJECT" ([agents.NAME] project)
     policy: dict[str, Any] = Field(default_factory=dict)  # data for the Rego policy
     call_timeout: PositiveFloat = 30.0
+    retry_attempts: PositiveInt = 3  # sends of a read-only or idempotent tool's call the agent never answered
     recheck_interval: PositiveFloat = 30.0  # seconds between re-listing each agent's tools (rug-pull check)
     probe_interval: NonNegativeFloat = 60.0  # a target no call reached for this long gets one trial call
     # The front door (``gate.py``): which Host and Origin headers are ours, how big a body may be.
@@ -117,6 +130,7 @@ class RegistryConfig(BaseModel):
     trust_ttl: NonNegativeFloat = 5.0  # seconds a process keeps an agent's trusted keys before re-reading them
     lm: LMSettings = Field(default_factory=LMSettings)  # the model LM features use (``mesh.lm``); none by default
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     oidc: OidcConfig | None = None
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)  # limits, costs, alerts (``budgets.py``)
@@ -135,6 +149,7 @@ class RegistryConfig(BaseModel):
             "auth": document.get("auth", {}),
             "approvals": document.get("approvals", {}),
             "budgets": document.get("budgets", {}),
+            "breaker": document.get("breaker", {}),
             **({"oidc": document["oidc"]} if "oidc" in document else {}),
             "policy": {"min_reputation": 0.3, "allow_destructive": [], **document.get("policy", {})},
         }
@@ -190,17 +205,18 @@ def describe(error: ValidationError, model: type[BaseModel], table: str | None =
     location = [str(part) for part in first["loc"]]
     key = location[0] if location else "?"
     if table is None:
-        table = "" if key in ("grants", "policy", "auth", "oidc", "approvals", "budgets") else "[registry] "
+        table = "" if key in ("grants", "policy", "auth", "oidc", "approvals", "budgets", "breaker") else "[registry] "
     where = f"{CONFIG_FILE}: {table}{'.'.join(location)}"
     if first["type"] == "extra_forbidden":
         if len(location) > 1 and key in TABLES:  # a key inside one of the tables: guess among that table's
             model, key = TABLES[key], location[-1]
         known = [name for name in model.model_fields if name not in ("workspace", "grants", "policy", "lm", "auth",
-                                                                    "oidc", "approvals", "budgets")]
+                                                                    "oidc", "approvals", "budgets", "breaker")]
         guess = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {guess[0]}?)" if guess else f" (known settings: {', '.join(known)})"
         return f"{where}: unknown setting{hint}"
     return f"{where}: {first['msg']}, not {first.get('input')!r}"
 
 
-TABLES: dict[str, type[BaseModel]] = {"auth": AuthConfig, "oidc": OidcConfig, "approvals": ApprovalsConfig}
+TABLES: dict[str, type[BaseModel]] = {"auth": AuthConfig, "oidc": OidcConfig, "approvals": ApprovalsConfig,
+                                      "breaker": BreakerConfig}

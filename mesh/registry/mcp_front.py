@@ -58,7 +58,7 @@ from starlette.requests import Request
 from mesh.builder.mcp_tool import TOOL as BUILD_AGENT
 from mesh.builder.mcp_tool import build_agent
 from mesh.client import PROBLEM_META, RUN_META
-from mesh.registry import proxy
+from mesh.registry import idempotency, proxy
 from mesh.registry.auth import Caller
 from mesh.registry.forward import (
     AgentError,
@@ -255,7 +255,31 @@ class Front:
         if self.whole_mesh and params.name in _OWN_TOOL_NAMES:
             return await self.own_tool(ctx, params.name, params.arguments or {})
         agent, tool = self.split(ctx, params.name)
-        return await self.carry(ctx, proxy.Call(agent, tool, "tool", params.arguments or {}))
+        call = proxy.Call(agent, tool, "tool", params.arguments or {})
+        key = _wire_meta(ctx).get(idempotency.META)
+        if key is None:
+            return await self.carry(ctx, call)
+        return await self.carry_once(ctx, call, key)
+
+    async def carry_once(self, ctx: ServerRequestContext[Any, Any], call: proxy.Call, key: Any) -> Any:
+        """A tool call with an idempotency key in ``_meta``: a retry gets the first call's result
+        (``idempotency.py``)."""
+        try:
+            caller = self._caller(ctx)
+            request = idempotency.fingerprint("mcp", call.agent, call.name, call.arguments)
+
+            async def once() -> idempotency.Answer:
+                result = await self.carry(ctx, call)
+                document = result if isinstance(result, dict) else result.model_dump(by_alias=True, mode="json",
+                                                                                      exclude_none=True)
+                return idempotency.Answer(200, document, (document.get("_meta") or {}).get(RUN_META))
+
+            answer = await idempotency.once(self.registry, caller.id, idempotency.check_key(key), request, once)
+        except Problem as problem:
+            return self._refusal(call, problem)
+        if not answer.replayed:
+            return answer.document
+        return {**answer.document, "_meta": {**(answer.document.get("_meta") or {}), idempotency.REPLAYED_META: True}}
 
     async def own_tool(self, ctx: ServerRequestContext[Any, Any], name: str, arguments: dict[str, Any]) -> Any:
         """The registry's own tools on ``/mcp``: ``discover``, ``invoke`` and ``build_agent`` (``mesh.builder``)."""

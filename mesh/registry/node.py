@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ from typing import Any
 import anyio
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
 from mesh.manifest import Manifest, ManifestProblem
 from mesh.names import NameProblem, check_name
-from mesh.registry import audit, store, tenancy
+from mesh.registry import audit, replicas, store, tenancy
 from mesh.registry.auth import (
     ANONYMOUS,
     PERMISSIONS,
@@ -36,6 +38,7 @@ from mesh.registry.auth import (
     unverified_parts,
     verify_token,
 )
+from mesh.registry.breaker import HALF_OPEN, Breakers, Thresholds
 from mesh.registry.budgets import Budgets
 from mesh.registry.config import RegistryConfig
 from mesh.registry.credentials import Credentials
@@ -204,7 +207,8 @@ class Registry:
         self.embedded_database = self.engine.dialect.name == "sqlite"
         self._trust_cache: dict[str, tuple[TrustStore, float]] = {}
         self._tokens: dict[str, _KnownToken] = {}
-        self._unsaved: set[tuple[str, str]] = set()
+        self._unsaved: dict[tuple[str, str], list[Outcome]] = {}  # outcomes learnt here, not saved yet
+        self._unsaved_lock = threading.Lock()  # learnt on the event loop, saved from a worker thread
         self.last_forwarded: dict[str, float] = {}  # agent -> monotonic time a call last reached it
         self.manifest_digests: dict[str, str] = {}  # agent -> digest of the manifest it was admitted on
         # What the call path (``proxy.py``) remembers between calls, all of it bounded:
@@ -220,6 +224,13 @@ class Registry:
         self.runlog = RunLog(self)  # writes run records, grouping calls that finish together
         # limits per organisation or agent and period, their running spend in memory (``budgets.py``)
         self.budgets = Budgets(config.budgets, sessions, default_org=config.auth.default_org)
+        self.breakers = Breakers(Thresholds.of(config))  # per agent circuit breakers (``breaker.py``)
+        # Other registry processes on the same PostgreSQL database hear of this one's changes (``replicas.py``).
+        self.replica_id = replicas.new_replica_id()
+        self.channel: str | None = None
+        if not self.embedded_database:
+            self.channel = replicas.channel(self.engine)
+            replicas.watch(sessions, self.replica_id, self.channel)
 
     @classmethod
     def open(cls, config: RegistryConfig) -> Registry:
@@ -263,6 +274,32 @@ class Registry:
             self.proficiencies = store.proficiencies(session)
         self.discovery.upsert_many({agent: self.verified_wire(agent) for agent in self.endpoints},
                                    descriptions=descriptions)
+
+    async def reload_agent(self, agent: str) -> None:
+        """Re-read what the database says of ``agent`` (another replica changed it): endpoint, pins and
+        manifest digest; forget its cached keys and tokens so a revocation holds at once; re-index it."""
+        with tenancy.as_registry(), self.sessions.begin() as session:  # whichever project it is in
+            record = store.get_agent(session, agent)
+            tools = store.list_tools(session, agent)
+            described = store.list_descriptors(session, agent)
+        before = (self.endpoints.get(agent), self.agent_tools(agent), self.agent_descriptors(agent))
+        for key in [key for key in self.tools if key[0] == agent]:
+            del self.tools[key]
+        for key in [key for key in self.descriptors if key[0] == agent]:
+            del self.descriptors[key]
+        self.tools.update({(agent, t.name): PinnedTool.from_record(t) for t in tools})
+        self.descriptors.update({(agent, d.kind, d.name): PinnedDescriptor.from_record(d) for d in described})
+        if record is None:
+            self.endpoints.pop(agent, None)
+            self.manifest_digests.pop(agent, None)
+        else:
+            self.endpoints[agent] = record.endpoint
+            if record.manifest_digest:
+                self.manifest_digests[agent] = record.manifest_digest
+        self.admitted_here.discard(agent)  # admitted elsewhere: its next registration here is checked in full
+        self.forget_trust(agent)
+        if (self.endpoints.get(agent), self.agent_tools(agent), self.agent_descriptors(agent)) != before:
+            await self.index_agent(agent)  # only what changed is embedded again and told to MCP clients
 
     def verified_wire(self, agent: str) -> list[dict[str, Any]]:
         return [t.wire for (a, _), t in self.tools.items() if a == agent and t.status == "verified"]
@@ -496,18 +533,69 @@ class Registry:
             if key not in self.reputations:
                 self.reputations[key] = Reputation()
             self.reputations[key].learn_one(outcome)
-            self._unsaved.add(key)
+            with self._unsaved_lock:
+                self._unsaved.setdefault(key, []).append(outcome)
 
     def save_reputations(self) -> None:
-        """Write the reputations that changed since the last save (every second, and at shutdown)."""
-        changed, self._unsaved = self._unsaved, set()
+        """Add the outcomes learnt since the last save (every second, and at shutdown) to the stored reputations.
+
+        Several registries may share the database, each learning from the calls it carries. Each applies its
+        own outcomes to the stored state under a row lock, so no replica's save overwrites another's; the
+        state then held in memory is the stored one (every replica's outcomes) plus what was learnt here since.
+        """
+        with self._unsaved_lock:
+            changed, self._unsaved = self._unsaved, {}
         if not changed:
             return
-        with tenancy.as_registry(), self.sessions.begin() as session:
-            for agent, tool in sorted(changed):
-                reputation = self.reputations[(agent, tool)]
-                store.save_reputation(session, agent, tool, state=reputation.to_state(), score=reputation.score(),
+        for attempt in range(3):
+            try:
+                merged = self._add_outcomes(changed)
+                break
+            except IntegrityError:  # another replica stored a first reputation for the same key just now
+                if attempt < 2:
+                    continue
+                self._keep_unsaved(changed)
+                raise
+            except Exception:
+                self._keep_unsaved(changed)
+                raise
+        self._adopt(merged)
+
+    def _add_outcomes(self, changed: dict[tuple[str, str], list[Outcome]]) -> dict[tuple[str, str], dict[str, Any]]:
+        merged = {}
+        with tenancy.as_registry(), self.sessions.begin() as session:  # every project's reputations
+            for agent, tool in sorted(changed):  # always in one order: two replicas cannot deadlock
+                record = store.load_reputation(session, agent, tool, for_update=True)
+                reputation = Reputation.from_state(record.state) if record is not None else Reputation()
+                for outcome in changed[(agent, tool)]:
+                    reputation.learn_one(outcome)
+                merged[(agent, tool)] = state = reputation.to_state()
+                store.save_reputation(session, agent, tool, state=state, score=reputation.score(),
                                       tenant=self.tenancy.of(agent))
+        return merged
+
+    def _keep_unsaved(self, changed: dict[tuple[str, str], list[Outcome]]) -> None:
+        """Put back outcomes a save could not store, in front of those learnt since: the next save has them."""
+        with self._unsaved_lock:
+            for key, outcomes in changed.items():
+                self._unsaved[key] = outcomes + self._unsaved.get(key, [])
+
+    def reload_reputations(self, keys: list[tuple[str, str]]) -> None:
+        """Take the stored reputations of ``keys`` (another replica saved them) as the base of what is known."""
+        with tenancy.as_registry(), self.sessions.begin() as session:
+            stored = {(agent, tool): record.state for agent, tool in keys
+                      if (record := store.load_reputation(session, agent, tool)) is not None}
+        self._adopt(stored)
+
+    def _adopt(self, states: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """Hold stored states in memory, each with the outcomes learnt here and not saved yet replayed on it."""
+        for key, state in states.items():
+            reputation = Reputation.from_state(state)
+            with self._unsaved_lock:
+                unsaved = list(self._unsaved.get(key, []))
+            for outcome in unsaved:
+                reputation.learn_one(outcome)
+            self.reputations[key] = reputation
 
     def proficiency(self, agent: str, system: str) -> float | None:
         """``agent``'s latest assessed score (0..1) on a target ``system``, None when never assessed.
@@ -517,10 +605,10 @@ class Registry:
         return self.proficiencies.get(agent, {}).get(system)
 
     def probe_due(self, agent: str) -> bool:
-        """Has no call reached ``agent`` for a probe interval? Then the policy may let one through even
-        if its reputation is low: without new evidence a shunned agent could never recover."""
-        last = self.last_forwarded.get(agent)
-        return last is None or time.monotonic() - last >= self.config.probe_interval
+        """Is a call to ``agent`` now a probe (its circuit breaker is half-open and let it through)? Then the
+        policy lets it pass even if its reputation is low: without new evidence a shunned agent could never
+        recover."""
+        return self.breakers.get(agent).state == HALF_OPEN
 
     def known_score(self, agent: str, tool: str = "") -> float | None:
         """The score learned for ``agent`` (or one tool, else its agent), None when nobody has called it.
@@ -573,6 +661,7 @@ class Registry:
         document: dict[str, Any] = {
             "name": record.name, "status": record.status, "endpoint": record.endpoint, "version": record.version,
             "description": record.description, "reputation": self.reputation_json(record.name),
+            "breaker": self.breakers.to_json(record.name),
             "last_seen": record.last_seen.isoformat(), "flags": record.flags, "tools": tools,
         }
         if detail:

@@ -488,19 +488,26 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
         "/v1/invoke": {"post": _operation(
             "Call AGENT.TOOL through the registry",
             _responses(_ref("InvocationResult"), "the tool's answer (a tool error is a result with isError)",
-                       *write, 402, 404, 408, 409, 429, 502, 504,
+                       *write, 402, 404, 408, 409, 429, 502, 503, 504,
                        s400="malformed request, or arguments outside the tool's input schema (invalid-arguments)",
                        s403="the policy denied the call (policy-denied, with rule and run_id), an approver denied "
                             "it (approval-denied, with request_id), or a browser Origin not allowed",
                        s408="the policy held the call for approval and no one approved it within [approvals] "
                             "timeout (approval-expired, with request_id and run_id)",
-                       s404="unknown agent or tool"),
+                       s404="unknown agent or tool",
+                       s409="the tool is blocked (tool-blocked); a call with this Idempotency-Key is still running "
+                            "(call-in-progress, with Retry-After) or the key was used for another request "
+                            "(idempotency-key-reused)",
+                       s503="the agent's circuit breaker is open (circuit-open, with Retry-After and the breaker)"),
             description="Checked in order: caller, pinned tool, arguments against its pinned schema, policy (which "
                         "may hold the call until a person approves it: /v1/approvals/requests); then forwarded, "
                         "the answer checked against the tool's signed output schema, and the run "
                         "recorded with signed provenance.",
             parameters=[_param("x-mesh-parent-run", "header", {"type": "string", "format": "uuid"},
-                               "the run this call is made for (an agent calling on behalf of a call it serves)")],
+                               "the run this call is made for (an agent calling on behalf of a call it serves)"),
+                        _param("Idempotency-Key", "header", {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                               "a retry with the same key (and request) gets the first call's answer and run id, "
+                               "marked Idempotent-Replayed: true, instead of running again; kept a day")],
             body=_json_body(_ref("Invocation")), operation_id="invoke")},
         "/v1/runs": {"get": _operation(
             "Recent runs, newest first, paged by cursor",

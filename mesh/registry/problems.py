@@ -42,6 +42,8 @@ STATUS = {
     "unknown-user": 404,
     "unknown-token": 404,
     "tool-blocked": 409,
+    "call-in-progress": 409,  # a call with the same idempotency key is still running (``idempotency.py``)
+    "idempotency-key-reused": 409,  # the key was used for a different request
     "payload-too-large": 413,
     "unsupported-media-type": 415,
     "misdirected-request": 421,
@@ -50,6 +52,7 @@ STATUS = {
     "target-unavailable": 502,
     "target-timeout": 504,
     "credential-unavailable": 503,
+    "circuit-open": 503,  # the agent's circuit breaker refuses calls for now (``breaker.py``); see Retry-After
     # learning (``mesh.learning``)
     "unknown-plan": 404,
     "unknown-learning-run": 404,
@@ -85,7 +88,9 @@ class Problem(Exception):
                 "detail": self.detail, **self.extra}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.to_json(), status_code=self.status, media_type="application/problem+json")
+        headers = {"Retry-After": str(self.extra["retry_after"])} if "retry_after" in self.extra else None
+        return JSONResponse(self.to_json(), status_code=self.status, media_type="application/problem+json",
+                            headers=headers)
 
     def __str__(self) -> str:
         return f"{self.title}: {self.detail}"

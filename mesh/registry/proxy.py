@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from mesh import telemetry
 from mesh.client import RUN_META
 from mesh.manifest import MANIFEST_META, json_digest
-from mesh.registry import admission, tenancy
+from mesh.registry import admission, retries, tenancy
 from mesh.registry.auth import Caller
 from mesh.registry.budgets import REFUSAL_RULE, Charge
 from mesh.registry.forward import AgentError, Relay
@@ -296,6 +296,13 @@ async def _carry(registry: Registry, caller: Caller, call: Call, parent_run_id: 
         else:
             described = resolve_descriptor(registry, call)
             run.pinned_digest = described.digest
+        # An agent that keeps failing is not called until its breaker lets a probe through (``breaker.py``).
+        try:
+            registry.breakers.admit(agent, run.id, registry.reputation(agent).score())
+        except Problem as problem:  # a refusal like a policy denial's: recorded, and costs the target nothing
+            await run.finish("circuit_open", Outcome("denied", fault="caller"), error=problem.detail)
+            problem.extra["run_id"] = run.id
+            raise
 
         errors = sorted(pinned.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path)) if pinned else []
         if errors:
@@ -387,12 +394,19 @@ async def _forward(registry: Registry, run: _Run, call: Call, pinned: PinnedTool
         with (_in_flight(registry, run), telemetry.span("mesh.forward", kind=SpanKind.CLIENT, **attributes),
               anyio.fail_after(timeout)):
             meta = telemetry.inject_meta({RUN_META: run.target_id})  # the agent's span continues this one
-            if pinned is not None:
-                return await registry.forwarder.call_tool(
-                    endpoint, pinned.name, arguments, meta=meta, progress=progress, relay=relay, extra=call.extra,
-                    input_schema=pinned.wire.get("inputSchema"))
-            return await registry.forwarder.request(endpoint, call.method, call.params(arguments), meta=meta,
-                                                    progress=progress, relay=relay)
+
+            async def send() -> Any:
+                assert registry.forwarder is not None
+                if pinned is not None:
+                    return await registry.forwarder.call_tool(
+                        endpoint, pinned.name, arguments, meta=meta, progress=progress, relay=relay,
+                        extra=call.extra, input_schema=pinned.wire.get("inputSchema"))
+                return await registry.forwarder.request(endpoint, call.method, call.params(arguments), meta=meta,
+                                                        progress=progress, relay=relay)
+
+            # A tool safe to repeat is sent again when the agent never answered (``retries.py``).
+            return await retries.send(send, repeatable=pinned is None or retries.safe_to_repeat(pinned.annotations),
+                                      attempts=registry.config.retry_attempts)
     except TimeoutError as exc:
         await run.finish("timeout", Outcome("timeout", latency_ms=run.elapsed_ms()),
                          error=f"no answer within {timeout:g} s")
@@ -551,6 +565,7 @@ class _Run:
             self.registry.budgets.settle(self.charge)  # running totals and alerts follow what was committed
         if outcome is not None:
             self.registry.learn(self.agent, self.tool, outcome)
+        self.registry.breakers.record(self.agent, self.id, outcome, self.registry.reputation(self.agent).score())
         telemetry.record_invoke(self.agent, self.tool, status, latency,
                                 decision=common["policy_decision"], rule=common["policy_rule"])
 

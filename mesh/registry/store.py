@@ -805,6 +805,28 @@ class BudgetOverrideRecord(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class IdempotencyKeyRecord(Base):
+    """A call made with an ``Idempotency-Key``: claimed while it runs, then the answer its retries get
+    (``idempotency.py``). Keyed by who called and their key; ``fingerprint`` is what they asked for."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (CheckConstraint("state IN ('running', 'done')", name="state"),
+                      Index("ix_idempotency_keys_created_at", "created_at"))
+
+    org_id: Mapped[str] = mapped_column(SafeString(64), primary_key=True, default="default", server_default="default")
+    project_id: Mapped[str] = mapped_column(SafeString(64), primary_key=True, default="default",
+                                            server_default="default")
+    caller: Mapped[str] = mapped_column(SafeString, primary_key=True)
+    key: Mapped[str] = mapped_column(SafeString(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(SafeString(80))
+    state: Mapped[str] = mapped_column(SafeString(8), default="running")
+    status: Mapped[int | None] = mapped_column()  # the HTTP status of the answer, once done
+    answer: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
+    run_id: Mapped[str | None] = mapped_column(SafeString(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 # --- engines and schema -------------------------------------------------------------------------
 
 
@@ -1168,8 +1190,12 @@ def record_decision(
 # --- reputation ---------------------------------------------------------------------------------
 
 
-def load_reputation(session: Session, agent: str, tool: str = "") -> ReputationRecord | None:
-    return session.get(ReputationRecord, (agent, tool))
+def load_reputation(session: Session, agent: str, tool: str = "", *,
+                    for_update: bool = False) -> ReputationRecord | None:
+    """The stored reputation; ``for_update`` locks its row until the transaction ends (PostgreSQL), so a
+    registry adding its outcomes to it cannot overwrite another's."""
+    return session.get(ReputationRecord, (agent, tool), with_for_update=for_update or None,
+                       populate_existing=for_update)
 
 
 def list_reputation(session: Session, agent: str | None = None) -> list[ReputationRecord]:

@@ -15,7 +15,7 @@
 #                                "idempotentHint": bool, "openWorldHint": bool},   # any may be absent
 #                "scopes": ["notes:read", ...],      # scopes the tool requires
 #                "reputation": 0.0-1.0,
-#                "probe": bool,                      # a trial call past low_reputation, at most one a while
+#                "probe": bool,                      # a probe call its half-open circuit breaker let through
 #                "org": "default", "project": "default"},   # the project the target agent belongs to
 #     "arguments": {...},
 #     "credentials": [{"ref": "gh-token", "system": "github", "agent": "builder" | "*", "org": "default"}],
@@ -172,7 +172,8 @@ approval_required contains {"rule": "open_world_needs_approval", "reason": sprin
 }
 
 # --- low_reputation: stop calling a target the mesh has learned not to trust. A call marked as a probe
-# (the registry lets one through per probe interval) still goes, or the target could never earn its way back.
+# (the target's circuit breaker is half-open and let it through) still goes, or the target could never earn its
+# way back.
 
 deny contains {"rule": "low_reputation", "reason": sprintf("%s reputation %v is below %v", [target_name, input.target.reputation, min_reputation])} if {
 	is_number(input.target.reputation)
