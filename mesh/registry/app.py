@@ -52,7 +52,7 @@ from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
 from mesh.registry.node import Registry, run_json
 from mesh.registry.openapi import openapi_document
-from mesh.registry.problems import Problem, problem_json
+from mesh.registry.problems import Problem, page_limit, problem_json
 from mesh.sandbox.routes import SandboxRoutes
 
 log = logging.getLogger(__name__)
@@ -277,12 +277,7 @@ def build_app(registry: Registry) -> Starlette:
         """Recent runs, newest first, a page at a time (``next_cursor``)."""
         allowed(registry, request, "read")
         params = request.query_params
-        try:
-            limit = int(params.get("limit", 50))
-        except ValueError as exc:
-            raise Problem("bad-request", "limit must be an integer") from exc
-        if not 1 <= limit <= MAX_RUNS_PAGE:
-            raise Problem("bad-request", f"limit must be between 1 and {MAX_RUNS_PAGE}, not {limit}")
+        limit = page_limit(params, 50, MAX_RUNS_PAGE)
         if params.get("log") not in (None, "caller", "target"):
             raise Problem("bad-request", "log must be 'caller' or 'target'")
         caller = params.get("caller")

@@ -55,7 +55,7 @@ from starlette.routing import Route
 from mesh.registry import audit, store, tenancy
 from mesh.registry.auth import AuthProblem, Caller, Forbidden, authorize
 from mesh.registry.policy import Decision
-from mesh.registry.problems import Problem, problem_json
+from mesh.registry.problems import Problem, page_limit, problem_json
 
 if TYPE_CHECKING:
     from mesh.registry.forward import ProgressCallback, Relay
@@ -391,12 +391,7 @@ def routes(registry: Registry) -> list[Route]:
         status = params.get("status", "requested")
         if status != "all" and status not in STATES:
             raise Problem("bad-request", f"status must be one of {', '.join(STATES)} or all, not {status[:40]!r}")
-        try:
-            limit = int(params.get("limit", 100))
-        except ValueError as exc:
-            raise Problem("bad-request", "limit must be an integer") from exc
-        if not 1 <= limit <= MAX_PAGE:
-            raise Problem("bad-request", f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+        limit = page_limit(params, 100, MAX_PAGE)
         found = await anyio.to_thread.run_sync(registry.approvals.pending, None if status == "all" else status, limit)
         return JSONResponse({"requests": [request_json(r) for r in found]})
 

@@ -6,7 +6,7 @@ policy denial or a target that timed out without parsing the message.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -108,3 +108,15 @@ def problem_json(handler: Callable[[Request], Awaitable[Response]]) -> Callable[
 
     wrapped.__doc__ = handler.__doc__
     return wrapped
+
+
+def page_limit(params: Mapping[str, str], default: int, most: int) -> int:
+    """A list route's ``limit`` query parameter: ``default`` when absent, a ``bad-request`` naming the
+    range when it is not an integer from 1 to ``most``."""
+    try:
+        limit = int(params.get("limit", default))
+    except ValueError as exc:
+        raise Problem("bad-request", "limit must be an integer") from exc
+    if not 1 <= limit <= most:
+        raise Problem("bad-request", f"limit must be between 1 and {most}, not {limit}")
+    return limit

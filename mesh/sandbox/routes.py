@@ -22,7 +22,7 @@ from mesh.names import is_valid_name
 from mesh.registry import proxy
 from mesh.registry.gate import allowed, parse_json
 from mesh.registry.node import Registry
-from mesh.registry.problems import Problem, problem_json
+from mesh.registry.problems import Problem, page_limit, problem_json
 from mesh.sandbox.front import SandboxFront, through_front
 from mesh.sandbox.lifecycle import (
     SANDBOX_AGENT,
@@ -126,13 +126,11 @@ class SandboxRoutes:
         """The attempts made in the sandbox, oldest first, every revision; ``after`` pages on by id."""
         allowed(self.registry, request, "read")
         params = request.query_params
+        limit = page_limit(params, 100, MAX_RUNS_PAGE)
         try:
-            limit = int(params.get("limit", 100))
             after = int(params["after"]) if params.get("after") else None
         except ValueError as exc:
-            raise Problem("bad-request", "limit and after must be integers") from exc
-        if not 1 <= limit <= MAX_RUNS_PAGE:
-            raise Problem("bad-request", f"limit must be between 1 and {MAX_RUNS_PAGE}, not {limit}")
+            raise Problem("bad-request", "after must be an integer") from exc
         found = await anyio.to_thread.run_sync(
             lambda: self.sandboxes.runs(_agent(request), request.path_params["sandbox_id"], limit=limit, after=after))
         return JSONResponse({"runs": [sandbox_run_json(r) for r in found],
