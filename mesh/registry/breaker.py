@@ -80,6 +80,7 @@ class Breakers:
     def __init__(self, thresholds: Thresholds):
         self.thresholds = thresholds
         self.breakers: dict[str, Breaker] = {}
+        self.started = datetime.now(UTC)  # an agent no call has reached yet has been closed since then
 
     def get(self, agent: str) -> Breaker:
         return self.breakers.setdefault(agent, Breaker())
@@ -128,7 +129,7 @@ class Breakers:
 
     def to_json(self, agent: str) -> dict[str, Any]:
         """The breaker as ``GET /v1/agents/{name}`` and ``mesh ls`` show it."""
-        breaker = self.breakers.get(agent) or Breaker()
+        breaker = self.breakers.get(agent) or Breaker(changed_at=self.started)  # reading it changes nothing
         document: dict[str, Any] = {"state": breaker.state, "since": breaker.changed_at.isoformat(),
                                     "failures_in_a_row": breaker.failures}
         if breaker.state != CLOSED:
