@@ -139,7 +139,7 @@ def notes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     (workspace / "agents" / "notes.py").write_text(NOTES_AGENT.format(prompt="Greet someone by name."))
     config = workspace / "registry" / "registry.toml"
     config.write_text(config.read_text().replace('local_user_scopes = ["*"]', 'local_user_scopes = ["registry:admin"]')
-                      .replace("[registry]", "[registry]\nrecheck_interval = 3600.0"))
+                      .replace("[registry]\n", "[registry]\nrecheck_interval = 3600.0\n", 1))
     network = Mesh(workspace, tmp_path_factory.mktemp("logs"))
     try:
         network.start_registry()
