@@ -84,6 +84,7 @@ def pin(registry: Registry, endpoint: str, tool: str, annotations: dict[str, Any
     """Pin a tool of agent ``stub`` at ``endpoint`` as admission would have."""
     registry.endpoints["stub"] = endpoint
     registry.manifest_digests["stub"] = DIGEST
+    registry.tenancy.admitted("stub")  # in the default project, where the test's caller acts
     wire = {"name": tool, "inputSchema": {"type": "object"}, "annotations": annotations}
     registry.tools[("stub", tool)] = PinnedTool("stub", tool, wire, [], DIGEST, "verified", None,
                                                 Draft202012Validator({"type": "object"}), None)

@@ -292,8 +292,10 @@ class Registry:
         if record is None:
             self.endpoints.pop(agent, None)
             self.manifest_digests.pop(agent, None)
+            self.tenancy.agents.pop(agent, None)
         else:
             self.endpoints[agent] = record.endpoint
+            self.tenancy.agents[agent] = tenancy.Tenant(record.org_id, record.project_id)  # where it was admitted
             if record.manifest_digest:
                 self.manifest_digests[agent] = record.manifest_digest
         self.admitted_here.discard(agent)  # admitted elsewhere: its next registration here is checked in full
