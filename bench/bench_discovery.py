@@ -165,7 +165,7 @@ def cpu_by_part(index: DiscoveryIndex) -> Iterator[dict[str, float]]:
     parts = [(index.embedder, "embed", "encoder (all needs, one batch)"),
              (index._lexical, "search_many", "BM25 lexical (all needs)"),
              (index._names, "search_many", "BM25 names (all needs)")]
-    parts += [(partition, "search_many", "HNSW (both partitions)") for partition in index._indexes.values()]
+    parts.append((index._vectors, "search_many", "HNSW (one graph)"))
 
     def wrapped(call: Callable, label: str) -> Callable:
         def run(*args, **kwargs):

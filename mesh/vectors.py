@@ -5,6 +5,14 @@ is rebuilt as HNSW (M=32, efSearch=64, inner product), which stays well under a 
 100k vectors where a flat scan takes several. Faiss labels vectors by insertion position; this class
 maps positions to the caller's ids, so a removal only marks a position dead (HNSW cannot delete) and
 searches skip dead positions with an ``IDSelector``. When dead positions pile up the index is compacted.
+
+Each vector may carry one boolean flag (discovery flags the tools annotated ``readOnlyHint``), and a
+search may keep only the vectors with a given flag (``flagged=``): a Faiss ``IDSelectorBitmap`` over
+positions, so one graph answers the filtered and the unfiltered search. That is cheaper than one graph
+per flag, which an unfiltered search had to walk twice: at 100k vectors of 512 dimensions, 3 queries at
+depth 50 took 0.6 ms of CPU on one graph against 1.8 ms on two halves. A filtered walk passes over the
+vectors it may not return, so it searches wider (``ef_filtered``, twice ``ef_search``), which keeps
+its recall near the half graph's (0.90 against 0.92 on that set, for 1.3 ms against 0.8 ms).
 """
 
 from __future__ import annotations
@@ -43,17 +51,23 @@ class VectorIndex:
         m: int = 32,
         ef_search: int = 64,
         ef_construction: int = 40,
+        ef_filtered: int | None = None,
     ) -> None:
         self.dimension = dimension
         self.exact_below = exact_below
         self.m = m
         self.ef_search = ef_search
         self.ef_construction = ef_construction
+        self.ef_filtered = ef_filtered or 2 * ef_search
         self._lock = threading.Lock()
         self._ids: list[int] = []  # faiss position -> caller id
         self._positions: dict[int, int] = {}  # caller id -> live faiss position
         self._dead: set[int] = set()
+        self._flags = np.zeros(0, dtype=bool)  # faiss position -> its vector's flag
         self._params: faiss.SearchParameters | None = None
+        # flag -> (search parameters keeping only live vectors with that flag, the bitmap they point into);
+        # made on the first filtered search after a change
+        self._filters: dict[bool, tuple[faiss.SearchParameters, np.ndarray]] = {}
         self._index = self._new_index(hnsw=False)
 
     @property
@@ -67,8 +81,9 @@ class VectorIndex:
     def __contains__(self, id_: object) -> bool:
         return id_ in self._positions
 
-    def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
-        """Add one vector per id; an id already present is replaced. Rows are L2-normalized here."""
+    def add(self, ids: Sequence[int], vectors: np.ndarray, flag: bool = False) -> None:
+        """Add one vector per id, each with ``flag``; an id already present is replaced (flag included).
+        Rows are L2-normalized here."""
         matrix = self._as_matrix(vectors)
         ids = [int(i) for i in ids]
         if len(ids) != matrix.shape[0]:
@@ -85,6 +100,8 @@ class VectorIndex:
             start = len(self._ids)
             self._ids.extend(ids)
             self._positions.update(zip(ids, range(start, start + len(ids)), strict=True))
+            self._flags = np.concatenate([self._flags, np.full(len(ids), bool(flag))])
+            self._filters = {}
             if self.is_exact and len(self._positions) >= self.exact_below:
                 self._rebuild(extra=matrix)
             else:
@@ -101,17 +118,19 @@ class VectorIndex:
                     self._dead.add(position)
                     removed += 1
             if removed:
+                self._filters = {}
                 self._after_removals()
         return removed
 
-    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The ``k`` nearest ids to one query vector (shape ``(d,)`` or ``(1, d)``), best first."""
+    def search(self, query: np.ndarray, k: int, flagged: bool | None = None) -> list[tuple[int, float]]:
+        """The ``k`` nearest ids to one query vector (shape ``(d,)`` or ``(1, d)``), best first; with
+        ``flagged``, only among the vectors added with that flag."""
         matrix = self._as_matrix(query)
         if matrix.shape[0] != 1:
             raise ValueError(f"search() takes one query vector, got {matrix.shape[0]}")
-        return self.search_many(matrix, k)[0]
+        return self.search_many(matrix, k, flagged)[0]
 
-    def search_many(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    def search_many(self, queries: np.ndarray, k: int, flagged: bool | None = None) -> list[list[tuple[int, float]]]:
         """``search`` for each row of ``queries`` (shape ``(n, d)``) in one Faiss call, which saves the
         per-call overhead when one request asks several questions (discovery's needs)."""
         matrix = self._as_matrix(queries)
@@ -122,7 +141,8 @@ class VectorIndex:
             k = min(k, len(self._positions))
             if k == 0 or not len(matrix):
                 return [[] for _ in range(len(matrix))]
-            scores, positions = self._index.search(matrix, k, params=self._params)
+            params = self._params if flagged is None else self._filter(bool(flagged))
+            scores, positions = self._index.search(matrix, k, params=params)
             ids = self._ids
             return [
                 [(ids[p], s) for s, p in zip(row_scores.tolist(), row_positions.tolist(), strict=True) if p >= 0]
@@ -170,6 +190,19 @@ class VectorIndex:
             params.sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
         return params
 
+    def _filter(self, flag: bool) -> faiss.SearchParameters:
+        """Search parameters that keep only live positions flagged ``flag`` (cached until a change)."""
+        if flag not in self._filters:
+            keep = self._flags == flag
+            if self._dead:
+                keep[np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))] = False
+            bitmap = np.packbits(keep, bitorder="little")  # bit i of byte i // 8, as IDSelectorBitmap reads it
+            params = (faiss.SearchParameters() if self.is_exact
+                      else faiss.SearchParametersHNSW(efSearch=self.ef_filtered))
+            params.sel = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
+            self._filters[flag] = (params, bitmap)  # the selector points into the bitmap: keep both
+        return self._filters[flag][0]
+
     def _rebuild(self, extra: np.ndarray | None = None) -> None:
         """Rebuild from the live vectors (plus ``extra``, not yet indexed), flat or HNSW by size."""
         stored = self._index.reconstruct_n(0, self._index.ntotal) if self._index.ntotal else None
@@ -179,6 +212,8 @@ class VectorIndex:
         keep = np.fromiter((position for _, position in live), dtype=np.int64, count=len(live))
         self._ids = [id_ for id_, _ in live]
         self._positions = {id_: new for new, (id_, _) in enumerate(live)}
+        self._flags = self._flags[keep]
+        self._filters = {}
         self._dead = set()
         self._index = self._new_index(hnsw=len(live) >= self.exact_below)
         self._add_to_index(np.ascontiguousarray(everything[keep]))

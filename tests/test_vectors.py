@@ -92,3 +92,34 @@ def test_bad_input_is_refused():
         index.add([1, 1], np.ones((2, 4)))
     with pytest.raises(ValueError, match="one query"):
         index.search(np.ones((2, 4)), 1)
+
+
+@pytest.mark.parametrize("exact_below", [20_000, 500])
+def test_a_flagged_search_keeps_only_live_vectors_with_that_flag(data, exact_below):
+    ids, vectors, queries = data
+    index = VectorIndex(DIM, exact_below=exact_below)
+    flagged = set(ids[::3])
+    index.add(ids[::3], vectors[::3], flag=True)
+    index.add([i for i in ids if i not in flagged], np.delete(vectors, np.s_[::3], axis=0))
+    exact = VectorIndex(DIM)  # the flagged ones alone, searched exhaustively: what a filtered search should find
+    exact.add(ids[::3], vectors[::3])
+
+    agree = 0
+    for query in queries:
+        only = index.search(query, 5, flagged=True)
+        others = index.search(query, 5, flagged=False)
+        assert only and {hit for hit, _ in only} <= flagged
+        assert others and not {hit for hit, _ in others} & flagged
+        agree += only[0][0] == exact.search(query, 1)[0][0]
+    assert agree >= 95  # exact for the flat index; HNSW may miss a rare one
+
+    index.remove([ids[0]])  # removed: gone from the filtered search too
+    assert ids[0] not in {hit for hit, _ in index.search(vectors[0], 10, flagged=True)}
+    index.add([ids[3]], vectors[3], flag=False)  # re-added without the flag: now only in the unflagged search
+    assert ids[3] not in {hit for hit, _ in index.search(vectors[3], 10, flagged=True)}
+    assert index.search(vectors[3], 1, flagged=False)[0][0] == ids[3]
+
+    index.remove(ids[1000:])  # compacted: the flags move with their vectors
+    assert len(index) == 999
+    assert all(hit in flagged for hit, _ in index.search(queries[3], 20, flagged=True))
+    assert index.search(vectors[6], 1, flagged=True)[0][0] == ids[6]

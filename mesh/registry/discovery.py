@@ -55,7 +55,7 @@ interleaves the needs' rankings: every need's first tool ties with the others' f
 seconds, and so on (ranking the whole query as well added nothing on the benchmark, and cost a fifth
 more). At most ``MAX_NEEDS`` needs (the rest join the last). The needs travel together: one encoder
 call embeds them all, each BM25 ranker scores them in one pass (its filters worked out once, the
-``LEXICAL_FLOOR`` applied inside the index), and Faiss answers them in one search per partition. The
+``LEXICAL_FLOOR`` applied inside the index), and Faiss answers them in one search. The
 ranking is the same as searching each need alone; what a need still adds is the encoder reading its
 words (the largest part, see ``bench/bench_discovery.py``'s floor) and its own graph walk and BM25 sums.
 
@@ -66,9 +66,10 @@ callbacks run for a few dozen tools instead of every candidate of every need.
 
 How filters stay exact without scanning 100k vectors:
 
-- ``read_only`` — the vectors live in two Faiss indexes (``VectorIndex``), one for tools annotated
-  ``readOnlyHint: true`` and one for the rest, and the lexical indexes keep the same split as a group;
-  a filtered search asks one partition, an unfiltered one both.
+- ``read_only`` — the vectors live in one Faiss index (``VectorIndex``), each flagged with its tool's
+  ``readOnlyHint``, and a filtered search keeps the flagged (or unflagged) ones with a bitmap selector
+  (an unfiltered one walks the graph once: two graphs, one per flag, cost it three times as much); the
+  lexical indexes keep the same split as a group.
 - ``agent`` — each agent's vectors are also kept as one small matrix, so a search within an agent is
   an exact dot product over its own tools, and the lexical searches are restricted to its tool ids.
 - blocked tools (unverified, or rug-pulled) are taken out of every index, so they cannot appear.
@@ -343,14 +344,13 @@ class DiscoveryIndex:
         self.embedder = embedder
         self.split_needs = split_needs
         self._dimension = embedder.dimension
-        # Partitioned by read-only-ness so the read_only filter is exact: True -> readOnlyHint tools.
-        self._indexes = {True: index_factory(self._dimension), False: index_factory(self._dimension)}
+        self._vectors = index_factory(self._dimension)  # each flagged with its tool's readOnlyHint
         self._lexical = lexical.LexicalIndex()
         self._names = lexical.LexicalIndex()
         self._agents: dict[str, _Agent] = {}
         self._ids: dict[tuple[str, str], int] = {}  # (agent, tool) -> id, stable while registered
         self._tools: dict[int, _Tool] = {}
-        self._indexed: dict[int, bool] = {}  # tool id -> the partition that holds its vector
+        self._indexed: dict[int, bool] = {}  # searchable tool id -> the read_only flag it is indexed with
         self._blocked: set[tuple[str, str]] = set()
         self._next_id = 0
         self._lock = threading.Lock()
@@ -483,7 +483,7 @@ class DiscoveryIndex:
         """Each need's ranks by each ranker, and their reciprocal rank fusion (see the module docstring).
 
         Every ranker answers all the needs in one call (one BM25 pass with the filters worked out once,
-        one Faiss search per partition), which is what keeps a several-need query near a plain one.
+        one Faiss search), which is what keeps a several-need query near a plain one.
         """
         rankings = [_Ranking() for _ in texts]
         query_terms = [lexical.name_terms(text) for text in texts]  # words, and identifiers kept whole
@@ -529,12 +529,10 @@ class DiscoveryIndex:
             for row in asked:
                 found[row] = [(tool.id, similarity) for tool, similarity in self._scan_agent(agent, vectors[row],
                                                                                                read_only)]
-        elif asked:
-            for partition in (True, False) if read_only is None else (read_only,):
-                if len(self._indexes[partition]):
-                    for row, hits in zip(asked, self._indexes[partition].search_many(vectors[asked], DEPTH),
-                                         strict=True):
-                        found[row].extend(hits)
+        elif asked and len(self._vectors):
+            for row, hits in zip(asked, self._vectors.search_many(vectors[asked], DEPTH, flagged=read_only),
+                                 strict=True):
+                found[row] = hits
         return [heapq.nlargest(DEPTH, ((id_, similarity) for id_, similarity in hits if similarity > 0),
                                key=itemgetter(1)) for hits in found]
 
@@ -590,9 +588,9 @@ class DiscoveryIndex:
             self._agents[agent] = _Agent(tools, np.ascontiguousarray(matrix))
 
     def _sync(self, tools: list[_Tool], changed: set[int], vectors: dict[int, np.ndarray]) -> None:
-        """Bring these tools' index entries in line: blocked ones out, the rest in the right partition."""
+        """Bring these tools' index entries in line: blocked ones out, the rest in with their read_only flag."""
         adds: dict[bool, list[_Tool]] = {True: [], False: []}
-        out: list[int] = []  # blocked, or moving to the other partition
+        out: list[int] = []  # blocked, or changing their read_only flag
         for tool in tools:
             current = self._indexed.get(tool.id)
             if (tool.agent, tool.name) in self._blocked:
@@ -602,28 +600,22 @@ class DiscoveryIndex:
                     out.append(tool.id)
                 adds[tool.read_only].append(tool)
         self._unindex(out)
-        for partition, batch in adds.items():
+        for read_only, batch in adds.items():
             if batch:
                 ids = [tool.id for tool in batch]
-                self._indexes[partition].add(ids, np.vstack([vectors[id_] for id_ in ids]))
-                self._indexed.update(dict.fromkeys(ids, partition))
+                self._vectors.add(ids, np.vstack([vectors[id_] for id_ in ids]), flag=read_only)
+                self._indexed.update(dict.fromkeys(ids, read_only))
                 for tool in batch:
-                    self._lexical.add(tool.id, tool.bag(), group=int(partition))
-                    self._names.add(tool.id, tool.name_bag(), group=int(partition))
+                    self._lexical.add(tool.id, tool.bag(), group=int(read_only))
+                    self._names.add(tool.id, tool.name_bag(), group=int(read_only))
 
     def _unindex(self, ids: Iterable[int]) -> None:
-        """Take these ids out of both indexes: one Faiss ``remove`` per partition (each rebuilds a
-        skip-list)."""
-        by_partition: dict[bool, list[int]] = {True: [], False: []}
-        for id_ in ids:
-            partition = self._indexed.pop(id_, None)
-            if partition is not None:
-                by_partition[partition].append(id_)
-        for partition, batch in by_partition.items():
-            if batch:
-                self._indexes[partition].remove(batch)
-                self._lexical.remove(batch)
-                self._names.remove(batch)
+        """Take these ids out of every index (one Faiss ``remove``, which rebuilds its skip-list once)."""
+        batch = [id_ for id_ in ids if self._indexed.pop(id_, None) is not None]
+        if batch:
+            self._vectors.remove(batch)
+            self._lexical.remove(batch)
+            self._names.remove(batch)
 
     def _scan_agent(self, agent: str, vector: np.ndarray, read_only: bool | None) -> list[tuple[_Tool, float]]:
         """Exact relevance of every searchable tool of one agent."""
