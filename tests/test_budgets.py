@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.client import MeshError
 from mesh.keys import TrustStore
+from mesh.learning.service import LearningService
 from mesh.registry import store
 from mesh.registry.budgets import (
     BudgetProblem,
@@ -31,6 +33,7 @@ from mesh.registry.budgets import (
     read_spec,
 )
 from mesh.registry.policy import PolicyEngine
+from mesh.registry.tenancy import Tenancy, Tenant
 
 from .conftest import REPO, run_mesh
 from .test_registry_e2e import ECHO_AGENT, Mesh, agent_client, running_mesh, wait_until
@@ -98,6 +101,15 @@ def budgets_with(sessions: sessionmaker[Session], *specs: BudgetSpec, costs: dic
     budgets.load()
     return budgets
 
+
+
+def test_a_learning_runs_tokens_count_against_its_agents_organisation(sessions: sessionmaker[Session]):
+    """An agent placed in another organisation's project spends that organisation's budget, not the default's."""
+    acme, default = BudgetSpec(id="acme-day", org="acme", limit=10), BudgetSpec(id="org-day", limit=10)
+    budgets = budgets_with(sessions, acme, default)
+    registry = SimpleNamespace(budgets=budgets, tenancy=Tenancy(sessions, {"echo": Tenant("acme", "lab")}, "default"))
+    LearningService.token_spender(SimpleNamespace(registry=registry), "echo")(3000)  # 3 units
+    assert budgets.spent == {("acme-day", period_window(acme, datetime.now(UTC))[0]): 3.0}
 
 def test_spend_keeps_running_totals_per_budget_and_period(sessions: sessionmaker[Session]):
     org = BudgetSpec(id="org-day", period="day", limit=10)

@@ -282,8 +282,8 @@ class LearningService:
             self.jobs.pop(job.run_id, None)
 
     def token_spender(self, agent: str) -> Callable[[int], Any]:
-        """Charge LM tokens to ``agent``'s budgets and its organisation's (the default one until tenancy)."""
-        return partial(self.registry.budgets.spend_tokens, None, agent)
+        """Charge LM tokens to ``agent``'s budgets and those of the organisation its project belongs to."""
+        return partial(self.registry.budgets.spend_tokens, self.registry.tenancy.of(agent).org, agent)
 
     def cancel(self, run_id: str) -> bool:
         job = self.jobs.get(run_id)
