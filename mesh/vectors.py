@@ -6,9 +6,10 @@ is rebuilt as HNSW (M=32, efSearch=64, inner product), which stays well under a 
 maps positions to the caller's ids, so a removal only marks a position dead (HNSW cannot delete) and
 searches skip dead positions with an ``IDSelector``. When dead positions pile up the index is compacted.
 
-Each vector may carry one boolean flag (discovery flags the tools annotated ``readOnlyHint``), and a
-search may keep only the vectors with a given flag (``flagged=``): a Faiss ``IDSelectorBitmap`` over
-positions, so one graph answers the filtered and the unfiltered search. That is cheaper than one graph
+Each vector may carry a boolean flag and an integer label (discovery: the tool is annotated
+``readOnlyHint``; the project it belongs to), and a search may keep only the vectors with a given flag
+(``flagged=``) and label (``label=``): a Faiss ``IDSelectorBitmap`` over positions, so one graph answers
+the filtered and the unfiltered search. That is cheaper than one graph
 per flag, which an unfiltered search had to walk twice: at 100k vectors of 512 dimensions, 3 queries at
 depth 50 took 0.6 ms of CPU on one graph against 1.8 ms on two halves. A filtered walk passes over the
 vectors it may not return, so it searches wider (``ef_filtered``, twice ``ef_search``), which keeps
@@ -64,10 +65,11 @@ class VectorIndex:
         self._positions: dict[int, int] = {}  # caller id -> live faiss position
         self._dead: set[int] = set()
         self._flags = np.zeros(0, dtype=bool)  # faiss position -> its vector's flag
+        self._labels = np.zeros(0, dtype=np.int32)  # faiss position -> its vector's label
         self._params: faiss.SearchParameters | None = None
-        # flag -> (search parameters keeping only live vectors with that flag, the bitmap they point into);
-        # made on the first filtered search after a change
-        self._filters: dict[bool, tuple[faiss.SearchParameters, np.ndarray]] = {}
+        # (flag, label) -> (search parameters keeping only live vectors with them, the bitmap they point
+        # into); made on the first such search after a change
+        self._filters: dict[tuple[bool | None, int | None], tuple[faiss.SearchParameters, np.ndarray]] = {}
         self._index = self._new_index(hnsw=False)
 
     @property
@@ -81,9 +83,9 @@ class VectorIndex:
     def __contains__(self, id_: object) -> bool:
         return id_ in self._positions
 
-    def add(self, ids: Sequence[int], vectors: np.ndarray, flag: bool = False) -> None:
-        """Add one vector per id, each with ``flag``; an id already present is replaced (flag included).
-        Rows are L2-normalized here."""
+    def add(self, ids: Sequence[int], vectors: np.ndarray, flag: bool = False, label: int = 0) -> None:
+        """Add one vector per id, each with ``flag`` and ``label``; an id already present is replaced (its
+        flag and label too). Rows are L2-normalized here."""
         matrix = self._as_matrix(vectors)
         ids = [int(i) for i in ids]
         if len(ids) != matrix.shape[0]:
@@ -101,6 +103,7 @@ class VectorIndex:
             self._ids.extend(ids)
             self._positions.update(zip(ids, range(start, start + len(ids)), strict=True))
             self._flags = np.concatenate([self._flags, np.full(len(ids), bool(flag))])
+            self._labels = np.concatenate([self._labels, np.full(len(ids), label, dtype=np.int32)])
             self._filters = {}
             if self.is_exact and len(self._positions) >= self.exact_below:
                 self._rebuild(extra=matrix)
@@ -122,15 +125,17 @@ class VectorIndex:
                 self._after_removals()
         return removed
 
-    def search(self, query: np.ndarray, k: int, flagged: bool | None = None) -> list[tuple[int, float]]:
+    def search(self, query: np.ndarray, k: int, flagged: bool | None = None,
+               label: int | None = None) -> list[tuple[int, float]]:
         """The ``k`` nearest ids to one query vector (shape ``(d,)`` or ``(1, d)``), best first; with
-        ``flagged``, only among the vectors added with that flag."""
+        ``flagged`` or ``label``, only among the vectors added with that flag or label."""
         matrix = self._as_matrix(query)
         if matrix.shape[0] != 1:
             raise ValueError(f"search() takes one query vector, got {matrix.shape[0]}")
-        return self.search_many(matrix, k, flagged)[0]
+        return self.search_many(matrix, k, flagged, label)[0]
 
-    def search_many(self, queries: np.ndarray, k: int, flagged: bool | None = None) -> list[list[tuple[int, float]]]:
+    def search_many(self, queries: np.ndarray, k: int, flagged: bool | None = None,
+                    label: int | None = None) -> list[list[tuple[int, float]]]:
         """``search`` for each row of ``queries`` (shape ``(n, d)``) in one Faiss call, which saves the
         per-call overhead when one request asks several questions (discovery's needs)."""
         matrix = self._as_matrix(queries)
@@ -141,7 +146,8 @@ class VectorIndex:
             k = min(k, len(self._positions))
             if k == 0 or not len(matrix):
                 return [[] for _ in range(len(matrix))]
-            params = self._params if flagged is None else self._filter(bool(flagged))
+            unfiltered = flagged is None and label is None
+            params = self._params if unfiltered else self._filter(flagged, label)
             scores, positions = self._index.search(matrix, k, params=params)
             ids = self._ids
             return [
@@ -190,18 +196,22 @@ class VectorIndex:
             params.sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
         return params
 
-    def _filter(self, flag: bool) -> faiss.SearchParameters:
-        """Search parameters that keep only live positions flagged ``flag`` (cached until a change)."""
-        if flag not in self._filters:
-            keep = self._flags == flag
+    def _filter(self, flag: bool | None, label: int | None) -> faiss.SearchParameters:
+        """Search parameters that keep only live positions with this flag and label (None: any), cached
+        until the next change."""
+        key = (None if flag is None else bool(flag), label)
+        if key not in self._filters:
+            keep = np.ones(len(self._flags), dtype=bool) if flag is None else self._flags == bool(flag)
+            if label is not None:
+                keep &= self._labels == label
             if self._dead:
                 keep[np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))] = False
             bitmap = np.packbits(keep, bitorder="little")  # bit i of byte i // 8, as IDSelectorBitmap reads it
             params = (faiss.SearchParameters() if self.is_exact
                       else faiss.SearchParametersHNSW(efSearch=self.ef_filtered))
             params.sel = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bitmap))
-            self._filters[flag] = (params, bitmap)  # the selector points into the bitmap: keep both
-        return self._filters[flag][0]
+            self._filters[key] = (params, bitmap)  # the selector points into the bitmap: keep both
+        return self._filters[key][0]
 
     def _rebuild(self, extra: np.ndarray | None = None) -> None:
         """Rebuild from the live vectors (plus ``extra``, not yet indexed), flat or HNSW by size."""
@@ -213,6 +223,7 @@ class VectorIndex:
         self._ids = [id_ for id_, _ in live]
         self._positions = {id_: new for new, (id_, _) in enumerate(live)}
         self._flags = self._flags[keep]
+        self._labels = self._labels[keep]
         self._filters = {}
         self._dead = set()
         self._index = self._new_index(hnsw=len(live) >= self.exact_below)

@@ -183,6 +183,19 @@ def test_a_vague_brief_gets_questions_and_the_answers_go_into_the_blueprint(mesh
     assert not (mesh.workspace / "agents" / "helper.py").exists()
 
 
+
+def test_the_builders_model_tokens_count_against_the_requesters_organisation(mesh: Mesh):
+    made = httpx.post(f"{mesh.url}/v1/budgets", json={"id": "builder-day", "period": "day", "limit": 1e9}, timeout=30)
+    assert made.status_code == 201, made.text
+    try:
+        answered = httpx.post(f"{mesh.url}/v1/builder", json={"brief": VAGUE, "answers": {QUESTIONS[0]: "QA"}},
+                              timeout=120)
+        assert answered.json()["stage"] == "review", answered.text
+        spent = httpx.get(f"{mesh.url}/v1/budgets/builder-day", timeout=30).json()["current"]["spent"]
+        assert spent > 0  # the double reports usage, as a provider does; the local user acts in the default org
+    finally:
+        httpx.delete(f"{mesh.url}/v1/budgets/builder-day", timeout=30)
+
 def test_mesh_build_shows_the_blueprint_and_kit_for_review_and_writes_no_agent(mesh: Mesh):
     shown = build(mesh, BRIEF)
     assert shown.returncode == 0, shown.stderr

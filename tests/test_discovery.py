@@ -113,6 +113,30 @@ def test_selective_agent_filter_among_many_tools():
     assert names(hits) == [("librarian", "search_passages")]
 
 
+
+@pytest.mark.parametrize("exact_below", [20_000, 500])  # flat, then HNSW
+def test_a_scoped_search_ranks_only_that_scopes_tools_however_many_others_match_better(exact_below: int):
+    """A project's discovery keeps its own tools inside every ranker: filtering a whole-registry ranking
+    afterwards would leave it nothing when other projects hold more than the depth of better matches."""
+    discovery = DiscoveryIndex(index_factory=lambda d: VectorIndex(d, exact_below=exact_below))
+    crowd = [tool(f"find_pet_{i}", f"Find a pet by its id, variant {i}.", read_only=True) for i in range(600)]
+    discovery.upsert_many({"crowd": crowd, "petstore": PETSTORE, "librarian": LIBRARIAN},
+                          scopes={"crowd": "acme/big", "petstore": "default/default", "librarian": "default/default"})
+    assert "petstore" not in {hit.agent for hit in discovery.search("find a pet", k=10)}
+    mine = discovery.search("find a pet", k=3, scope="default/default")
+    assert names(mine)[0] == ("petstore", "getPetById")
+    assert {hit.agent for hit in mine} <= {"petstore", "librarian"}
+    assert names(discovery.search("find a pet", scope="default/default", read_only=True, k=5))[0] == \
+        ("petstore", "getPetById")
+    assert all(hit.agent == "crowd" for hit in discovery.search("find a pet", k=20, scope="acme/big"))
+    assert discovery.search("find a pet", agent="crowd", scope="default/default") == []  # not in that scope
+    assert discovery.search("find a pet", scope="nobody/here") == []
+
+    discovery.upsert("petstore", PETSTORE, scope="acme/big")  # moved: found in its new scope only
+    assert "petstore" not in {hit.agent for hit in discovery.search("find a pet", k=10, scope="default/default")}
+    assert "petstore" in {hit.agent for hit in discovery.search("find a pet by id", agent="petstore",
+                                                                 scope="acme/big")}
+
 def test_blocked_tool_never_appears(index: DiscoveryIndex):
     index.block("librarian", "search_passages")
     for kwargs in ({}, {"agent": "librarian"}, {"read_only": True}, {"k": 100}):

@@ -40,7 +40,7 @@ async def build_agent(service: Any, caller: Caller, arguments: dict[str, Any], a
     """Run the builder for an MCP call; ``ask(method, params)`` reaches the client, None when it cannot answer."""
     body = dict(arguments)
     step = service.build if body.get("write") else service.draft
-    answer = await step(caller, body) if body.get("write") else await step(body)
+    answer = await step(caller, body)
     if answer["stage"] != "questions" or ask is None:
         return answer
     questions = answer["questions"]
@@ -51,4 +51,4 @@ async def build_agent(service: Any, caller: Caller, arguments: dict[str, Any], a
     if reply.get("action") != "accept" or not answers:
         return answer
     body["answers"] = {**(body.get("answers") or {}), **answers}
-    return await step(caller, body) if body.get("write") else await step(body)
+    return await step(caller, body)

@@ -36,7 +36,7 @@ def routes(registry: Any) -> list[Route]:
         try:
             caller = allowed(registry, request, "admin")
             body = await body_of(request)
-            answer = await (service.build(caller, body) if body.get("write") else service.draft(body))
+            answer = await (service.build(caller, body) if body.get("write") else service.draft(caller, body))
             return JSONResponse(answer)
         except Problem as problem:
             return problem.response()

@@ -90,16 +90,26 @@ class BuilderService:
 
     # -- draft: brief -> blueprint -> kit, nothing written ---------------------------------------------------
 
-    async def draft(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def charge(self, requester: Caller, lm: Any) -> None:
+        """The tokens a step's model calls spent count against the budgets of the organisation the requester
+        acts in (``[budgets] token_cost`` units each), as a learning run's do."""
+        from mesh.lm.model import usage_since
+
+        tokens = usage_since(lm).tokens
+        if tokens:
+            org = self.registry.tenancy.of_caller(requester).org
+            await anyio.to_thread.run_sync(self.registry.budgets.spend_tokens, org, None, tokens)
+
+    async def draft(self, requester: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """Read the brief (or take the reviewed blueprint) and choose the kit; write nothing."""
-        draft = await self.reading(body)
+        draft = await self.reading(requester, body)
         if draft.ambiguous:
             return {"stage": "questions", "questions": draft.questions, "draft": draft.to_json()}
         kit = await anyio.to_thread.run_sync(self.kit, draft)
         return {"stage": "review", "draft": draft.to_json(), "kit": kit.model_dump(mode="json"),
                 "exists": module.files_of(self.workspace, draft.name)["module"].exists()}
 
-    async def reading(self, body: dict[str, Any]) -> Draft:
+    async def reading(self, requester: Caller, body: dict[str, Any]) -> Draft:
         """``blueprint``: a reviewed draft document, used as it is; else ``brief`` (with ``answers``) read
         by the model."""
         if body.get("blueprint") is not None:
@@ -123,7 +133,10 @@ class BuilderService:
         def read() -> Draft:  # in a worker thread: the records' search and the model both take time
             return read_brief(brief, lm, context=self.context(brief), answers=answers, name=name)
 
-        return await self.ask_model(read)
+        try:
+            return await self.ask_model(read)
+        finally:
+            await self.charge(requester, lm)
 
     def kit(self, draft: Draft) -> Kit:
         registry = self.registry
@@ -147,7 +160,7 @@ class BuilderService:
     # -- build: pack, module, signature, prompt version, record ------------------------------------------------
 
     async def build(self, requester: Caller, body: dict[str, Any]) -> dict[str, Any]:
-        draft = await self.reading(body)
+        draft = await self.reading(requester, body)
         if draft.ambiguous:
             return {"stage": "questions", "questions": draft.questions, "draft": draft.to_json()}
         ws, force = self.workspace, bool(body.get("force", False))
@@ -155,8 +168,12 @@ class BuilderService:
             raise Problem("agent-exists", f"agents/{draft.name}.py exists; pass force to overwrite it")
         lm = self.lm()
         kit = await anyio.to_thread.run_sync(self.kit, draft)
-        tasks = await self.ask_model(lambda: generate_tasks(draft.blueprint, lm, context=self.context(draft.brief)))
-        pack = await self.ask_model(partial(make_pack, draft.name, draft.blueprint, kit, tasks, lm, store=self.store()))
+        try:
+            tasks = await self.ask_model(lambda: generate_tasks(draft.blueprint, lm, context=self.context(draft.brief)))
+            pack = await self.ask_model(partial(make_pack, draft.name, draft.blueprint, kit, tasks, lm,
+                                                store=self.store()))
+        finally:
+            await self.charge(requester, lm)
         try:
             files = module.write_agent(ws, draft, kit, pack, tasks, force=force)
         except module.AgentExists as exc:
@@ -208,6 +225,8 @@ class BuilderService:
             report = await compare(tasks, lm, ask_built, model=self.registry.config.lm.describe())
         except ValueError as exc:
             raise Problem("bad-request", str(exc)) from None
+        finally:
+            await self.charge(requester, lm)
         report["lm"] = usage_json(lm)
         module.save_validation(ws, name, report)
         return report

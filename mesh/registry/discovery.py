@@ -72,6 +72,10 @@ How filters stay exact without scanning 100k vectors:
   lexical indexes keep the same split as a group.
 - ``agent`` — each agent's vectors are also kept as one small matrix, so a search within an agent is
   an exact dot product over its own tools, and the lexical searches are restricted to its tool ids.
+- ``scope`` — each agent is registered in a scope (the registry's: its project), every index labels its
+  tools with it, and a scoped search keeps that label inside each ranker (the same bitmap selector as
+  ``read_only``), so a project's own tools fill its ranking however many other projects' tools would
+  outrank them. (Filtering afterwards would leave a small project with what the others left over.)
 - blocked tools (unverified, or rug-pulled) are taken out of every index, so they cannot appear.
 
 Ids are ints, stable for an (agent, tool) pair while that tool stays registered; re-registering an
@@ -266,6 +270,7 @@ class _Tool:
     text: str  # what is embedded
     parameters: tuple[str, ...]
     agent_description: str
+    label: int = 0  # the agent's scope, as the indexes label it
 
     @property
     def read_only(self) -> bool:
@@ -350,7 +355,8 @@ class DiscoveryIndex:
         self._agents: dict[str, _Agent] = {}
         self._ids: dict[tuple[str, str], int] = {}  # (agent, tool) -> id, stable while registered
         self._tools: dict[int, _Tool] = {}
-        self._indexed: dict[int, bool] = {}  # searchable tool id -> the read_only flag it is indexed with
+        self._indexed: dict[int, tuple[bool, int]] = {}  # searchable tool id -> (read_only, scope label) indexed
+        self._labels: dict[str, int] = {"": 0}  # scope -> its label in the indexes
         self._blocked: set[tuple[str, str]] = set()
         self._next_id = 0
         self._lock = threading.Lock()
@@ -365,22 +371,25 @@ class DiscoveryIndex:
 
     # -- registration ----------------------------------------------------------------------------------
 
-    def upsert(self, agent: str, tools: list[dict[str, Any]], *, description: str = "") -> None:
+    def upsert(self, agent: str, tools: list[dict[str, Any]], *, description: str = "", scope: str = "") -> None:
         """Make ``tools`` (wire tool dicts) the agent's whole tool set, replacing what it had.
 
-        ``description`` is the agent's own description, searched (lightly weighted) with each tool.
+        ``description`` is the agent's own description, searched (lightly weighted) with each tool;
+        ``scope`` is where it belongs (a search may keep one scope).
         """
-        self.upsert_many({agent: tools}, descriptions={agent: description})
+        self.upsert_many({agent: tools}, descriptions={agent: description}, scopes={agent: scope})
 
     def upsert_many(
-        self, agents: Mapping[str, list[dict[str, Any]]], *, descriptions: Mapping[str, str] | None = None
+        self, agents: Mapping[str, list[dict[str, Any]]], *, descriptions: Mapping[str, str] | None = None,
+        scopes: Mapping[str, str] | None = None,
     ) -> None:
         """``upsert`` several agents with one embedding pass and one index add: the fast bulk load."""
         staged = {agent: _parse(agent, tools) for agent, tools in agents.items()}
-        descriptions = descriptions or {}
+        descriptions, scopes = descriptions or {}, scopes or {}
         with self._lock:
+            labels = {agent: self._labels.setdefault(scopes.get(agent) or "", len(self._labels)) for agent in staged}
             tools = {
-                agent: [self._new_tool(agent, spec, descriptions.get(agent) or "") for spec in specs]
+                agent: [self._new_tool(agent, spec, descriptions.get(agent) or "", labels[agent]) for spec in specs]
                 for agent, specs in staged.items()
             }
             vectors, changed = self._vectors_for(tools)
@@ -424,24 +433,26 @@ class DiscoveryIndex:
         k: int = 10,
         agent: str | None = None,
         read_only: bool | None = None,
+        scope: str | None = None,
         reputation: Reputation | None = None,
         proficiency: Proficiency | None = None,
     ) -> list[Hit]:
         """The ``k`` best tools for ``query``, best first.
 
         ``agent`` keeps one agent's tools; ``read_only=True`` keeps tools annotated ``readOnlyHint``,
-        ``False`` the others, ``None`` both. ``reputation(agent, tool)`` and ``proficiency(agent)`` weight
-        the ranking.
+        ``False`` the others, ``None`` both; ``scope`` keeps the tools of agents upserted in it.
+        ``reputation(agent, tool)`` and ``proficiency(agent)`` weight the ranking.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         split = needs(query) if self.split_needs else ([query.strip()] if query.strip() else [])
-        if not split:
+        label = None if scope is None else self._labels.get(scope)
+        if not split or (scope is not None and label is None):
             return []
         vectors = self.embedder.embed(split) if "semantic" in self.rankers else None
         best: dict[int, tuple[float, int]] = {}  # tool id -> (fused relevance, the need that gave it)
         with self._lock:
-            rankings = self._rank(split, vectors, agent, read_only)
+            rankings = self._rank(split, vectors, agent, read_only, label)
             for position, ranking in enumerate(rankings):
                 for id_, relevance in ranking.relevance.items():
                     if id_ not in best or relevance > best[id_][0]:
@@ -478,7 +489,8 @@ class DiscoveryIndex:
     # -- internals -------------------------------------------------------------------------------------
 
     def _rank(
-        self, texts: list[str], vectors: np.ndarray | None, agent: str | None, read_only: bool | None
+        self, texts: list[str], vectors: np.ndarray | None, agent: str | None, read_only: bool | None,
+        label: int | None,
     ) -> list[_Ranking]:
         """Each need's ranks by each ranker, and their reciprocal rank fusion (see the module docstring).
 
@@ -489,11 +501,12 @@ class DiscoveryIndex:
         query_terms = [lexical.name_terms(text) for text in texts]  # words, and identifiers kept whole
         for ranker, index in (("lexical", self._lexical), ("names", self._names)):
             if ranker in self.rankers:
-                for ranking, found in zip(rankings, self._lexical_candidates(index, query_terms, agent, read_only),
-                                          strict=True):
+                found_by_need = self._lexical_candidates(index, query_terms, agent, read_only, label)
+                for ranking, found in zip(rankings, found_by_need, strict=True):
                     setattr(ranking, ranker, {id_: rank for rank, (id_, _) in enumerate(found, 1)})
         if "semantic" in self.rankers and vectors is not None:
-            for ranking, found in zip(rankings, self._semantic_candidates(vectors, agent, read_only), strict=True):
+            for ranking, found in zip(rankings, self._semantic_candidates(vectors, agent, read_only, label),
+                                      strict=True):
                 ranking.semantic = {id_: rank for rank, (id_, _) in enumerate(found, 1)}
                 ranking.similarity = dict(found)
         best_possible = len(self.rankers) / (RRF_K + 1)
@@ -505,21 +518,23 @@ class DiscoveryIndex:
         return rankings
 
     def _lexical_candidates(
-        self, index: lexical.LexicalIndex, queries: list[list[str]], agent: str | None, read_only: bool | None
+        self, index: lexical.LexicalIndex, queries: list[list[str]], agent: str | None, read_only: bool | None,
+        label: int | None,
     ) -> list[list[tuple[int, float]]]:
         """A BM25 ranker's candidates per need: at most ``DEPTH``; in a fusion, none under ``LEXICAL_FLOOR``
         of the need's best."""
         group = None if read_only is None else int(read_only)
         floor = LEXICAL_FLOOR if len(self.rankers) > 1 else 0.0  # alone, a ranker's whole ranking is its answer
         if agent is None:
-            return index.search_many(queries, DEPTH, group=group, floor=floor)
+            return index.search_many(queries, DEPTH, group=group, label=label, floor=floor)
         entry = self._agents.get(agent)
         if entry is None:
             return [[] for _ in queries]
-        return index.search_many(queries, DEPTH, group=group, ids=[tool.id for tool in entry.tools], floor=floor)
+        return index.search_many(queries, DEPTH, group=group, label=label, ids=[tool.id for tool in entry.tools],
+                                 floor=floor)
 
     def _semantic_candidates(
-        self, vectors: np.ndarray, agent: str | None, read_only: bool | None
+        self, vectors: np.ndarray, agent: str | None, read_only: bool | None, label: int | None
     ) -> list[list[tuple[int, float]]]:
         """Per need, the ``DEPTH`` most similar searchable tools with a positive cosine, most similar first
         (a need whose vector is all zeros, with no known token, matches nothing)."""
@@ -528,15 +543,15 @@ class DiscoveryIndex:
         if agent is not None:
             for row in asked:
                 found[row] = [(tool.id, similarity) for tool, similarity in self._scan_agent(agent, vectors[row],
-                                                                                               read_only)]
+                                                                                               read_only, label)]
         elif asked and len(self._vectors):
-            for row, hits in zip(asked, self._vectors.search_many(vectors[asked], DEPTH, flagged=read_only),
-                                 strict=True):
+            searched = self._vectors.search_many(vectors[asked], DEPTH, flagged=read_only, label=label)
+            for row, hits in zip(asked, searched, strict=True):
                 found[row] = hits
         return [heapq.nlargest(DEPTH, ((id_, similarity) for id_, similarity in hits if similarity > 0),
                                key=itemgetter(1)) for hits in found]
 
-    def _new_tool(self, agent: str, spec: dict[str, Any], agent_description: str) -> _Tool:
+    def _new_tool(self, agent: str, spec: dict[str, Any], agent_description: str, label: int) -> _Tool:
         id_ = self._ids.get((agent, spec["name"]))
         if id_ is None:
             id_, self._next_id = self._next_id, self._next_id + 1
@@ -550,6 +565,7 @@ class DiscoveryIndex:
             text=tool_text(agent, spec),
             parameters=parameter_names(spec),
             agent_description=agent_description,
+            label=label,
         )
 
     def _vectors_for(self, tools: dict[str, list[_Tool]]) -> tuple[dict[int, np.ndarray], set[int]]:
@@ -589,25 +605,24 @@ class DiscoveryIndex:
 
     def _sync(self, tools: list[_Tool], changed: set[int], vectors: dict[int, np.ndarray]) -> None:
         """Bring these tools' index entries in line: blocked ones out, the rest in with their read_only flag."""
-        adds: dict[bool, list[_Tool]] = {True: [], False: []}
-        out: list[int] = []  # blocked, or changing their read_only flag
+        adds: dict[tuple[bool, int], list[_Tool]] = {}  # (read_only, scope label) -> tools to (re-)index
+        out: list[int] = []  # blocked, or changing their read_only flag or scope
         for tool in tools:
-            current = self._indexed.get(tool.id)
+            current, wanted = self._indexed.get(tool.id), (tool.read_only, tool.label)
             if (tool.agent, tool.name) in self._blocked:
                 out.append(tool.id)
-            elif current is not tool.read_only or tool.id in changed:
-                if current is not None and current is not tool.read_only:
+            elif current != wanted or tool.id in changed:
+                if current is not None and current != wanted:
                     out.append(tool.id)
-                adds[tool.read_only].append(tool)
+                adds.setdefault(wanted, []).append(tool)
         self._unindex(out)
-        for read_only, batch in adds.items():
-            if batch:
-                ids = [tool.id for tool in batch]
-                self._vectors.add(ids, np.vstack([vectors[id_] for id_ in ids]), flag=read_only)
-                self._indexed.update(dict.fromkeys(ids, read_only))
-                for tool in batch:
-                    self._lexical.add(tool.id, tool.bag(), group=int(read_only))
-                    self._names.add(tool.id, tool.name_bag(), group=int(read_only))
+        for (read_only, label), batch in adds.items():
+            ids = [tool.id for tool in batch]
+            self._vectors.add(ids, np.vstack([vectors[id_] for id_ in ids]), flag=read_only, label=label)
+            self._indexed.update(dict.fromkeys(ids, (read_only, label)))
+            for tool in batch:
+                self._lexical.add(tool.id, tool.bag(), group=int(read_only), label=label)
+                self._names.add(tool.id, tool.name_bag(), group=int(read_only), label=label)
 
     def _unindex(self, ids: Iterable[int]) -> None:
         """Take these ids out of every index (one Faiss ``remove``, which rebuilds its skip-list once)."""
@@ -617,10 +632,11 @@ class DiscoveryIndex:
             self._lexical.remove(batch)
             self._names.remove(batch)
 
-    def _scan_agent(self, agent: str, vector: np.ndarray, read_only: bool | None) -> list[tuple[_Tool, float]]:
-        """Exact relevance of every searchable tool of one agent."""
+    def _scan_agent(self, agent: str, vector: np.ndarray, read_only: bool | None,
+                    label: int | None = None) -> list[tuple[_Tool, float]]:
+        """Exact relevance of every searchable tool of one agent (none when it is not in scope ``label``)."""
         entry = self._agents.get(agent)
-        if entry is None:
+        if entry is None or (label is not None and entry.tools and entry.tools[0].label != label):
             return []
         relevances = entry.vectors @ vector
         return [

@@ -133,6 +133,7 @@ class LexicalIndex:
         self._length = _Growable(np.float32)
         self._alive = _Growable(np.bool_)
         self._group = _Growable(np.int8)
+        self._label = _Growable(np.int32)
         self._total_length = 0.0
         self._dead = 0
         self._impacts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # term id -> (slots, BM25 parts)
@@ -143,8 +144,9 @@ class LexicalIndex:
     def __contains__(self, id_: object) -> bool:
         return id_ in self._slot_of
 
-    def add(self, id_: int, bag: Mapping[str, float], group: int = 0) -> None:
-        """Index one document (an id already present is replaced)."""
+    def add(self, id_: int, bag: Mapping[str, float], group: int = 0, label: int = 0) -> None:
+        """Index one document (an id already present is replaced); a search may keep one ``group`` and one
+        ``label`` (discovery: read-only or not, and the project)."""
         with self._lock:
             self._remove(id_)
             self._impacts.clear()
@@ -159,12 +161,13 @@ class LexicalIndex:
             self._id_of.append(id_)
             self._doc_terms.append((term_ids, weights))
             self._slot_of[id_] = slot
-            for column in (self._length, self._alive, self._group):
+            for column in (self._length, self._alive, self._group, self._label):
                 column.ensure(slot + 1)
             length = float(weights.sum())
             self._length.data[slot] = length
             self._alive.data[slot] = True
             self._group.data[slot] = group
+            self._label.data[slot] = label
             self._total_length += length
 
     def remove(self, ids: Iterable[int]) -> None:
@@ -176,18 +179,18 @@ class LexicalIndex:
                 self._compact()
 
     def search(
-        self, query_terms: list[str], k: int, *, group: int | None = None, ids: Iterable[int] | None = None,
-        floor: float = 0.0,
+        self, query_terms: list[str], k: int, *, group: int | None = None, label: int | None = None,
+        ids: Iterable[int] | None = None, floor: float = 0.0,
     ) -> list[tuple[int, float]]:
         """The ``k`` best ``(id, bm25)`` pairs with a positive score, best first; with a ``floor``, only
         those scoring at least ``floor`` times the best (cheaper than cutting a longer list afterwards)."""
-        return self.search_many([query_terms], k, group=group, ids=ids, floor=floor)[0]
+        return self.search_many([query_terms], k, group=group, label=label, ids=ids, floor=floor)[0]
 
     def search_many(
-        self, queries: list[list[str]], k: int, *, group: int | None = None, ids: Iterable[int] | None = None,
-        floor: float = 0.0,
+        self, queries: list[list[str]], k: int, *, group: int | None = None, label: int | None = None,
+        ids: Iterable[int] | None = None, floor: float = 0.0,
     ) -> list[list[tuple[int, float]]]:
-        """``search`` for each query's terms, with the filters (``group``, ``ids``) worked out once."""
+        """``search`` for each query's terms, with the filters (``group``, ``label``, ``ids``) worked out once."""
         with self._lock:
             if not self._slot_of:
                 return [[] for _ in queries]
@@ -195,6 +198,8 @@ class LexicalIndex:
             keep = self._alive.data[:size].copy()  # dead slots keep stale postings until compaction
             if group is not None:
                 keep &= self._group.data[:size] == group
+            if label is not None:
+                keep &= self._label.data[:size] == label
             if ids is not None:
                 allowed = np.zeros(size, dtype=np.bool_)
                 allowed[[self._slot_of[i] for i in ids if i in self._slot_of]] = True
@@ -267,11 +272,11 @@ class LexicalIndex:
         """Rebuild the posting lists from the live documents, renumbering their slots from 0."""
         self._impacts.clear()
         live = [(self._id_of[slot], slot) for slot in sorted(self._slot_of.values())]
-        documents = [(id_, self._doc_terms[slot], self._group.data[slot]) for id_, slot in live]
+        documents = [(id_, self._doc_terms[slot], self._group.data[slot], self._label.data[slot]) for id_, slot in live]
         self._postings = [(array("i"), array("f")) for _ in self._postings]
         self._id_of, self._doc_terms, self._slot_of = [], [], {}
         self._alive.data[:] = False
-        for new, (id_, doc, group) in enumerate(documents):
+        for new, (id_, doc, group, label) in enumerate(documents):
             term_ids, weights = doc
             for term_id, weight in zip(term_ids.tolist(), weights.tolist(), strict=True):
                 slots, tfs = self._postings[term_id]
@@ -283,4 +288,5 @@ class LexicalIndex:
             self._length.data[new] = float(weights.sum())
             self._alive.data[new] = True
             self._group.data[new] = group
+            self._label.data[new] = label
         self._dead = 0

@@ -273,7 +273,8 @@ class Registry:
                 self.reputations[(saved.agent, saved.tool)] = Reputation.from_state(saved.state)
             self.proficiencies = store.proficiencies(session)
         self.discovery.upsert_many({agent: self.verified_wire(agent) for agent in self.endpoints},
-                                   descriptions=descriptions)
+                                   descriptions=descriptions,
+                                   scopes={agent: self.tenancy.of(agent).key for agent in self.endpoints})
 
     async def reload_agent(self, agent: str) -> None:
         """Re-read what the database says of ``agent`` (another replica changed it): endpoint, pins and
@@ -312,7 +313,8 @@ class Registry:
         with tenancy.acting_as(self.tenancy.of(agent)), self.sessions.begin() as session:
             record = store.get_agent(session, agent)
             description = (record.description or "") if record is not None else ""
-        upsert = functools.partial(self.discovery.upsert, agent, self.verified_wire(agent), description=description)
+        upsert = functools.partial(self.discovery.upsert, agent, self.verified_wire(agent), description=description,
+                                   scope=self.tenancy.of(agent).key)
         await anyio.to_thread.run_sync(upsert)
         for listener in list(self.change_listeners):
             await listener(agent)
@@ -514,12 +516,11 @@ class Registry:
         if not 1 <= k <= 100:
             raise Problem("bad-request", f"k must be between 1 and 100, not {k}")
         mine = None if caller is None else self.tenancy.of_caller(caller)
+        # Scoped inside the index (each ranker keeps the project's tools), unless no other project has any.
         everyone_here = mine is None or set(self.tenancy.agents.values()) <= {mine}
-        wanted = k if everyone_here else max(k, self.discovery.searchable())  # then keep the caller's own
-        hits = self.discovery.search(query, k=wanted, agent=agent, read_only=read_only, reputation=self.known_score,
+        hits = self.discovery.search(query, k=k, agent=agent, read_only=read_only,
+                                     scope=None if everyone_here else mine.key, reputation=self.known_score,
                                      proficiency=lambda name: self.proficiencies.get(name, {}))
-        if not everyone_here:
-            hits = [hit for hit in hits if self.tenancy.agents.get(hit.agent) == mine][:k]
         return [hit.to_json() for hit in hits]
 
     # -- reputation ---------------------------------------------------------------------------------------
