@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from mesh.registry import discovery as discovery_module
 from mesh.registry.discovery import DiscoveryIndex, Hit, name_words, tool_text
 from mesh.registry.reputation import UNKNOWN_SCORE
 from mesh.vectors import VectorIndex
@@ -114,10 +115,13 @@ def test_selective_agent_filter_among_many_tools():
 
 
 
-@pytest.mark.parametrize("exact_below", [20_000, 500])  # flat, then HNSW
-def test_a_scoped_search_ranks_only_that_scopes_tools_however_many_others_match_better(exact_below: int):
+@pytest.mark.parametrize(("exact_below", "scan_below"), [(20_000, 20_000), (500, 20_000), (500, 0)],
+                         ids=["flat", "hnsw, small scopes scanned", "hnsw, every scope by a filtered walk"])
+def test_a_scoped_search_ranks_only_that_scopes_tools_however_many_others_match_better(
+        exact_below: int, scan_below: int, monkeypatch: pytest.MonkeyPatch):
     """A project's discovery keeps its own tools inside every ranker: filtering a whole-registry ranking
     afterwards would leave it nothing when other projects hold more than the depth of better matches."""
+    monkeypatch.setattr(discovery_module, "SCAN_SCOPE_BELOW", scan_below)
     discovery = DiscoveryIndex(index_factory=lambda d: VectorIndex(d, exact_below=exact_below))
     crowd = [tool(f"find_pet_{i}", f"Find a pet by its id, variant {i}.", read_only=True) for i in range(600)]
     discovery.upsert_many({"crowd": crowd, "petstore": PETSTORE, "librarian": LIBRARIAN},
