@@ -31,10 +31,10 @@ def ring(tmp_path: Path) -> KeyRing:
     return KeyRing.open(tmp_path / "registry-key", create=True)
 
 
-def fill(sessions: sessionmaker[Session], count: int, start: int = 0) -> None:
+def fill(sessions: sessionmaker[Session], count: int, start: int = 0, org: str | None = "default") -> None:
     for number in range(start, start + count):
         with sessions.begin() as session:
-            store.audit(session, actor=f"agent:a{number % 3}", action=("register", "revoke-key")[number % 2],
+            store.audit(session, org=org, actor=f"agent:a{number % 3}", action=("register", "revoke-key")[number % 2],
                         subject=f"agent{number % 4}", outcome="done", detail=f"event {number}",
                         data={"n": number, "nested": {"x": [1, 2.5, "three"]}})
 
@@ -186,8 +186,8 @@ def test_concurrent_writers_never_fork_the_chain(sessions: sessionmaker[Session]
             for index in range(per_writer):
                 start.wait()  # every round, all writers append at once
                 with sessions.begin() as session:
-                    audit.append(session, actor=f"agent:w{number}", action="test", subject=f"w{number}",
-                                 outcome="done", data={"i": index})
+                    audit.append(session, org=f"org{number % 2}", actor=f"agent:w{number}", action="test",
+                                 subject=f"w{number}", outcome="done", data={"i": index})
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -209,7 +209,7 @@ def test_concurrent_writers_never_fork_the_chain(sessions: sessionmaker[Session]
 def test_a_rolled_back_append_leaves_no_gap(sessions: sessionmaker[Session], ring: KeyRing):
     fill(sessions, 1)
     with pytest.raises(RuntimeError), sessions.begin() as session:
-        audit.append(session, actor="x", action="test", subject="s", outcome="done")
+        audit.append(session, org=None, actor="x", action="test", subject="s", outcome="done")
         raise RuntimeError("the transaction fails after the append")
     fill(sessions, 1, start=1)
     report = audit.verify_database(sessions, ring.public_jwks())
@@ -257,9 +257,9 @@ def test_a_decisions_input_is_kept_with_arguments_that_name_secrets_redacted(ses
                     "arguments": {"user": "ada", "password": "hunter2", "options": [{"api_key": "k-123"}],
                                   "Authorization": "Bearer x"}}
     with sessions.begin() as session:
-        audit.record_decision(session, caller="agent:a", subject="b.login", allow=False, rule="missing_scope",
-                              reasons=["missing_scope: no"], policy_input=policy_input, input_digest="sha256:d",
-                              run_id="r1")
+        audit.record_decision(session, org="default", caller="agent:a", subject="b.login", allow=False,
+                              rule="missing_scope", reasons=["missing_scope: no"], policy_input=policy_input,
+                              input_digest="sha256:d", run_id="r1")
     with sessions() as session:
         entry = audit.entry_json(store.list_audit(session)[0])
     assert entry["action"] == "policy-decision" and entry["outcome"] == "deny"
