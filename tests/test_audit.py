@@ -31,10 +31,10 @@ def ring(tmp_path: Path) -> KeyRing:
     return KeyRing.open(tmp_path / "registry-key", create=True)
 
 
-def fill(sessions: sessionmaker[Session], count: int, start: int = 0) -> None:
+def fill(sessions: sessionmaker[Session], count: int, start: int = 0, org: str | None = "default") -> None:
     for number in range(start, start + count):
         with sessions.begin() as session:
-            store.audit(session, actor=f"agent:a{number % 3}", action=("register", "revoke-key")[number % 2],
+            store.audit(session, org=org, actor=f"agent:a{number % 3}", action=("register", "revoke-key")[number % 2],
                         subject=f"agent{number % 4}", outcome="done", detail=f"event {number}",
                         data={"n": number, "nested": {"x": [1, 2.5, "three"]}})
 
@@ -186,8 +186,8 @@ def test_concurrent_writers_never_fork_the_chain(sessions: sessionmaker[Session]
             for index in range(per_writer):
                 start.wait()  # every round, all writers append at once
                 with sessions.begin() as session:
-                    audit.append(session, actor=f"agent:w{number}", action="test", subject=f"w{number}",
-                                 outcome="done", data={"i": index})
+                    audit.append(session, org=f"org{number % 2}", actor=f"agent:w{number}", action="test",
+                                 subject=f"w{number}", outcome="done", data={"i": index})
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -209,7 +209,7 @@ def test_concurrent_writers_never_fork_the_chain(sessions: sessionmaker[Session]
 def test_a_rolled_back_append_leaves_no_gap(sessions: sessionmaker[Session], ring: KeyRing):
     fill(sessions, 1)
     with pytest.raises(RuntimeError), sessions.begin() as session:
-        audit.append(session, actor="x", action="test", subject="s", outcome="done")
+        audit.append(session, org=None, actor="x", action="test", subject="s", outcome="done")
         raise RuntimeError("the transaction fails after the append")
     fill(sessions, 1, start=1)
     report = audit.verify_database(sessions, ring.public_jwks())
@@ -257,9 +257,9 @@ def test_a_decisions_input_is_kept_with_arguments_that_name_secrets_redacted(ses
                     "arguments": {"user": "ada", "password": "hunter2", "options": [{"api_key": "k-123"}],
                                   "Authorization": "Bearer x"}}
     with sessions.begin() as session:
-        audit.record_decision(session, caller="agent:a", subject="b.login", allow=False, rule="missing_scope",
-                              reasons=["missing_scope: no"], policy_input=policy_input, input_digest="sha256:d",
-                              run_id="r1")
+        audit.record_decision(session, org="default", caller="agent:a", subject="b.login", allow=False,
+                              rule="missing_scope", reasons=["missing_scope: no"], policy_input=policy_input,
+                              input_digest="sha256:d", run_id="r1")
     with sessions() as session:
         entry = audit.entry_json(store.list_audit(session)[0])
     assert entry["action"] == "policy-decision" and entry["outcome"] == "deny"
@@ -292,3 +292,118 @@ def test_key_changes_are_audited(tmp_path: Path):
     assert changes == [("trust-key", "learned", ring.active().kid), ("trust-key", "end-set", old.kid),
                        ("revoke-key", "done", old.kid)]
     assert audit.verify_database(registry.sessions, registry.provenance_jwks).ok
+
+
+# -- organisations: one chain, each organisation's own view -------------------------------------------
+
+
+def fill_orgs(sessions: sessionmaker[Session]) -> None:
+    """acme, beta and the registry itself take turns: 2 entries each, interleaved."""
+    for round_ in range(2):
+        for org in ("acme", "beta", None):
+            with sessions.begin() as session:
+                store.audit(session, org=org, actor=f"user:{org or 'local'}", action="set-role",
+                            subject=f"{org}/someone", outcome="done", detail=f"{org or 'registry'} secret {round_}")
+
+
+def org_export(sessions: sessionmaker[Session], orgs: set[str | None]) -> list[dict]:
+    with sessions() as session:
+        entries, checkpoints, _ = audit.read_chain(session)
+    return [json.loads(line) for line in audit.export_lines(entries, checkpoints, orgs)]
+
+
+def test_an_organisations_export_shows_its_entries_and_witnesses_the_rest_and_verifies(
+        sessions: sessionmaker[Session], ring: KeyRing):
+    fill_orgs(sessions)
+    audit.checkpoint(sessions, ring.active())
+    lines = org_export(sessions, {"acme"})
+    assert [line["type"] for line in lines] == ["entry", "witness", "witness"] * 2 + ["checkpoint"]
+    assert {line["org"] for line in lines if line["type"] == "entry"} == {"acme"}
+    assert all(set(line) == {"type", "seq", "prev", "hash"} for line in lines if line["type"] == "witness")
+    text_ = json.dumps(lines)
+    assert "beta secret" not in text_ and "registry secret" not in text_ and "beta/" not in text_
+    report = check(lines, ring)
+    assert report.ok and (report.entries, report.witnesses, report.anchored) == (6, 4, 6), report.problems
+    assert "4 of them another organisation's, seen as witnesses" in report.summary()
+    whole = audit.verify_database(sessions, ring.public_jwks())  # the operator's: every entry in full
+    assert whole.ok and (whole.entries, whole.witnesses) == (6, 0), whole.problems
+    with sessions() as session:
+        assert [e.seq for e in store.list_audit(session, orgs={"beta"})] == [5, 2]
+        assert [e.seq for e in store.list_audit(session, orgs={"acme", None})] == [6, 4, 3, 1]
+
+
+@pytest.mark.parametrize("change, found", [
+    ("own-org", "entry 1: its content does not match its hash (edited)"),
+    ("own-content", "entry 4: its content does not match its hash (edited)"),
+    ("witness-prev", "entry 3: prev does not match the hash of the entry before it"),
+    ("witness-hash", "entry 4: prev does not match the hash of the entry before it"),
+    ("witness-dropped", "entry at position 2 has seq 3"),
+    ("witness-content", "line 2: a witness holds seq, prev and hash only, not detail, hash, prev, seq"),
+])
+def test_an_edit_of_an_organisations_export_is_found(sessions: sessionmaker[Session], ring: KeyRing,
+                                                     change: str, found: str):
+    fill_orgs(sessions)
+    audit.checkpoint(sessions, ring.active())
+    lines = org_export(sessions, {"acme"})
+    assert check(lines, ring).ok
+    own, witnesses = ([line for line in lines if line["type"] == kind] for kind in ("entry", "witness"))
+    if change == "own-org":
+        own[0]["org"] = "beta"  # claim acme's entry was beta's
+    elif change == "own-content":
+        own[1]["outcome"] = "refused"
+    elif change == "witness-prev":
+        witnesses[1]["prev"] = own[0]["hash"]  # the entry after beta's now claims to follow acme's
+    elif change == "witness-hash":
+        witnesses[1]["hash"] = witnesses[0]["hash"]
+    elif change == "witness-dropped":
+        lines.remove(witnesses[0])
+    elif change == "witness-content":
+        witnesses[0]["detail"] = "made up"
+    report = check(lines, ring)
+    assert not report.ok
+    assert any(found in problem for problem in report.problems), report.problems
+
+
+# The fields an entry's hash covered before migration 0017: an entry of no organisation still hashes so.
+BEFORE_0017 = ("seq", "at", "actor", "action", "subject", "outcome", "detail", "remote", "data", "prev")
+
+
+def test_entries_written_before_0017_verify_after_it_beside_entries_of_organisations(database_url: str,
+                                                                                      ring: KeyRing):
+    engine = store.connect(database_url)
+    try:
+        config = Config()
+        config.set_main_option("script_location", str(store.MIGRATIONS))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0017")
+            command.downgrade(config, "0016")  # and back: the downgrade works, the triggers stay
+        previous = audit.GENESIS
+        with engine.begin() as connection:
+            for seq in (1, 2):
+                entry = {"seq": seq, "at": f"2026-01-0{seq}T10:00:00.123456+00:00", "actor": "user:local",
+                         "action": "revoke-key", "subject": "echo", "outcome": "done", "detail": f"old {seq}",
+                         "remote": None, "data": {"kid": "k1"}, "prev": previous}
+                digest = audit.json_digest({name: entry[name] for name in BEFORE_0017})
+                connection.execute(text(
+                    "INSERT INTO audit_events (seq, at, actor, action, subject, outcome, detail, data, prev_hash, "
+                    "hash) VALUES (:seq, :at, 'user:local', 'revoke-key', 'echo', 'done', :detail, :data, :prev, "
+                    ":hash)"), {"seq": seq, "at": entry["at"], "detail": entry["detail"],
+                                "data": json.dumps(entry["data"]), "prev": previous, "hash": digest})
+                previous = digest
+            connection.execute(text("UPDATE audit_head SET seq = 2, hash = :hash WHERE id = 1"), {"hash": previous})
+        store.migrate(engine)
+        sessions = store.session_factory(engine)
+        fill(sessions, 2, org="acme")
+        report = audit.verify_database(sessions, ring.public_jwks())
+        assert report.ok and report.entries == 4, report.problems
+        with sessions() as session:
+            assert [(e.org_id, e.detail) for e in store.list_audit(session, oldest_first=True)] == [
+                (None, "old 1"), (None, "old 2"), ("acme", "event 0"), ("acme", "event 1")]
+        acme = org_export(sessions, {"acme"})
+        assert [line["type"] for line in acme] == ["witness", "witness", "entry", "entry"]
+        assert check(acme, ring).ok
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+            connection.execute(text("UPDATE audit_events SET org_id = 'acme' WHERE seq = 1"))
+    finally:
+        engine.dispose()

@@ -1,5 +1,7 @@
 """The audit log of a running registry: what calls leave in it, ``GET /v1/audit``, its export, and
-``mesh audit verify`` against the registry's published JWKS, by real processes on loopback."""
+``mesh audit verify`` against the registry's published JWKS, by real processes on loopback. Then, in
+process on SQLite and PostgreSQL, and on the running registry: each organisation reads, exports and
+verifies its own entries of the one chain, and nothing of another's."""
 
 from __future__ import annotations
 
@@ -7,14 +9,22 @@ import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from mesh.keys import KeyRing
+from mesh.registry import audit, store
+from mesh.registry.app import build_app
 from mesh.registry.auth import issue_token
+from mesh.registry.node import Registry
+from mesh.registry.problems import Problem
+from mesh.workspace import Workspace
 
 from .conftest import run_mesh
+from .test_people import a_person, bearer, registry  # noqa: F401 (registry: a fixture, on both backends)
 from .test_registry_e2e import Mesh, running_mesh
 
 KEEPER = '''
@@ -172,3 +182,75 @@ def test_credentials_are_administered_over_http_and_their_values_never_come_back
     for value in (planted, rotated):
         assert value not in "".join(answers) and value not in logs
         assert value.encode() not in files
+
+
+# -- organisations: each reads its own entries of the one chain ---------------------------------------------
+
+
+def act(client: TestClient, secret: str | None = None) -> str:
+    """Make a personal API token (an audited act of the caller's organisation); returns its id."""
+    answer = client.post("/v1/tokens", json={"name": "ci", "scopes": ["registry:read"]},
+                         headers=bearer(secret) if secret else {})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
+def test_each_organisation_sees_exports_and_verifies_only_its_own_entries(registry: Registry):  # noqa: F811
+    _, acme = a_person(registry, "ann", "owner", org="acme")
+    _, beta = a_person(registry, "bob", "admin", org="beta")
+    with pytest.raises(Problem):  # unauthenticated: the registry's own, of no organisation
+        registry.authenticate_registration("ghost", "", None)
+    with TestClient(build_app(registry), base_url="http://127.0.0.1:7300", client=("10.1.2.3", 5000)) as remote, \
+            TestClient(build_app(registry), base_url="http://127.0.0.1:7300", client=("127.0.0.1", 5000)) as local:
+        made = {"acme": act(remote, acme), "beta": act(remote, beta), "default": act(local)}
+
+        def listed(client: TestClient, secret: str | None = None, **params: str) -> list[dict]:
+            answer = client.get("/v1/audit", params=params, headers=bearer(secret) if secret else {})
+            assert answer.status_code == 200, answer.text
+            if params.get("format") == "jsonl":
+                return [json.loads(line) for line in answer.text.splitlines()]
+            return answer.json()["entries"]
+
+        for org, secret in (("acme", acme), ("beta", beta)):
+            for shown in (listed(remote, secret), listed(remote, secret, format="jsonl")):
+                assert [(e["org"], e["action"], e["subject"]) for e in shown] == [(org, "create-token", made[org])]
+        operator = listed(local)
+        assert {e["org"] for e in operator} == {"default", None}
+        assert ("unauthenticated", "register", "ghost") in [(e["actor"], e["action"], e["subject"]) for e in operator]
+        assert made["acme"] not in json.dumps(operator) and made["beta"] not in json.dumps(operator)
+
+        audit.checkpoint(registry.sessions, registry.provenance_key)
+        exported = remote.get("/v1/audit/export", headers=bearer(acme))
+        assert exported.status_code == 200, exported.text
+    lines = [json.loads(line) for line in exported.text.splitlines()]
+    own = [line for line in lines if line["type"] == "entry"]
+    assert [(e["org"], e["subject"]) for e in own] == [("acme", made["acme"])]
+    assert made["beta"] not in exported.text and made["default"] not in exported.text and "ghost" not in exported.text
+    report = audit.verify_lines(exported.text.splitlines(), registry.provenance_jwks)
+    assert report.ok and report.witnesses == report.entries - 1 >= 2, report.problems
+    own[0]["org"] = "beta"  # an edit of the organisation an entry names is an edit
+    edited = audit.verify_lines([json.dumps(line) for line in lines], registry.provenance_jwks)
+    assert edited.problems == [f"entry {own[0]['seq']}: its content does not match its hash (edited)"]
+    whole = audit.verify_database(registry.sessions, registry.provenance_jwks)  # the operator's: all of it
+    assert whole.ok and whole.entries == report.entries and whole.witnesses == 0, whole.problems
+    with registry.sessions() as session:
+        assert {e.org_id for e in store.list_audit(session, limit=None)} == {"acme", "beta", "default", None}
+
+
+def test_another_organisation_verifies_its_view_of_a_running_registry(mesh: Mesh, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    database = SimpleNamespace(sessions=audit.workspace_sessions(Workspace(mesh.workspace)))  # as a tool opens it
+    _, acme = a_person(database, "ann", "owner", org="acme")
+    made = httpx.post(f"{mesh.url}/v1/tokens", json={"name": "ci", "scopes": ["registry:read"]}, headers=bearer(acme))
+    assert made.status_code == 201, made.text
+    mesh.invoke("keeper", "login", {"user": "ada", "password": PASSWORD})  # the default organisation's
+    shown = httpx.get(f"{mesh.url}/v1/audit", headers=bearer(acme)).json()["entries"]
+    assert [(e["org"], e["action"], e["subject"]) for e in shown] == [("acme", "create-token", made.json()["id"])]
+    assert made.json()["id"] not in json.dumps(entries(mesh)["entries"])  # nor does the operator see acme's
+    monkeypatch.setenv("MESH_TOKEN", acme)
+    live = run_mesh("audit", "verify", "--registry", mesh.url, cwd=tmp_path)
+    assert live.returncode == 0, live.stderr
+    assert "audit log verifies" in live.stdout and "seen as witnesses" in live.stdout
+    export = tmp_path / "acme.jsonl"
+    assert run_mesh("audit", "export", "--registry", mesh.url, "-o", str(export), cwd=tmp_path).returncode == 0
+    assert "keeper.login" not in export.read_text() and PASSWORD not in export.read_text()

@@ -81,9 +81,9 @@ def pending(number: int, *, audited: bool = True) -> PendingCall:
                                 {**common, "id": target_id, "parent_run_id": run_id, "log": "target"}])
     call.decision = {"run_id": run_id, "allow": True, "rule": "allow", "input_digest": "sha256:x"}
     if audited:
-        call.audited = {"caller": "user:local", "subject": "echo.echo", "allow": True, "rule": "allow",
-                        "reasons": [], "policy_input": {"arguments": {"n": number}}, "input_digest": "sha256:x",
-                        "run_id": run_id}
+        call.audited = {"org": "default", "caller": "user:local", "subject": "echo.echo", "allow": True,
+                        "rule": "allow", "reasons": [], "policy_input": {"arguments": {"n": number}},
+                        "input_digest": "sha256:x", "run_id": run_id}
     return call
 
 

@@ -330,9 +330,9 @@ def test_revocations_are_kept_once_per_agent_and_kid(sessions: sessionmaker[Sess
 
 def test_audit_events_are_listed_newest_first(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
-        store.audit(session, actor="unauthenticated", action="register", subject="echo", outcome="refused",
+        store.audit(session, org=None, actor="unauthenticated", action="register", subject="echo", outcome="refused",
                     detail="the token does not verify", remote="127.0.0.1")
-        store.audit(session, actor="user:local", action="revoke-key", subject="echo", outcome="done")
+        store.audit(session, org="default", actor="user:local", action="revoke-key", subject="echo", outcome="done")
     with sessions() as session:
         events = store.list_audit(session, subject="echo")
         assert [(e.action, e.outcome) for e in events] == [("revoke-key", "done"), ("register", "refused")]
@@ -362,8 +362,8 @@ def test_a_nul_in_stored_text_is_kept_on_both_backends(sessions: sessionmaker[Se
     with sessions.begin() as session:
         admit(session)
         recorded = store.record_run(session, run("planner", "librarian", "caller", T0, error="bad\x00byte"))
-        store.audit(session, actor="user:local", action="revoke-key", subject="librarian", outcome="done",
-                    detail="reason: \x00")
+        store.audit(session, org="default", actor="user:local", action="revoke-key", subject="librarian",
+                    outcome="done", detail="reason: \x00")
     with sessions() as session:
         assert store.get_run(session, recorded.id).error == "bad\ufffdbyte"
         assert store.list_audit(session)[0].detail == "reason: \ufffd"

@@ -115,7 +115,7 @@ def test_a_row_of_another_tenant_is_refused_at_flush(tenants: sessionmaker[Sessi
 def test_deleting_a_project_removes_its_agents_pins_but_keeps_runs_and_audit(
         tenants: sessionmaker[Session]) -> None:
     with as_registry(), tenants.begin() as session:
-        store.audit(session, actor="user:local", action="register", subject="alpha", outcome="admitted")
+        store.audit(session, org="acme", actor="user:local", action="register", subject="alpha", outcome="admitted")
         assert store.delete_project(session, "acme", "web") == ["alpha"]
     with as_registry(), tenants.begin() as session:
         assert [a.name for a in store.list_agents(session)] == ["bravo"]

@@ -125,7 +125,8 @@ async def _admit(registry: Registry, name: str, endpoint: str, manifest_json: di
         fresh = {(r.agent, r.name): PinnedTool.from_record(r) for r in records}
         others = {(r.agent, r.kind, r.name): PinnedDescriptor.from_record(r)
                   for r in store.replace_descriptors(session, name, described)}
-        audit.append(session, actor=f"agent:{name}", action="register", subject=name, outcome="admitted",
+        audit.append(session, org=registry.tenancy.of(name).org, actor=f"agent:{name}", action="register",
+                     subject=name, outcome="admitted",
                      detail=f"endpoint {endpoint}",
                      data={"manifest_digest": manifest.digest, "tools": sorted(t.name for t in pinned)})
     for key in [key for key in registry.tools if key[0] == name]:
@@ -188,7 +189,8 @@ def _check_live(kind: str, items: list[dict[str, Any]], signed: dict[str, dict[s
 def _record_refusal(registry: Registry, name: str, endpoint: str, reason: str) -> None:
     """A refused registration is an audit event; the agent's earlier admission (if any) stands untouched."""
     log.warning("refused registration of %s: %s", name, reason)
-    registry.audit(f"agent:{name}", "register", name, "refused", f"{reason} (endpoint {endpoint})")
+    registry.audit(f"agent:{name}", "register", name, "refused", f"{reason} (endpoint {endpoint})",
+                   org=registry.tenancy.of(name).org)
 
 
 async def recheck(registry: Registry, name: str) -> list[str] | None:

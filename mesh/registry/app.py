@@ -200,7 +200,8 @@ def build_app(registry: Registry) -> Starlette:
         try:
             kid, created = registry.accept_revocation(name, statement)
         except KeyProblem as exc:
-            registry.audit("unauthenticated", "revoke-key", name, "refused", str(exc), _remote(request))
+            registry.audit("unauthenticated", "revoke-key", name, "refused", str(exc), _remote(request),
+                           org=None)  # an unproven statement: registry-wide, as a refused registration
             raise Problem("unauthenticated", f"revocation statement refused: {exc}") from exc
         await registry.index_agent(name)
         return JSONResponse({"agent": name, "kid": kid, "status": "revoked" if created else "already revoked"})

@@ -127,7 +127,8 @@ def _audit(session: Session, record: store.ApprovalRequestRecord, step: str, *, 
     data = {"request_id": record.id, "kind": record.kind, "caller": record.caller, "run_id": record.run_id,
             "rule": record.rule, "reasons": record.reasons, "approvers": record.approvers,
             "via": record.decided_via if step in DECIDED else None}
-    audit.append(session, actor=actor, action="approval", subject=f"{record.agent}.{record.tool}"[:200],
+    audit.append(session, org=record.org_id, actor=actor, action="approval",
+                 subject=f"{record.agent}.{record.tool}"[:200],
                  outcome=step, detail=record.note if step in ("approved", "denied") else None, data=data, at=at)
 
 

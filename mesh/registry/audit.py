@@ -8,13 +8,30 @@ after it is caught by the checkpoints: every so often (``checkpoint_forever``) t
 export (``export_lines``) and that JWKS can check it (``verify``, ``mesh audit verify``) without trusting
 the registry or its database.
 
+One chain, many organisations. Every entry names the organisation it happened in (``org``, covered by
+its hash; None for a registry-wide event, and for entries written before migration 0017, which hash as
+they always did). ``GET /v1/audit`` shows a caller its organisation's entries only, and the entries of no
+organisation only to the default organisation's owners and admins (the registry operator's). Its export
+(``GET /v1/audit/export``) carries the caller's entries in full and every other entry as a *witness*
+``{"type": "witness", "seq", "prev", "hash"}``, with the signed checkpoints: verifying it checks each own
+entry's content against its hash, and every entry's, witness or not, place in the chain (its seq, its
+``prev`` the hash before it), so an organisation proves against the JWKS alone that its entries are in the
+registry's one chain, unedited and in order, without seeing anyone else's. A witness still tells that an
+entry existed at that seq, and its hash: a guess of a whole entry (time to the microsecond included) could
+be confirmed against it. What the registry shows as a witness is its word: an export alone cannot prove
+that a witness is not one of the caller's own entries. The operator verifies the whole chain, every entry
+in full, from the database (``verify_database``, ``mesh audit verify``).
+
 Appends are serialized (``append``): the single-row ``audit_head`` table is updated first in the writer's
 transaction, which takes a row lock on PostgreSQL and SQLite's write lock, so two writers never link to
 the same predecessor. The database refuses UPDATE and DELETE on the log (triggers, migration 0007).
 
 What goes in: policy decisions with their input (``record_decision``: arguments whose names say secret
 are redacted, ``redact``), registrations, key changes, credential administration and use (never a
-value), and whatever other modules pass to ``Registry.audit`` (sign-ins, roles, approvals).
+value), and whatever other modules pass to ``Registry.audit`` (sign-ins, roles, approvals). Each names
+its organisation (``org``, a required keyword of every way in, so no call site can forget it): a call's
+or decision's, the caller's; a registration's or key change's, the agent's project's; a sign-in's, token's
+or role's, the organisation concerned; a budget's, credential's or approval's, its own.
 """
 
 from __future__ import annotations
@@ -46,7 +63,8 @@ GENESIS = "sha256:" + "0" * 64  # the ``prev`` of the first entry
 CHECKPOINT_TYP = "mcpmesh-audit-checkpoint+jws"
 CHECKPOINT_INTERVAL = 60.0  # seconds between signed checkpoints of a registry that is running
 # The fields an entry's hash covers, in the JSON an export carries ("hash" is the hash of these).
-CONTENT = ("seq", "at", "actor", "action", "subject", "outcome", "detail", "remote", "data", "prev")
+CONTENT = ("seq", "at", "org", "actor", "action", "subject", "outcome", "detail", "remote", "data", "prev")
+WITNESS = ("seq", "prev", "hash")  # all an export shows of another organisation's entry
 REDACTED = "[redacted]"
 # Argument names that say they hold a secret: their values never reach the log.
 SECRET_NAME = re.compile(r"pass(word|phrase|wd)?|secret|token|api[-_]?key|authori[sz]ation|credential|"
@@ -66,15 +84,26 @@ def _safe(value: str | None) -> str | None:
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    """The hash of an entry: ``sha256:`` of the canonical JSON of its ``CONTENT`` fields."""
-    return json_digest({name: entry.get(name) for name in CONTENT})
+    """The hash of an entry: ``sha256:`` of the canonical JSON of its ``CONTENT`` fields.
+
+    ``org`` is left out when it is None, so an entry written before organisations were recorded
+    (migration 0017), or a registry-wide one, hashes exactly as entries always did: old chains verify."""
+    content = {name: entry.get(name) for name in CONTENT}
+    if content["org"] is None:
+        del content["org"]
+    return json_digest(content)
 
 
 def entry_json(record: store.AuditRecord) -> dict[str, Any]:
     """An entry as the API and exports show it: its content plus its hash."""
-    return {"seq": record.seq, "at": record.at.isoformat(), "actor": record.actor, "action": record.action,
-            "subject": record.subject, "outcome": record.outcome, "detail": record.detail, "remote": record.remote,
-            "data": record.data, "prev": record.prev_hash, "hash": record.hash}
+    return {"seq": record.seq, "at": record.at.isoformat(), "org": record.org_id, "actor": record.actor,
+            "action": record.action, "subject": record.subject, "outcome": record.outcome, "detail": record.detail,
+            "remote": record.remote, "data": record.data, "prev": record.prev_hash, "hash": record.hash}
+
+
+def witness(entry: dict[str, Any]) -> dict[str, Any]:
+    """Another organisation's entry as an export shows it: where it sits in the chain, not what it says."""
+    return {name: entry[name] for name in WITNESS}
 
 
 # Built once: appends are on the call path, and a statement built per call costs more than it runs.
@@ -83,10 +112,13 @@ _INSERT = insert(_events)
 _MOVE_HEAD = update(_head).where(_head.c.id == 1).values(hash=bindparam("new_hash"))
 
 
-def append(executor: Session | Connection, *, actor: str, action: str, subject: str, outcome: str,
-           detail: str | None = None, remote: str | None = None, data: dict[str, Any] | None = None,
+def append(executor: Session | Connection, *, org: str | None, actor: str, action: str, subject: str,
+           outcome: str, detail: str | None = None, remote: str | None = None, data: dict[str, Any] | None = None,
            at: datetime | None = None) -> dict[str, Any]:
     """Append one entry in the caller's transaction; returns it as ``entry_json`` does.
+
+    ``org`` (required, so no call site forgets it) is the organisation the event happened in, whose
+    owners and admins read it; None for a registry-wide event (the operator's: the default organisation's).
 
     The head is updated first: on PostgreSQL that locks its row until the transaction ends, on SQLite
     the statement takes the database's write lock; either way the next writer waits and links to this
@@ -95,13 +127,13 @@ def append(executor: Session | Connection, *, actor: str, action: str, subject: 
     at = (at or datetime.now(UTC)).astimezone(UTC)
     # ``data`` as the JSON column gives it back (tuples become lists, keys strings), so the hash holds on read.
     stored = json.loads(json.dumps(data, allow_nan=False)) if data is not None else None
-    entry = {"seq": seq, "at": at.isoformat(), "actor": _safe(actor), "action": _safe(action),
+    entry = {"seq": seq, "at": at.isoformat(), "org": _safe(org), "actor": _safe(actor), "action": _safe(action),
              "subject": _safe(subject), "outcome": _safe(outcome), "detail": _safe(detail), "remote": _safe(remote),
              "data": stored, "prev": prev}
     entry["hash"] = entry_hash(entry)
-    executor.execute(_INSERT, {"seq": seq, "at": at, "actor": actor, "action": action, "subject": subject,
-                               "outcome": outcome, "detail": detail, "remote": remote, "data": stored,
-                               "prev_hash": prev, "hash": entry["hash"]})
+    executor.execute(_INSERT, {"seq": seq, "at": at, "org_id": org, "actor": actor, "action": action,
+                               "subject": subject, "outcome": outcome, "detail": detail, "remote": remote,
+                               "data": stored, "prev_hash": prev, "hash": entry["hash"]})
     executor.execute(_MOVE_HEAD, {"new_hash": entry["hash"]})
     return entry
 
@@ -116,16 +148,17 @@ def redact(value: Any) -> Any:
     return value
 
 
-def record_decision(executor: Session | Connection, *, caller: str, subject: str, allow: bool, rule: str,
-                    reasons: list[str], policy_input: dict[str, Any] | None, input_digest: str,
+def record_decision(executor: Session | Connection, *, org: str | None, caller: str, subject: str, allow: bool,
+                    rule: str, reasons: list[str], policy_input: dict[str, Any] | None, input_digest: str,
                     run_id: str | None = None) -> dict[str, Any]:
     """Append a policy decision with its input (arguments redacted by name, ``redact``) and the digest of
-    the whole input, so the decision can be replayed against the policy and tied to its run."""
+    the whole input, so the decision can be replayed against the policy and tied to its run. ``org``: the
+    caller's organisation (the tenant that acted)."""
     shown = dict(policy_input or {})
     if "arguments" in shown:
         shown["arguments"] = redact(shown["arguments"])
     data = {"input": shown, "input_digest": input_digest, "rule": rule, "reasons": reasons, "run_id": run_id}
-    return append(executor, actor=caller, action="policy-decision", subject=subject,
+    return append(executor, org=org, actor=caller, action="policy-decision", subject=subject,
                   outcome="allow" if allow else "deny", data=data)
 
 
@@ -178,21 +211,35 @@ def read_chain(session: Session) -> tuple[list[dict[str, Any]], list[dict[str, A
     return entries, checkpoints, (head[0], head[1])
 
 
-def export_lines(entries: Iterable[dict[str, Any]], checkpoints: Iterable[dict[str, Any]]) -> Iterator[str]:
+def export_lines(entries: Iterable[dict[str, Any]], checkpoints: Iterable[dict[str, Any]],
+                 orgs: set[str | None] | None = None) -> Iterator[str]:
     """The log as JSON lines: ``{"type": "entry", ...}`` in chain order, each checkpoint right after the
-    entry it covers (``{"type": "checkpoint", ...}``). What ``verify_lines`` reads back."""
+    entry it covers (``{"type": "checkpoint", ...}``). What ``verify_lines`` reads back.
+
+    ``orgs``: one organisation's view (``visible_orgs``): entries of other organisations are witnesses,
+    ``{"type": "witness", "seq", "prev", "hash"}``. Unset: every entry in full (the operator's export)."""
     pending = sorted(checkpoints, key=lambda c: c["seq"])
     for entry in entries:
-        yield json.dumps({"type": "entry", **entry}, ensure_ascii=False) + "\n"
+        if orgs is None or entry["org"] in orgs:
+            yield json.dumps({"type": "entry", **entry}, ensure_ascii=False) + "\n"
+        else:
+            yield json.dumps({"type": "witness", **witness(entry)}) + "\n"
         while pending and pending[0]["seq"] <= entry["seq"]:
             yield json.dumps({"type": "checkpoint", **pending.pop(0)}) + "\n"
     for rest in pending:  # checkpoints past the last entry (the entries after were lost): verify says so
         yield json.dumps({"type": "checkpoint", **rest}) + "\n"
 
 
+class Witness(dict):  # type: ignore[type-arg]
+    """An entry of the chain read back from a ``witness`` line: its ``seq``, ``prev`` and ``hash`` only.
+    Its own class, not a field, so no entry line can claim to be one and skip the check of its content."""
+
+
 def parse_lines(lines: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """An export read back: entries in file order, and checkpoints. ``ValueError`` names a bad line."""
-    entries, checkpoints = [], []
+    """An export read back: entries (``Witness`` for a witness line) in file order, and checkpoints.
+    ``ValueError`` names a bad line."""
+    entries: list[dict[str, Any]] = []
+    checkpoints = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -203,10 +250,15 @@ def parse_lines(lines: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[s
         kind = item.pop("type", None) if isinstance(item, dict) else None
         if kind == "entry":
             entries.append(item)
+        elif kind == "witness":
+            if set(item) != set(WITNESS):
+                raise ValueError(f"line {number}: a witness holds seq, prev and hash only, not "
+                                 f"{', '.join(sorted(item)) or 'nothing'}")
+            entries.append(Witness(item))
         elif kind == "checkpoint":
             checkpoints.append(item)
         else:
-            raise ValueError(f"line {number} is neither an entry nor a checkpoint (its type is {kind!r})")
+            raise ValueError(f"line {number} is neither an entry, a witness nor a checkpoint (its type is {kind!r})")
     return entries, checkpoints
 
 
@@ -219,6 +271,7 @@ class Verification:
     checkpoint covers (entries after it could still be cut off unnoticed)."""
 
     entries: int = 0
+    witnesses: int = 0  # of ``entries``, those seen only as witnesses (another organisation's)
     checkpoints: int = 0
     anchored: int = 0
     head: str = GENESIS
@@ -233,7 +286,8 @@ class Verification:
             return f"audit log does NOT verify ({len(self.problems)} problems):\n  " + "\n  ".join(self.problems[:50])
         tail = self.entries - self.anchored
         unanchored = f"; the last {tail} entries are not yet covered by a signed checkpoint" if tail else ""
-        return (f"audit log verifies: {self.entries} entries chained from genesis to {self.head}, "
+        witnessed = f" ({self.witnesses} of them another organisation's, seen as witnesses)" if self.witnesses else ""
+        return (f"audit log verifies: {self.entries} entries{witnessed} chained from genesis to {self.head}, "
                 f"{self.checkpoints} signed checkpoints, the last at entry {self.anchored}{unanchored}")
 
 
@@ -241,8 +295,11 @@ def verify(entries: list[dict[str, Any]], checkpoints: list[dict[str, Any]], jwk
            head: tuple[int, str] | None = None) -> Verification:
     """Check a log: entries numbered 1, 2, 3... in order, each hash its content's, each ``prev`` the
     previous hash; every checkpoint signed by a key of ``jwks`` (as valid when it was signed) over the
-    hash the chain has at its ``seq``; ``head`` (from a database) equal to the last entry."""
-    report = Verification(entries=len(entries))
+    hash the chain has at its ``seq``; ``head`` (from a database) equal to the last entry.
+
+    A ``Witness`` (another organisation's entry) is checked for its place (seq, and prev linking it to
+    the entry before) but not for its content, which the export does not carry."""
+    report = Verification(entries=len(entries), witnesses=sum(isinstance(e, Witness) for e in entries))
     hashes: dict[int, str] = {}
     previous = GENESIS
     for position, entry in enumerate(entries, 1):
@@ -253,9 +310,15 @@ def verify(entries: list[dict[str, Any]], checkpoints: list[dict[str, Any]], jwk
         if entry.get("prev") != previous:
             report.problems.append(f"entry {seq}: prev does not match the hash of the entry before it "
                                    "(the chain is broken here)")
-        actual = entry_hash(entry)
-        if actual != entry.get("hash"):
-            report.problems.append(f"entry {seq}: its content does not match its hash (edited)")
+        if isinstance(entry, Witness):
+            actual = entry.get("hash")
+            if not isinstance(actual, str):
+                report.problems.append(f"witness {seq}: its hash is not a string")
+                actual = ""
+        else:
+            actual = entry_hash(entry)
+            if actual != entry.get("hash"):
+                report.problems.append(f"entry {seq}: its content does not match its hash (edited)")
         previous = entry.get("hash") if isinstance(entry.get("hash"), str) else actual
         if isinstance(seq, int):
             hashes.setdefault(seq, previous)
@@ -344,24 +407,32 @@ def _positive(value: str | None, name: str, default: int | None, upper: int | No
     return int(value)
 
 
+def visible_orgs(registry: Any, caller: Any) -> set[str | None]:
+    """The organisations whose entries ``caller`` reads: the one it acts in; and the registry-wide entries
+    (no organisation, or written before 0017), the operator's, when that is the default organisation."""
+    org = registry.tenancy.of_caller(caller).org
+    return {org, None} if org == registry.tenancy.default_org else {org}
+
+
 def routes(registry: Any) -> list[Any]:
-    """The audit log's routes, to mount under ``/v1``; reading it takes action ``audit:read``."""
+    """The audit log's routes, to mount under ``/v1``; reading it takes action ``audit:read``, and shows
+    the caller's organisation's entries only (``visible_orgs``)."""
     from mesh.registry.gate import allowed  # the gate builds on the node, which builds on this module
 
     def answered(handler: Any) -> Any:
         async def wrapped(request: Request) -> Response:
             try:
-                allowed(registry, request, "audit:read")
-                return await handler(request)
+                caller = allowed(registry, request, "audit:read")
+                return await handler(request, visible_orgs(registry, caller))
             except Problem as problem:
                 return problem.response()
 
         wrapped.__doc__ = handler.__doc__
         return wrapped
 
-    async def listing(request: Request) -> Response:
-        """Audit entries, newest first, filtered by actor, action, subject and time; a page at a time
-        (``next_cursor``), or every match as JSON lines with ``format=jsonl``."""
+    async def listing(request: Request, orgs: set[str | None]) -> Response:
+        """The caller's organisation's audit entries, newest first, filtered by actor, action, subject and
+        time; a page at a time (``next_cursor``), or every match as JSON lines with ``format=jsonl``."""
         params = request.query_params
         unknown = set(params) - {"actor", "action", "subject", "since", "until", "cursor", "limit", "format"}
         if unknown:
@@ -376,7 +447,7 @@ def routes(registry: Any) -> list[Any]:
         since, until = _time(params.get("since"), "since"), _time(params.get("until"), "until")
         with registry.sessions() as session:
             found = [entry_json(r) for r in store.list_audit(session, **filters, since=since, until=until,
-                                                              before_seq=before, limit=limit)]
+                                                              before_seq=before, limit=limit, orgs=orgs)]
         if lines:
             body = "".join(json.dumps({"type": "entry", **e}, ensure_ascii=False) + "\n" for e in reversed(found))
             return Response(body, media_type=JSON_LINES)
@@ -384,15 +455,16 @@ def routes(registry: Any) -> list[Any]:
             else None
         return JSONResponse({"entries": found, "next_cursor": next_cursor})
 
-    async def export(request: Request) -> Response:
-        """The whole log in chain order as JSON lines, with its signed checkpoints: what ``mesh audit verify
-        --file`` checks against /.well-known/jwks.json."""
+    async def export(request: Request, orgs: set[str | None]) -> Response:
+        """The whole chain as JSON lines: the caller's organisation's entries in full, every other one as a
+        witness, and the signed checkpoints: what ``mesh audit verify --file`` checks against
+        /.well-known/jwks.json."""
         with registry.sessions() as session:
             entries, checkpoints, _ = read_chain(session)
-        return StreamingResponse(export_lines(entries, checkpoints), media_type=JSON_LINES,
+        return StreamingResponse(export_lines(entries, checkpoints, orgs), media_type=JSON_LINES,
                                  headers={"content-disposition": 'attachment; filename="audit.jsonl"'})
 
-    async def checkpoints(request: Request) -> Response:
+    async def checkpoints(request: Request, _orgs: set[str | None]) -> Response:
         """The signed checkpoints, oldest first."""
         with registry.sessions() as session:
             found = [checkpoint_json(r) for r in session.scalars(
@@ -449,11 +521,19 @@ def workspace_jwks(workspace: Any) -> dict[str, Any]:
     return KeyRing.open(folder).public_jwks()
 
 
-def fetch_export(registry_url: str) -> list[str]:
+def fetch_export(workspace: Any, registry_url: str) -> list[str]:
+    """A running registry's export, as the caller sees it (``$MESH_TOKEN`` or the saved sign-in: that
+    organisation's view; neither: the local user's, the default organisation's)."""
     import httpx
 
+    from mesh.login import LoginProblem, headers
+
     try:
-        response = httpx.get(f"{registry_url.rstrip('/')}/v1/audit/export", timeout=60)
+        sent = headers(workspace, registry_url.rstrip("/"))
+    except LoginProblem as exc:
+        raise AuditCommandProblem(str(exc)) from exc
+    try:
+        response = httpx.get(f"{registry_url.rstrip('/')}/v1/audit/export", timeout=60, headers=sent)
     except httpx.HTTPError as exc:
         raise AuditCommandProblem(f"no answer from the registry at {registry_url}: {exc}") from exc
     if response.is_error:
@@ -477,7 +557,7 @@ def command_verify(workspace: Any, *, file: str | None, jwks: str | None, regist
             except OSError as exc:
                 raise AuditCommandProblem(f"cannot read {file}: {exc}") from exc
         else:
-            report = verify_lines(fetch_export(registry_url), keys)
+            report = verify_lines(fetch_export(workspace, registry_url), keys)
     else:
         keys = read_jwks_from(jwks) if jwks else workspace_jwks(workspace)
         try:
@@ -494,7 +574,7 @@ def command_export(workspace: Any, *, output: str | None, registry_url: str | No
     import sys
 
     if registry_url is not None:
-        lines = [line + "\n" for line in fetch_export(registry_url)]
+        lines = [line + "\n" for line in fetch_export(workspace, registry_url)]
     else:
         with workspace_sessions(workspace)() as session:
             entries, checkpoints, _ = read_chain(session)

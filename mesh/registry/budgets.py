@@ -338,7 +338,7 @@ class Budgets:
                                                    "change it there")
         with self.sessions.begin() as session:
             _save(session, spec, source="api", by=by)
-            audit.append(session, actor=by, action="budget-set", subject=spec.id, outcome="done",
+            audit.append(session, org=spec.org, actor=by, action="budget-set", subject=spec.id, outcome="done",
                          data=spec.model_dump(mode="json"))
         self.specs[spec.id], self.sources[spec.id] = spec, "api"
 
@@ -349,7 +349,8 @@ class Budgets:
                                                    "remove it there")
         with self.sessions.begin() as session:
             session.execute(delete(store.BudgetRecord).where(store.BudgetRecord.id == budget_id))
-            audit.append(session, actor=by, action="budget-remove", subject=budget_id, outcome="done")
+            audit.append(session, org=self.specs[budget_id].org, actor=by, action="budget-remove",
+                         subject=budget_id, outcome="done")
         self.specs.pop(budget_id, None)
         self.sources.pop(budget_id, None)
 
@@ -364,7 +365,8 @@ class Budgets:
                                             created_at=datetime.now(UTC))
         with self.sessions.begin() as session:
             session.add(record)
-            audit.append(session, actor=by, action="budget-override", subject=budget_id, outcome="granted",
+            audit.append(session, org=spec.org, actor=by, action="budget-override", subject=budget_id,
+                         outcome="granted",
                          detail=reason or None, data={"override": record.id, "expires_at": expires_at.isoformat()})
         self.overrides.setdefault(budget_id, []).append(record)
         return override_json(record)

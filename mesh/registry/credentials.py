@@ -346,7 +346,7 @@ class Credentials:
     def _audit(self, session: Session, by: str, action: str, record: CredentialRecord | CredentialInfo,
                outcome: str = "done", **extra: Any) -> None:
         info = record if isinstance(record, CredentialInfo) else CredentialInfo.of(record)
-        audit.append(session, actor=by, action=action, subject=info.ref, outcome=outcome,
+        audit.append(session, org=self.org, actor=by, action=action, subject=info.ref, outcome=outcome,
                      data={**info.policy_field(), "version": info.version, "backend": info.backend, **extra})
 
     def set(self, ref: str, value: str, *, agent: str, system: str, by: str, description: str = "") -> CredentialInfo:
@@ -461,7 +461,7 @@ class Credentials:
                 check_ref(ref)
                 record = self._get(session, ref)
             except CredentialProblem as problem:
-                audit.append(session, actor=actor, action="credential-resolve", subject=str(ref)[:128],
+                audit.append(session, org=self.org, actor=actor, action="credential-resolve", subject=str(ref)[:128],
                              outcome="unknown", data={"ref": str(ref)[:128], "agent": agent, "system": system})
                 refusal: CredentialProblem = problem
             else:

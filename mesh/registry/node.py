@@ -414,7 +414,7 @@ class Registry:
             verify_token(token, offer.trust, [], audience=config.audience, max_lifetime=config.max_token_lifetime,
                          skew=config.token_clock_skew)
         except AuthProblem as exc:
-            self.audit("unauthenticated", "register", name, "refused", str(exc))
+            self.audit("unauthenticated", "register", name, "refused", str(exc), org=None)  # unproven: registry-wide
             raise Problem("unauthenticated", f"registration of {name!r} refused: {exc}") from exc
         self._trust_cache[name] = (trusted, time.monotonic())  # just read: fresher than what the cache held
         self.keep_offer(name, offer)
@@ -430,7 +430,8 @@ class Registry:
                 exp = datetime.fromtimestamp(key.exp, UTC) if key.exp else None
                 store.trust_key(session, kid, agent=agent, jwk=key.jwk,
                                 source="rotation" if kid in offer.learned else "workspace", exp=exp)
-                audit.append(session, actor=f"agent:{agent}", action="trust-key", subject=agent,
+                audit.append(session, org=self.tenancy.of(agent).org, actor=f"agent:{agent}", action="trust-key",
+                             subject=agent,
                              outcome="learned" if kid in offer.learned else "end-set",
                              data={"kid": kid, "exp": key.exp})
         for kid, (signer, statement) in offer.revocations.items():
@@ -463,7 +464,8 @@ class Registry:
         with self.sessions.begin() as session:
             _, created = store.revoke_key(session, agent, kid, by=by, statement=statement, reason=reason)
             if created:
-                audit.append(session, actor=by, action="revoke-key", subject=agent, outcome="done",
+                audit.append(session, org=self.tenancy.of(agent).org, actor=by, action="revoke-key", subject=agent,
+                             outcome="done",
                              detail=f"kid {kid}" + (f": {reason}" if reason else ""), data={"kid": kid})
         self.forget_trust(agent)
         self.block_unvouched(agent)
@@ -504,10 +506,11 @@ class Registry:
         return blocked
 
     def audit(self, actor: str, action: str, subject: str, outcome: str, detail: str | None = None,
-              remote: str | None = None, data: dict[str, Any] | None = None) -> None:
-        """Append to the hash-chained audit log (``audit.py``) in a transaction of its own."""
+              remote: str | None = None, data: dict[str, Any] | None = None, *, org: str | None) -> None:
+        """Append to the hash-chained audit log (``audit.py``) in a transaction of its own; ``org``: the
+        organisation it happened in (None: registry-wide)."""
         with self.sessions.begin() as session:
-            audit.append(session, actor=actor, action=action, subject=subject[:200], outcome=outcome,
+            audit.append(session, org=org, actor=actor, action=action, subject=subject[:200], outcome=outcome,
                          detail=detail, remote=remote, data=data)
 
     def discover(self, query: str, *, k: int = 10, agent: str | None = None, read_only: bool | None = None,

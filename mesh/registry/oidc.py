@@ -261,7 +261,8 @@ class BrowserSignIn:
                                             name="browser sign-in",
                                             scopes=["*"], expires_at=people.utcnow() + timedelta(seconds=expires))
         self.registry.audit(caller.id, "sign-in", caller.user, "done", "browser, authorization code + PKCE",
-                            request.client.host if request.client else None)
+                            request.client.host if request.client else None,
+                            org=caller.org or self.registry.people.default_org)
         response = RedirectResponse(pending.return_to, status_code=303)
         response.set_cookie(people.SESSION_COOKIE, secret, max_age=int(expires), httponly=True, samesite="lax",
                             secure=request.url.scheme == "https", path="/")

@@ -221,6 +221,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {
             "seq": {"type": "integer", "minimum": 1, "description": "the entry's position in the chain"},
             "at": {"type": "string", "format": "date-time"},
+            "org": _nullable("string", description="the organisation it happened in; null: registry-wide, or "
+                                                   "written before organisations were recorded (hashed when not null)"),
             "actor": {"type": "string", "description": "who: agent:NAME, user:..., unauthenticated"},
             "action": {"type": "string", "description": "policy-decision, register, revoke-key, trust-key, "
                                                         "credential-set, credential-resolve, ..."},
@@ -233,7 +235,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "prev": {"type": "string", "description": "hash of the entry before (sha256:000... for the first)"},
             "hash": {"type": "string", "description": "sha256: of the RFC 8785 JSON of every field above"},
         },
-        ["seq", "at", "actor", "action", "subject", "outcome", "detail", "remote", "data", "prev", "hash"],
+        ["seq", "at", "org", "actor", "action", "subject", "outcome", "detail", "remote", "data", "prev", "hash"],
     ),
     "AuditCheckpoint": _object(
         {
@@ -523,7 +525,7 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
             ],
             operation_id="listRuns")},
         "/v1/audit": {"get": _operation(
-            "The audit log, newest first: filtered, paged by cursor, or as JSON lines",
+            "The caller's organisation's audit entries, newest first: filtered, paged by cursor, or as JSON lines",
             _responses(AUDIT_PAGE, "a page of entries", *read, 400, 403,
                        s403="the caller lacks scope audit:read (or registry:admin)")
             | {"200": {"description": "a page of entries, or with format=jsonl every match as JSON lines, oldest "
@@ -545,9 +547,11 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
             ],
             operation_id="listAudit")},
         "/v1/audit/export": {"get": _operation(
-            "The whole audit log in chain order as JSON lines, with its signed checkpoints",
-            {"200": {"description": "one JSON object a line: {type: entry, ...AuditEntry} in chain order, each "
-                                    "{type: checkpoint, ...AuditCheckpoint} after the entry it covers; check it "
+            "The whole audit chain as JSON lines: the caller's organisation's entries, the rest as witnesses",
+            {"200": {"description": "one JSON object a line: {type: entry, ...AuditEntry} for the caller's "
+                                    "organisation's entries and {type: witness, seq, prev, hash} for every other "
+                                    "one, in chain order, each {type: checkpoint, ...AuditCheckpoint} after the "
+                                    "entry it covers; check it "
                                     "with `mesh audit verify --file F --jwks URL`",
                      "content": {"application/jsonl": {"schema": {"type": "string"}}}},
              **{str(s): _problem(s) for s in read}, "403": _problem(403, "the caller lacks scope audit:read")},

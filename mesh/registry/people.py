@@ -378,7 +378,8 @@ def routes(registry: Registry) -> list[Route]:
             record, secret = create_token(session, user_id=user_id, org_id=caller.org or registry.people.default_org,
                                           name=name, scopes=scopes, expires_at=expires_at)
             document = {**token_json(record), "token": secret}
-        registry.audit(caller.id, "create-token", record.id, "done", f"scopes {' '.join(scopes)}", _remote(request))
+        registry.audit(caller.id, "create-token", record.id, "done", f"scopes {' '.join(scopes)}", _remote(request),
+                       org=record.org_id)
         return JSONResponse(document, status_code=201)
 
     async def tokens_or_create(request: Request) -> JSONResponse:
@@ -400,7 +401,7 @@ def routes(registry: Registry) -> list[Route]:
             document = token_json(record)
         registry.people.forget()
         registry.audit(caller.id, "revoke-token", token_id, "done" if changed else "already revoked", None,
-                       _remote(request))
+                       _remote(request), org=document["org"])
         return JSONResponse(document)
 
     async def orgs(request: Request) -> JSONResponse:
@@ -443,7 +444,7 @@ def routes(registry: Registry) -> list[Route]:
                 set_role(session, org, target, role)
                 document = {"org": org, "user": target, "role": role}
         registry.people.forget()
-        registry.audit(caller.id, "set-role", f"{org}/{target}", "done", f"role {role}", _remote(request))
+        registry.audit(caller.id, "set-role", f"{org}/{target}", "done", f"role {role}", _remote(request), org=org)
         return JSONResponse(document)
 
     return [

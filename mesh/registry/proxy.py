@@ -556,7 +556,8 @@ class _Run:
         if decision is not None:
             pending.decision = {"run_id": self.id, "allow": decision.allow, "rule": decision.rule,
                                 "input_digest": decision.input_digest, **tenant_columns}
-            pending.audited = {"caller": self.caller.id, "subject": f"{self.agent}.{self.tool}",
+            pending.audited = {"org": self.registry.tenancy.of_caller(self.caller).org,  # the acting tenant's
+                               "caller": self.caller.id, "subject": f"{self.agent}.{self.tool}",
                                "allow": decision.allow, "rule": decision.rule, "reasons": decision.reasons,
                                "policy_input": self.policy_input, "input_digest": decision.input_digest,
                                "run_id": self.id}

@@ -296,15 +296,17 @@ class AuditRecord(Base):
     The log is a hash chain (``audit.py``): ``seq`` numbers the entries 1, 2, 3... without gaps, and
     ``hash`` covers the entry's canonical content and ``prev_hash``, the hash of the entry before it. An
     entry is appended only through ``audit.append`` and never changed: on both backends a trigger refuses
-    UPDATE and DELETE (migration 0007). Tenancy will add an ``org_id`` column (each organisation's own
-    chain, or one chain whose entries name their organisation: the hash then covers it)."""
+    UPDATE and DELETE (migration 0007). One chain for the whole registry, whose entries name their
+    organisation (``org_id``, covered by the hash; migration 0017): each organisation reads its own."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_at", "at"),)
+    __table_args__ = (Index("ix_audit_events_at", "at"), Index("ix_audit_events_org_id_seq", "org_id", "seq"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(unique=True)  # the position in the chain, from 1
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The organisation the event happened in; None: registry-wide, or written before 0017 (the operator's).
+    org_id: Mapped[str | None] = mapped_column(SafeString(64))
     actor: Mapped[str] = mapped_column(SafeString)  # who asked: a caller id, or "unauthenticated"
     action: Mapped[str] = mapped_column(SafeString)  # e.g. "register", "revoke-key", "policy-decision"
     subject: Mapped[str] = mapped_column(SafeString)  # what it was about, e.g. the agent's name
@@ -1291,14 +1293,14 @@ def list_revocations(session: Session, agent: str | None = None) -> list[Revocat
 
 
 def audit(
-    session: Session, *, actor: str, action: str, subject: str, outcome: str, detail: str | None = None,
-    remote: str | None = None, data: dict[str, Any] | None = None,
+    session: Session, *, org: str | None, actor: str, action: str, subject: str, outcome: str,
+    detail: str | None = None, remote: str | None = None, data: dict[str, Any] | None = None,
 ) -> AuditRecord:
-    """Append one event of the trust boundary to the hash-chained log (``audit.append``); never secrets,
-    only what was decided."""
+    """Append one event of the trust boundary to the hash-chained log (``audit.append``: ``org`` is the
+    organisation it happened in, required); never secrets, only what was decided."""
     from mesh.registry.audit import append  # the chain's rules live there; it builds on this module
 
-    entry = append(session, actor=actor, action=action, subject=subject, outcome=outcome, detail=detail,
+    entry = append(session, org=org, actor=actor, action=action, subject=subject, outcome=outcome, detail=detail,
                    remote=remote, data=data)
     return _require(session.scalar(select(AuditRecord).where(AuditRecord.seq == entry["seq"])), "appended entry")
 
@@ -1307,10 +1309,16 @@ def list_audit(
     session: Session, *, subject: str | None = None, actor: str | None = None, action: str | None = None,
     since: datetime | None = None, until: datetime | None = None, before_seq: int | None = None,
     after_seq: int | None = None, limit: int | None = 100, oldest_first: bool = False,
+    orgs: Iterable[str | None] | None = None,
 ) -> list[AuditRecord]:
-    """Audit entries, newest first (or in chain order), filtered; ``before_seq``/``after_seq`` page by position."""
+    """Audit entries, newest first (or in chain order), filtered; ``before_seq``/``after_seq`` page by position.
+    ``orgs``: only the entries of these organisations (None among them: the registry-wide ones); unset: all."""
     order = AuditRecord.seq.asc() if oldest_first else AuditRecord.seq.desc()
     query = select(AuditRecord).order_by(order).limit(limit)
+    if orgs is not None:
+        wanted = set(orgs)
+        named = AuditRecord.org_id.in_(sorted(org for org in wanted if org is not None))
+        query = query.where(named | AuditRecord.org_id.is_(None) if None in wanted else named)
     for column, value in ((AuditRecord.subject, subject), (AuditRecord.actor, actor), (AuditRecord.action, action)):
         if value is not None:
             query = query.where(column == value)

@@ -270,7 +270,8 @@ class Sandboxes:
                                           approved_by=caller.id, approved_at=self.clock(), note=request.note,
                                           base_url=request.base_url)
             store.add_approval(session, record)
-            store.audit(session, actor=caller.id, action="approve", subject=request.agent, outcome="done",
+            store.audit(session, org=record.org_id, actor=caller.id, action="approve", subject=request.agent,
+                        outcome="done",
                         detail=f"{request.scope} for {request.service} at {request.base_url or 'its spec server'}"
                         + (f": {request.note}" if request.note else ""))
             return record
@@ -286,7 +287,8 @@ class Sandboxes:
                 raise Problem("unknown-approval", f"no approval {approval_id[:80]!r}")
             if record.revoked_at is None:
                 record.revoked_at = self.clock()
-                store.audit(session, actor=caller.id, action="revoke-approval", subject=record.agent,
+                store.audit(session, org=record.org_id, actor=caller.id, action="revoke-approval",
+                            subject=record.agent,
                             outcome="done", detail=f"{record.scope} for {record.service}")
             return record
 
