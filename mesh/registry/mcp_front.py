@@ -4,8 +4,9 @@
 under their own names, every request carried by ``proxy.carry`` (caller, policy, provenance,
 reputation). ``/mcp`` is the whole mesh: the registry's ``discover`` and ``invoke`` tools, every
 verified tool as ``AGENT__TOOL`` and every prompt as ``AGENT__PROMPT``; resource URIs keep their form
-and are routed to the agent whose pinned resource or template covers them. Both faces list only what
-was admitted and is still verified (from memory, as pinned), never the agent's live lists.
+and are routed to the agent of the caller's project whose pinned resource or template covers them. Both
+faces list only what was admitted and is still verified (from memory, as pinned), never the agent's live
+lists, and only the caller's project's (``tenancy.py``): another project's agent is unknown there.
 
 Both are one low-level ``mcp.server.Server`` each, answering both protocol versions:
 
@@ -341,12 +342,14 @@ class Front:
 
     async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
         uri = str(params.uri)
-        agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
-        return await self.carry(ctx, proxy.Call(agent, uri, "resource"))
+        return await self.carry(ctx, proxy.Call(self.resource_agent(ctx, uri), uri, "resource"))
 
-    def resource_agent(self, uri: str) -> str:
-        """Which agent serves ``uri`` on ``/mcp``: the one whose pinned resource or template covers it."""
-        agent = proxy.resource_owner(self.registry, uri)
+    def resource_agent(self, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
+        """Which agent serves ``uri``: on ``/mcp``, the one of the caller's project whose pinned resource or
+        template covers it (a URI only another project serves is served by nobody)."""
+        if not self.whole_mesh:
+            return self.agent_of(ctx)
+        agent = proxy.resource_owner(self.registry, uri, self.agents(ctx))
         if agent is None:
             raise MCPError(proxy.RESOURCE_NOT_FOUND, f"no agent of this mesh serves {uri[:200]!r}", {"uri": uri})
         return agent
@@ -363,14 +366,16 @@ class Front:
             target = ref["name"]
         else:
             target = ref.get("uri", "")
-            agent = self._template_agent(target) if self.whole_mesh else self.agent_of(ctx)
+            agent = self._template_agent(ctx, target) if self.whole_mesh else self.agent_of(ctx)
         extra = {key: wire[key] for key in ("argument", "context") if key in wire}
         return await self.carry(ctx, proxy.Call(agent, target, "completion", extra={**extra, "ref": ref}))
 
-    def _template_agent(self, uri_template: str) -> str:
-        """Which agent pinned the resource template (or resource) a completion on ``/mcp`` names."""
+    def _template_agent(self, ctx: ServerRequestContext[Any, Any], uri_template: str) -> str:
+        """Which agent of the caller's project pinned the resource template (or resource) a completion on
+        ``/mcp`` names."""
+        shown = set(self.agents(ctx))
         for (agent, _, _), described in sorted(self.registry.descriptors.items()):
-            if uri_template in (described.wire.get("uriTemplate"), described.wire.get("uri")):
+            if agent in shown and uri_template in (described.wire.get("uriTemplate"), described.wire.get("uri")):
                 return agent
         raise MCPError(types.INVALID_PARAMS, f"no agent of this mesh lists {uri_template[:200]!r}")
 
@@ -395,7 +400,7 @@ class Front:
 
     async def _subscription(self, ctx: ServerRequestContext[Any, Any], uri: str, method: str) -> None:
         self._caller(ctx, "read")
-        agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
+        agent = self.resource_agent(ctx, uri)
         call = proxy.Call(agent, uri, "resource")
         try:
             proxy.resolve_descriptor(self.registry, call)
@@ -414,9 +419,10 @@ class Front:
         the resources asked for (pinned, verified ones of this face; others never fire) from the agents,
         watched for as long as the stream is open."""
         self._caller(ctx, "read")
+        shown = self.agents(ctx)
         watched: dict[str, list[str]] = {}
         for uri in params.notifications.resource_subscriptions or []:
-            agent = proxy.resource_owner(self.registry, uri) if self.whole_mesh else self.agent_of(ctx)
+            agent = proxy.resource_owner(self.registry, uri, shown)
             try:
                 if agent is not None:
                     proxy.resolve_descriptor(self.registry, proxy.Call(agent, uri, "resource"))
