@@ -51,7 +51,6 @@ import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
-from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
@@ -69,9 +68,9 @@ from mesh.registry.forward import (
     session_asker,
     session_notifier,
 )
-from mesh.registry.gate import allowed
+from mesh.registry.gate import allowed, caller_of
 from mesh.registry.node import PinnedTool, Registry
-from mesh.registry.notifications import Notices
+from mesh.registry.notifications import Audience, Notices
 from mesh.registry.problems import Problem
 from mesh.serving import RETRY_MS, MemoryEventStore
 from mesh.sessions import at_or_above, session_id
@@ -102,7 +101,6 @@ class Front:
         self.whole_mesh = whole_mesh
         self.session_levels: dict[str, str] = {}
         self.notices = Notices(registry)
-        self.listen_handler = ListenHandler(self.notices.bus)
 
     # -- who and where ------------------------------------------------------------------------------
 
@@ -129,6 +127,12 @@ class Front:
             return [self.agent_of(ctx)]
         return self.registry.tenancy.visible_agents(self._caller(ctx, "read"), sorted(self.registry.endpoints))
 
+    def audience(self, ctx: ServerRequestContext[Any, Any]) -> Audience:
+        """Whom this request's client stands for, to hear of changes: the project its caller acts in; on
+        ``/agents/{name}/mcp``, that agent (``notifications.py``)."""
+        caller = caller_of(self.registry, ctx.request if isinstance(ctx.request, Request) else None)
+        return Audience(self.registry.tenancy.of_caller(caller), None if self.whole_mesh else self.agent_of(ctx))
+
     def relay(self, ctx: ServerRequestContext[Any, Any]) -> Relay:
         """The client, as the agent should know it: capabilities, log level, a way to send it notifications;
         on a 2025-11-25 session, the session, and ways to ask it what the agent asks."""
@@ -151,7 +155,7 @@ class Front:
         session = session_id(ctx) or ""
         link = ClientLink(session, ask=session_asker(ctx.session, None),
                           notify=self._at_level(session, session_notifier(ctx.session)))
-        self.notices.seen(link)
+        self.notices.seen(link, self.audience(ctx))
         return link
 
     def _at_level(self, session: str, notify: NotificationCallback) -> NotificationCallback:
@@ -417,7 +421,7 @@ class Front:
     async def listen(self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams) -> Any:
         """2026-07-28: a ``subscriptions/listen`` stream. List changes come from the registry; updates of
         the resources asked for (pinned, verified ones of this face; others never fire) from the agents,
-        watched for as long as the stream is open."""
+        watched for as long as the stream is open. Only news of the caller's project's agents reaches it."""
         self._caller(ctx, "read")
         shown = self.agents(ctx)
         watched: dict[str, list[str]] = {}
@@ -432,7 +436,7 @@ class Front:
         for agent, uris in watched.items():
             self.notices.watches.add(agent, uris)
         try:
-            return await self.listen_handler(ctx, params)
+            return await self.notices.listen_handler(self.audience(ctx))(ctx, params)
         finally:
             for agent, uris in watched.items():
                 self.notices.watches.remove(agent, uris)
