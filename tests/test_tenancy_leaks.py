@@ -156,7 +156,7 @@ def test_an_agents_keys_and_card_only_for_its_project(mesh: Mesh, path: str):
     for name, headers, other in (("desk", None, "shelf"), ("shelf", LIBRARY, "desk")):
         assert httpx.get(mesh.url + path.format(name), headers=headers).status_code == 200, name
         hidden = httpx.get(mesh.url + path.format(other), headers=headers)
-        assert (hidden.status_code, kind(hidden)) == (404, "unknown-agent"), other
+        assert hidden.status_code == 404 and kind(hidden) == "unknown-agent", other
         assert hidden.json()["detail"] == nobody.json()["detail"].replace("nobody", other)
     assert httpx.get(mesh.url + path.format("desk"), headers={"authorization": "Bearer junk"}).status_code == 401
 
