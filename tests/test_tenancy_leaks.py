@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,10 +26,15 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
 
 from mesh.card import CARD_PATH
+from mesh.registry.app import build_app
+from mesh.registry.config import RegistryConfig
+from mesh.registry.node import Registry
 from mesh.registry.proxy import RESOURCE_NOT_FOUND
 from mesh.telemetry import AGENT_LABEL
+from mesh.workspace import Workspace
 
 from .conftest import POSTGRES_VARIABLE, copy_repo_workspace, postgres_schema
 from .test_a2a_registry import call, send
@@ -159,6 +165,22 @@ def test_an_agents_keys_and_card_only_for_its_project(mesh: Mesh, path: str):
         assert hidden.status_code == 404 and kind(hidden) == "unknown-agent", other
         assert hidden.json()["detail"] == nobody.json()["detail"].replace("nobody", other)
     assert httpx.get(mesh.url + path.format("desk"), headers={"authorization": "Bearer junk"}).status_code == 401
+
+
+def test_an_anonymous_caller_gets_no_agents_keys_nor_card(tmp_path: Path, database_url: str):
+    """Off loopback, without a token, a caller acts in no project: the gate asks it to authenticate, for
+    every agent name alike."""
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    registry = Registry.open(RegistryConfig.from_workspace(workspace, database_url=database_url))
+    try:
+        with TestClient(build_app(registry), base_url="http://127.0.0.1:7300", client=("10.1.2.3", 5000)) as remote:
+            for path in ("/agents/{}/jwks.json", "/agents/{}" + CARD_PATH):
+                for name in ("librarian", "nobody"):
+                    answer = remote.get(path.format(name))
+                    assert answer.status_code == 401 and kind(answer) == "unauthenticated", path
+                    assert "resource_metadata=" in answer.headers["www-authenticate"]
+    finally:
+        registry.engine.dispose()
 
 
 def a2a_refusal(mesh: Mesh, name: str) -> httpx.Response:
