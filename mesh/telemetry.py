@@ -17,10 +17,11 @@ makes a given parent context current (so a node with telemetry off still passes 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from contextvars import Token
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ INVOKE_DURATION = "mesh.invoke.duration"
 POLICY_DECISIONS = "mesh.policy.decisions"
 RUN_BATCH_SIZE = "mesh.runlog.batch_size"  # calls per commit of run records (group commit)
 REPUTATION_SCORE = "mesh.reputation.score"
+AGENT_ATTRIBUTE = "mesh.agent"
+AGENT_LABEL = "mesh_agent"  # the Prometheus label of AGENT_ATTRIBUTE (dots become underscores)
 
 logger = logging.getLogger(__name__)
 
@@ -188,17 +191,35 @@ def observe_reputation(scores: Callable[[], Iterable[tuple[str, float]]]) -> Non
         return
 
     def observe(_options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(score, {"mesh.agent": agent}) for agent, score in scores()]
+        return [Observation(score, {AGENT_ATTRIBUTE: agent}) for agent, score in scores()]
 
     telemetry.meter_provider.get_meter(INSTRUMENTATION).create_observable_gauge(
         REPUTATION_SCORE, [observe], unit="1", description="Reputation score of each agent, 0 to 1")
 
 
-def prometheus_text() -> tuple[bytes, str]:
-    """The metrics in the Prometheus text format, and its content type (empty unless ``scrape``)."""
+def prometheus_text(agents: Collection[str] | None = None) -> tuple[bytes, str]:
+    """The metrics in the Prometheus text format, and its content type (empty unless ``scrape``).
+
+    ``agents``: only the series of these agents (by their ``mesh_agent`` label) and every series that
+    names no agent; None: every series. Chosen at collection, so no label is ever parsed back out of text."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY if agents is None else _OfAgents(REGISTRY, agents)), CONTENT_TYPE_LATEST
+
+
+class _OfAgents:
+    """A Prometheus collector showing what ``source`` collects, less the series of agents not in ``agents``."""
+
+    def __init__(self, source: Any, agents: Collection[str]):
+        self.source = source
+        self.agents = frozenset(agents)
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.source.collect():
+            kept = copy.copy(family)  # the family's name, type, help and unit as they are; fewer samples
+            kept.samples = [sample for sample in family.samples
+                            if AGENT_LABEL not in sample.labels or sample.labels[AGENT_LABEL] in self.agents]
+            yield kept
 
 
 def tracer() -> trace.Tracer:
@@ -284,11 +305,11 @@ def record_invoke(agent: str, tool: str, status: str, latency_ms: float, *, deci
     telemetry = _current
     if telemetry is None or telemetry.invoke_counter is None or telemetry.invoke_latency is None:
         return
-    attributes = {"mesh.agent": agent, "mesh.tool": tool, "mesh.status": status}
+    attributes = {AGENT_ATTRIBUTE: agent, "mesh.tool": tool, "mesh.status": status}
     telemetry.invoke_counter.add(1, attributes)
     telemetry.invoke_latency.record(latency_ms, attributes)
     if decision is not None and telemetry.policy_counter is not None:
-        telemetry.policy_counter.add(1, {"mesh.agent": agent, "mesh.decision": decision, "mesh.rule": rule or ""})
+        telemetry.policy_counter.add(1, {AGENT_ATTRIBUTE: agent, "mesh.decision": decision, "mesh.rule": rule or ""})
 
 
 def record_batch(size: int) -> None:

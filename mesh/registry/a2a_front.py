@@ -10,6 +10,9 @@ For an agent NAME the registry serves, beside ``/v1`` and ``/mcp``:
   (``type``, ``rule``, ``run_id``...). A result's artifact carries the run ids in its metadata.
 - ``GET /agents/NAME/.well-known/agent-card.json``: the card of that binding.
 
+Both answer only a caller of the agent's project (the gate identified it); to anyone else the agent is
+unknown (404), as one that does not exist.
+
 The card is the registry's, not the agent's: the agent's own card names the agent's endpoint, and
 changing its interface URL would break the agent's signatures (or keep them over content the agent never
 signed). So the registry builds the card from what it admitted — the verified tools of the manifest the
@@ -48,7 +51,7 @@ from mesh.card import (
 )
 from mesh.client import RUN_META
 from mesh.names import is_valid_name
-from mesh.registry import proxy, store
+from mesh.registry import proxy, store, tenancy
 from mesh.registry.auth import Caller
 from mesh.registry.gate import allowed, is_run_id
 from mesh.registry.node import Registry
@@ -93,8 +96,7 @@ class A2AFront:
 
         async def binding(request: Request) -> Response:
             try:
-                allowed(self.registry, request, "invoke")
-                self.registered(request.path_params["name"])
+                self.shown(allowed(self.registry, request, "invoke"), request.path_params["name"])
                 parent = request.headers.get("x-mesh-parent-run")
                 if parent is not None and not is_run_id(parent):
                     raise Problem("bad-request", "x-mesh-parent-run must be a run id")
@@ -107,15 +109,17 @@ class A2AFront:
 
     async def card_route(self, request: Request) -> JSONResponse:
         try:
-            name = self.registered(request.path_params["name"])
+            name = self.shown(allowed(self.registry, request, "read"), request.path_params["name"])
             card = self.card(name, str(request.base_url).rstrip("/"))
         except Problem as problem:
             return problem.response()
         return JSONResponse(card)
 
-    def registered(self, name: str) -> str:
-        if not is_valid_name(name) or name not in self.registry.endpoints:
-            raise Problem("unknown-agent", f"no agent {name[:80]!r} is registered")
+    def shown(self, caller: Caller, name: str) -> str:
+        """``name``, if ``caller`` may know that agent (one of the project it acts in); else the problem of
+        an agent that does not exist."""
+        if not is_valid_name(name) or not self.registry.tenancy.visible(caller, name):
+            raise tenancy.unknown_agent(name[:80])
         return name
 
     def card(self, name: str, registry_url: str) -> dict[str, Any]:

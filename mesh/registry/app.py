@@ -47,6 +47,7 @@ from mesh.registry import (
     store,
     tenancy,
 )
+from mesh.registry.auth import Caller
 from mesh.registry.forward import Forwarder
 from mesh.registry.gate import Gate, allowed, is_run_id, parse_json
 from mesh.registry.mcp_front import Front
@@ -111,8 +112,9 @@ def build_app(registry: Registry) -> Starlette:
     sandboxes = SandboxRoutes(registry)  # /v1/agents/{name}/sandboxes..., /v1/approvals, each sandbox's MCP
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "agents": len(registry.endpoints), "tools": len(registry.tools),
-                             "replica": registry.replica_id})
+        """Liveness, for anyone (``mesh up`` waits on it): no count of agents or tools, which are some
+        project's business (``GET /v1/agents`` lists the caller's)."""
+        return JSONResponse({"status": "ok", "replica": registry.replica_id})
 
     async def jwks(request: Request) -> JSONResponse:
         return JSONResponse(registry.provenance_jwks)
@@ -171,9 +173,9 @@ def build_app(registry: Registry) -> Starlette:
     async def agent_jwks(request: Request) -> JSONResponse:
         """The keys this registry trusts for an agent now (with ``exp`` where a key's overlap ends) and the
         kids it holds revoked: what a client needs to check the signatures listed through the registry."""
-        name = path_name(request)  # public, like any JWKS: a client needs it to check signatures
-        if name not in registry.endpoints:
-            raise Problem("unknown-agent", f"no agent {name!r} is registered")
+        name = path_name(request)  # for whoever sees the agent listed: another project's is unknown
+        if not registry.tenancy.visible(allowed(registry, request, "read"), name):
+            raise tenancy.unknown_agent(name)
         trust = registry.cached_trust(name)
         keys = [{**key.jwk, **({"exp": key.exp} if key.exp else {})} for key in trust.keys.values()
                 if key.kid not in trust.revoked]
@@ -342,9 +344,12 @@ def build_app(registry: Registry) -> Starlette:
                 group.cancel_scope.cancel()
 
     async def metrics(request: Request) -> Response:
-        """Calls, errors, latency histograms, policy decisions and reputation scores, for Prometheus."""
-        allowed(registry, request, "read")
-        body, content_type = telemetry.prometheus_text()
+        """Calls, errors, latency histograms, policy decisions and reputation scores, for Prometheus: the
+        series of the agents of the caller's project (and those of no agent); the operator's scraper, every
+        series."""
+        caller = allowed(registry, request, "read")
+        shown = None if is_operator(registry, caller) else registry.tenancy.visible_agents(caller, registry.endpoints)
+        body, content_type = telemetry.prometheus_text(shown)
         return Response(body, media_type=content_type)
 
     async def index(request: Request) -> JSONResponse:
@@ -402,6 +407,13 @@ def http_problem(request: Request, exc: Exception) -> JSONResponse:
                          "status": exc.status_code, "detail": f"{request.method} {request.url.path}: {exc.detail}"},
                         status_code=exc.status_code, headers=exc.headers, media_type="application/problem+json")
 
+
+
+def is_operator(registry: Registry, caller: Caller) -> bool:
+    """Is ``caller`` the registry's operator: a person who is owner or admin of the default organisation
+    (``[auth] default_org``; the local user owns it), whatever project they act in?"""
+    return (caller.kind == "user" and caller.org == registry.config.auth.default_org
+            and caller.role in ("owner", "admin"))
 
 
 def _remote(request: Request) -> str | None:

@@ -33,14 +33,13 @@ from mesh.registry.problems import Problem
 
 # Routes anyone may reach (after the host and origin checks): public documents, and the two that carry
 # their own proof — a registration's token is checked against the agent's keys, a revocation statement
-# is signed.
+# is signed. An agent's JWKS and A2A card are not among them: they name an agent of some project, so
+# only a caller of that project gets them (``tenancy.py``).
 _OPEN = [
     ("GET", re.compile(r"/healthz")),
     ("GET", re.compile(r"/\.well-known/[^/]+")),
     ("GET", re.compile(r"/\.well-known/oauth-protected-resource/.*")),  # RFC 9728's path-suffixed form
     ("GET", re.compile(r"/v1/auth/(login|callback)")),  # a browser's sign-in: the provider proves who it is
-    ("GET", re.compile(r"/agents/[^/]+/\.well-known/agent-card\.json")),  # cards are for discovery, like JWKS
-    ("GET", re.compile(r"/agents/[^/]+/jwks\.json")),  # the keys to check what the registry lists
     ("GET", re.compile(r"/v1/?")),  # the index of the API
     ("GET", re.compile(r"/v1/openapi\.json")),
     ("POST", re.compile(r"/v1/agents")),

@@ -4,8 +4,9 @@
 under their own names, every request carried by ``proxy.carry`` (caller, policy, provenance,
 reputation). ``/mcp`` is the whole mesh: the registry's ``discover`` and ``invoke`` tools, every
 verified tool as ``AGENT__TOOL`` and every prompt as ``AGENT__PROMPT``; resource URIs keep their form
-and are routed to the agent whose pinned resource or template covers them. Both faces list only what
-was admitted and is still verified (from memory, as pinned), never the agent's live lists.
+and are routed to the agent of the caller's project whose pinned resource or template covers them. Both
+faces list only what was admitted and is still verified (from memory, as pinned), never the agent's live
+lists, and only the caller's project's (``tenancy.py``): another project's agent is unknown there.
 
 Both are one low-level ``mcp.server.Server`` each, answering both protocol versions:
 
@@ -50,7 +51,6 @@ import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
-from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
@@ -68,9 +68,9 @@ from mesh.registry.forward import (
     session_asker,
     session_notifier,
 )
-from mesh.registry.gate import allowed
+from mesh.registry.gate import allowed, caller_of
 from mesh.registry.node import PinnedTool, Registry
-from mesh.registry.notifications import Notices
+from mesh.registry.notifications import Audience, Notices
 from mesh.registry.problems import Problem
 from mesh.serving import RETRY_MS, MemoryEventStore
 from mesh.sessions import at_or_above, session_id
@@ -101,7 +101,6 @@ class Front:
         self.whole_mesh = whole_mesh
         self.session_levels: dict[str, str] = {}
         self.notices = Notices(registry)
-        self.listen_handler = ListenHandler(self.notices.bus)
 
     # -- who and where ------------------------------------------------------------------------------
 
@@ -128,6 +127,12 @@ class Front:
             return [self.agent_of(ctx)]
         return self.registry.tenancy.visible_agents(self._caller(ctx, "read"), sorted(self.registry.endpoints))
 
+    def audience(self, ctx: ServerRequestContext[Any, Any]) -> Audience:
+        """Whom this request's client stands for, to hear of changes: the project its caller acts in; on
+        ``/agents/{name}/mcp``, that agent (``notifications.py``)."""
+        caller = caller_of(self.registry, ctx.request if isinstance(ctx.request, Request) else None)
+        return Audience(self.registry.tenancy.of_caller(caller), None if self.whole_mesh else self.agent_of(ctx))
+
     def relay(self, ctx: ServerRequestContext[Any, Any]) -> Relay:
         """The client, as the agent should know it: capabilities, log level, a way to send it notifications;
         on a 2025-11-25 session, the session, and ways to ask it what the agent asks."""
@@ -150,7 +155,7 @@ class Front:
         session = session_id(ctx) or ""
         link = ClientLink(session, ask=session_asker(ctx.session, None),
                           notify=self._at_level(session, session_notifier(ctx.session)))
-        self.notices.seen(link)
+        self.notices.seen(link, self.audience(ctx))
         return link
 
     def _at_level(self, session: str, notify: NotificationCallback) -> NotificationCallback:
@@ -341,12 +346,14 @@ class Front:
 
     async def read_resource(self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
         uri = str(params.uri)
-        agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
-        return await self.carry(ctx, proxy.Call(agent, uri, "resource"))
+        return await self.carry(ctx, proxy.Call(self.resource_agent(ctx, uri), uri, "resource"))
 
-    def resource_agent(self, uri: str) -> str:
-        """Which agent serves ``uri`` on ``/mcp``: the one whose pinned resource or template covers it."""
-        agent = proxy.resource_owner(self.registry, uri)
+    def resource_agent(self, ctx: ServerRequestContext[Any, Any], uri: str) -> str:
+        """Which agent serves ``uri``: on ``/mcp``, the one of the caller's project whose pinned resource or
+        template covers it (a URI only another project serves is served by nobody)."""
+        if not self.whole_mesh:
+            return self.agent_of(ctx)
+        agent = proxy.resource_owner(self.registry, uri, self.agents(ctx))
         if agent is None:
             raise MCPError(proxy.RESOURCE_NOT_FOUND, f"no agent of this mesh serves {uri[:200]!r}", {"uri": uri})
         return agent
@@ -363,14 +370,16 @@ class Front:
             target = ref["name"]
         else:
             target = ref.get("uri", "")
-            agent = self._template_agent(target) if self.whole_mesh else self.agent_of(ctx)
+            agent = self._template_agent(ctx, target) if self.whole_mesh else self.agent_of(ctx)
         extra = {key: wire[key] for key in ("argument", "context") if key in wire}
         return await self.carry(ctx, proxy.Call(agent, target, "completion", extra={**extra, "ref": ref}))
 
-    def _template_agent(self, uri_template: str) -> str:
-        """Which agent pinned the resource template (or resource) a completion on ``/mcp`` names."""
+    def _template_agent(self, ctx: ServerRequestContext[Any, Any], uri_template: str) -> str:
+        """Which agent of the caller's project pinned the resource template (or resource) a completion on
+        ``/mcp`` names."""
+        shown = set(self.agents(ctx))
         for (agent, _, _), described in sorted(self.registry.descriptors.items()):
-            if uri_template in (described.wire.get("uriTemplate"), described.wire.get("uri")):
+            if agent in shown and uri_template in (described.wire.get("uriTemplate"), described.wire.get("uri")):
                 return agent
         raise MCPError(types.INVALID_PARAMS, f"no agent of this mesh lists {uri_template[:200]!r}")
 
@@ -395,7 +404,7 @@ class Front:
 
     async def _subscription(self, ctx: ServerRequestContext[Any, Any], uri: str, method: str) -> None:
         self._caller(ctx, "read")
-        agent = self.resource_agent(uri) if self.whole_mesh else self.agent_of(ctx)
+        agent = self.resource_agent(ctx, uri)
         call = proxy.Call(agent, uri, "resource")
         try:
             proxy.resolve_descriptor(self.registry, call)
@@ -412,11 +421,12 @@ class Front:
     async def listen(self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams) -> Any:
         """2026-07-28: a ``subscriptions/listen`` stream. List changes come from the registry; updates of
         the resources asked for (pinned, verified ones of this face; others never fire) from the agents,
-        watched for as long as the stream is open."""
+        watched for as long as the stream is open. Only news of the caller's project's agents reaches it."""
         self._caller(ctx, "read")
+        shown = self.agents(ctx)
         watched: dict[str, list[str]] = {}
         for uri in params.notifications.resource_subscriptions or []:
-            agent = proxy.resource_owner(self.registry, uri) if self.whole_mesh else self.agent_of(ctx)
+            agent = proxy.resource_owner(self.registry, uri, shown)
             try:
                 if agent is not None:
                     proxy.resolve_descriptor(self.registry, proxy.Call(agent, uri, "resource"))
@@ -426,7 +436,7 @@ class Front:
         for agent, uris in watched.items():
             self.notices.watches.add(agent, uris)
         try:
-            return await self.listen_handler(ctx, params)
+            return await self.notices.listen_handler(self.audience(ctx))(ctx, params)
         finally:
             for agent, uris in watched.items():
                 self.notices.watches.remove(agent, uris)

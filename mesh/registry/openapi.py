@@ -414,9 +414,9 @@ def openapi_document(version: str = "1") -> dict[str, Any]:
     write = (*GATE, *CALLER, *BODY)
     paths = {
         "/healthz": {"get": _operation(
-            "Liveness, with the number of agents and tools known",
-            _responses(_object({"status": {"const": "ok"}, "agents": {"type": "integer"},
-                                "tools": {"type": "integer"}}, ["status", "agents", "tools"]), "alive", *GATE),
+            "Liveness, and which registry process answered (no tenant's data: anyone may ask)",
+            _responses(_object({"status": {"const": "ok"}, "replica": {"type": "string"}}, ["status", "replica"]),
+                       "alive", *GATE),
             security=NO_SECURITY, operation_id="health")},
         "/.well-known/jwks.json": {"get": _operation(
             "The registry's own public keys, to verify the provenance JWS of runs",

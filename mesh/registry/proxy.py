@@ -42,7 +42,7 @@ import functools
 import math
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -182,13 +182,13 @@ def pinned_resource(registry: Registry, agent: str, uri: str) -> PinnedDescripto
     return matching
 
 
-def resource_owner(registry: Registry, uri: str) -> str | None:
-    """Which agent's pins cover ``uri`` (the whole mesh's face routes reads by it): a listed resource
-    first, then a matching template."""
+def resource_owner(registry: Registry, uri: str, among: Collection[str]) -> str | None:
+    """Which of the agents ``among`` (those the caller sees) pinned what covers ``uri`` (the whole mesh's
+    face routes reads by it): a listed resource first, then a matching template."""
     for (agent, kind, _), described in sorted(registry.descriptors.items()):
-        if kind == "resource" and described.wire.get("uri") == uri:
+        if kind == "resource" and agent in among and described.wire.get("uri") == uri:
             return agent
-    for agent in sorted(registry.endpoints):
+    for agent in sorted(among):
         if pinned_resource(registry, agent, uri) is not None:
             return agent
     return None
