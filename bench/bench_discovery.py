@@ -14,7 +14,9 @@ and the hybrid (with and without splitting a query into needs).
 
 **Latency.** Tools are synthetic but varied (verb x noun x qualifier x domain, from a fixed seed), 50
 to an agent, about half of them annotated read-only; reputation is a dict lookup, as the registry's
-would be. Searches run the default (hybrid) index. Ordinary queries are one need; task queries have
+would be. Searches run the default (hybrid) index. Half the agents belong to one project and the rest to
+ten small ones, so it also times a search inside a project of a twentieth of the tools (searched exactly)
+and inside the big one (a filtered graph walk). Ordinary queries are one need; task queries have
 three or four needs (``needs``), either the fixed task of earlier runs (two of its needs never change)
 or needs drawn afresh for every query. For the three-need queries it prints where the CPU goes (the
 encoder, each BM25 ranker, the HNSW searches, and the rest: splitting, fusion, weighing, hits), the
@@ -216,9 +218,12 @@ def bench(size: int) -> list[tuple[str, str]]:
     reputation = lambda agent, tool: reputations.get((agent, tool))  # noqa: E731
     texts = queries(rng)
 
+    # Projects, as a shared registry has them: half the agents in one big project, the rest in ten small
+    # ones (a twentieth of the tools each). A search in a project ranks inside it (``scope``).
+    scopes = {name: "acme/big" if i % 2 == 0 else f"team/p{i // 2 % 10}" for i, name in enumerate(names)}
     index = DiscoveryIndex()
     start = time.perf_counter()
-    index.upsert_many(agents)
+    index.upsert_many(agents, scopes=scopes)
     build_s = time.perf_counter() - start
 
     rows = [("build (bulk upsert_many)", f"{build_s:.1f} s")]
@@ -227,6 +232,9 @@ def bench(size: int) -> list[tuple[str, str]]:
         ("search k=10 read_only", lambda q: index.search(q, k=10, read_only=True, reputation=reputation)),
         ("search k=10 agent=", lambda q: index.search(q, k=10, agent=rng.choice(names), reputation=reputation)),
         ("search k=10 task of 3 needs", lambda q: index.search(TASK.format(q=q), k=10, reputation=reputation)),
+        ("search k=10 in a project of 1/20", lambda q: index.search(q, k=10, scope=f"team/p{rng.randrange(10)}",
+                                                                    reputation=reputation)),
+        ("search k=10 in a project of 1/2", lambda q: index.search(q, k=10, scope="acme/big", reputation=reputation)),
     ]
     search = lambda q: index.search(q, k=10, reputation=reputation)  # noqa: E731
     by_needs = {count: tasks(random.Random(SEED + count), count) for count in (2, 3, 4)}

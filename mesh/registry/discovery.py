@@ -78,7 +78,7 @@ How filters stay exact without scanning 100k vectors:
   outrank them. (Filtering afterwards would leave a small project with what the others left over.) A
   graph walk that may return only a small share of what it passes finds little, so a scope of at most
   ``SCAN_SCOPE_BELOW`` tools is searched exactly: its vectors stacked once (until the next change) and
-  multiplied with the needs' vectors, a fraction of a millisecond for a few thousand tools.
+  multiplied with the needs' vectors, a millisecond for 5k tools.
 - blocked tools (unverified, or rug-pulled) are taken out of every index, so they cannot appear.
 
 Ids are ints, stable for an (agent, tool) pair while that tool stays registered; re-registering an
@@ -119,8 +119,10 @@ DEPTH = 50
 LEXICAL_FLOOR = 0.5
 """A BM25 ranker votes only for tools scoring at least this share of its best score for the need."""
 MAX_NEEDS = 4
-SCAN_SCOPE_BELOW = 20_000
-"""A scope with at most this many tools is searched exactly rather than by a filtered graph walk."""
+SCAN_SCOPE_BELOW = 10_000
+"""A scope with at most this many tools is searched exactly rather than by a filtered graph walk (reading
+its vectors, 20 MB at 10k tools, costs about as much as the walk; a bigger scope is a big enough share of
+any registry for the walk to find its neighbours)."""
 MAX_EMBEDDED_CHARS = 1000
 """Descriptions beyond this are cut before embedding: the head says what a tool does, and an average
 over pages of usage notes says less."""
