@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,7 +41,7 @@ from mesh.registry.auth import (
 )
 from mesh.registry.breaker import HALF_OPEN, Breakers, Thresholds
 from mesh.registry.budgets import Budgets
-from mesh.registry.config import RegistryConfig
+from mesh.registry.config import ConfigProblem, RegistryConfig
 from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
 from mesh.registry.forward import Forwarder
@@ -238,15 +239,33 @@ class Registry:
         url = store.database_url(ws.root, config.database_url)
         engine = store.connect(url)
         store.migrate(engine)
-        if config.database_role:  # migrated as the tables' owner; from now on under row-level security
-            engine.dispose()
-            engine = store.connect_as(url, config.database_role)
+        engine = cls._serving_engine(config, url, engine)
         policy = PolicyEngine(ws.root / "registry" / "policies", data=config.policy)
         ring = KeyRing.open(ws.state_dir / "keys" / REGISTRY_KEYS, create=True)  # not an agent's: no agent name
         registry = cls(config, store.session_factory(engine), policy, ring.active(), ring.public_jwks())
         registry.load()
         registry.budgets.load()
         return registry
+
+    @staticmethod
+    def _serving_engine(config: RegistryConfig, url: Any, owner: Engine) -> Engine:
+        """After migrating as the tables' owner, on PostgreSQL serve as the least-privilege role, under
+        row-level security (``tenancy.enforce_rls``), unless ``[registry] database_role = ""`` opts out."""
+        role = config.serving_role(owner.dialect.name)
+        if role is None:
+            if owner.dialect.name == "postgresql":
+                log.warning("[registry] database_role = \"\": serving as database user %r, which row-level security "
+                            "does not bind; tenant isolation rests on the store layer alone",
+                            owner.url.username or "(the URL's user)")
+            return owner
+        if not store.may_act_as(owner, role):
+            user = owner.url.username or "(the URL's user)"
+            raise ConfigProblem(f"database user {user!r} cannot act as role {role!r}, which the registry serves as "
+                                f"(row-level security): have an administrator run GRANT {role} TO {user} (or "
+                                f"CREATE ROLE {role} NOLOGIN first), or set [registry] database_role = \"\" "
+                                "in registry/registry.toml to serve as that user without it")
+        owner.dispose()
+        return store.connect_as(url, role)
 
     # -- state from the database ---------------------------------------------------------------------
 

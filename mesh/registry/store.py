@@ -892,6 +892,14 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def may_act_as(engine: Engine, role: str) -> bool:
+    """Can ``engine``'s login user ``SET ROLE`` to ``role`` (PostgreSQL; a superuser always can)?"""
+    with engine.connect() as connection:
+        return bool(connection.scalar(text(
+            "SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = :role) "
+            "THEN pg_has_role(current_user, :role, 'MEMBER') ELSE false END"), {"role": role}))
+
+
 def connect_as(url: str | URL, role: str | None) -> Engine:
     """``connect``, then on PostgreSQL with a ``role`` (``[registry] database_role``): connect as that
     least-privilege role, under row-level security keyed by the acting tenant (``tenancy.enforce_rls``)."""

@@ -29,9 +29,11 @@ Work is done in one of three contexts: ``acting_as(tenant)`` (a request, a call,
 ``as_registry()`` — the registry's own cross-tenant work (loading every pin at start, saving reputations,
 admission bookkeeping), visible in code where it happens; or none, which the store treats as unscoped
 (tests and tools that open the store directly). On PostgreSQL, row-level security is the database's own
-backstop (``migrations/rls.py``): the registry connects as the least-privilege role ``mesh_registry``
-(``[registry] database_role``) and ``app.org_id``/``app.project_id`` are set at the start of every
-transaction from the context (``enforce_rls``); with no context that role sees no tenant row at all.
+backstop (``migrations/rls.py``), on by default: having migrated as the tables' owner, the registry serves
+as the least-privilege role ``mesh_registry`` (``[registry] database_role``; ``""`` opts out, with a warning)
+and ``app.org_id``/``app.project_id`` are set at the start of every transaction from the context
+(``enforce_rls``). With no context that role sees no tenant row at all and may write none: every piece of
+registry work that touches the database runs in one of the two contexts.
 """
 
 from __future__ import annotations

@@ -38,13 +38,15 @@ def create_registry_role(op: Any, role: str = REGISTRY_ROLE) -> None:
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
                 CREATE ROLE {role} NOLOGIN;
             END IF;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;  -- another schema's migration won
+        EXCEPTION
+            WHEN duplicate_object OR unique_violation THEN NULL;  -- another schema's migration won
+            WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'the role {role} does not exist and the database user % may not create it', current_user
+                    USING HINT = 'an administrator runs: CREATE ROLE {role} NOLOGIN; GRANT {role} TO ' || current_user;
         END $$""")
+    grant_registry_role(op, role)
     op.execute(f"""
         DO $$ BEGIN
-            IF NOT pg_has_role(current_user, '{role}', 'MEMBER') THEN
-                EXECUTE format('GRANT {role} TO %I', current_user);
-            END IF;
             EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', current_schema());
             EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO {role}',
                            current_schema());
@@ -53,6 +55,23 @@ def create_registry_role(op: Any, role: str = REGISTRY_ROLE) -> None:
                            'TO {role}', current_schema());
             EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT USAGE, SELECT ON SEQUENCES TO {role}',
                            current_schema());
+        END $$""")
+
+
+def grant_registry_role(op: Any, role: str = REGISTRY_ROLE) -> None:
+    """Make the migrating user (the tables' owner, not necessarily a superuser) a member of ``role``, so the
+    registry can ``SET ROLE`` to it after migrating. Idempotent. A user who may not grant roles (neither
+    CREATEROLE nor ADMIN on it) gets a warning, not a failed migration: the registry names the fix at start,
+    and one serving as its login role (``database_role = ""``) needs no membership."""
+    if not _postgresql(op):
+        return
+    op.execute(f"""
+        DO $$ BEGIN
+            IF NOT pg_has_role(current_user, '{role}', 'MEMBER') THEN
+                EXECUTE format('GRANT {role} TO %I', current_user);
+            END IF;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'the database user % may not make itself a member of {role}', current_user;
         END $$""")
 
 
