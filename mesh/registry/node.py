@@ -252,18 +252,19 @@ class Registry:
         """After migrating as the tables' owner, on PostgreSQL serve as the least-privilege role, under
         row-level security (``tenancy.enforce_rls``), unless ``[registry] database_role = ""`` opts out."""
         role = config.serving_role(owner.dialect.name)
-        if role is None:
-            if owner.dialect.name == "postgresql":
-                log.warning("[registry] database_role = \"\": serving as database user %r, which row-level security "
-                            "does not bind; tenant isolation rests on the store layer alone",
-                            owner.url.username or "(the URL's user)")
+        if owner.dialect.name != "postgresql":
             return owner
-        if not store.may_act_as(owner, role):
-            user = owner.url.username or "(the URL's user)"
+        user = owner.url.username or "(the URL's user)"
+        if role is None:
+            if store.bypasses_rls(owner):
+                log.warning('[registry] database_role = "": serving as database user %r, which row-level security '
+                            "does not bind; tenant isolation rests on the store layer alone", user)
+            # Otherwise the forced policies bind the login user too: isolation holds as it does for the role.
+        elif not store.may_act_as(owner, role):
             raise ConfigProblem(f"database user {user!r} cannot act as role {role!r}, which the registry serves as "
                                 f"(row-level security): have an administrator run GRANT {role} TO {user} (or "
-                                f"CREATE ROLE {role} NOLOGIN first), or set [registry] database_role = \"\" "
-                                "in registry/registry.toml to serve as that user without it")
+                                f'CREATE ROLE {role} NOLOGIN first), or set [registry] database_role = "" '
+                                "in registry/registry.toml to serve as that user instead")
         owner.dispose()
         return store.connect_as(url, role)
 

@@ -900,11 +900,19 @@ def may_act_as(engine: Engine, role: str) -> bool:
             "THEN pg_has_role(current_user, :role, 'MEMBER') ELSE false END"), {"role": role}))
 
 
+def bypasses_rls(engine: Engine) -> bool:
+    """Does ``engine``'s login user pass every row-level security policy (a superuser, or BYPASSRLS)?"""
+    with engine.connect() as connection:
+        return bool(connection.scalar(text(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")))
+
+
 def connect_as(url: str | URL, role: str | None) -> Engine:
-    """``connect``, then on PostgreSQL with a ``role`` (``[registry] database_role``): connect as that
-    least-privilege role, under row-level security keyed by the acting tenant (``tenancy.enforce_rls``)."""
+    """``connect``, then on PostgreSQL: as the least-privilege ``role`` when given (``[registry]
+    database_role``), else as the login user, under row-level security keyed by the acting tenant
+    (``tenancy.enforce_rls``)."""
     engine = connect(url)
-    if role:
+    if engine.dialect.name == "postgresql":
         from mesh.registry.tenancy import enforce_rls
 
         enforce_rls(engine, role)

@@ -173,21 +173,24 @@ def install() -> None:
 # --- PostgreSQL: row-level security as the database's backstop ------------------------------------------------
 
 
-def enforce_rls(engine: Engine, role: str) -> None:
+def enforce_rls(engine: Engine, role: str | None) -> None:
     """Make ``engine`` connect as ``role`` (least privilege, not the tables' owner, so row-level security
-    applies to it) and tell PostgreSQL the acting tenant at the start of every transaction.
+    applies to it; None: as the login user) and tell PostgreSQL the acting tenant at the start of every
+    transaction: the forced policies bind a login user that owns the tables too, unless it bypasses them
+    (a superuser, or BYPASSRLS).
 
     Costs one statement per transaction, sent on the connection the transaction already uses."""
     if engine.dialect.name != "postgresql":
         raise ValueError("row-level security needs PostgreSQL")
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+    if role is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
         raise ValueError(f"database_role {role!r} is not a plain PostgreSQL role name")
 
-    @event.listens_for(engine, "connect")
-    def set_role(dbapi_connection: Any, _record: Any) -> None:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(f"SET ROLE {role}")
-        dbapi_connection.commit()
+    if role is not None:
+        @event.listens_for(engine, "connect")
+        def set_role(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET ROLE {role}")
+            dbapi_connection.commit()
 
     @event.listens_for(engine, "begin")
     def set_tenant(connection: Connection) -> None:
