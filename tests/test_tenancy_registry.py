@@ -335,3 +335,14 @@ def test_an_owner_that_cannot_become_the_role_fails_at_start_naming_the_fix(tmp_
                 assert connection.scalar(text("SELECT current_user")) == REGISTRY_ROLE
         finally:
             registry.engine.dispose()
+
+
+def test_the_serving_role_is_mesh_registry_on_postgresql_unless_opted_out(tmp_path: Path):
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    assert RegistryConfig(workspace=workspace).serving_role("postgresql") == REGISTRY_ROLE
+    assert RegistryConfig(workspace=workspace).serving_role("sqlite") is None
+    assert RegistryConfig(workspace=workspace, database_role="").serving_role("postgresql") is None
+    named = RegistryConfig(workspace=workspace, database_role="tenant_reader")
+    assert named.serving_role("postgresql") == "tenant_reader"
+    with pytest.raises(ConfigProblem, match=r"\[registry\] database_role = 'mesh_registry' needs a PostgreSQL"):
+        RegistryConfig(workspace=workspace, database_role=REGISTRY_ROLE).serving_role("sqlite")
