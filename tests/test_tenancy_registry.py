@@ -10,8 +10,10 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -24,12 +26,15 @@ from starlette.testclient import TestClient
 from mesh.client import MeshError
 from mesh.registry import store, tenancy
 from mesh.registry.app import build_app
+from mesh.registry.auth import Caller
 from mesh.registry.config import ConfigProblem, RegistryConfig
 from mesh.registry.migrations.rls import REGISTRY_ROLE
 from mesh.registry.node import Registry
 from mesh.registry.policy import PolicyEngine
 from mesh.registry.reputation import Outcome
 from mesh.registry.tenancy import Tenant
+from mesh.sandbox.lifecycle import Sandboxes
+from mesh.sandbox.routes import SandboxRoutes
 from mesh.workspace import Workspace
 
 from .conftest import POSTGRES_VARIABLE, copy_repo_workspace, run_mesh
@@ -346,3 +351,30 @@ def test_the_serving_role_is_mesh_registry_on_postgresql_unless_opted_out(tmp_pa
     assert named.serving_role("postgresql") == "tenant_reader"
     with pytest.raises(ConfigProblem, match=r"\[registry\] database_role = 'mesh_registry' needs a PostgreSQL"):
         RegistryConfig(workspace=workspace, database_role=REGISTRY_ROLE).serving_role("sqlite")
+
+
+def test_the_sandbox_sweep_expires_every_projects_sandboxes_under_row_level_security(tmp_path: Path,
+                                                                                     postgres_url: str):
+    """Background work acts in no request's context: the expiry sweep works as the registry, across projects
+    (in no context, row-level security would show it no sandbox at all)."""
+    seed_two_projects(postgres_url)
+    registry = Registry.open(RegistryConfig.from_workspace(Workspace(copy_repo_workspace(tmp_path / "ws")),
+                                                           database_url=postgres_url))
+    now = [datetime.now(UTC)]
+    sandboxes = Sandboxes(registry, clock=lambda: now[0])
+    library = Tenant("default", "library")
+    try:
+        with tenancy.acting_as(library):
+            person = Caller("user:local", "user", ["*"], org=library.org, project=library.project)
+            record = sandboxes.create(person, "theirs", {"required_services": ["petstore"], "ttl_seconds": 60})
+        now[0] += timedelta(seconds=61)
+
+        async def sweep_a_while() -> None:
+            with anyio.move_on_after(2):
+                await SandboxRoutes(registry, sandboxes).sweep_forever(interval=0.05)
+
+        anyio.run(sweep_a_while)
+        with tenancy.acting_as(library), registry.sessions.begin() as session:
+            assert store.get_sandbox(session, record.id).status == "expired"
+    finally:
+        registry.engine.dispose()
