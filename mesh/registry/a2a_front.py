@@ -48,7 +48,7 @@ from mesh.card import (
 )
 from mesh.client import RUN_META
 from mesh.names import is_valid_name
-from mesh.registry import proxy, store
+from mesh.registry import proxy, store, tenancy
 from mesh.registry.auth import Caller
 from mesh.registry.gate import allowed, is_run_id
 from mesh.registry.node import Registry
@@ -125,7 +125,8 @@ class A2AFront:
                  if pinned.status == "verified"]
         if not tools:
             raise Problem("tool-blocked", f"agent {name!r} has no tool that may be called now")
-        with registry.sessions.begin() as session:
+        # An open route (no caller's project): it reads the agent in the agent's own project.
+        with tenancy.acting_as(registry.tenancy.of(name)), registry.sessions.begin() as session:
             record = store.get_agent(session, name)
             if record is None:
                 raise Problem("unknown-agent", f"no agent {name!r} is registered")
