@@ -21,6 +21,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from starlette.testclient import TestClient
 
 from mesh.client import MeshError
@@ -378,3 +379,18 @@ def test_the_sandbox_sweep_expires_every_projects_sandboxes_under_row_level_secu
             assert store.get_sandbox(session, record.id).status == "expired"
     finally:
         registry.engine.dispose()
+
+
+def test_a_refused_privilege_reads_as_one_line_and_other_errors_do_not(tmp_path: Path):
+    """What ``Registry.open`` says when migrating is refused a privilege (e.g. creating mesh_registry)."""
+    with owned_schema(postgres_server(), createrole=False) as (url, _):
+        engine = store.connect(url)
+        try:
+            with pytest.raises(DBAPIError) as refused, engine.begin() as connection:
+                connection.execute(text("CREATE ROLE mesh_never_made NOLOGIN"))
+            assert store.refused_privilege(refused.value) == "permission denied to create role"
+            with pytest.raises(DBAPIError) as other, engine.begin() as connection:
+                connection.execute(text("SELECT * FROM no_such_table"))
+            assert store.refused_privilege(other.value) is None
+        finally:
+            engine.dispose()

@@ -21,7 +21,7 @@ import anyio
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
@@ -238,7 +238,13 @@ class Registry:
         ws = config.workspace
         url = store.database_url(ws.root, config.database_url)
         engine = store.connect(url)
-        store.migrate(engine)
+        try:
+            store.migrate(engine)
+        except DBAPIError as exc:  # e.g. a user that may not create the least-privilege role
+            refused = store.refused_privilege(exc)
+            if refused is None:
+                raise
+            raise ConfigProblem(f"cannot migrate the registry's database: {refused}") from None
         engine = cls._serving_engine(config, url, engine)
         policy = PolicyEngine(ws.root / "registry" / "policies", data=config.policy)
         ring = KeyRing.open(ws.state_dir / "keys" / REGISTRY_KEYS, create=True)  # not an agent's: no agent name

@@ -45,6 +45,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -890,6 +891,14 @@ def migrate(engine: Engine) -> None:
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose records stay readable after commit (the registry returns them in responses)."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def refused_privilege(error: DBAPIError) -> str | None:
+    """PostgreSQL's refusal of a privilege (SQLSTATE 42501) as one line with its hint; None for other errors."""
+    diag = getattr(error.orig, "diag", None)
+    if getattr(error.orig, "sqlstate", None) != "42501" or diag is None:
+        return None
+    return diag.message_primary + (f" ({diag.message_hint})" if diag.message_hint else "")
 
 
 def may_act_as(engine: Engine, role: str) -> bool:

@@ -42,7 +42,8 @@ def create_registry_role(op: Any, role: str = REGISTRY_ROLE) -> None:
             WHEN duplicate_object OR unique_violation THEN NULL;  -- another schema's migration won
             WHEN insufficient_privilege THEN
                 RAISE EXCEPTION 'the role {role} does not exist and the database user % may not create it', current_user
-                    USING HINT = 'an administrator runs: CREATE ROLE {role} NOLOGIN; GRANT {role} TO ' || current_user;
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'an administrator runs: CREATE ROLE {role} NOLOGIN; GRANT {role} TO ' || current_user;
         END $$""")
     grant_registry_role(op, role)
     op.execute(f"""
