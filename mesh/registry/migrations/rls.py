@@ -1,7 +1,8 @@
 """Row-level security for the registry's tenant tables on PostgreSQL, for every migration to reuse.
 
-The registry connects as ``mesh_registry`` (``REGISTRY_ROLE``): a NOLOGIN role that owns no table, so
-row-level security applies to it; the login role it starts as must be a member (``SET ROLE``). Each
+By default the registry serves as ``mesh_registry`` (``REGISTRY_ROLE``): a NOLOGIN role that owns no
+table, so row-level security applies to it; the login role it migrates as must be a member (``SET ROLE``),
+which ``grant_registry_role`` makes it when it may grant the role. Each
 tenant table gets one policy, ``tenant``: a row is visible and writable only when its ``org_id`` (and
 ``project_id``) equal the transaction's ``app.org_id`` (and ``app.project_id``), which the registry sets
 at the start of every transaction from the acting tenant (``mesh.registry.tenancy.enforce_rls``); ``*``
