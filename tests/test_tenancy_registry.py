@@ -19,13 +19,13 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from starlette.testclient import TestClient
 
 from mesh.client import MeshError
-from mesh.registry import store, tenancy
+from mesh.registry import idempotency, store, tenancy
 from mesh.registry.app import build_app
 from mesh.registry.auth import Caller
 from mesh.registry.config import ConfigProblem, RegistryConfig
@@ -394,3 +394,26 @@ def test_a_refused_privilege_reads_as_one_line_and_other_errors_do_not(tmp_path:
             assert store.refused_privilege(other.value) is None
         finally:
             engine.dispose()
+
+
+def test_expired_idempotency_keys_are_purged_in_every_project(tmp_path: Path, postgres_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """A call in one project purges the old keys of all (bookkeeping, as the registry): under row-level
+    security, in the caller's context, it would reach its own project's only."""
+    seed_two_projects(postgres_url)
+    registry = Registry.open(RegistryConfig.from_workspace(Workspace(copy_repo_workspace(tmp_path / "ws")),
+                                                           database_url=postgres_url))
+    old = store.utcnow() - idempotency.KEEP - timedelta(minutes=1)
+    try:
+        with tenancy.as_registry(), registry.sessions.begin() as session:
+            session.add_all(store.IdempotencyKeyRecord(org_id="default", project_id=project, caller="user:local",
+                                                       key=f"k-{project}", fingerprint="f", state="done",
+                                                       created_at=old)
+                            for project in ("default", "library"))
+        monkeypatch.setattr(idempotency, "_last_purge", 0.0)
+        with tenancy.acting_as(Tenant("default", "default")):
+            idempotency._purge(registry)
+        with tenancy.as_registry(), registry.sessions.begin() as session:
+            assert session.scalars(select(store.IdempotencyKeyRecord)).all() == []
+    finally:
+        registry.engine.dispose()
