@@ -192,7 +192,10 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Any]:
-    """The registry's store on that database, migrated to the newest revision."""
+    """The registry's store on that database, migrated to the newest revision, connected as the URL's user
+    (the tables' owner, a superuser on the test server): the store's own rules, which row-level security
+    does not stand behind here. A registry opened on it (``Registry.open``) serves under row-level security
+    on PostgreSQL, as a user's would (``tests/test_tenancy_registry.py``)."""
     from mesh.registry import store
 
     engine = store.connect(database_url)

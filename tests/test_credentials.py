@@ -31,7 +31,7 @@ from sqlalchemy import inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from mesh.registry import audit, store
+from mesh.registry import audit, store, tenancy
 from mesh.registry.config import RegistryConfig
 from mesh.registry.credentials import (
     CredentialProblem,
@@ -303,23 +303,25 @@ def test_a_planted_secret_is_never_in_a_log_a_table_an_audit_entry_or_an_error(
         assert "previous v1 kept until cutover" in seen[6], seen
         assert "exists" in seen[3] and "no credential 'missing'" in seen[9], seen
         # Resolve: allowed, refused by scope, refused by policy, unknown, and an error (a corrupted ciphertext).
-        credentials = registry.credentials
-        assert credentials.resolve("warehouse", agent="librarian", system="warehouse-db").reveal() == rotated
-        assert credentials.resolve("warehouse", agent="librarian", system="warehouse-db",
-                                   previous=True).reveal() == planted
-        low = Credentials(registry.sessions, credentials.backend, policy=registry.policy, reputation=lambda a: 0.0)
-        attempts = [lambda: credentials.resolve("warehouse", agent="researcher", system="warehouse-db"),
-                    lambda: low.resolve("warehouse", agent="librarian", system="warehouse-db"),
-                    lambda: credentials.resolve("nothing", agent="librarian", system="warehouse-db")]
-        table = store.CredentialVersionRecord.__table__
-        with registry.sessions.begin() as session:
-            session.execute(update(table).where(table.c.version == 1).values(ciphertext="v1.AAAA" + "B" * 60))
-        attempts.append(lambda: credentials.resolve("warehouse", agent="librarian", system="warehouse-db",
-                                                    previous=True))
-        for attempt in attempts:
-            with pytest.raises(CredentialProblem) as refused:
-                attempt()
-            seen += [str(refused.value), repr(refused.value), str(refused.value.__cause__ or "")]
+        # As the registry resolves them for a call of librarian's project (row-level security on PostgreSQL).
+        with tenancy.acting_as(tenancy.DEFAULT):
+            credentials = registry.credentials
+            assert credentials.resolve("warehouse", agent="librarian", system="warehouse-db").reveal() == rotated
+            assert credentials.resolve("warehouse", agent="librarian", system="warehouse-db",
+                                       previous=True).reveal() == planted
+            low = Credentials(registry.sessions, credentials.backend, policy=registry.policy, reputation=lambda a: 0.0)
+            attempts = [lambda: credentials.resolve("warehouse", agent="researcher", system="warehouse-db"),
+                        lambda: low.resolve("warehouse", agent="librarian", system="warehouse-db"),
+                        lambda: credentials.resolve("nothing", agent="librarian", system="warehouse-db")]
+            table = store.CredentialVersionRecord.__table__
+            with registry.sessions.begin() as session:
+                session.execute(update(table).where(table.c.version == 1).values(ciphertext="v1.AAAA" + "B" * 60))
+            attempts.append(lambda: credentials.resolve("warehouse", agent="librarian", system="warehouse-db",
+                                                        previous=True))
+            for attempt in attempts:
+                with pytest.raises(CredentialProblem) as refused:
+                    attempt()
+                seen += [str(refused.value), repr(refused.value), str(refused.value.__cause__ or "")]
         done = mesh_cli(workspace, "secrets", "cutover", "warehouse", env=env)
         seen += [done.stdout, done.stderr]
         audit.checkpoint(registry.sessions, registry.provenance_key)
@@ -330,7 +332,8 @@ def test_a_planted_secret_is_never_in_a_log_a_table_an_audit_entry_or_an_error(
         seen += [verified.stdout, verified.stderr]
         actions = [json.loads(line)["action"] for line in done.stdout.splitlines() if '"type": "entry"' in line]
         assert actions.count("credential-resolve") == 6 and "credential-rotate" in actions, actions
-        stored = every_stored_value(registry.engine)
+        with tenancy.as_registry():  # every row of every project: nothing hidden from the search
+            stored = every_stored_value(registry.engine)
         assert "warehouse" in stored and "credential-resolve" in stored  # the search below looks at real rows
         files = b""
         if database_url.startswith("sqlite"):

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from mesh import merkle
 from mesh.keys import KeyRing, TrustStore
 from mesh.provenance import ProvenanceProblem, verified_claims
-from mesh.registry import audit, store
+from mesh.registry import audit, store, tenancy
 from mesh.registry.config import RegistryConfig
 from mesh.registry.node import Registry, run_json
 from mesh.registry.runlog import PendingCall
@@ -99,7 +99,8 @@ async def record_together(registry: Registry, calls: list[PendingCall]) -> None:
 
 
 def stored_runs(registry: Registry) -> dict[str, dict]:
-    with registry.sessions() as session:
+    # Every project's runs: on PostgreSQL the registry serves under row-level security (the default).
+    with tenancy.as_registry(), registry.sessions() as session:
         return {run.id: run_json(run) for run in session.scalars(select(store.RunRecord))}
 
 
@@ -118,7 +119,7 @@ def test_calls_that_finish_together_commit_as_one_batch_each_verifiable_alone(re
             run = runs[record["id"]]
             assert run["provenance_proof"]["size"] == 12
             assert verified_claims(run, trust) == call.claims
-    with registry.sessions() as session:  # decisions and audit entries went in the same commit
+    with tenancy.as_registry(), registry.sessions() as session:  # decisions and audit entries: one commit
         assert session.scalar(select(func.count()).select_from(store.DecisionRecord)) == 12
     assert audit.verify_database(registry.sessions, registry.provenance_jwks).ok
 

@@ -259,7 +259,7 @@ def test_a_change_too_big_to_name_in_one_notification_says_everything(tmp_path: 
     import psycopg
 
     from mesh.registry import replicas as replication
-    from mesh.registry import store
+    from mesh.registry import store, tenancy
     from mesh.registry.config import RegistryConfig
     from mesh.registry.node import Registry
     from mesh.registry.reputation import Outcome, Reputation
@@ -274,7 +274,7 @@ def test_a_change_too_big_to_name_in_one_notification_says_everything(tmp_path: 
                 listener.execute(f'LISTEN "{registry.channel}"')
                 reputation = Reputation()
                 reputation.learn_one(Outcome("ok", latency_ms=1.0))
-                with registry.sessions.begin() as session:  # one flush naming 400 reputations
+                with tenancy.as_registry(), registry.sessions.begin() as session:  # one flush naming 400
                     session.add_all(store.ReputationRecord(agent="echo", tool=f"tool_with_a_longish_name_{tool}",
                                                            state=reputation.to_state(), score=reputation.score())
                                     for tool in range(400))

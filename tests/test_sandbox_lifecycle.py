@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.registry import store
+from mesh.registry import store, tenancy
 from mesh.registry.auth import Caller
 from mesh.registry.config import RegistryConfig
 from mesh.registry.node import Registry
@@ -42,13 +42,17 @@ def clock() -> Clock:
 
 @pytest.fixture
 def sandboxes(database_url: str, tmp_path: Path, clock: Clock) -> Iterator[Sandboxes]:
-    """A registry of this repository's workspace on the database under test, with `researcher` admitted."""
+    """A registry of this repository's workspace on the database under test, with `researcher` admitted.
+
+    The test acts in the default project, as the gate makes a request of it do: on PostgreSQL the registry
+    serves under row-level security (the default), which shows no row to work done in no project."""
     workspace = copy_repo_workspace(tmp_path / "ws")
     registry = Registry.open(RegistryConfig.from_workspace(Workspace(workspace), database_url=database_url))
-    with registry.sessions.begin() as session:
-        store.upsert_agent(session, "researcher", endpoint="http://127.0.0.1:9/mcp")
-    registry.load()
-    yield Sandboxes(registry, clock=clock)
+    with tenancy.acting_as(tenancy.DEFAULT):
+        with registry.sessions.begin() as session:
+            store.upsert_agent(session, "researcher", endpoint="http://127.0.0.1:9/mcp")
+        registry.load()
+        yield Sandboxes(registry, clock=clock)
     registry.engine.dispose()
 
 

@@ -5,30 +5,40 @@ unknown, and the shipped policy denies one too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import httpx
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from starlette.testclient import TestClient
 
 from mesh.client import MeshError
-from mesh.registry import store
+from mesh.registry import idempotency, store, tenancy
 from mesh.registry.app import build_app
-from mesh.registry.config import RegistryConfig
+from mesh.registry.auth import Caller
+from mesh.registry.config import ConfigProblem, RegistryConfig
 from mesh.registry.migrations.rls import REGISTRY_ROLE
 from mesh.registry.node import Registry
 from mesh.registry.policy import PolicyEngine
 from mesh.registry.reputation import Outcome
 from mesh.registry.tenancy import Tenant
+from mesh.sandbox.lifecycle import Sandboxes
+from mesh.sandbox.routes import SandboxRoutes
 from mesh.workspace import Workspace
 
-from .conftest import copy_repo_workspace, run_mesh
+from .conftest import POSTGRES_VARIABLE, copy_repo_workspace, run_mesh
 from .test_registry_e2e import ECHO, Mesh, agent_client
 
 LIBRARY = {"X-Project-Id": "default/library"}
@@ -181,12 +191,12 @@ def test_the_cli_acts_in_its_current_project(mesh: Mesh):
     assert "echo" in mesh_ls()
 
 
-def test_the_registry_runs_under_row_level_security_as_its_own_role(tmp_path: Path, postgres_url: str):
-    """``[registry] database_role``: the registry connects as mesh_registry (not the tables' owner), loads
-    every project's pins as the registry, and serves each caller only its project's rows."""
-    owner = store.connect(postgres_url)
+def seed_two_projects(url: str) -> None:
+    """As the tables' owner: agent ``mine`` and a run of it in default/default, ``theirs`` in default/library."""
+    owner = store.connect(url)
     store.migrate(owner)
     with owner.begin() as connection:
+        connection.execute(text("SELECT set_config('app.org_id', '*', true)"))  # a non-superuser owner is bound too
         connection.execute(text("INSERT INTO projects (org_id, id, name, created_at) "
                                 "VALUES ('default', 'library', 'library', now())"))
         for name, project in (("mine", "default"), ("theirs", "library")):
@@ -198,13 +208,34 @@ def test_the_registry_runs_under_row_level_security_as_its_own_role(tmp_path: Pa
                                     "project_id) VALUES (:id, 'caller', 'user:local', :name, 't', 'ok', now(), "
                                     "'default', :project)"),
                                {"id": str(uuid.uuid4()), "name": name, "project": project})
+    owner.dispose()
+
+
+def raw_agents(registry: Registry, tenant: Tenant | None) -> set[str]:
+    """The agents a plain SQL read through the registry's engine sees, acting as ``tenant`` (None: no one):
+    the store's own rules do not touch raw SQL, so only row-level security filters it."""
+    with contextlib.ExitStack() as stack:
+        if tenant is not None:
+            stack.enter_context(tenancy.acting_as(tenant))
+        with registry.engine.connect() as connection:
+            return set(connection.scalars(text("SELECT name FROM agents")))
+
+
+def test_the_registry_runs_under_row_level_security_as_its_own_role(tmp_path: Path, postgres_url: str):
+    """By default on PostgreSQL (no ``[registry] database_role``) the registry serves as mesh_registry, not the
+    tables' owner: it loads every project's pins as the registry, and serves each caller only its project's
+    rows; even plain SQL in a request's context sees no other tenant's row."""
+    seed_two_projects(postgres_url)
     workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
-    config = RegistryConfig.from_workspace(workspace, database_url=postgres_url, database_role=REGISTRY_ROLE)
+    config = RegistryConfig.from_workspace(workspace, database_url=postgres_url)
+    assert config.database_role is None  # nothing configured: the default
     registry = Registry.open(config)
     try:
-        assert registry.engine.url.database == owner.url.database
         with registry.engine.connect() as connection:
             assert connection.scalar(text("SELECT current_user")) == REGISTRY_ROLE
+        assert raw_agents(registry, Tenant("default", "default")) == {"mine"}
+        assert raw_agents(registry, Tenant("default", "library")) == {"theirs"}
+        assert raw_agents(registry, None) == set()  # work done in no context sees no tenant row
         assert registry.tenancy.agents == {"mine": Tenant("default", "default"),
                                            "theirs": Tenant("default", "library")}
         with TestClient(build_app(registry), base_url="http://127.0.0.1:7300", client=("127.0.0.1", 5000)) as local:
@@ -217,9 +248,172 @@ def test_the_registry_runs_under_row_level_security_as_its_own_role(tmp_path: Pa
             assert local.post("/v1/tokens", json={"name": "under rls"}).status_code == 201  # people's tables too
         registry.learn("theirs", "t", Outcome("ok", latency_ms=1.0))
         registry.save_reputations()  # as the registry, each record in its agent's project
+        owner = store.connect(postgres_url)
         with owner.begin() as connection:
             saved = set(connection.execute(text("SELECT agent, project_id FROM reputation")))
+        owner.dispose()
         assert saved == {("theirs", "library")}
     finally:
         registry.engine.dispose()
-        owner.dispose()
+
+
+def test_opting_out_serves_as_the_url_user_and_warns(tmp_path: Path, postgres_url: str,
+                                                     caplog: pytest.LogCaptureFixture):
+    """``database_role = ""``: the registry serves as the URL's user (here a superuser, which row-level
+    security does not bind), and says at start that isolation rests on the store layer alone."""
+    seed_two_projects(postgres_url)
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    with caplog.at_level(logging.WARNING, logger="mesh.registry.node"):
+        registry = Registry.open(RegistryConfig.from_workspace(workspace, database_url=postgres_url, database_role=""))
+    try:
+        with registry.engine.connect() as connection:
+            assert connection.scalar(text("SELECT current_user")) == make_url(postgres_url).username
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "rests on the store layer alone" in warnings[0], warnings
+        assert raw_agents(registry, Tenant("default", "default")) == {"mine", "theirs"}  # no backstop
+        with TestClient(build_app(registry), base_url="http://127.0.0.1:7300", client=("127.0.0.1", 5000)) as local:
+            assert [a["name"] for a in local.get("/v1/agents").json()["agents"]] == ["mine"]  # the store's rules
+    finally:
+        registry.engine.dispose()
+
+
+@contextlib.contextmanager
+def owned_schema(server: str, *, createrole: bool) -> Iterator[tuple[str, str]]:
+    """A throwaway LOGIN role that is not a superuser and a fresh schema it owns: (its URL, its name); both
+    dropped after."""
+    name = f"mesh_owner_{uuid.uuid4().hex[:10]}"
+    admin = store.connect(server)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE ROLE {name} LOGIN{' CREATEROLE' if createrole else ''}"))
+        connection.execute(text(f"CREATE SCHEMA {name} AUTHORIZATION {name}"))
+    url = make_url(server).set(username=name, password=None).update_query_dict({"options": f"-csearch_path={name}"})
+    try:
+        yield url.render_as_string(hide_password=False), name
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {name} CASCADE"))
+            connection.execute(text(f"DROP OWNED BY {name}"))  # its default privileges
+            connection.execute(text(f"DROP ROLE {name}"))
+        admin.dispose()
+
+
+def postgres_server() -> str:
+    server = os.environ.get(POSTGRES_VARIABLE)
+    if not server:
+        pytest.skip(f"set {POSTGRES_VARIABLE} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    return server
+
+
+def test_an_owner_that_is_not_a_superuser_migrates_and_serves_as_the_role(tmp_path: Path):
+    """The usual managed database: the URL's user owns the schema and may create roles, nothing more. The
+    migrations make it a member of mesh_registry, and the registry serves as that role."""
+    with owned_schema(postgres_server(), createrole=True) as (url, name):
+        seed_two_projects(url)
+        registry = Registry.open(RegistryConfig.from_workspace(Workspace(copy_repo_workspace(tmp_path / "ws")),
+                                                               database_url=url))
+        try:
+            with registry.engine.connect() as connection:
+                assert connection.execute(text("SELECT current_user, session_user")).one() == (REGISTRY_ROLE, name)
+            assert raw_agents(registry, Tenant("default", "library")) == {"theirs"}
+            assert registry.tenancy.agents.keys() == {"mine", "theirs"}
+        finally:
+            registry.engine.dispose()
+
+
+def test_an_owner_that_cannot_become_the_role_fails_at_start_naming_the_fix(tmp_path: Path):
+    """A user that may not grant itself the role still migrates; the registry then refuses to start, in
+    one line naming the GRANT (or the opt-out); once granted, it serves."""
+    server = postgres_server()
+    with owned_schema(server, createrole=False) as (url, name):
+        workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+        with pytest.raises(ConfigProblem) as refused:
+            Registry.open(RegistryConfig.from_workspace(workspace, database_url=url))
+        message = str(refused.value)
+        assert f"GRANT {REGISTRY_ROLE} TO {name}" in message and 'database_role = ""' in message
+        assert "\n" not in message
+        admin = store.connect(server)
+        with admin.begin() as connection:
+            connection.execute(text(f"GRANT {REGISTRY_ROLE} TO {name}"))
+        admin.dispose()
+        registry = Registry.open(RegistryConfig.from_workspace(workspace, database_url=url))
+        try:
+            with registry.engine.connect() as connection:
+                assert connection.scalar(text("SELECT current_user")) == REGISTRY_ROLE
+        finally:
+            registry.engine.dispose()
+
+
+def test_the_serving_role_is_mesh_registry_on_postgresql_unless_opted_out(tmp_path: Path):
+    workspace = Workspace(copy_repo_workspace(tmp_path / "ws"))
+    assert RegistryConfig(workspace=workspace).serving_role("postgresql") == REGISTRY_ROLE
+    assert RegistryConfig(workspace=workspace).serving_role("sqlite") is None
+    assert RegistryConfig(workspace=workspace, database_role="").serving_role("postgresql") is None
+    named = RegistryConfig(workspace=workspace, database_role="tenant_reader")
+    assert named.serving_role("postgresql") == "tenant_reader"
+    with pytest.raises(ConfigProblem, match=r"\[registry\] database_role = 'mesh_registry' needs a PostgreSQL"):
+        RegistryConfig(workspace=workspace, database_role=REGISTRY_ROLE).serving_role("sqlite")
+
+
+def test_the_sandbox_sweep_expires_every_projects_sandboxes_under_row_level_security(tmp_path: Path,
+                                                                                     postgres_url: str):
+    """Background work acts in no request's context: the expiry sweep works as the registry, across projects
+    (in no context, row-level security would show it no sandbox at all)."""
+    seed_two_projects(postgres_url)
+    registry = Registry.open(RegistryConfig.from_workspace(Workspace(copy_repo_workspace(tmp_path / "ws")),
+                                                           database_url=postgres_url))
+    now = [datetime.now(UTC)]
+    sandboxes = Sandboxes(registry, clock=lambda: now[0])
+    library = Tenant("default", "library")
+    try:
+        with tenancy.acting_as(library):
+            person = Caller("user:local", "user", ["*"], org=library.org, project=library.project)
+            record = sandboxes.create(person, "theirs", {"required_services": ["petstore"], "ttl_seconds": 60})
+        now[0] += timedelta(seconds=61)
+
+        async def sweep_a_while() -> None:
+            with anyio.move_on_after(2):
+                await SandboxRoutes(registry, sandboxes).sweep_forever(interval=0.05)
+
+        anyio.run(sweep_a_while)
+        with tenancy.acting_as(library), registry.sessions.begin() as session:
+            assert store.get_sandbox(session, record.id).status == "expired"
+    finally:
+        registry.engine.dispose()
+
+
+def test_a_refused_privilege_reads_as_one_line_and_other_errors_do_not(tmp_path: Path):
+    """What ``Registry.open`` says when migrating is refused a privilege (e.g. creating mesh_registry)."""
+    with owned_schema(postgres_server(), createrole=False) as (url, _):
+        engine = store.connect(url)
+        try:
+            with pytest.raises(DBAPIError) as refused, engine.begin() as connection:
+                connection.execute(text("CREATE ROLE mesh_never_made NOLOGIN"))
+            assert store.refused_privilege(refused.value) == "permission denied to create role"
+            with pytest.raises(DBAPIError) as other, engine.begin() as connection:
+                connection.execute(text("SELECT * FROM no_such_table"))
+            assert store.refused_privilege(other.value) is None
+        finally:
+            engine.dispose()
+
+
+def test_expired_idempotency_keys_are_purged_in_every_project(tmp_path: Path, postgres_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """A call in one project purges the old keys of all (bookkeeping, as the registry): under row-level
+    security, in the caller's context, it would reach its own project's only."""
+    seed_two_projects(postgres_url)
+    registry = Registry.open(RegistryConfig.from_workspace(Workspace(copy_repo_workspace(tmp_path / "ws")),
+                                                           database_url=postgres_url))
+    old = store.utcnow() - idempotency.KEEP - timedelta(minutes=1)
+    try:
+        with tenancy.as_registry(), registry.sessions.begin() as session:
+            session.add_all(store.IdempotencyKeyRecord(org_id="default", project_id=project, caller="user:local",
+                                                       key=f"k-{project}", fingerprint="f", state="done",
+                                                       created_at=old)
+                            for project in ("default", "library"))
+        monkeypatch.setattr(idempotency, "_last_purge", 0.0)
+        with tenancy.acting_as(Tenant("default", "default")):
+            idempotency._purge(registry)
+        with tenancy.as_registry(), registry.sessions.begin() as session:
+            assert session.scalars(select(store.IdempotencyKeyRecord)).all() == []
+    finally:
+        registry.engine.dispose()

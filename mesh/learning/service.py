@@ -32,7 +32,7 @@ from mesh.learning.loop import OPTIMIZERS, LearningLoop, LoopSettings
 from mesh.learning.program import state_of
 from mesh.learning.target import SandboxAgentTarget, SandboxTarget, Target
 from mesh.lm.settings import NoModelConfigured
-from mesh.registry import proxy
+from mesh.registry import proxy, tenancy
 from mesh.registry.auth import Caller
 from mesh.registry.problems import Problem
 
@@ -98,7 +98,7 @@ class LearningService:
         self.sandbox_front = sandbox_front  # mesh.sandbox.front.SandboxFront: where learning runs practise
         self.jobs: dict[str, Job] = {}
         self.token: Any = None  # the event loop's, taken by the first request (``bind``)
-        with registry.sessions.begin() as session:
+        with tenancy.as_registry(), registry.sessions.begin() as session:  # every project's runs, at start
             records.interrupt_unfinished(session)
 
     def bind(self) -> None:
@@ -245,6 +245,12 @@ class LearningService:
 
     def _run(self, job: Job, plan: Any, target: SandboxTarget, settings: Any, budget: Budget,
              loop_settings: LoopSettings, then_assess: bool) -> None:
+        # A thread of its own starts in no tenant's context: the run acts in its agent's project.
+        with tenancy.acting_as(self.registry.tenancy.of(plan.agent)):
+            self._learn(job, plan, target, settings, budget, loop_settings, then_assess)
+
+    def _learn(self, job: Job, plan: Any, target: SandboxTarget, settings: Any, budget: Budget,
+               loop_settings: LoopSettings, then_assess: bool) -> None:
         from mesh.lm.model import build_lm
 
         sessions = self.registry.sessions

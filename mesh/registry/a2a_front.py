@@ -129,7 +129,8 @@ class A2AFront:
                  if pinned.status == "verified"]
         if not tools:
             raise Problem("tool-blocked", f"agent {name!r} has no tool that may be called now")
-        with registry.sessions.begin() as session:
+        # In the agent's own project: the card is signed for whoever ``shown`` let see it (one of that project).
+        with tenancy.acting_as(registry.tenancy.of(name)), registry.sessions.begin() as session:
             record = store.get_agent(session, name)
             if record is None:
                 raise Problem("unknown-agent", f"no agent {name!r} is registered")

@@ -25,6 +25,7 @@ from pydantic import (
 
 from mesh.lm.settings import LMSettings
 from mesh.registry.budgets import BudgetSettings
+from mesh.registry.migrations.rls import REGISTRY_ROLE
 from mesh.workspace import Workspace, WorkspaceProblem
 
 CONFIG_FILE = "registry/registry.toml"
@@ -104,8 +105,9 @@ class RegistryConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(7300, ge=0, le=65535)
     database_url: str | None = None
-    # PostgreSQL: connect as this least-privilege role under row-level security (``tenancy.py``), e.g.
-    # "mesh_registry", which the migrations create; the login role must be a member. None: as the login role.
+    # PostgreSQL: serve as this least-privilege role, under row-level security (``tenancy.py``). Unset:
+    # "mesh_registry", which the migrations create and make the login role a member of. "": opt out and
+    # serve as the login role (the tables' owner bypasses row-level security; the store's rules alone isolate).
     database_role: str | None = None
     strict: bool = False
     trust_local_keys: bool = False  # `mesh up` sets it: trust keys under this workspace's .mesh/
@@ -161,6 +163,18 @@ class RegistryConfig(BaseModel):
         except ValidationError as exc:
             raise ConfigProblem(describe(exc, cls)) from None
 
+
+    def serving_role(self, dialect: str) -> str | None:
+        """The database role the registry serves as once migrated: on PostgreSQL ``database_role``, by
+        default the least-privilege ``mesh_registry``; None to serve as the login role (opted out, SQLite)."""
+        if dialect != "postgresql":
+            if self.database_role:
+                raise ConfigProblem(f"{CONFIG_FILE}: [registry] database_role = {self.database_role!r} needs a "
+                                    "PostgreSQL database_url (row-level security); remove it for SQLite")
+            return None
+        if self.database_role is None:
+            return REGISTRY_ROLE
+        return self.database_role or None
 
     @property
     def base_url(self) -> str:

@@ -170,11 +170,12 @@ _last_purge = 0.0
 
 
 def _purge(registry: Registry) -> None:
-    """Forget keys older than ``KEEP``, at most once a minute per process."""
+    """Forget keys older than ``KEEP``, at most once a minute per process, every project's: bookkeeping, done
+    as the registry (in the caller's context it would reach only the caller's project)."""
     global _last_purge
     if time.monotonic() - _last_purge < PURGE_EVERY:
         return
     _last_purge = time.monotonic()
-    with registry.sessions.begin() as session:
+    with tenancy.as_registry(), registry.sessions.begin() as session:
         session.execute(delete(store.IdempotencyKeyRecord).where(
             store.IdempotencyKeyRecord.created_at < store.utcnow() - KEEP))

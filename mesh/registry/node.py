@@ -20,7 +20,8 @@ from typing import Any
 import anyio
 from jsonschema import Draft202012Validator
 from jsonschema.protocols import Validator
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.keys import KeyProblem, KeyRing, SigningKey, TrustedKey, TrustStore, check_kid, unverified_jws
@@ -40,7 +41,7 @@ from mesh.registry.auth import (
 )
 from mesh.registry.breaker import HALF_OPEN, Breakers, Thresholds
 from mesh.registry.budgets import Budgets
-from mesh.registry.config import RegistryConfig
+from mesh.registry.config import ConfigProblem, RegistryConfig
 from mesh.registry.credentials import Credentials
 from mesh.registry.discovery import DiscoveryIndex
 from mesh.registry.forward import Forwarder
@@ -237,16 +238,41 @@ class Registry:
         ws = config.workspace
         url = store.database_url(ws.root, config.database_url)
         engine = store.connect(url)
-        store.migrate(engine)
-        if config.database_role:  # migrated as the tables' owner; from now on under row-level security
-            engine.dispose()
-            engine = store.connect_as(url, config.database_role)
+        try:
+            store.migrate(engine)
+        except DBAPIError as exc:  # e.g. a user that may not create the least-privilege role
+            refused = store.refused_privilege(exc)
+            if refused is None:
+                raise
+            raise ConfigProblem(f"cannot migrate the registry's database: {refused}") from None
+        engine = cls._serving_engine(config, url, engine)
         policy = PolicyEngine(ws.root / "registry" / "policies", data=config.policy)
         ring = KeyRing.open(ws.state_dir / "keys" / REGISTRY_KEYS, create=True)  # not an agent's: no agent name
         registry = cls(config, store.session_factory(engine), policy, ring.active(), ring.public_jwks())
         registry.load()
         registry.budgets.load()
         return registry
+
+    @staticmethod
+    def _serving_engine(config: RegistryConfig, url: Any, owner: Engine) -> Engine:
+        """After migrating as the tables' owner, on PostgreSQL serve as the least-privilege role, under
+        row-level security (``tenancy.enforce_rls``), unless ``[registry] database_role = ""`` opts out."""
+        role = config.serving_role(owner.dialect.name)
+        if owner.dialect.name != "postgresql":
+            return owner
+        user = owner.url.username or "(the URL's user)"
+        if role is None:
+            if store.bypasses_rls(owner):
+                log.warning('[registry] database_role = "": serving as database user %r, which row-level security '
+                            "does not bind; tenant isolation rests on the store layer alone", user)
+            # Otherwise the forced policies bind the login user too: isolation holds as it does for the role.
+        elif not store.may_act_as(owner, role):
+            raise ConfigProblem(f"database user {user!r} cannot act as role {role!r}, which the registry serves as "
+                                f"(row-level security): have an administrator run GRANT {role} TO {user} (or "
+                                f'CREATE ROLE {role} NOLOGIN first), or set [registry] database_role = "" '
+                                "in registry/registry.toml to serve as that user instead")
+        owner.dispose()
+        return store.connect_as(url, role)
 
     # -- state from the database ---------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -894,11 +895,35 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def refused_privilege(error: DBAPIError) -> str | None:
+    """PostgreSQL's refusal of a privilege (SQLSTATE 42501) as one line with its hint; None for other errors."""
+    diag = getattr(error.orig, "diag", None)
+    if getattr(error.orig, "sqlstate", None) != "42501" or diag is None:
+        return None
+    return diag.message_primary + (f" ({diag.message_hint})" if diag.message_hint else "")
+
+
+def may_act_as(engine: Engine, role: str) -> bool:
+    """Can ``engine``'s login user ``SET ROLE`` to ``role`` (PostgreSQL; a superuser always can)?"""
+    with engine.connect() as connection:
+        return bool(connection.scalar(text(
+            "SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = :role) "
+            "THEN pg_has_role(current_user, :role, 'MEMBER') ELSE false END"), {"role": role}))
+
+
+def bypasses_rls(engine: Engine) -> bool:
+    """Does ``engine``'s login user pass every row-level security policy (a superuser, or BYPASSRLS)?"""
+    with engine.connect() as connection:
+        return bool(connection.scalar(text(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")))
+
+
 def connect_as(url: str | URL, role: str | None) -> Engine:
-    """``connect``, then on PostgreSQL with a ``role`` (``[registry] database_role``): connect as that
-    least-privilege role, under row-level security keyed by the acting tenant (``tenancy.enforce_rls``)."""
+    """``connect``, then on PostgreSQL: as the least-privilege ``role`` when given (``[registry]
+    database_role``), else as the login user, under row-level security keyed by the acting tenant
+    (``tenancy.enforce_rls``)."""
     engine = connect(url)
-    if role:
+    if engine.dialect.name == "postgresql":
         from mesh.registry.tenancy import enforce_rls
 
         enforce_rls(engine, role)

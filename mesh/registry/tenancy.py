@@ -29,9 +29,11 @@ Work is done in one of three contexts: ``acting_as(tenant)`` (a request, a call,
 ``as_registry()`` — the registry's own cross-tenant work (loading every pin at start, saving reputations,
 admission bookkeeping), visible in code where it happens; or none, which the store treats as unscoped
 (tests and tools that open the store directly). On PostgreSQL, row-level security is the database's own
-backstop (``migrations/rls.py``): the registry connects as the least-privilege role ``mesh_registry``
-(``[registry] database_role``) and ``app.org_id``/``app.project_id`` are set at the start of every
-transaction from the context (``enforce_rls``); with no context that role sees no tenant row at all.
+backstop (``migrations/rls.py``), on by default: having migrated as the tables' owner, the registry serves
+as the least-privilege role ``mesh_registry`` (``[registry] database_role``; ``""`` opts out, with a warning)
+and ``app.org_id``/``app.project_id`` are set at the start of every transaction from the context
+(``enforce_rls``). With no context that role sees no tenant row at all and may write none: every piece of
+registry work that touches the database runs in one of the two contexts.
 """
 
 from __future__ import annotations
@@ -171,21 +173,24 @@ def install() -> None:
 # --- PostgreSQL: row-level security as the database's backstop ------------------------------------------------
 
 
-def enforce_rls(engine: Engine, role: str) -> None:
+def enforce_rls(engine: Engine, role: str | None) -> None:
     """Make ``engine`` connect as ``role`` (least privilege, not the tables' owner, so row-level security
-    applies to it) and tell PostgreSQL the acting tenant at the start of every transaction.
+    applies to it; None: as the login user) and tell PostgreSQL the acting tenant at the start of every
+    transaction: the forced policies bind a login user that owns the tables too, unless it bypasses them
+    (a superuser, or BYPASSRLS).
 
     Costs one statement per transaction, sent on the connection the transaction already uses."""
     if engine.dialect.name != "postgresql":
         raise ValueError("row-level security needs PostgreSQL")
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+    if role is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
         raise ValueError(f"database_role {role!r} is not a plain PostgreSQL role name")
 
-    @event.listens_for(engine, "connect")
-    def set_role(dbapi_connection: Any, _record: Any) -> None:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute(f"SET ROLE {role}")
-        dbapi_connection.commit()
+    if role is not None:
+        @event.listens_for(engine, "connect")
+        def set_role(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET ROLE {role}")
+            dbapi_connection.commit()
 
     @event.listens_for(engine, "begin")
     def set_tenant(connection: Connection) -> None:

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from mesh.names import is_valid_name
-from mesh.registry import proxy
+from mesh.registry import proxy, tenancy
 from mesh.registry.gate import allowed, parse_json
 from mesh.registry.node import Registry
 from mesh.registry.problems import Problem, page_limit, problem_json
@@ -60,7 +60,8 @@ class SandboxRoutes:
         """Expired sandboxes are removed (marked expired; their runs stay) without anyone asking."""
         while True:
             await anyio.sleep(interval)
-            expired = await anyio.to_thread.run_sync(self.sandboxes.expire_due)
+            with tenancy.as_registry():  # every project's sandboxes: bookkeeping, acting for no one
+                expired = await anyio.to_thread.run_sync(self.sandboxes.expire_due)
             if expired:
                 log.info("sandboxes expired: %s", ", ".join(expired))
 

@@ -1,7 +1,8 @@
 """Row-level security for the registry's tenant tables on PostgreSQL, for every migration to reuse.
 
-The registry connects as ``mesh_registry`` (``REGISTRY_ROLE``): a NOLOGIN role that owns no table, so
-row-level security applies to it; the login role it starts as must be a member (``SET ROLE``). Each
+By default the registry serves as ``mesh_registry`` (``REGISTRY_ROLE``): a NOLOGIN role that owns no
+table, so row-level security applies to it; the login role it migrates as must be a member (``SET ROLE``),
+which ``grant_registry_role`` makes it when it may grant the role. Each
 tenant table gets one policy, ``tenant``: a row is visible and writable only when its ``org_id`` (and
 ``project_id``) equal the transaction's ``app.org_id`` (and ``app.project_id``), which the registry sets
 at the start of every transaction from the acting tenant (``mesh.registry.tenancy.enforce_rls``); ``*``
@@ -38,13 +39,16 @@ def create_registry_role(op: Any, role: str = REGISTRY_ROLE) -> None:
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
                 CREATE ROLE {role} NOLOGIN;
             END IF;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;  -- another schema's migration won
+        EXCEPTION
+            WHEN duplicate_object OR unique_violation THEN NULL;  -- another schema's migration won
+            WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'the role {role} does not exist and the database user % may not create it', current_user
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'an administrator runs: CREATE ROLE {role} NOLOGIN; GRANT {role} TO ' || current_user;
         END $$""")
+    grant_registry_role(op, role)
     op.execute(f"""
         DO $$ BEGIN
-            IF NOT pg_has_role(current_user, '{role}', 'MEMBER') THEN
-                EXECUTE format('GRANT {role} TO %I', current_user);
-            END IF;
             EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', current_schema());
             EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO {role}',
                            current_schema());
@@ -53,6 +57,23 @@ def create_registry_role(op: Any, role: str = REGISTRY_ROLE) -> None:
                            'TO {role}', current_schema());
             EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT USAGE, SELECT ON SEQUENCES TO {role}',
                            current_schema());
+        END $$""")
+
+
+def grant_registry_role(op: Any, role: str = REGISTRY_ROLE) -> None:
+    """Make the migrating user (the tables' owner, not necessarily a superuser) a member of ``role``, so the
+    registry can ``SET ROLE`` to it after migrating. Idempotent. A user who may not grant roles (neither
+    CREATEROLE nor ADMIN on it) gets a warning, not a failed migration: the registry names the fix at start,
+    and one serving as its login role (``database_role = ""``) needs no membership."""
+    if not _postgresql(op):
+        return
+    op.execute(f"""
+        DO $$ BEGIN
+            IF NOT pg_has_role(current_user, '{role}', 'MEMBER') THEN
+                EXECUTE format('GRANT {role} TO %I', current_user);
+            END IF;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'the database user % may not make itself a member of {role}', current_user;
         END $$""")
 
 
