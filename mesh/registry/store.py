@@ -1330,6 +1330,9 @@ def audit(
     return _require(session.scalar(select(AuditRecord).where(AuditRecord.seq == entry["seq"])), "appended entry")
 
 
+LARGEST_SEQ = 2**31 - 1  # the audit log's ``seq`` column (INTEGER)
+
+
 def list_audit(
     session: Session, *, subject: str | None = None, actor: str | None = None, action: str | None = None,
     since: datetime | None = None, until: datetime | None = None, before_seq: int | None = None,
@@ -1351,10 +1354,13 @@ def list_audit(
         query = query.where(AuditRecord.at >= since)
     if until is not None:
         query = query.where(AuditRecord.at < until)
+    # ``seq`` is a 32-bit integer: a cursor past its range (PostgreSQL would refuse it) means "all of them".
     if before_seq is not None:
-        query = query.where(AuditRecord.seq < before_seq)
-    if after_seq is not None:
+        query = query.where(AuditRecord.seq <= min(before_seq - 1, LARGEST_SEQ))
+    if after_seq is not None and after_seq <= LARGEST_SEQ:
         query = query.where(AuditRecord.seq > after_seq)
+    elif after_seq is not None:
+        return []
     return list(session.scalars(query))
 
 
