@@ -209,3 +209,18 @@ def sessions(engine: Any) -> Any:
     from mesh.registry import store
 
     return store.session_factory(engine)
+
+
+def migrate_to(engine: Any, revision: str, *, downgrade: bool = False) -> None:
+    """Alembic up (or down) to ``revision`` on ``engine`` in one transaction: a database as an older release
+    left it, for the upgrade tests."""
+    from alembic import command
+    from alembic.config import Config
+
+    from mesh.registry import store
+
+    config = Config()
+    config.set_main_option("script_location", str(store.MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        (command.downgrade if downgrade else command.upgrade)(config, revision)

@@ -14,14 +14,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mesh.keys import KeyRing
 from mesh.registry import audit, store
+
+from .conftest import migrate_to
 
 # The store's fixtures: an empty database on SQLite and (when configured) on PostgreSQL, migrated.
 
@@ -219,11 +219,7 @@ def test_a_rolled_back_append_leaves_no_gap(sessions: sessionmaker[Session], rin
 def test_entries_written_before_the_chain_are_chained_by_the_migration(database_url: str, ring: KeyRing):
     engine = store.connect(database_url)
     try:
-        config = Config()
-        config.set_main_option("script_location", str(store.MIGRATIONS))
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0003")
+        migrate_to(engine, "0003")
         with engine.begin() as connection:
             for number in range(3):
                 connection.execute(text(
@@ -375,12 +371,8 @@ def test_entries_written_before_0017_verify_after_it_beside_entries_of_organisat
                                                                                       ring: KeyRing):
     engine = store.connect(database_url)
     try:
-        config = Config()
-        config.set_main_option("script_location", str(store.MIGRATIONS))
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0017")
-            command.downgrade(config, "0016")  # and back: the downgrade works, the triggers stay
+        migrate_to(engine, "0017")
+        migrate_to(engine, "0016", downgrade=True)  # and back: the downgrade works, the triggers stay
         previous = audit.GENESIS
         with engine.begin() as connection:
             for seq in (1, 2):

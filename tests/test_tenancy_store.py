@@ -11,8 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +22,8 @@ from mesh.registry.migrations.rls import REGISTRY_ROLE
 from mesh.registry.problems import Problem
 from mesh.registry.store import RunRecord, SandboxRecord, ToolRecord
 from mesh.registry.tenancy import TenancyViolation, Tenant, acting_as, as_registry
+
+from .conftest import migrate_to
 
 ACME = Tenant("acme", "web")
 BETA = Tenant("beta", "api")
@@ -210,18 +210,10 @@ def test_row_level_security_holds_for_raw_sql_as_the_registry_role(postgres_url:
 # --- migration 0015 upgrades a database from before tenancy (0008) that holds runs ---------------------------
 
 
-def upgrade_to(engine: Any, revision: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(store.MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-
-
 def test_an_existing_database_upgrades_and_downgrades_keeping_its_runs_and_pins(database_url: str) -> None:
     engine = store.connect(database_url)
     try:
-        upgrade_to(engine, "0008")
+        migrate_to(engine, "0008")
         stamp = T0.replace(tzinfo=None) if engine.dialect.name == "sqlite" else T0
         with engine.begin() as connection:
             connection.execute(text("INSERT INTO agents (name, endpoint, status, version, description, "
@@ -242,7 +234,8 @@ def test_an_existing_database_upgrades_and_downgrades_keeping_its_runs_and_pins(
             assert store.get_project(session, "default", "default") is not None
         with acting_as(ACME), sessions.begin() as session:
             assert store.list_runs(session) == []
-        downgrade_to(engine, "0014")  # and back: nothing lost either way (SQLite's rebuilds cascade otherwise)
+        # and back: nothing lost either way (SQLite's rebuilds cascade otherwise)
+        migrate_to(engine, "0014", downgrade=True)
         with engine.begin() as connection:
             assert [connection.scalar(text(f"SELECT count(*) FROM {table}")) for table in ("runs", "tools")] == [3, 1]
         store.migrate(engine)
@@ -250,11 +243,3 @@ def test_an_existing_database_upgrades_and_downgrades_keeping_its_runs_and_pins(
             assert len(store.list_runs(session)) == 3 and len(store.list_tools(session)) == 1
     finally:
         engine.dispose()
-
-
-def downgrade_to(engine: Any, revision: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(store.MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
