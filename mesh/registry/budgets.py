@@ -505,7 +505,7 @@ def routes(registry: Registry) -> list[Any]:
     from starlette.routing import Route
 
     from mesh.registry.gate import allowed, parse_json
-    from mesh.registry.problems import Problem
+    from mesh.registry.problems import Problem, problem_json
 
     budgets = registry.budgets
 
@@ -513,17 +513,12 @@ def routes(registry: Registry) -> list[Any]:
         """``handler(request, by, org)``: ``org`` is the organisation the caller acts in (``tenancy.py``); a
         budget of another organisation is unknown to it, as one that does not exist."""
 
-        async def wrapped(request: Request) -> Response:
-            try:
-                caller = allowed(registry, request, action)
-                return await handler(request, caller.id, registry.tenancy.of_caller(caller).org)
-            except BudgetProblem as problem:
-                return Problem(problem.kind, str(problem)).response()
-            except Problem as problem:
-                return problem.response()
+        async def checked(request: Request) -> Response:
+            caller = allowed(registry, request, action)
+            return await handler(request, caller.id, registry.tenancy.of_caller(caller).org)
 
-        wrapped.__doc__ = handler.__doc__
-        return wrapped
+        checked.__doc__ = handler.__doc__
+        return problem_json(checked, kinds=(BudgetProblem,))
 
     async def body_of(request: Request) -> dict[str, Any]:
         body = parse_json(await request.body(), registry.config.max_json_depth)

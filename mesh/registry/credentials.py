@@ -503,7 +503,7 @@ def routes(registry: Any) -> list[Any]:
     from starlette.routing import Route
 
     from mesh.registry.gate import allowed, parse_json
-    from mesh.registry.problems import Problem
+    from mesh.registry.problems import Problem, problem_json
 
     async def body_of(request: Request) -> dict[str, Any]:
         body = parse_json(await request.body(), registry.config.max_json_depth)
@@ -519,17 +519,11 @@ def routes(registry: Any) -> list[Any]:
         return value
 
     def answered(handler: Any) -> Any:
-        async def wrapped(request: Request) -> Response:
-            try:
-                caller = allowed(registry, request, "secrets:admin")
-                return await handler(request, caller.id)
-            except CredentialProblem as problem:
-                return Problem(problem.kind, str(problem)).response()
-            except Problem as problem:
-                return problem.response()
+        async def checked(request: Request) -> Response:
+            return await handler(request, allowed(registry, request, "secrets:admin").id)
 
-        wrapped.__doc__ = handler.__doc__
-        return wrapped
+        checked.__doc__ = handler.__doc__
+        return problem_json(checked, kinds=(CredentialProblem,))
 
     async def listing(request: Request, by: str) -> Response:
         """Every credential with its scope and versions; never a value."""

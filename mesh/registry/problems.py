@@ -96,15 +96,19 @@ class Problem(Exception):
         return f"{self.title}: {self.detail}"
 
 
-def problem_json(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+def problem_json(handler: Callable[[Request], Awaitable[Response]], *,
+                 kinds: tuple[type[Exception], ...] = ()) -> Callable[[Request], Awaitable[Response]]:
     """A route handler whose ``Problem`` becomes its problem+json answer; its docstring is kept (the OpenAPI
-    document is checked against the routes)."""
+    document is checked against the routes). ``kinds``: a module's own exceptions, each with a ``kind`` (the
+    problem type) and a message, answered the same way."""
 
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
         except Problem as problem:
             return problem.response()
+        except kinds as error:
+            return Problem(error.kind, str(error)).response()  # type: ignore[attr-defined]
 
     wrapped.__doc__ = handler.__doc__
     return wrapped
