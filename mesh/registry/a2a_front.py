@@ -129,8 +129,7 @@ class A2AFront:
                  if pinned.status == "verified"]
         if not tools:
             raise Problem("tool-blocked", f"agent {name!r} has no tool that may be called now")
-        # In the agent's own project: the card is signed for whoever ``shown`` let see it (one of that project).
-        with tenancy.acting_as(registry.tenancy.of(name)), registry.sessions.begin() as session:
+        with registry.sessions.begin() as session:  # as the caller, of the agent's project (``shown``, the gate)
             record = store.get_agent(session, name)
             if record is None:
                 raise Problem("unknown-agent", f"no agent {name!r} is registered")
