@@ -631,10 +631,10 @@ class DiscoveryIndex:
 
     def _replace(self, agent: str, tools: list[_Tool], vectors: dict[int, np.ndarray]) -> None:
         """Swap in an agent's new tool list; tools it no longer has leave the indexes and the id map."""
-        old = self._agents.pop(agent, None)
+        old = self._agents.pop(agent, None)  # kept only while it has tools, as its place in _scope_agents is
         self._scans.clear()
-        for members in self._scope_agents.values():
-            members.discard(agent)
+        if old is not None:
+            self._scope_agents[old.tools[0].label].discard(agent)
         if tools:
             self._scope_agents.setdefault(tools[0].label, set()).add(agent)
         kept = {tool.id for tool in tools}
